@@ -1,0 +1,32 @@
+"""The exceptions stratacache raises to its callers.
+
+Every one derives from :class:`StratacacheError`; errors about bad input also derive from
+the built-in a user would expect (``TypeError`` / ``ValueError``), so ``except TypeError``
+keeps working.
+"""
+
+from __future__ import annotations
+
+
+class StratacacheError(Exception):
+    """Base class of every stratacache exception."""
+
+
+class InvalidKeyError(StratacacheError, ValueError):
+    """A cache key is empty, too long for its kind, or otherwise unusable."""
+
+
+class SerializationError(StratacacheError, TypeError):
+    """A value cannot be encoded by the codec (unsupported type, too deep or too large)."""
+
+
+class ValueTooLargeError(SerializationError):
+    """An encoded value is larger than the codec's ``max_size``."""
+
+
+class CorruptEntryError(StratacacheError):
+    """Bytes read from Redis are not a valid entry for that key.
+
+    Raised only inside the library: the cache turns it into a miss plus a
+    ``decode_errors`` count, so callers never see it.
+    """
