@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._sentinel import MISSING
 from ._errors import (
     CorruptEntryError,
     InvalidKeyError,
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CorruptEntryError",
     "InvalidKeyError",
+    "MISSING",
     "SerializationError",
     "StratacacheError",
     "ValueTooLargeError",
