@@ -1,0 +1,73 @@
+# stratacache — every target sets up what it needs on a fresh Debian/Ubuntu machine.
+#   make demo    the demo (throwaway redis-server, several worker processes)
+#   make test    lint, type-check, then the suite twice: compiled L1 and pure L1
+#   make bench   the benchmarks (pytest-benchmark) and the peer report
+#   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp-install
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: all demo test test-compiled test-pure lint bench sync setup redis clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Editable install: builds the Cython extension into src/stratacache/ and the dev tools.
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard cython_ext/*.pyx cython_ext/*.pxd)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# redis-server and redis-cli: the tests and the demo start their own throwaway servers.
+# Debian's package would also start a system service on :6379; policy-rc.d stops that.
+redis:
+	@if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing redis-server with apt-get"; \
+	  made_policy=0; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  status=$$?; \
+	  if [ $$made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  exit $$status; \
+	else \
+	  echo "redis-server and redis-cli are needed: install Redis >= 7 (Debian/Ubuntu: sudo apt-get install redis-server), or run as root so make can." >&2; \
+	  exit 1; \
+	fi
+
+setup: $(STAMP) redis
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks scripts examples
+	$(PY) -m mypy
+
+test-compiled: setup
+	@echo "=== pytest: compiled L1 (the extension must load) ==="
+	STRATACACHE_REQUIRE_EXTENSIONS=1 $(PYTEST) tests
+
+test-pure: setup
+	@echo "=== pytest: pure-Python L1 (STRATACACHE_NO_EXTENSIONS=1) ==="
+	STRATACACHE_NO_EXTENSIONS=1 $(PYTEST) tests
+
+test: lint test-compiled test-pure
+
+demo: setup
+	$(PY) examples/demo.py
+
+bench: setup
+	taskset -c 1 $(PY) -m pytest -p no:cacheprovider benchmarks -o python_files='bench_*.py' --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	taskset -c 1 $(PY) benchmarks/l1_report.py
+
+sync: $(STAMP)
+	$(PY) scripts/gen_sync.py
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find src -name '*.so' -delete
+	find cython_ext -name '*.c' -delete
