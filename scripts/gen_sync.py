@@ -38,6 +38,7 @@ REPLACEMENTS = {
     "async_spawn": "spawn",
     "async_gather": "gather",
     "async_call_loader": "call_loader",
+    "async_no_retry": "no_retry",
     "async_wait_for": "wait_for",
     "aclose": "close",
     "AsyncIterator": "Iterator",

@@ -30,3 +30,11 @@ class CorruptEntryError(StratacacheError):
     Raised only inside the library: the cache turns it into a miss plus a
     ``decode_errors`` count, so callers never see it.
     """
+
+
+class RedisUnavailableError(StratacacheError):
+    """Redis did not answer (error, timeout, or circuit breaker open).
+
+    Used inside the library to fall back to L1 and the loader; the cache does not raise
+    it to callers of reads.
+    """

@@ -1,0 +1,628 @@
+"""``AsyncCache``: L1 (in-process) -> Redis L2 -> loader, with single-flight and leases.
+
+Read path (``get_or_set``):
+
+1. L1 lookup: live objects, no decoding, no Redis.
+2. L1 miss: single-flight on the key inside the process — one caller (the leader) goes
+   on, the others wait for its outcome (value or exception).
+3. The leader takes an L1 *ticket*, then reads L2. A fresh entry is installed in L1
+   through the ticket (refused if the key or a tag was invalidated meanwhile).
+4. L2 miss: the leader takes a *lease* in Redis (``SET NX PX``, Facebook memcache
+   leases). Only the holder runs the loader; other processes poll L2 for up to
+   ``lease_wait`` and then run the loader themselves without writing L2.
+5. The holder writes L2 only if its lease survived — every ``set``/``delete`` of the key
+   revokes the lease — and L1 only through its ticket. A fill that lost either race is
+   returned to the caller but not cached: this closes cache-aside's stale-set race.
+
+Redis faults never reach callers of reads: every call goes through a circuit breaker
+with a time budget, and reads fall back to L1 and the loader. With ``fail_safe`` a
+loader error is answered with the last known value (within ``fail_safe_max_age``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter
+from typing import Any, TypeVar
+
+from .._breaker import CircuitBreaker
+from .._codec import Codec, Entry
+from .._errors import RedisUnavailableError
+from .._keys import KeyMaker, KeySpace, validate_key, validate_tag
+from .._l1 import L1
+from .._options import CacheSettings, Duration, to_seconds
+from .._primitives import (
+    AsyncRedis,
+    AsyncRedisCluster,
+    AsyncResultSlot,
+    async_call_loader,
+    async_no_retry,
+    async_sleep,
+)
+from .._sentinel import MISSING
+from .._stats import CacheStats, Counters
+from .redis_tier import AsyncRedisTier
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
+_POLL_MAX = 0.05  # longest pause between polls
+
+
+class _LeaderGone(Exception):
+    """The leader of a single flight stopped without an outcome (cancelled): retry."""
+
+
+class AsyncCache:
+    """A two-tier cache: in-process L1 in front of Redis, with a loader behind both.
+
+    Parameters:
+        redis: ``None`` (L1 only), a URL, or a client — ``redis.asyncio.Redis`` or
+            ``redis.asyncio.RedisCluster`` (``Cache``: ``redis.Redis`` or
+            ``redis.cluster.RedisCluster``). A client built from a URL gets
+            ``redis_timeout`` as its socket timeouts and no retries, and is closed by
+            :meth:`close`; a client you pass keeps its own settings and stays open.
+        namespace: prefix of every Redis key; caches in different namespaces never see
+            each other's entries.
+        l1_maxsize: most entries kept in the process.
+        default_ttl: TTL of entries written without one (seconds or ``timedelta``).
+        l1_max_ttl: the longest an entry lives in L1, whatever its TTL (a backstop
+            against missed invalidations).
+        jitter: a fraction in [0, 1): each TTL is shortened by a random part of it, so
+            entries written together do not expire together.
+        negative_ttl: TTL for a loader result of ``None`` ("not found"); ``None`` uses
+            the normal TTL; ``0`` does not cache ``None`` results.
+        fail_safe: on a loader error, serve the last known value instead, if it expired
+            less than ``fail_safe_max_age`` seconds ago (counted as ``stale_served``).
+        redis_timeout: time budget of each Redis call, for clients built from a URL.
+        lease_ttl: how long a lease lives (longer than your slowest loader).
+        lease_wait: how long a process waits for another one's lease before it runs
+            the loader itself.
+        breaker_threshold: consecutive Redis failures that open the circuit breaker.
+        breaker_cooldown: seconds the breaker stays open before one probe call.
+        cluster: build a Redis Cluster client when ``redis`` is a URL.
+        codec: the :class:`Codec` for L2 values (default: msgpack with default limits).
+        timer: monotonic clock for L1 expiry and the breaker (tests pass a fake one).
+        clock: wall clock for entry timestamps shared through Redis.
+    """
+
+    def __init__(
+        self,
+        redis: Any = None,
+        *,
+        namespace: str = "stratacache",
+        l1_maxsize: int = 10_000,
+        default_ttl: Duration = 300.0,
+        l1_max_ttl: Duration = 60.0,
+        jitter: float = 0.0,
+        negative_ttl: Duration | None = None,
+        fail_safe: bool = False,
+        fail_safe_max_age: Duration = 3600.0,
+        redis_timeout: Duration = 0.1,
+        lease_ttl: Duration = 10.0,
+        lease_wait: Duration = 1.0,
+        breaker_threshold: int = 5,
+        breaker_cooldown: Duration = 1.0,
+        cluster: bool = False,
+        codec: Codec | None = None,
+        timer: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._keys = KeySpace(namespace)
+        self.settings = CacheSettings.build(
+            namespace=namespace,
+            l1_maxsize=l1_maxsize,
+            default_ttl=default_ttl,
+            l1_max_ttl=l1_max_ttl,
+            jitter=jitter,
+            negative_ttl=negative_ttl,
+            fail_safe=fail_safe,
+            fail_safe_max_age=fail_safe_max_age,
+            redis_timeout=redis_timeout,
+            lease_ttl=lease_ttl,
+            lease_wait=lease_wait,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown=breaker_cooldown,
+        )
+        if l1_maxsize < 1:
+            raise ValueError(f"l1_maxsize must be >= 1, got {l1_maxsize!r}")
+        self._timer = timer or time.monotonic
+        self._clock = clock or time.time
+        self._codec = codec or Codec()
+        self._l1 = L1(l1_maxsize, timer=timer)
+        # Last known good values for fail-safe: a second L1 whose entries outlive their
+        # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
+        self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
+        self._counters = Counters()
+        self._breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+        )
+        self._flights: dict[str, AsyncResultSlot[Any]] = {}
+        self._tier = self._make_tier(redis, cluster)
+
+    def _make_tier(self, redis: Any, cluster: bool) -> AsyncRedisTier | None:
+        if redis is None:
+            return None
+        owns = isinstance(redis, str)
+        if owns:
+            timeout = self.settings.redis_timeout
+            options: dict[str, Any] = {
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+            }
+            if cluster:
+                client: Any = AsyncRedisCluster.from_url(redis, **options)
+            else:
+                client = AsyncRedis.from_url(redis, retry=async_no_retry(), **options)
+        elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):
+            client = redis
+        else:
+            raise TypeError(
+                "redis must be None, a URL, or a "
+                f"{AsyncRedis.__module__}.{AsyncRedis.__qualname__} / "
+                f"{AsyncRedisCluster.__qualname__} client, not {type(redis).__name__}"
+            )
+        return AsyncRedisTier(client, self._keys, self._breaker, self._counters, owns_client=owns)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` from L1, else L2, else ``default``. Never calls a loader."""
+        value = self._l1.get(key, MISSING)
+        if value is not MISSING:
+            return value
+        validate_key(key)
+        if self._tier is None:
+            return default
+        ticket = self._l1.ticket(key)
+        try:
+            entry = await self._read_l2(key)
+        except BaseException:
+            self._l1.release(ticket, key)
+            raise
+        if entry is None or self._expired(entry):
+            self._l1.release(ticket, key)
+            return default
+        self._install(ticket, key, entry.value, entry)
+        return entry.value
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values of the keys that are cached (L1, then one L2 round trip for the rest)."""
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        for key in keys:
+            value = self._l1.get(key, MISSING)
+            if value is not MISSING:
+                found[key] = value
+            elif key not in found:
+                missing.append(validate_key(key))
+        if not missing or self._tier is None:
+            return found
+        missing = list(dict.fromkeys(missing))
+        tickets = [self._l1.ticket(key) for key in missing]
+        try:
+            blobs = await self._tier.get_many(missing)
+        except RedisUnavailableError:
+            blobs = [None] * len(missing)
+        except BaseException:
+            for key, ticket in zip(missing, tickets):
+                self._l1.release(ticket, key)
+            raise
+        for key, ticket, blob in zip(missing, tickets, blobs):
+            entry = self._decode(key, blob)
+            if entry is None or self._expired(entry):
+                self._l1.release(ticket, key)
+                continue
+            self._install(ticket, key, entry.value, entry)
+            found[key] = entry.value
+        return found
+
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Duration | None = None,
+        tags: Iterable[str] = (),
+    ) -> Any:
+        """The cached value of ``key``, or the loader's result, cached (single-flight).
+
+        ``loader`` is a zero-argument callable; it may return an awaitable. Its
+        exceptions reach every caller waiting on it and nothing is cached.
+        """
+        value = self._l1.get(key, MISSING)
+        if value is not MISSING:
+            return value
+        validate_key(key)
+        tag_tuple = self._tags(tags)
+        while True:
+            slot: AsyncResultSlot[Any] = AsyncResultSlot()
+            leader = self._flights.setdefault(key, slot)
+            if leader is not slot:
+                self._counters.coalesced += 1
+                try:
+                    return await leader.wait()
+                except _LeaderGone:
+                    continue  # the leader was cancelled: take over, or follow a new one
+            try:
+                value = await self._fill(key, loader, ttl, tag_tuple)
+            except Exception as exc:
+                slot.set_exception(exc)
+                raise
+            except BaseException:
+                slot.set_exception(_LeaderGone())
+                raise
+            else:
+                slot.set_result(value)
+                return value
+            finally:
+                del self._flights[key]
+
+    async def _fill(
+        self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
+    ) -> Any:
+        """The leader's work on an L1 miss: L2, lease, loader, guarded writes."""
+        ticket = self._l1.ticket(key)
+        ticket_open = True
+        token: bytes | None = None
+        try:
+            entry = await self._read_l2(key)
+            if entry is not None and not self._expired(entry):
+                ticket_open = False
+                self._install(ticket, key, entry.value, entry)
+                return entry.value
+            stale = entry
+            lease_state = await self._take_lease(key)
+            if isinstance(lease_state, Entry):  # another process filled it meanwhile
+                ticket_open = False
+                self._install(ticket, key, lease_state.value, lease_state)
+                return lease_state.value
+            token = lease_state
+            value, is_stale = await self._load(key, loader, stale)
+            if is_stale:
+                return value
+            ttl_s = self._ttl_for(value, ttl)
+            if ttl_s == 0:
+                return value
+            now = self._clock()
+            blob = self._codec.encode(
+                key, value, created_at=now, expires_at=now + ttl_s, tags=tags
+            ) if self._tier is not None else b""
+            if token is not None:
+                assert self._tier is not None
+                try:
+                    stored = await self._tier.write_if_lease(
+                        key, token, blob, self.settings.physical_ttl(ttl_s)
+                    )
+                except RedisUnavailableError:
+                    stored = True  # unknown outcome; nothing says the lease was revoked
+                token = None
+                if not stored:
+                    # revoked: the key was written or invalidated while we loaded
+                    self._counters.fills_refused += 1
+                    return value
+            ticket_open = False
+            self._install_value(ticket, key, value, ttl_s, tags)
+            return value
+        finally:
+            if ticket_open:
+                self._l1.release(ticket, key)
+            if token is not None:
+                await self._give_back_lease(key, token)
+
+    async def _give_back_lease(self, key: str, token: bytes) -> None:
+        assert self._tier is not None
+        try:
+            await self._tier.release_lease(key, token)
+        except RedisUnavailableError:
+            pass  # the lease expires by itself after lease_ttl
+
+    async def _take_lease(self, key: str) -> bytes | Entry | None:
+        """The lease token; or an entry another holder wrote while we waited; or None
+        (no Redis, or waited ``lease_wait`` in vain: load without writing L2)."""
+        if self._tier is None:
+            return None
+        deadline = self._timer() + self.settings.lease_wait
+        pause = _POLL_FIRST
+        waited = False
+        while True:
+            try:
+                token = await self._tier.acquire_lease(key, self.settings.lease_ttl)
+                if token is not None:
+                    return token
+                if not waited:
+                    waited = True
+                    self._counters.lease_waits += 1
+                if self._timer() >= deadline:
+                    return None
+                await async_sleep(pause)
+                pause = min(pause * 2, _POLL_MAX)
+                blob, leased = await self._tier.poll(key)
+            except RedisUnavailableError:
+                return None
+            entry = self._decode(key, blob)
+            if entry is not None and not self._expired(entry):
+                self._counters.l2_hits += 1
+                return entry
+            if not leased:
+                continue  # the holder gave up or its lease expired: try to take it
+            if self._timer() >= deadline:
+                return None
+
+    async def _load(self, key: str, loader: Callable[[], Any], stale: Entry | None) -> tuple[Any, bool]:
+        """Run the loader; with fail-safe, answer its error with the last known value."""
+        self._counters.loads += 1
+        start = perf_counter()
+        try:
+            return await async_call_loader(loader), False
+        except Exception:
+            fallback = self._fail_safe_value(key, stale)
+            if fallback is MISSING:
+                raise
+            self._counters.stale_served += 1
+            return fallback, True
+        finally:
+            self._counters.load_latency.record(perf_counter() - start)
+
+    def _fail_safe_value(self, key: str, stale: Entry | None) -> Any:
+        if self._stale is None:
+            return MISSING
+        value = self._stale.peek(key, MISSING)
+        if value is not MISSING:
+            return value
+        if stale is not None and stale.expires_at is not None:
+            if self._clock() - stale.expires_at <= self.settings.fail_safe_max_age:
+                return stale.value
+        return MISSING
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def set(
+        self, key: str, value: Any, ttl: Duration | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``).
+
+        The value is encoded first: an unsupported value raises ``SerializationError``
+        (a ``TypeError``) before anything is written. A Redis fault is counted, not
+        raised; L1 still holds the new value.
+        """
+        validate_key(key)
+        tag_tuple = self._tags(tags)
+        ttl_s = self._positive_ttl(ttl)
+        now = self._clock()
+        blob = self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple)
+        if self._tier is not None:
+            try:
+                await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s))
+            except RedisUnavailableError:
+                pass
+        self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=tag_tuple)
+        if self._stale is not None:
+            self._stale.set(key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple)
+
+    async def set_many(
+        self, mapping: Mapping[str, Any], ttl: Duration | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Store several values (one pipeline); all are encoded before any is written."""
+        tag_tuple = self._tags(tags)
+        ttl_s = self._positive_ttl(ttl)
+        now = self._clock()
+        blobs = [
+            (
+                validate_key(key),
+                self._codec.encode(
+                    key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
+                ),
+            )
+            for key, value in mapping.items()
+        ]
+        if self._tier is not None and blobs:
+            try:
+                await self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s))
+            except RedisUnavailableError:
+                pass
+        l1_ttl = min(ttl_s, self.settings.l1_max_ttl)
+        for key, value in mapping.items():
+            self._l1.set(key, value, ttl=l1_ttl, tags=tag_tuple)
+            if self._stale is not None:
+                self._stale.set(
+                    key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple
+                )
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed."""
+        validate_key(key)
+        existed = self._l1.invalidate(key)
+        if self._stale is not None:
+            self._stale.invalidate(key)
+        if self._tier is not None:
+            try:
+                existed = await self._tier.delete(key) or existed
+            except RedisUnavailableError:
+                pass
+        return existed
+
+    async def touch(self, key: str, ttl: Duration) -> bool:
+        """Give ``key`` a new TTL from now (the seed's SetTTL); False if it is not cached."""
+        validate_key(key)
+        ttl_s = self._positive_ttl(ttl)
+        if self._tier is None:
+            value = self._l1.peek(key, MISSING)
+            if value is MISSING:
+                return False
+            self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key))
+            return True
+        try:
+            blob = await self._tier.get(key)
+            entry = self._decode(key, blob)
+            if entry is None:
+                return False
+            now = self._clock()
+            new = self._codec.encode(
+                key, entry.value, created_at=entry.created_at, expires_at=now + ttl_s, tags=entry.tags
+            )
+            assert blob is not None
+            touched = await self._tier.replace_if_unchanged(
+                key, blob, new, self.settings.physical_ttl(ttl_s)
+            )
+        except RedisUnavailableError:
+            return False
+        # L1 refills from L2 with the new expiry on the next read
+        self._l1.invalidate(key)
+        return touched
+
+    # -- decorator ------------------------------------------------------------------------
+
+    def cached(
+        self,
+        ttl: Duration | None = None,
+        tags: Iterable[str] = (),
+        key: str | Callable[..., str] | None = None,
+    ) -> Callable[[F], F]:
+        """Decorate a function so its results are cached by its arguments.
+
+        ``key`` is a template such as ``"user:{user_id}"`` (fields are parameter names),
+        a callable taking the function's arguments and returning the key, or ``None``
+        for a key built injectively from the function's name and arguments. The wrapper
+        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments.
+        """
+        tag_tuple = self._tags(tags)
+        if ttl is not None:
+            self._positive_ttl(ttl)
+
+        def decorate(fn: F) -> F:
+            make_key = KeyMaker(fn, key)
+            l1_get = self._l1.get
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                cache_key = make_key(args, kwargs)
+                value = l1_get(cache_key, MISSING)
+                if value is not MISSING:
+                    return value
+                return await self.get_or_set(
+                    cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                )
+
+            async def invalidate(*args: Any, **kwargs: Any) -> bool:
+                return await self.delete(make_key(args, kwargs))
+
+            wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)  # type: ignore[attr-defined]
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+    # -- observability and lifecycle ------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters (see :class:`CacheStats`)."""
+        c = self._counters
+        return CacheStats(
+            l1_hits=self._l1.hits,
+            l1_misses=self._l1.misses,
+            l2_hits=c.l2_hits,
+            l2_misses=c.l2_misses,
+            loads=c.loads,
+            coalesced=c.coalesced,
+            stale_served=c.stale_served,
+            errors=c.errors,
+            decode_errors=c.decode_errors,
+            lease_waits=c.lease_waits,
+            fills_refused=c.fills_refused,
+            l1_size=len(self._l1),
+            l1_evictions=self._l1.evictions,
+            breaker_state=self._breaker.state.value,
+            breaker_opened=self._breaker.opened,
+            load_latency=c.load_latency.summary(),
+            l2_latency=c.l2_latency.summary(),
+        )
+
+    @property
+    def l1(self) -> L1:
+        """The in-process tier (for inspection; writes should go through the cache)."""
+        return self._l1
+
+    @property
+    def redis(self) -> Any:
+        """The Redis client of L2, or None."""
+        return self._tier.client if self._tier is not None else None
+
+    async def close(self) -> None:
+        """Close the Redis client if the cache created it from a URL."""
+        if self._tier is not None:
+            await self._tier.aclose()
+
+    async def __aenter__(self) -> AsyncCache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _read_l2(self, key: str) -> Entry | None:
+        """The decoded L2 entry of ``key`` (fresh or not), or None; counts hits/misses."""
+        if self._tier is None:
+            return None
+        try:
+            blob = await self._tier.get(key)
+        except RedisUnavailableError:
+            return None
+        entry = self._decode(key, blob)
+        if entry is None or self._expired(entry):
+            self._counters.l2_misses += 1
+        else:
+            self._counters.l2_hits += 1
+        return entry
+
+    def _decode(self, key: str, blob: bytes | None) -> Entry | None:
+        if blob is None:
+            return None
+        try:
+            return self._codec.decode(key, blob)
+        except Exception:  # CorruptEntryError, or a user decoder's bug: a miss either way
+            self._counters.decode_errors += 1
+            return None
+
+    def _expired(self, entry: Entry) -> bool:
+        return entry.expires_at is not None and entry.expires_at <= self._clock()
+
+    def _install(self, ticket: int, key: str, value: Any, entry: Entry) -> None:
+        """Put an L2 entry into L1 for what remains of its L2 life (at most l1_max_ttl)."""
+        remaining = (
+            self.settings.l1_max_ttl
+            if entry.expires_at is None
+            else entry.expires_at - self._clock()
+        )
+        if remaining <= 0:
+            self._l1.release(ticket, key)
+            return
+        self._install_value(ticket, key, value, remaining, entry.tags)
+
+    def _install_value(
+        self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
+    ) -> None:
+        """Install through the L1 guard (and the fail-safe store if the guard allows)."""
+        if self._l1.install(ticket, key, value, ttl=min(ttl, self.settings.l1_max_ttl), tags=tags):
+            if self._stale is not None:
+                self._stale.set(key, value, ttl=ttl + self.settings.fail_safe_max_age, tags=tags)
+        else:
+            self._counters.fills_refused += 1
+
+    def _ttl_for(self, value: Any, ttl: Duration | None) -> float:
+        if value is None and self.settings.negative_ttl is not None:
+            return self.settings.negative_ttl
+        return self.settings.entry_ttl(ttl)
+
+    def _positive_ttl(self, ttl: Duration | None) -> float:
+        if ttl is not None:
+            to_seconds(ttl, "ttl", allow_zero=False)
+        return self.settings.entry_ttl(ttl)
+
+    @staticmethod
+    def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+        if isinstance(tags, str):
+            raise TypeError("tags must be an iterable of str, not a single str")
+        return tuple(validate_tag(tag) for tag in tags)

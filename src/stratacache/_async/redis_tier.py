@@ -1,0 +1,146 @@
+"""The Redis tier (L2): entries as msgpack blobs, leases, and the breaker around every call.
+
+Every call is made under the circuit breaker: while it is open the call is not made at all
+and :class:`RedisUnavailableError` is raised at once; a Redis error or timeout counts as a
+failure and also surfaces as :class:`RedisUnavailableError`, which the cache turns into a
+fall-back (L1, loader). Time budgets come from the client's ``socket_timeout`` (clients the
+cache builds from a URL get ``redis_timeout``) and no call is retried in a loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from time import perf_counter
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .._breaker import CircuitBreaker
+from .._errors import RedisUnavailableError
+from .._keys import KeySpace
+from .._primitives import AsyncRedisCluster
+from .._scripts import DELETE, RELEASE_LEASE, REPLACE_IF_UNCHANGED, WRITE, WRITE_IF_LEASE
+from .._stats import Counters
+
+# OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
+_REDIS_FAILURES = (RedisError, OSError)
+
+# A lease read while polling: Lua returns the blob (or false) and whether the lease exists.
+_POLL = """
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+"""
+
+
+def _px(seconds: float) -> int:
+    """Seconds as a Redis ``PX`` argument (at least 1 ms)."""
+    return max(1, int(seconds * 1000))
+
+
+class AsyncRedisTier:
+    """L2 operations on one namespace of one Redis (standalone or cluster)."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: KeySpace,
+        breaker: CircuitBreaker,
+        counters: Counters,
+        *,
+        owns_client: bool,
+    ) -> None:
+        self.client = client
+        self._keys = keys
+        self._breaker = breaker
+        self._counters = counters
+        self._owns_client = owns_client
+        self._cluster = isinstance(client, AsyncRedisCluster)
+        self._write = client.register_script(WRITE)
+        self._write_if_lease = client.register_script(WRITE_IF_LEASE)
+        self._delete = client.register_script(DELETE)
+        self._replace = client.register_script(REPLACE_IF_UNCHANGED)
+        self._release = client.register_script(RELEASE_LEASE)
+        self._poll = client.register_script(_POLL)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one Redis call under the breaker; every failure is a RedisUnavailableError."""
+        if not self._breaker.allow():
+            raise RedisUnavailableError("Redis circuit breaker is open")
+        start = perf_counter()
+        try:
+            result = await fn(*args, **kwargs)
+        except _REDIS_FAILURES as exc:
+            self._breaker.record_failure()
+            self._counters.errors += 1
+            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
+        except BaseException:
+            # cancelled (async) or interrupted: no verdict on Redis, but a probe must end
+            self._breaker.abandon()
+            raise
+        self._breaker.record_success()
+        self._counters.l2_latency.record(perf_counter() - start)
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        """The raw blob of ``key``, or None."""
+        return await self._call(self.client.get, self._keys.data_key(key))  # type: ignore[no-any-return]
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Raw blobs of ``keys`` in order: one MGET (per cluster node on a cluster)."""
+        data_keys = [self._keys.data_key(k) for k in keys]
+        if self._cluster:
+            return await self._call(self.client.mget_nonatomic, data_keys)  # type: ignore[no-any-return]
+        return await self._call(self.client.mget, data_keys)  # type: ignore[no-any-return]
+
+    async def write(self, key: str, blob: bytes, ttl: float) -> None:
+        """Store ``blob`` for ``ttl`` seconds and revoke any lease on ``key``."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        await self._call(self._write, keys=keys, args=[blob, _px(ttl)])
+
+    async def write_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        """Store several blobs in one pipeline, each revoking its key's lease first."""
+        pipe = self.client.pipeline(transaction=False)
+        px = _px(ttl)
+        for key, blob in items:
+            # revoke first: a lease holder's fill can then no longer land after our write
+            pipe.delete(self._keys.lease_key(key))
+            pipe.set(self._keys.data_key(key), blob, px=px)
+        await self._call(pipe.execute)
+
+    async def delete(self, key: str) -> bool:
+        """Delete the entry and revoke its lease; True if an entry existed."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        return bool(await self._call(self._delete, keys=keys))
+
+    async def replace_if_unchanged(self, key: str, old: bytes, new: bytes, ttl: float) -> bool:
+        """Compare-and-set of an entry's blob (used by touch)."""
+        keys = [self._keys.data_key(key)]
+        return bool(await self._call(self._replace, keys=keys, args=[old, new, _px(ttl)]))
+
+    async def acquire_lease(self, key: str, ttl: float) -> bytes | None:
+        """Take the lease on ``key`` for ``ttl`` seconds: the token, or None if held elsewhere."""
+        token = os.urandom(12)
+        taken = await self._call(
+            self.client.set, self._keys.lease_key(key), token, nx=True, px=_px(ttl)
+        )
+        return token if taken else None
+
+    async def write_if_lease(self, key: str, token: bytes, blob: bytes, ttl: float) -> bool:
+        """The lease holder's fill: stored only if the lease is still ``token``."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        return bool(await self._call(self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)]))
+
+    async def release_lease(self, key: str, token: bytes) -> None:
+        """Give back a lease that will not be used."""
+        await self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        """One round trip: the entry's blob (or None) and whether a lease is still held."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        blob, lease = await self._call(self._poll, keys=keys)
+        return (blob or None), bool(lease)
+
+    async def aclose(self) -> None:
+        """Close the client if the cache created it."""
+        if self._owns_client:
+            await self.client.aclose()

@@ -1,0 +1,107 @@
+"""Circuit breaker for the Redis tier: closed, open, half-open (no I/O, clock injected).
+
+After ``threshold`` consecutive failures the breaker opens and callers skip Redis (L1
+and the loader keep serving). After ``cooldown`` seconds one probe call is let through
+(half-open); its success closes the breaker, its failure opens it for another cooldown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+
+
+class BreakerState(str, Enum):
+    """The three states of a :class:`CircuitBreaker`."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Counts consecutive failures of a dependency and stops calling it while it is down.
+
+    Parameters:
+        threshold: consecutive failures that open the breaker (>= 1).
+        cooldown: seconds the breaker stays open before a probe is allowed (> 0).
+        timer: monotonic clock in seconds (tests inject a fake one).
+    """
+
+    __slots__ = (
+        "_failures",
+        "_lock",
+        "_opened_at",
+        "_probe_in_flight",
+        "_state",
+        "_timer",
+        "cooldown",
+        "opened",
+        "threshold",
+    )
+
+    def __init__(
+        self, threshold: int = 5, cooldown: float = 1.0, *, timer: Callable[[], float] | None = None
+    ) -> None:
+        if not isinstance(threshold, int) or threshold < 1:
+            raise ValueError(f"threshold must be an int >= 1, got {threshold!r}")
+        if not cooldown > 0:
+            raise ValueError(f"cooldown must be > 0 seconds, got {cooldown!r}")
+        self.threshold = threshold
+        self.cooldown = float(cooldown)
+        self._timer = timer or time.monotonic
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+        self.opened = 0
+        """How many times the breaker has opened."""
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an open breaker whose cooldown passed reads as half-open)."""
+        if self._state is BreakerState.OPEN and self._timer() - self._opened_at >= self.cooldown:
+            return BreakerState.HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        """May the caller use the dependency now? (In half-open, only one probe at a time.)"""
+        if self._state is BreakerState.CLOSED:
+            return True
+        with self._lock:
+            if self._state is BreakerState.OPEN:
+                if self._timer() - self._opened_at < self.cooldown:
+                    return False
+                self._state = BreakerState.HALF_OPEN
+                self._probe_in_flight = False
+            if self._probe_in_flight:
+                return False
+            self._probe_in_flight = True
+            return True
+
+    def record_success(self) -> None:
+        """The call succeeded: close the breaker."""
+        if self._state is BreakerState.CLOSED and self._failures == 0:
+            return
+        with self._lock:
+            self._failures = 0
+            self._state = BreakerState.CLOSED
+            self._probe_in_flight = False
+
+    def abandon(self) -> None:
+        """An allowed call ended with no verdict (cancelled): let another probe through."""
+        self._probe_in_flight = False
+
+    def record_failure(self) -> None:
+        """The call failed: count it, and open the breaker at the threshold or after a probe."""
+        with self._lock:
+            self._failures += 1
+            if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
+                if self._state is not BreakerState.OPEN:
+                    self.opened += 1
+                self._state = BreakerState.OPEN
+                self._opened_at = self._timer()
+                self._probe_in_flight = False

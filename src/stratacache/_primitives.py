@@ -1,0 +1,151 @@
+"""Paired primitives: each async name has a sync twin that ``scripts/gen_sync.py`` swaps in.
+
+The async half of the library uses only the ``Async*`` / ``async_*`` names below; the
+generated sync half uses the twins. Keeping every difference between the halves in this
+one module is what lets the rewrite stay a mechanical token swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
+import redis.retry
+from redis.backoff import NoBackoff
+
+T = TypeVar("T")
+
+# -- Redis client classes -------------------------------------------------------------
+
+AsyncRedis = redis.asyncio.Redis
+AsyncRedisCluster = redis.asyncio.cluster.RedisCluster
+Redis = redis.Redis
+RedisCluster = redis.cluster.RedisCluster
+
+
+
+def async_no_retry() -> redis.asyncio.retry.Retry:
+    """A retry policy of zero retries for an asyncio client (the breaker decides instead)."""
+    return redis.asyncio.retry.Retry(NoBackoff(), 0)
+
+
+def no_retry() -> redis.retry.Retry:
+    """A retry policy of zero retries for a sync client (the breaker decides instead)."""
+    return redis.retry.Retry(NoBackoff(), 0)
+
+
+# -- sleeping and calling user code ----------------------------------------------------
+
+
+async def async_sleep(seconds: float) -> None:
+    """Sleep without blocking the event loop."""
+    await asyncio.sleep(seconds)
+
+
+def sleep(seconds: float) -> None:
+    """Sleep the calling thread."""
+    time.sleep(seconds)
+
+
+async def async_call_loader(loader: Callable[[], Any]) -> Any:
+    """Call a zero-argument loader; await its result if it is awaitable."""
+    result = loader()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def call_loader(loader: Callable[[], T]) -> T:
+    """Call a zero-argument loader."""
+    return loader()
+
+
+# -- a one-shot result that several callers wait on -------------------------------------
+
+
+class AsyncResultSlot(Generic[T]):
+    """A result or exception set once by a leader and awaited by any number of waiters."""
+
+    __slots__ = ("_done", "_exception", "_value")
+
+    def __init__(self) -> None:
+        self._done = asyncio.Event()
+        self._value: T | None = None
+        self._exception: BaseException | None = None
+
+    def set_result(self, value: T) -> None:
+        """Publish the value and wake every waiter."""
+        self._value = value
+        self._done.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Publish an exception and wake every waiter."""
+        self._exception = exc
+        self._done.set()
+
+    async def wait(self) -> T:
+        """Wait for the outcome; return the value or raise the exception."""
+        await self._done.wait()
+        if self._exception is not None:
+            raise self._exception
+        return self._value  # type: ignore[return-value]
+
+
+class ResultSlot(Generic[T]):
+    """A result or exception set once by a leader thread and waited on by other threads."""
+
+    __slots__ = ("_done", "_exception", "_value")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._exception: BaseException | None = None
+
+    def set_result(self, value: T) -> None:
+        """Publish the value and wake every waiter."""
+        self._value = value
+        self._done.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Publish an exception and wake every waiter."""
+        self._exception = exc
+        self._done.set()
+
+    def wait(self) -> T:
+        """Wait for the outcome; return the value or raise the exception."""
+        self._done.wait()
+        if self._exception is not None:
+            raise self._exception
+        return self._value  # type: ignore[return-value]
+
+
+# -- locks -------------------------------------------------------------------------------
+
+AsyncLock = asyncio.Lock
+Lock = threading.Lock
+
+__all__ = [
+    "AsyncLock",
+    "AsyncRedis",
+    "AsyncRedisCluster",
+    "AsyncResultSlot",
+    "Lock",
+    "Redis",
+    "RedisCluster",
+    "ResultSlot",
+    "async_call_loader",
+    "async_no_retry",
+    "async_sleep",
+    "call_loader",
+    "no_retry",
+    "sleep",
+]

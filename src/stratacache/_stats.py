@@ -1,0 +1,117 @@
+"""Counters and latency summaries of a cache, and the :class:`CacheStats` snapshot."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_SAMPLES = 4096  # latency samples kept per series: recent behaviour, bounded memory
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of recent samples, in seconds (0.0 when there are none)."""
+
+    count: int = 0
+    p50: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of a cache's counters (see ``Cache.stats()``).
+
+    ``hit_rate`` is the share of reads served by L1 or L2 without calling the loader:
+    ``(l1_hits + l2_hits) / (l1_hits + l1_misses)``.
+    """
+
+    l1_hits: int = 0
+    l1_misses: int = 0
+    l2_hits: int = 0
+    l2_misses: int = 0
+    loads: int = 0
+    coalesced: int = 0
+    stale_served: int = 0
+    errors: int = 0
+    decode_errors: int = 0
+    lease_waits: int = 0
+    fills_refused: int = 0
+    l1_size: int = 0
+    l1_evictions: int = 0
+    breaker_state: str = "closed"
+    breaker_opened: int = 0
+    load_latency: LatencySummary = field(default_factory=LatencySummary)
+    l2_latency: LatencySummary = field(default_factory=LatencySummary)
+
+    @property
+    def hit_rate(self) -> float:
+        """Reads served from a cache tier over all reads (0.0 with no reads)."""
+        reads = self.l1_hits + self.l1_misses
+        return (self.l1_hits + self.l2_hits) / reads if reads else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for logging, JSON, metrics exporters), with ``hit_rate``."""
+        data = asdict(self)
+        data["hit_rate"] = self.hit_rate
+        return data
+
+
+class LatencyRecorder:
+    """A bounded window of recent durations, summarised on demand."""
+
+    __slots__ = ("_samples", "count")
+
+    def __init__(self, size: int = _SAMPLES) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def record(self, seconds: float) -> None:
+        """Add one duration in seconds."""
+        self._samples.append(seconds)
+        self.count += 1
+
+    def summary(self) -> LatencySummary:
+        """p50, p99 and max of the samples in the window."""
+        samples = sorted(self._samples)
+        if not samples:
+            return LatencySummary(count=self.count)
+        last = len(samples) - 1
+        return LatencySummary(
+            count=self.count,
+            p50=samples[round(0.50 * last)],
+            p99=samples[round(0.99 * last)],
+            max=samples[-1],
+        )
+
+
+class Counters:
+    """The tier counters a cache keeps in Python (L1 hits and misses live in the L1)."""
+
+    __slots__ = (
+        "coalesced",
+        "decode_errors",
+        "errors",
+        "fills_refused",
+        "l2_hits",
+        "l2_latency",
+        "l2_misses",
+        "lease_waits",
+        "load_latency",
+        "loads",
+        "stale_served",
+    )
+
+    def __init__(self) -> None:
+        self.l2_hits = 0
+        self.l2_misses = 0
+        self.loads = 0
+        self.coalesced = 0
+        self.stale_served = 0
+        self.errors = 0
+        self.decode_errors = 0
+        self.lease_waits = 0
+        self.fills_refused = 0
+        self.load_latency = LatencyRecorder()
+        self.l2_latency = LatencyRecorder()
