@@ -28,6 +28,8 @@ def test_check_detects_drift(tmp_path: Path) -> None:
     shutil.copy(ROOT / "scripts" / "gen_sync.py", copy / "scripts" / "gen_sync.py")
     shutil.copytree(ROOT / "src" / "stratacache" / "_async", copy / "src/stratacache/_async")
     shutil.copytree(ROOT / "src" / "stratacache" / "_sync", copy / "src/stratacache/_sync")
+    shutil.copytree(ROOT / "tests" / "_async", copy / "tests/_async")
+    shutil.copytree(ROOT / "tests" / "_sync", copy / "tests/_sync")
     (copy / "src/stratacache/_sync/__init__.py").write_text("# edited by hand\n")
     result = subprocess.run(
         [sys.executable, str(copy / "scripts" / "gen_sync.py"), "--check"],
@@ -36,4 +38,4 @@ def test_check_detects_drift(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert "__init__.py" in result.stdout
+    assert "src/stratacache/_sync/__init__.py" in result.stdout

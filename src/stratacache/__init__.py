@@ -1,24 +1,50 @@
-"""stratacache: a multi-tier cache — compiled in-process L1, Redis L2, single-flight."""
+"""stratacache: a multi-tier cache — compiled in-process L1, Redis L2, single-flight.
+
+``Cache`` (sync) and ``AsyncCache`` put an in-process LRU of live objects in front of
+Redis, coalesce misses (single-flight in the process, a lease in Redis across processes)
+and never let a late fill write stale data. See the README for a tour.
+"""
 
 from __future__ import annotations
 
-from ._sentinel import MISSING
+from ._async.cache import AsyncCache
+from ._breaker import BreakerState, CircuitBreaker
+from ._codec import Codec, Entry, TypeRegistry
 from ._errors import (
     CorruptEntryError,
     InvalidKeyError,
+    RedisUnavailableError,
     SerializationError,
     StratacacheError,
     ValueTooLargeError,
 )
+from ._keys import KeySpace, make_key
+from ._l1 import L1
+from ._sentinel import MISSING
+from ._stats import CacheStats, LatencySummary
+from ._sync.cache import Cache
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CorruptEntryError",
-    "InvalidKeyError",
     "MISSING",
+    "AsyncCache",
+    "BreakerState",
+    "Cache",
+    "CacheStats",
+    "CircuitBreaker",
+    "Codec",
+    "CorruptEntryError",
+    "Entry",
+    "InvalidKeyError",
+    "KeySpace",
+    "L1",
+    "LatencySummary",
+    "RedisUnavailableError",
     "SerializationError",
     "StratacacheError",
+    "TypeRegistry",
     "ValueTooLargeError",
     "__version__",
+    "make_key",
 ]

@@ -1,0 +1,1 @@
+"""Tests written async; ``tests/_sync/`` is generated from them."""

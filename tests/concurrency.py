@@ -1,0 +1,91 @@
+"""Paired concurrency helpers for the suite written once in ``tests/_async/``.
+
+``scripts/gen_sync.py`` swaps each async name for its sync twin: tasks become threads,
+``asyncio.Event`` becomes ``threading.Event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+AsyncEvent = asyncio.Event
+Event = threading.Event
+
+
+class AsyncTask:
+    """A running coroutine; ``await join()`` returns its result or raises its error."""
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        self._task = asyncio.ensure_future(fn())
+
+    async def join(self) -> Any:
+        return await self._task
+
+
+class Task:
+    """A running thread; ``join()`` returns its result or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = fn()
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self) -> Any:
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "task did not finish in 30 s"
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+async def async_wait_event(event: asyncio.Event) -> None:
+    """Wait for an event (bounded, so a broken test fails instead of hanging)."""
+    await asyncio.wait_for(event.wait(), timeout=30)
+
+
+def wait_event(event: threading.Event) -> None:
+    """Wait for an event (bounded, so a broken test fails instead of hanging)."""
+    assert event.wait(timeout=30), "event not set within 30 s"
+
+
+class FakeClock:
+    """A settable clock for both the monotonic timer and the wall clock of a cache."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def async_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Let other tasks run until ``predicate()`` holds (fails after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0)
+
+
+def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Let other threads run until ``predicate()`` holds (fails after ``timeout``)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.0005)

@@ -1,0 +1,60 @@
+"""The public surface is exactly what ``__all__`` pins, and every public name is documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import stratacache
+
+EXPECTED = {
+    "MISSING",
+    "AsyncCache",
+    "BreakerState",
+    "Cache",
+    "CacheStats",
+    "CircuitBreaker",
+    "Codec",
+    "CorruptEntryError",
+    "Entry",
+    "InvalidKeyError",
+    "KeySpace",
+    "L1",
+    "LatencySummary",
+    "RedisUnavailableError",
+    "SerializationError",
+    "StratacacheError",
+    "TypeRegistry",
+    "ValueTooLargeError",
+    "__version__",
+    "make_key",
+}
+
+
+def test_exported_names_are_pinned() -> None:
+    assert set(stratacache.__all__) == EXPECTED
+    public = {n for n in dir(stratacache) if not n.startswith("_")}
+    assert public - {"annotations", "testing"} <= EXPECTED
+
+
+def test_every_public_name_and_method_has_a_docstring() -> None:
+    undocumented = []
+    for name in stratacache.__all__:
+        obj = getattr(stratacache, name)
+        if name in {"MISSING", "__version__"}:
+            continue
+        if not (inspect.getdoc(obj) or "").strip():
+            undocumented.append(name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not callable(member):
+                    continue
+                if not (inspect.getdoc(member) or "").strip():
+                    undocumented.append(f"{name}.{attr}")
+    assert undocumented == []
+
+
+def test_sync_and_async_caches_have_the_same_methods() -> None:
+    def methods(cls: type) -> set[str]:
+        return {n for n, m in vars(cls).items() if not n.startswith("_") and callable(m)}
+
+    assert methods(stratacache.Cache) == methods(stratacache.AsyncCache)

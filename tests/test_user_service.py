@@ -1,0 +1,70 @@
+"""The seed's UserService gives the seed's expected results (on real Redis and SQLite)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from user_service import Database, User, UserService
+
+from stratacache import Cache
+
+
+@pytest.fixture
+def service(target: tuple[str, bool], tmp_path: Path) -> Iterator[UserService]:
+    url, cluster = target
+    db = Database(tmp_path / "users.db")
+    cache = Cache(url, cluster=cluster, namespace="users", lease_wait=5)
+    yield UserService(db, cache)
+    cache.close()
+
+
+def test_first_access_misses_second_hits_hit_rate_50_percent(service: UserService) -> None:
+    alice = service.create_user("Alice", "alice@example.com")
+    assert service.get_user(alice.id) == alice
+    assert service.db.queries == 1
+    assert service.get_user(alice.id) == alice
+    assert service.db.queries == 1
+    metrics = service.get_metrics()
+    assert metrics["hit_rate"] == "50.00%"
+    assert (metrics["cache_hits"], metrics["cache_misses"]) == (1, 1)
+
+
+def test_ten_concurrent_requests_make_one_db_query(service: UserService) -> None:
+    bob = service.create_user("Bob", "bob@example.com")
+    service.db.query_delay = 0.2  # a slow query, so that every request arrives during it
+    start = threading.Barrier(10)
+    results: list[User | None] = []
+
+    def request() -> None:
+        start.wait()
+        results.append(service.get_user(bob.id))
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [bob] * 10
+    assert service.db.queries == 1
+    assert service.get_metrics()["coalesced"] == 9
+
+
+def test_after_an_update_fresh_data_comes_from_the_db(service: UserService) -> None:
+    carol = service.create_user("Carol", "carol@example.com")
+    assert service.get_user(carol.id) == carol
+    changed = User(carol.id, "Carol B.", "carol.b@example.com")
+    assert service.update_user(changed) is True
+    assert service.cached_user(carol.id) is None  # invalidated
+    assert service.get_user(carol.id) == changed
+    assert service.db.queries == 2
+
+
+def test_a_deleted_user_is_gone_and_unknown_users_are_none(service: UserService) -> None:
+    dave = service.create_user("Dave", "dave@example.com")
+    assert service.get_user(dave.id) == dave
+    assert service.delete_user(dave.id) is True
+    assert service.get_user(dave.id) is None
+    assert service.get_user(9999) is None
