@@ -1,0 +1,187 @@
+"""Benchmark cases for the tiered cache, each beside its baseline and its peers.
+
+A case is a zero-argument callable that performs ``n`` operations; both the
+pytest-benchmark suite (``bench_cache.py``) and the one-table report
+(``cache_report.py``) time the same callables, so their figures agree.
+Redis cases need a server: the caller passes its URL (benchmarks start their own,
+pinned to the benchmark's CPU by ``taskset`` in ``make bench``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import cachebox
+import cachetools
+import msgpack
+import redis
+import redis.asyncio
+import theine
+from dogpile.cache import make_region
+
+from stratacache import AsyncCache, Cache
+
+Case = Callable[[], None]
+VALUE = {"id": 42, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
+KEY = "user:42"
+
+
+def _loop_sync(get: Callable[..., Any], key: Any, n: int) -> Case:
+    def run() -> None:
+        for _ in range(n):
+            get(key)
+
+    return run
+
+
+def _loop_async(loop: asyncio.AbstractEventLoop, get: Callable[..., Any], key: Any, n: int) -> Case:
+    async def many() -> None:
+        for _ in range(n):
+            await get(key)
+
+    return lambda: loop.run_until_complete(many())
+
+
+def l1_hit_cases(n: int, loop: asyncio.AbstractEventLoop) -> dict[str, Case]:
+    """``get`` of a present key: stratacache's L1 path vs dict.get and peer caches."""
+    cases: dict[str, Case] = {}
+    d = {KEY: VALUE}
+    cases["dict.get (baseline)"] = _loop_sync(d.get, KEY, n)
+
+    cache = Cache(None)
+    cache.set(KEY, VALUE)
+    cases["stratacache Cache.get"] = _loop_sync(cache.get, KEY, n)
+
+    box = cachebox.TTLCache(10_000, ttl=300)
+    box[KEY] = VALUE
+    cases["cachebox TTLCache.get"] = _loop_sync(box.get, KEY, n)
+
+    th = theine.Cache(10_000)
+    th.set(KEY, VALUE)
+    cases["theine Cache.get"] = _loop_sync(th.get, KEY, n)
+
+    region = make_region().configure("dogpile.cache.memory")
+    region.set(KEY, VALUE)
+    cases["dogpile.cache region.get"] = _loop_sync(region.get, KEY, n)
+
+    async def trivial(key: str) -> Any:
+        return d.get(key)
+
+    cases["await trivial coroutine (async baseline)"] = _loop_async(loop, trivial, KEY, n)
+
+    acache = AsyncCache(None)
+    loop.run_until_complete(acache.set(KEY, VALUE))
+    cases["stratacache await AsyncCache.get"] = _loop_async(loop, acache.get, KEY, n)
+
+    import aiocache
+    import cashews
+
+    cashews_cache = cashews.Cache()
+    cashews_cache.setup("mem://")
+    loop.run_until_complete(cashews_cache.set(KEY, VALUE))
+    cases["cashews await get"] = _loop_async(loop, cashews_cache.get, KEY, n)
+
+    aio = aiocache.SimpleMemoryCache()
+    loop.run_until_complete(aio.set(KEY, VALUE))
+    cases["aiocache await get"] = _loop_async(loop, aio.get, KEY, n)
+    return cases
+
+
+def decorated_hit_cases(n: int) -> dict[str, Case]:
+    """A decorated function called with cached arguments."""
+    cache = Cache(None)
+
+    def fn(user_id: int) -> dict[str, Any]:
+        return VALUE
+
+    cases: dict[str, Case] = {}
+    lru = functools.lru_cache(maxsize=10_000)(fn)
+    strata = cache.cached(ttl=300)(fn)
+    strata_tpl = cache.cached(ttl=300, key="user:{user_id}")(fn)
+    ct = cachetools.cached(cachetools.TTLCache(10_000, ttl=300))(fn)
+    cb = cachebox.cached(cachebox.TTLCache(10_000, ttl=300))(fn)
+    th = theine.Memoize(10_000, timedelta(seconds=300))(fn)
+    for name, f in [
+        ("functools.lru_cache (baseline)", lru),
+        ("stratacache @cached (default key)", strata),
+        ("stratacache @cached (template key)", strata_tpl),
+        ("cachetools @cached(TTLCache)", ct),
+        ("cachebox @cached(TTLCache)", cb),
+        ("theine @Memoize", th),
+    ]:
+        f(42)
+        cases[name] = _loop_sync(f, 42, n)
+    return cases
+
+
+def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str, Case]:
+    """An L1 miss served by Redis, vs raw redis-py GET + msgpack.unpackb (sync and async).
+
+    Two keys alternate in an L1 of one entry, so every stratacache read is an L2 hit plus
+    its L1 fill — the whole cost a caller pays.
+    """
+    keys = ["a", "b"]
+    raw = redis.Redis.from_url(url)
+    for k in keys:
+        raw.set(f"raw:{k}", msgpack.packb(VALUE))
+    cache = Cache(url, namespace="bench", l1_maxsize=1)
+    for k in keys:
+        cache.set(k, VALUE)
+
+    def raw_get() -> None:
+        for i in range(n):
+            msgpack.unpackb(raw.get(f"raw:{keys[i & 1]}"))
+
+    def strata_get() -> None:
+        for i in range(n):
+            cache.get(keys[i & 1])
+
+    araw = redis.asyncio.Redis.from_url(url)
+    acache = AsyncCache(url, namespace="bench", l1_maxsize=1)
+
+    async def araw_many() -> None:
+        for i in range(n):
+            msgpack.unpackb(await araw.get(f"raw:{keys[i & 1]}"))
+
+    async def astrata_many() -> None:
+        for i in range(n):
+            await acache.get(keys[i & 1])
+
+    return {
+        "redis-py GET + msgpack.unpackb (baseline)": raw_get,
+        "stratacache Cache.get (L2 hit)": strata_get,
+        "redis.asyncio GET + msgpack.unpackb (async baseline)": lambda: loop.run_until_complete(
+            araw_many()
+        ),
+        "stratacache await AsyncCache.get (L2 hit)": lambda: loop.run_until_complete(
+            astrata_many()
+        ),
+    }
+
+
+def get_many_cases(url: str, n: int) -> dict[str, Case]:
+    """100 keys in one call: ``get_many`` vs raw MGET + decode of each value."""
+    keys = [f"m{i}" for i in range(100)]
+    raw = redis.Redis.from_url(url)
+    raw.mset({f"raw:{k}": msgpack.packb(VALUE) for k in keys})
+    cache = Cache(url, namespace="bench", l1_maxsize=100)
+    cache.set_many({k: VALUE for k in keys})
+    raw_keys = [f"raw:{k}" for k in keys]
+
+    def raw_mget() -> None:
+        for _ in range(n):
+            [msgpack.unpackb(b) for b in raw.mget(raw_keys)]
+
+    def strata_get_many() -> None:
+        for _ in range(n):
+            cache.l1.clear()  # every key an L1 miss: one MGET for all 100
+            cache.get_many(keys)
+
+    return {
+        "redis-py MGET(100) + msgpack.unpackb (baseline)": raw_mget,
+        "stratacache get_many(100) (L2)": strata_get_many,
+    }

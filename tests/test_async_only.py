@@ -1,0 +1,55 @@
+"""Behaviour that exists only in the async half: cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stratacache import MISSING, AsyncCache
+
+
+async def test_a_cancelled_leader_does_not_strand_its_waiters() -> None:
+    cache = AsyncCache(None)
+    leader_started = asyncio.Event()
+    calls: list[str] = []
+
+    async def hanging_loader() -> str:
+        calls.append("leader")
+        leader_started.set()
+        await asyncio.Event().wait()  # never finishes: the leader gets cancelled
+        raise AssertionError("unreachable")
+
+    async def good_loader() -> str:
+        calls.append("waiter")
+        return "value"
+
+    leader = asyncio.ensure_future(cache.get_or_set("k", hanging_loader))
+    await asyncio.wait_for(leader_started.wait(), 5)
+    waiters = [asyncio.ensure_future(cache.get_or_set("k", good_loader)) for _ in range(3)]
+    while cache.stats().coalesced < 3:
+        await asyncio.sleep(0)
+    leader.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert results == ["value"] * 3
+    assert calls == ["leader", "waiter"]  # one waiter took over; the others followed it
+    assert leader.cancelled()
+    assert await cache.get("k", MISSING) == "value"
+
+
+async def test_cancelling_a_waiter_leaves_the_leader_and_others_alone() -> None:
+    cache = AsyncCache(None)
+    release = asyncio.Event()
+
+    async def loader() -> str:
+        await release.wait()
+        return "value"
+
+    leader = asyncio.ensure_future(cache.get_or_set("k", loader))
+    waiter = asyncio.ensure_future(cache.get_or_set("k", loader))
+    other = asyncio.ensure_future(cache.get_or_set("k", loader))
+    while cache.stats().coalesced < 2:
+        await asyncio.sleep(0)
+    waiter.cancel()
+    release.set()
+    assert await leader == "value"
+    assert await other == "value"
+    assert waiter.cancelled()
