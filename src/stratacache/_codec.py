@@ -1,0 +1,663 @@
+"""The msgpack codec: the envelope stored in Redis, ext types, limits and optional signing.
+
+Design notes
+------------
+* **Security.** msgpack only, never pickle. Decoding bytes from Redis can only give an
+  :class:`Entry` or raise :class:`CorruptEntryError` (which the cache turns into a miss and
+  a ``decode_errors`` count); nothing in the blob selects code to run except the decoders
+  the *application* registered for its own ext codes. With ``secret=`` every blob carries
+  an HMAC-SHA256 tag that is checked (``hmac.compare_digest``) before unpacking.
+* **One unpack on the hit path.** An entry is a single msgpack array
+  ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], payload]`` so ``decode`` is
+  one ``msgpack.unpackb`` call; the payload is nested, not a second blob. (With a secret,
+  the 32-byte tag is a prefix: ``tag || array``.)
+* **Types.** Natively: ``None``, ``bool``, ``int`` (64-bit), ``float`` (NaN/inf too),
+  ``str``, ``bytes``, ``list``, ``dict`` (keys of any supported hashable type). As ext types
+  with reserved codes 1..15: ``tuple`` (stays a tuple, also as a map key), ``set``,
+  ``frozenset``, ``datetime``, ``date``, ``time``, ``timedelta``, ``UUID``, ``Decimal`` and
+  ints beyond 64 bits. Application types go through a :class:`TypeRegistry` (codes
+  16..127). ``bytearray`` and ``memoryview`` are written as bin and come back as ``bytes``.
+* **Exact types only.** A subclass of a supported type (``OrderedDict``, ``IntEnum``,
+  a ``namedtuple``, a ``datetime`` subclass...) is rejected with
+  :class:`SerializationError` unless it is registered itself: writing it as its base type
+  would make an L2 hit return a different type than the L1 hit for the same entry.
+* **Datetimes.** Lossless: all fields including microseconds and ``fold``; an aware value
+  keeps its UTC offset, but as a fixed offset (``datetime.timezone``): a named zone
+  (``ZoneInfo("Europe/Paris")``) comes back as ``timezone(timedelta(hours=1))`` — the same
+  instant and wall time. An aware ``time`` whose zone needs a date to know its offset is
+  rejected.
+* **Limits.** ``max_size`` bounds the whole blob (checked after encoding, and before
+  unpacking on decode; ``unpackb`` also caps every declared str/bin/array/map/ext length
+  by the buffer length, so a tiny blob declaring a 4 GiB string fails without allocating).
+  ``max_depth`` bounds container nesting on encode: ``dict``, ``list``, ``tuple``,
+  ``set``, ``frozenset`` and each registered-type object count one level each; a deeper
+  (or self-referential) value is a :class:`SerializationError`. On decode, ext nesting
+  (tuples, sets, registered types) is capped at ``max_depth`` and plain array/map nesting
+  by msgpack's own unpacker stack (1024 per ext level); a foreign writer can thus
+  produce a value deeper than ``max_depth`` but never an unbounded recursion. With
+  ``secret=`` only writers that hold the secret are accepted, so decoded values obey the
+  encode limits.
+* **Thread safety.** A :class:`Codec` is immutable after construction; it keeps one
+  reusable ``msgpack.Packer`` per thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import decimal
+import hmac
+import struct
+import threading
+import uuid
+from typing import Any, Callable, NamedTuple, Optional
+
+import msgpack  # type: ignore[import-untyped]
+
+from ._errors import CorruptEntryError, SerializationError, ValueTooLargeError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Codec",
+    "Entry",
+    "TypeRegistry",
+    "default_registry",
+    "register_dataclass",
+    "register_type",
+]
+
+FORMAT_VERSION = 1
+"""Version of the envelope layout; a blob with any other version is a miss."""
+
+MIN_USER_CODE = 16
+MAX_USER_CODE = 127
+MAX_DEPTH_LIMIT = 100  # keeps encode/decode recursion far below the interpreter's limit
+MIN_SECRET_LENGTH = 16
+_MAC_SIZE = 32
+
+# Ext codes of the built-in types (1..15 are reserved for stratacache).
+EXT_TUPLE = 1
+EXT_SET = 2
+EXT_FROZENSET = 3
+EXT_DATETIME = 4
+EXT_DATE = 5
+EXT_TIME = 6
+EXT_TIMEDELTA = 7
+EXT_UUID = 8
+EXT_DECIMAL = 9
+EXT_BIGINT = 10
+
+_DATETIME = struct.Struct(">HBBBBBBI")  # year month day hour minute second fold microsecond
+_DATE = struct.Struct(">HBB")
+_TIME = struct.Struct(">BBBBI")  # hour minute second fold microsecond
+_OFFSET = struct.Struct(">q")  # UTC offset in microseconds
+_TIMEDELTA = struct.Struct(">iII")  # days seconds microseconds
+
+_ONE_DAY_US = 86_400_000_000
+
+# Types msgpack packs as they are (with strict_types=True) — nothing to prepare.
+_LEAF_TYPES: frozenset[type] = frozenset(
+    {str, int, float, bool, type(None), bytes, bytearray, memoryview}
+)
+# Types with built-in support: cannot be registered by an application.
+_BUILTIN_TYPES: frozenset[type] = _LEAF_TYPES | {
+    dict,
+    list,
+    tuple,
+    set,
+    frozenset,
+    _dt.datetime,
+    _dt.date,
+    _dt.time,
+    _dt.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+}
+
+
+class Entry(NamedTuple):
+    """A decoded envelope (a ``NamedTuple``: immutable, and cheap to build on the hit path)."""
+
+    value: Any
+    created_at: float
+    """Wall-clock epoch seconds (``time.time()``) when the entry was written."""
+    expires_at: Optional[float]
+    """Wall-clock epoch seconds of logical expiry; ``None`` = never."""
+    tags: tuple[str, ...]
+
+
+_new_entry = tuple.__new__
+
+
+class TypeRegistry:
+    """Encoder/decoder pairs for application types, each under its own msgpack ext code.
+
+    Lookup is by exact type (a subclass must be registered itself). A :class:`Codec`
+    reads its registry at every call, so types registered after the codec was built are
+    used too. Register at import time: registration is not meant to race with encoding.
+    """
+
+    __slots__ = ("_decoders", "_encoders")
+
+    def __init__(self) -> None:
+        self._encoders: dict[type, tuple[int, Callable[[Any], Any]]] = {}
+        self._decoders: dict[int, Callable[[Any], Any]] = {}
+
+    def register(
+        self,
+        cls: type,
+        code: int,
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+    ) -> None:
+        """Encode instances of exactly ``cls`` as ``encode(obj)`` under ext ``code``.
+
+        ``encode`` returns any value the codec supports (it is encoded recursively, within
+        the same depth limit); ``decode`` receives that value back and rebuilds the
+        object. An exception from ``decode`` makes the entry a miss. ``code`` must be in
+        16..127 (1..15 are stratacache's); a code or class already registered, or a type
+        with built-in support, is a ``ValueError``.
+        """
+        if not isinstance(cls, type):
+            raise TypeError(f"cls must be a class, not {type(cls).__name__}")
+        if type(code) is not int or not MIN_USER_CODE <= code <= MAX_USER_CODE:
+            raise ValueError(
+                f"ext code for {cls.__qualname__} must be an int in "
+                f"{MIN_USER_CODE}..{MAX_USER_CODE}, got {code!r}"
+            )
+        if not callable(encode) or not callable(decode):
+            raise TypeError("encode and decode must be callables")
+        if cls in _BUILTIN_TYPES:
+            raise ValueError(f"{cls.__qualname__} is supported natively; it cannot be registered")
+        if cls in self._encoders:
+            raise ValueError(
+                f"{cls.__qualname__} is already registered (code {self._encoders[cls][0]})"
+            )
+        if code in self._decoders:
+            raise ValueError(f"ext code {code} is already registered")
+        self._decoders[code] = decode
+        self._encoders[cls] = (code, encode)
+
+    def register_dataclass(self, cls: type, code: int) -> None:
+        """Register a dataclass: its ``init`` fields are written as a ``{name: value}`` map.
+
+        Field values are encoded recursively. Decoding calls ``cls(**fields)``, so adding a
+        field with a default stays compatible with entries written before.
+        """
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise TypeError(f"{cls!r} is not a dataclass type")
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+        def encode(obj: Any) -> dict[str, Any]:
+            return {name: getattr(obj, name) for name in names}
+
+        def decode(fields: Any) -> Any:
+            if type(fields) is not dict:
+                raise TypeError(f"{cls.__qualname__} payload is not a map")
+            return cls(**fields)
+
+        self.register(cls, code, encode, decode)
+
+    def code_of(self, cls: type) -> Optional[int]:
+        """The ext code registered for ``cls``, or ``None``."""
+        found = self._encoders.get(cls)
+        return None if found is None else found[0]
+
+    def copy(self) -> TypeRegistry:
+        """An independent registry with the same registrations."""
+        other = TypeRegistry()
+        other._encoders.update(self._encoders)
+        other._decoders.update(self._decoders)
+        return other
+
+
+default_registry = TypeRegistry()
+"""The registry a :class:`Codec` uses when not given ``types=``."""
+
+
+def register_type(
+    cls: type, code: int, encode: Callable[[Any], Any], decode: Callable[[Any], Any]
+) -> None:
+    """:meth:`TypeRegistry.register` on :data:`default_registry`."""
+    default_registry.register(cls, code, encode, decode)
+
+
+def register_dataclass(cls: type, code: int) -> None:
+    """:meth:`TypeRegistry.register_dataclass` on :data:`default_registry`."""
+    default_registry.register_dataclass(cls, code)
+
+
+class _TooDeep(Exception):
+    """Internal: ext nesting on decode exceeded max_depth."""
+
+
+class _DecodeState(threading.local):
+    depth = 0  # current ext nesting of the decode running on this thread
+
+
+class _Packers(threading.local):
+    packer: Optional[msgpack.Packer] = None
+
+
+def _pack_overflow(obj: Any) -> Any:
+    """``default=`` hook of the packer: only ever reached for ints beyond 64 bits."""
+    if type(obj) is int:
+        return msgpack.ExtType(
+            EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True)
+        )
+    raise SerializationError(f"cannot encode value of type {type(obj).__qualname__!r}")
+
+
+def _encode_offset(offset: Optional[_dt.timedelta]) -> bytes:
+    if offset is None:
+        return b""
+    return _OFFSET.pack(offset // _dt.timedelta(microseconds=1))
+
+
+def _decode_offset(data: bytes) -> Optional[_dt.timezone]:
+    if not data:
+        return None
+    (micros,) = _OFFSET.unpack(data)
+    if not -_ONE_DAY_US < micros < _ONE_DAY_US:
+        raise ValueError("UTC offset out of range")
+    return _dt.timezone(_dt.timedelta(microseconds=micros))
+
+
+def _encode_datetime(obj: _dt.datetime) -> msgpack.ExtType:
+    head = _DATETIME.pack(
+        obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second, obj.fold, obj.microsecond
+    )
+    return msgpack.ExtType(EXT_DATETIME, head + _encode_offset(obj.utcoffset()))
+
+
+def _decode_datetime(data: bytes) -> _dt.datetime:
+    size = _DATETIME.size
+    if len(data) not in (size, size + _OFFSET.size):
+        raise ValueError("bad datetime payload")
+    y, mo, d, h, mi, s, fold, us = _DATETIME.unpack_from(data)
+    return _dt.datetime(y, mo, d, h, mi, s, us, _decode_offset(data[size:]), fold=fold)
+
+
+def _encode_date(obj: _dt.date) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_DATE, _DATE.pack(obj.year, obj.month, obj.day))
+
+
+def _decode_date(data: bytes) -> _dt.date:
+    return _dt.date(*_DATE.unpack(data))
+
+
+def _encode_time(obj: _dt.time) -> msgpack.ExtType:
+    offset = obj.utcoffset()
+    if obj.tzinfo is not None and offset is None:
+        raise SerializationError(
+            f"cannot encode time {obj!r}: its tzinfo gives no UTC offset without a date"
+        )
+    head = _TIME.pack(obj.hour, obj.minute, obj.second, obj.fold, obj.microsecond)
+    return msgpack.ExtType(EXT_TIME, head + _encode_offset(offset))
+
+
+def _decode_time(data: bytes) -> _dt.time:
+    size = _TIME.size
+    if len(data) not in (size, size + _OFFSET.size):
+        raise ValueError("bad time payload")
+    h, mi, s, fold, us = _TIME.unpack_from(data)
+    return _dt.time(h, mi, s, us, _decode_offset(data[size:]), fold=fold)
+
+
+def _encode_timedelta(obj: _dt.timedelta) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_TIMEDELTA, _TIMEDELTA.pack(obj.days, obj.seconds, obj.microseconds))
+
+
+def _decode_timedelta(data: bytes) -> _dt.timedelta:
+    days, seconds, micros = _TIMEDELTA.unpack(data)
+    return _dt.timedelta(days, seconds, micros)
+
+
+def _encode_uuid(obj: uuid.UUID) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_UUID, obj.bytes)
+
+
+def _decode_uuid(data: bytes) -> uuid.UUID:
+    return uuid.UUID(bytes=data)
+
+
+def _encode_decimal(obj: decimal.Decimal) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_DECIMAL, str(obj).encode("ascii"))
+
+
+def _decode_decimal(data: bytes) -> decimal.Decimal:
+    return decimal.Decimal(data.decode("ascii"))
+
+
+def _decode_bigint(data: bytes) -> int:
+    return int.from_bytes(data, "big", signed=True)
+
+
+# Types without nested values: encoded without counting depth.
+_SCALAR_ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
+    _dt.datetime: _encode_datetime,
+    _dt.date: _encode_date,
+    _dt.time: _encode_time,
+    _dt.timedelta: _encode_timedelta,
+    uuid.UUID: _encode_uuid,
+    decimal.Decimal: _encode_decimal,
+}
+_SCALAR_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    EXT_DATETIME: _decode_datetime,
+    EXT_DATE: _decode_date,
+    EXT_TIME: _decode_time,
+    EXT_TIMEDELTA: _decode_timedelta,
+    EXT_UUID: _decode_uuid,
+    EXT_DECIMAL: _decode_decimal,
+    EXT_BIGINT: _decode_bigint,
+}
+_COLLECTION_CODES: dict[type, int] = {tuple: EXT_TUPLE, set: EXT_SET, frozenset: EXT_FROZENSET}
+_COLLECTION_TYPES: dict[int, Callable[[list[Any]], Any]] = {
+    EXT_TUPLE: tuple,
+    EXT_SET: set,
+    EXT_FROZENSET: frozenset,
+}
+_SUPPORTED_BASES = tuple(_BUILTIN_TYPES)
+
+
+def _unsupported(obj: Any) -> SerializationError:
+    cls = type(obj)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if isinstance(obj, _SUPPORTED_BASES):
+        base = next(b for b in cls.__mro__[1:] if b in _BUILTIN_TYPES)
+        return SerializationError(
+            f"cannot encode value of type {name!r}: it is a subclass of "
+            f"{base.__qualname__!r}, and subclasses are not written as their base type (an "
+            "L2 hit would return a different type than L1); convert it, or register the "
+            "class with stratacache.register_type()"
+        )
+    hint = (
+        "register it with stratacache.register_dataclass()"
+        if dataclasses.is_dataclass(obj)
+        else "register it with stratacache.register_type()"
+    )
+    return SerializationError(f"cannot encode value of type {name!r}: {hint}")
+
+
+class Codec:
+    """Encodes cache entries to msgpack bytes and decodes them back, safely.
+
+    :param max_size: largest blob (envelope and signature included) ``encode`` produces
+        and ``decode`` accepts, in bytes.
+    :param max_depth: deepest container nesting accepted on encode (1..100), see the
+        module notes for what is guaranteed on decode.
+    :param secret: when set, blobs are signed with HMAC-SHA256 (keys derived from the
+        secret, distinct for entries and bare values) and unsigned or tampered blobs are
+        corrupt. At least 16 bytes; 32 random bytes recommended.
+    :param types: the registry of application types; :data:`default_registry` if omitted.
+    """
+
+    __slots__ = (
+        "_decoders",
+        "_encoders",
+        "_entry_key",
+        "_ext_hook",
+        "_max_depth",
+        "_max_size",
+        "_packers",
+        "_state",
+        "_value_key",
+        "types",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 8 * 1024 * 1024,
+        max_depth: int = 32,
+        secret: Optional[bytes] = None,
+        types: Optional[TypeRegistry] = None,
+    ) -> None:
+        if type(max_size) is not int or max_size < 64:
+            raise ValueError(f"max_size must be an int >= 64, got {max_size!r}")
+        if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+            raise ValueError(f"max_depth must be an int in 1..{MAX_DEPTH_LIMIT}, got {max_depth!r}")
+        if types is None:
+            types = default_registry
+        elif not isinstance(types, TypeRegistry):
+            raise TypeError(f"types must be a TypeRegistry, not {type(types).__name__}")
+        self._max_size = max_size
+        self._max_depth = max_depth
+        self.types = types
+        self._encoders = types._encoders
+        self._decoders = types._decoders
+        self._entry_key: Optional[bytes] = None
+        self._value_key: Optional[bytes] = None
+        if secret is not None:
+            if not isinstance(secret, bytes):
+                raise TypeError(f"secret must be bytes, not {type(secret).__name__}")
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(f"secret must be at least {MIN_SECRET_LENGTH} bytes long")
+            self._entry_key = hmac.digest(secret, b"stratacache/entry", "sha256")
+            self._value_key = hmac.digest(secret, b"stratacache/value", "sha256")
+        self._packers = _Packers()
+        self._state = _DecodeState()
+        self._ext_hook = self._decode_ext  # bound once, not at every decode
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    @property
+    def signed(self) -> bool:
+        return self._entry_key is not None
+
+    # -- encode ------------------------------------------------------------------------
+
+    def encode(
+        self,
+        key: str,
+        value: Any,
+        *,
+        created_at: float,
+        expires_at: Optional[float] = None,
+        tags: tuple[str, ...] = (),
+    ) -> bytes:
+        """The blob stored under ``key``.
+
+        Raises :class:`SerializationError` (a ``TypeError``) for an unsupported or too
+        deeply nested value, :class:`ValueTooLargeError` when the blob exceeds
+        ``max_size``; nothing is written by the caller in either case.
+        """
+        if type(key) is not str:
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        for tag in tags:
+            if type(tag) is not str:
+                raise TypeError(f"tags must be str, got {type(tag).__name__}")
+        envelope = [
+            FORMAT_VERSION,
+            key,
+            float(created_at),
+            None if expires_at is None else float(expires_at),
+            list(tags),
+            self._prepare(value, 0),
+        ]
+        return self._finish(envelope, self._entry_key)
+
+    def encode_value(self, value: Any) -> bytes:
+        """A bare value (no envelope), under the same types and limits."""
+        return self._finish(self._prepare(value, 0), self._value_key)
+
+    def _finish(self, prepared: Any, mac_key: Optional[bytes]) -> bytes:
+        body = self._pack(prepared)
+        if mac_key is not None:
+            body = hmac.digest(mac_key, body, "sha256") + body
+        if len(body) > self._max_size:
+            raise ValueTooLargeError(
+                f"encoded value is {len(body)} bytes, larger than max_size={self._max_size}"
+            )
+        return body
+
+    def _pack(self, prepared: Any) -> bytes:
+        packer = self._packers.packer
+        if packer is None:
+            packer = self._packers.packer = msgpack.Packer(
+                use_bin_type=True, strict_types=True, default=_pack_overflow
+            )
+        try:
+            return packer.pack(prepared)  # type: ignore[no-any-return]
+        except SerializationError:
+            raise
+        except UnicodeEncodeError as exc:
+            raise SerializationError(f"cannot encode a str as UTF-8: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode value: {exc}") from exc
+
+    def _prepare(self, obj: Any, depth: int) -> Any:
+        """``obj`` with every non-native value replaced by an ExtType; checks depth.
+
+        Returns ``obj`` itself when nothing inside needs converting (the common case for
+        flat dicts and lists), so flat values cost one type check per item.
+        """
+        cls = type(obj)
+        if cls in _LEAF_TYPES:
+            return obj
+        if cls is dict:
+            if depth >= self._max_depth:
+                raise self._too_deep()
+            for k, v in obj.items():
+                if type(k) not in _LEAF_TYPES or type(v) not in _LEAF_TYPES:
+                    break
+            else:
+                return obj
+            depth += 1
+            prepare = self._prepare
+            return {prepare(k, depth): prepare(v, depth) for k, v in obj.items()}
+        if cls is list:
+            if depth >= self._max_depth:
+                raise self._too_deep()
+            for item in obj:
+                if type(item) not in _LEAF_TYPES:
+                    break
+            else:
+                return obj
+            depth += 1
+            prepare = self._prepare
+            return [prepare(item, depth) for item in obj]
+        scalar = _SCALAR_ENCODERS.get(cls)
+        if scalar is not None:
+            return scalar(obj)
+        code = _COLLECTION_CODES.get(cls)
+        if code is not None:
+            if depth >= self._max_depth:
+                raise self._too_deep()
+            depth += 1
+            prepare = self._prepare
+            return msgpack.ExtType(code, self._pack([prepare(item, depth) for item in obj]))
+        registered = self._encoders.get(cls)
+        if registered is not None:
+            if depth >= self._max_depth:
+                raise self._too_deep()
+            code, encode = registered
+            try:
+                encoded = encode(obj)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                raise SerializationError(
+                    f"the encoder registered for {cls.__qualname__} failed: {exc!r}"
+                ) from exc
+            return msgpack.ExtType(code, self._pack(self._prepare(encoded, depth + 1)))
+        raise _unsupported(obj)
+
+    def _too_deep(self) -> SerializationError:
+        return SerializationError(
+            f"value is nested deeper than max_depth={self._max_depth} (or refers to itself)"
+        )
+
+    # -- decode ------------------------------------------------------------------------
+
+    def decode(self, key: str, data: bytes) -> Entry:
+        """The entry in ``data``, read under ``key``.
+
+        Raises :class:`CorruptEntryError` — and nothing else — when ``data`` is not a valid
+        entry for ``key`` written by this format version (and signed with this secret).
+        """
+        try:
+            if len(data) > self._max_size:
+                raise CorruptEntryError(f"entry of {len(data)} bytes is larger than max_size")
+            if self._entry_key is not None:
+                data = self._verify(self._entry_key, data)
+            obj = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
+            if type(obj) is not list or len(obj) != 6:
+                raise CorruptEntryError("not an entry envelope")
+            version, stored_key, created_at, expires_at, tags, value = obj
+            if type(version) is not int or version != FORMAT_VERSION:
+                raise CorruptEntryError(f"unknown envelope version {version!r}")
+            if type(stored_key) is not str or stored_key != key:
+                raise CorruptEntryError("entry was written under another key")
+            if type(created_at) is not float:
+                raise CorruptEntryError("bad created_at")
+            if expires_at is not None and type(expires_at) is not float:
+                raise CorruptEntryError("bad expires_at")
+            if type(tags) is not list:
+                raise CorruptEntryError("bad tags")
+            if tags:
+                for tag in tags:
+                    if type(tag) is not str:
+                        raise CorruptEntryError("bad tags")
+                tags = tuple(tags)
+            else:
+                tags = ()
+            return _new_entry(Entry, (value, created_at, expires_at, tags))  # type: ignore[no-any-return]
+        except CorruptEntryError:
+            raise
+        except Exception as exc:  # anything msgpack, an ext decoder or a bomb can raise
+            raise CorruptEntryError(f"undecodable entry: {exc.__class__.__name__}") from exc
+
+    def decode_value(self, data: bytes) -> Any:
+        """A bare value written by :meth:`encode_value`; :class:`CorruptEntryError` if bad."""
+        try:
+            if len(data) > self._max_size:
+                raise CorruptEntryError(f"value of {len(data)} bytes is larger than max_size")
+            if self._value_key is not None:
+                data = self._verify(self._value_key, data)
+            return msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
+        except CorruptEntryError:
+            raise
+        except Exception as exc:
+            raise CorruptEntryError(f"undecodable value: {exc.__class__.__name__}") from exc
+
+    @staticmethod
+    def _verify(mac_key: bytes, data: bytes) -> Any:
+        """The signed body of ``data`` (a memoryview), after checking its tag."""
+        view = memoryview(data)
+        if len(view) < _MAC_SIZE:
+            raise CorruptEntryError("entry is too short to carry a signature")
+        body = view[_MAC_SIZE:]
+        if not hmac.compare_digest(hmac.digest(mac_key, body, "sha256"), view[:_MAC_SIZE]):
+            raise CorruptEntryError("bad signature")
+        return body
+
+    def _decode_ext(self, code: int, data: bytes) -> Any:
+        """``ext_hook=`` of the unpacker; raises on anything unknown or malformed."""
+        scalar = _SCALAR_DECODERS.get(code)
+        if scalar is not None:
+            return scalar(data)
+        state = self._state
+        depth = state.depth
+        if depth >= self._max_depth:
+            raise _TooDeep("ext types nested deeper than max_depth")
+        state.depth = depth + 1
+        try:
+            inner = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
+            collection = _COLLECTION_TYPES.get(code)
+            if collection is not None:
+                if type(inner) is not list:
+                    raise ValueError("bad collection payload")
+                return collection(inner)
+            decoder = self._decoders.get(code)
+            if decoder is None:
+                raise ValueError(f"unknown ext code {code}")
+            return decoder(inner)
+        finally:
+            state.depth = depth

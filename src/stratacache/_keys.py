@@ -1,0 +1,541 @@
+"""Cache keys: validation, the Redis key layout of a namespace, and decorator keys.
+
+Redis layout of namespace ``ns`` (``v1`` is the layout version: a change of layout gets a
+new one, so new code never reads bytes laid out differently)::
+
+    ns:v1:d:{K}       entry of user key K         (data_key)
+    ns:v1:l:{K}       lease for that entry        (lease_key; same Cluster slot as data_key)
+    ns:v1:t:{T}       state of tag T              (tag_key)
+    ns:v1:m:{ns}:NAME namespace-level value       (meta_key; all of a namespace in one slot)
+    ns:v1:bus         invalidation channel        (channel)
+
+``K`` / ``T`` is the user key / tag with ``%``, ``{`` and ``}`` percent-escaped (``%25``,
+``%7B``, ``%7D``), so it can sit inside a Redis Cluster hash tag and the mapping stays
+injective. When the escaped form is longer than :data:`HASH_THRESHOLD` it is replaced by
+``%h`` + the SHA-256 hex of the key; ``%h`` never occurs in an escaped key, so a hashed
+form never equals a plain one. Namespaces are restricted to ``[A-Za-z0-9_.-]`` (no ``:``,
+no braces, no glob characters), which makes ``(namespace, key) -> Redis key`` injective.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import functools
+import hashlib
+import inspect
+import re
+import string
+import uuid
+from typing import Any, Callable, Optional, Union
+
+from ._errors import InvalidKeyError
+
+__all__ = [
+    "HASH_THRESHOLD",
+    "LAYOUT_VERSION",
+    "MAX_KEY_LENGTH",
+    "MAX_NAMESPACE_LENGTH",
+    "KeyMaker",
+    "KeySpace",
+    "glob_match",
+    "make_key",
+    "validate_key",
+    "validate_tag",
+]
+
+MAX_KEY_LENGTH = 1024
+"""Longest user key or tag, in characters."""
+HASH_THRESHOLD = 200
+"""Escaped keys longer than this are stored in Redis under their SHA-256."""
+MAX_NAMESPACE_LENGTH = 64
+LAYOUT_VERSION = "v1"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_UNESCAPE_RE = re.compile(r"%(25|7B|7D)")
+_UNESCAPES = {"25": "%", "7B": "{", "7D": "}"}
+_HASHED = "%h"
+
+
+def _validate_str(value: object, what: str) -> str:
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+        value = str.__str__(value)  # a plain str, whatever the subclass overrides
+    size = len(value)
+    if not size:
+        raise InvalidKeyError(f"{what} must not be empty")
+    if size > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"{what} is {size} characters long; the limit is {MAX_KEY_LENGTH}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(
+                f"{what} {value!r} contains a lone surrogate and cannot be encoded as UTF-8"
+            ) from None
+    return value
+
+
+def validate_key(key: object) -> str:
+    """``key`` as a plain ``str`` if it is a usable cache key.
+
+    Any non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters that can be encoded
+    as UTF-8 (so no lone surrogates) is a key; control characters and braces are fine.
+    A non-``str`` is a ``TypeError``, anything else wrong an :class:`InvalidKeyError`.
+    """
+    return _validate_str(key, "cache key")
+
+
+def validate_tag(tag: object) -> str:
+    """``tag`` as a plain ``str`` if it is a usable tag (same rules as keys; tags are literal)."""
+    return _validate_str(tag, "tag")
+
+
+def _hash_tag_body(key: str) -> str:
+    """The injective, brace-free form of ``key`` that goes inside ``{...}``."""
+    body = key.translate(_ESCAPES) if ("%" in key or "{" in key or "}" in key) else key
+    if len(body) > HASH_THRESHOLD:
+        return _HASHED + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return body
+
+
+class KeySpace:
+    """The Redis keys and channel of one namespace (see the module notes for the layout).
+
+    Keys and tags passed in must already be validated (:func:`validate_key`); the methods
+    do not check again, as they are on the L2 path.
+    """
+
+    __slots__ = ("_channel", "_data", "_lease", "_meta", "_tag", "namespace")
+
+    def __init__(self, namespace: str) -> None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not _NAME_RE.match(namespace) or len(namespace) > MAX_NAMESPACE_LENGTH:
+            raise ValueError(
+                f"namespace {namespace!r} must be 1..{MAX_NAMESPACE_LENGTH} characters "
+                "from A-Z a-z 0-9 _ . -"
+            )
+        self.namespace: str = namespace
+        base = f"{namespace}:{LAYOUT_VERSION}:"
+        self._data = base + "d:{"
+        self._lease = base + "l:{"
+        self._tag = base + "t:{"
+        self._meta = f"{base}m:{{{namespace}}}:"
+        self._channel = base + "bus"
+
+    def __repr__(self) -> str:
+        return f"KeySpace({self.namespace!r})"
+
+    def data_key(self, key: str) -> str:
+        """The Redis key holding the entry of ``key``."""
+        return self._data + _hash_tag_body(key) + "}"
+
+    def lease_key(self, key: str) -> str:
+        """The Redis key of the lease on ``key``; in the same Cluster slot as its data key."""
+        return self._lease + _hash_tag_body(key) + "}"
+
+    def tag_key(self, tag: str) -> str:
+        """The Redis key holding the state of ``tag``."""
+        return self._tag + _hash_tag_body(tag) + "}"
+
+    def meta_key(self, name: str) -> str:
+        """A namespace-level key (e.g. ``"epoch"``); ``name`` is from ``[A-Za-z0-9_.-]``."""
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"meta key name {name!r} must be characters from A-Z a-z 0-9 _ . -")
+        return self._meta + name
+
+    def channel(self) -> str:
+        """The pub/sub channel of the namespace."""
+        return self._channel
+
+    def pattern(self, glob: str) -> str:
+        """A ``SCAN MATCH`` pattern for the data keys whose user key matches ``glob``.
+
+        ``glob`` uses Redis glob syntax (``*``, ``?``, ``[...]``, ``[^...]``, ``\\x``) on
+        user keys. The pattern matches a *superset*: Redis matches bytes of the escaped
+        form, so ``?`` and most classes widen to ``*``. Filter what SCAN returns with
+        :meth:`user_key` and :func:`glob_match`. Keys stored hashed (escaped form longer
+        than :data:`HASH_THRESHOLD`) match the pattern too but cannot be recovered
+        (:meth:`user_key` returns ``None``): pattern invalidation cannot reach them.
+        """
+        parts: list[str] = []
+        for token in _parse_glob(glob):
+            kind = token[0]
+            if kind == "lit":
+                parts.extend(_redis_literal(c) for c in token[1].translate(_ESCAPES))
+            elif kind == "class" and _plain_class(token):
+                parts.append(_redis_class(token))
+            elif not parts or parts[-1] != "*":
+                parts.append("*")
+        return self._data + "".join(parts) + "}"
+
+    def user_key(self, data_key: Union[str, bytes]) -> Optional[str]:
+        """The user key stored under ``data_key``; ``None`` if hashed or not one of ours."""
+        if isinstance(data_key, bytes):
+            try:
+                data_key = data_key.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if not (data_key.startswith(self._data) and data_key.endswith("}")):
+            return None
+        body = data_key[len(self._data) : -1]
+        if not body or body.startswith(_HASHED) or "{" in body or "}" in body:
+            return None
+        if "%" not in body:
+            return body
+        if body.count("%") != len(_UNESCAPE_RE.findall(body)):
+            return None
+        return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], body)
+
+
+# -- globs ---------------------------------------------------------------------------------
+# Tokens: ("lit", text) | ("any",) | ("one",) | ("class", negated, ((lo, hi), ...))
+
+_GlobToken = tuple[Any, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_glob(glob: str) -> tuple[_GlobToken, ...]:
+    if not isinstance(glob, str):
+        raise TypeError(f"glob must be a str, not {type(glob).__name__}")
+    tokens: list[_GlobToken] = []
+    literal: list[str] = []
+    i, n = 0, len(glob)
+
+    def flush() -> None:
+        if literal:
+            tokens.append(("lit", "".join(literal)))
+            literal.clear()
+
+    while i < n:
+        c = glob[i]
+        if c == "\\":
+            if i + 1 == n:
+                raise ValueError(f"glob {glob!r} ends with a lone backslash")
+            literal.append(glob[i + 1])
+            i += 2
+        elif c in "*?":
+            flush()
+            tokens.append(("any",) if c == "*" else ("one",))
+            i += 1
+        elif c == "[":
+            flush()
+            i += 1
+            negated = i < n and glob[i] == "^"
+            if negated:
+                i += 1
+            ranges: list[tuple[str, str]] = []
+            while True:
+                if i >= n:
+                    raise ValueError(f"glob {glob!r} has an unterminated '['")
+                c = glob[i]
+                if c == "]":
+                    i += 1
+                    break
+                if c == "\\" and i + 1 < n:
+                    c = glob[i + 1]
+                    i += 1
+                if i + 2 < n and glob[i + 1] == "-" and glob[i + 2] != "]":
+                    hi = glob[i + 2]
+                    lo, hi = (c, hi) if c <= hi else (hi, c)
+                    ranges.append((lo, hi))
+                    i += 3
+                else:
+                    ranges.append((c, c))
+                    i += 1
+            tokens.append(("class", negated, tuple(ranges)))
+        else:
+            literal.append(c)
+            i += 1
+    flush()
+    return tuple(tokens)
+
+
+def _plain_class(token: _GlobToken) -> bool:
+    """Whether a class matches only single ASCII characters that are never escaped."""
+    if token[1]:
+        return False
+    for lo, hi in token[2]:
+        if not (lo.isascii() and hi.isascii()) or lo in "\\]^-" or hi in "\\]^-":
+            return False
+        if any(lo <= special <= hi for special in "%{}"):
+            return False
+    return bool(token[2])
+
+
+def _redis_class(token: _GlobToken) -> str:
+    return "[" + "".join(lo if lo == hi else f"{lo}-{hi}" for lo, hi in token[2]) + "]"
+
+
+def _redis_literal(c: str) -> str:
+    return "\\" + c if c in "*?[]\\^" else c
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    for token in _parse_glob(glob):
+        kind = token[0]
+        if kind == "lit":
+            parts.append(re.escape(token[1]))
+        elif kind == "any":
+            parts.append(".*")
+        elif kind == "one":
+            parts.append(".")
+        else:
+            body = "".join(
+                re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}"
+                for lo, hi in token[2]
+            )
+            if body:
+                parts.append(f"[{'^' if token[1] else ''}{body}]")
+            else:
+                parts.append("." if token[1] else "(?!)")
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def glob_match(glob: str, key: str) -> bool:
+    """Whether ``key`` matches the Redis-syntax ``glob`` (on characters, not bytes)."""
+    return _glob_regex(glob).fullmatch(key) is not None
+
+
+# -- decorator keys ------------------------------------------------------------------------
+
+# Exact types whose repr() is an injective, process-independent literal: a tuple of them
+# is encoded by one C-level repr() call (the hit path of decorated functions).
+_REPR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_MAX_PREFIX_LENGTH = 256
+
+KeyTemplate = Union[str, Callable[..., str], None]
+
+
+def _encode_arg(value: Any, name: str) -> str:
+    """``value`` as a Python literal of its canonical form (sorted dicts and sets).
+
+    Injective over the supported types: distinct values, or equal values of different
+    types (``1``, ``1.0``, ``True``; a tuple and a list), get distinct text.
+    """
+    cls = type(value)
+    if cls in _REPR_TYPES:
+        try:
+            return repr(value)
+        except ValueError:  # an int beyond sys.get_int_max_str_digits()
+            return hex(value)
+    if cls is tuple:
+        items = [_encode_arg(item, name) for item in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if cls is list:
+        return f"[{', '.join(_encode_arg(item, name) for item in value)}]"
+    if cls is dict:
+        pairs = sorted((_encode_arg(k, name), _encode_arg(v, name)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+    if cls is set or cls is frozenset:
+        items = sorted(_encode_arg(item, name) for item in value)
+        if cls is set:
+            return "{" + ", ".join(items) + "}" if items else "set()"
+        return f"frozenset({{{', '.join(items)}}})" if items else "frozenset()"
+    if isinstance(value, enum.Enum):
+        return f"<{cls.__module__}.{cls.__qualname__}.{value.name}>"
+    if cls is _dt.datetime or cls is _dt.time:
+        offset = value.utcoffset()
+        if value.tzinfo is not None and offset is not None:
+            value = value.replace(tzinfo=_dt.timezone(offset))  # zones: fixed offset, stable repr
+        return repr(value)
+    if cls in (_dt.date, _dt.timedelta, uuid.UUID, decimal.Decimal):
+        return repr(value)
+    # subclasses are keyed as their base value (taken without calling their overrides)
+    if isinstance(value, str):
+        return repr(str.__str__(value))
+    if isinstance(value, int):
+        return _encode_arg(int.__index__(value), name)
+    if isinstance(value, float):
+        return repr(float.__float__(value))
+    if isinstance(value, bytes):
+        return repr(b"" + value)
+    raise TypeError(
+        f"cannot build a cache key from argument {name!r} of type "
+        f"{cls.__module__}.{cls.__qualname__}: default keys support None, bool, int, float, "
+        "str, bytes, enums, date/time types, UUID, Decimal and tuples, lists, dicts and sets "
+        "of them; pass key= (a template such as 'item:{item_id}' or a callable) instead"
+    )
+
+
+def _template_fields(template: str) -> set[str]:
+    fields = set()
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not root or root.isdigit():
+            raise ValueError(f"key template {template!r}: use parameter names, not positions")
+        fields.add(root)
+    return fields
+
+
+class KeyMaker:
+    """Builds the cache key of a call to ``func``: ``maker(args, kwargs) -> str``.
+
+    ``template`` is ``None`` (default key), a ``str.format`` template whose fields are
+    parameter names (``"user:{user_id}"``, ``"{self.id}:{day}"``; checked now against the
+    signature) or a callable taking the same arguments as ``func`` and returning the key.
+
+    The default key is ``prefix`` (``module.qualname`` of ``func`` unless given) + ``:``
+    + the bound arguments, in signature order and with defaults applied, written as the
+    Python literal of a tuple (dicts and sets sorted): ``f(1, b=2)``, ``f(1, 2)`` and
+    ``f(a=1)`` with ``b=2`` default share a key; ``1``, ``1.0``, ``True`` and ``"1"`` do
+    not. A first parameter named ``self`` or ``cls`` is left out, so all instances share
+    entries (use a template with ``{self.id}`` otherwise). When the key would be longer
+    than :data:`MAX_KEY_LENGTH`, the argument part is replaced by ``#`` + its SHA-256.
+    """
+
+    __slots__ = (
+        "_defaults",
+        "_func",
+        "_head",
+        "_n_params",
+        "_n_required",
+        "_names",
+        "_positional",
+        "_signature",
+        "_skip",
+        "_template",
+        "template",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        template: KeyTemplate = None,
+        *,
+        prefix: Optional[str] = None,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"func must be callable, not {type(func).__name__}")
+        if template is not None and not (isinstance(template, str) or callable(template)):
+            raise TypeError("key template must be a str, a callable or None")
+        if template is not None and prefix is not None:
+            raise ValueError("prefix only applies to default keys; put it in the template")
+        self._func = func
+        self.template = template
+        self._template: Optional[str] = template if isinstance(template, str) else None
+        try:
+            signature: Optional[inspect.Signature] = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins: key on (args, kwargs) as given
+            signature = None
+        self._signature = signature
+        params = list(signature.parameters.values()) if signature is not None else []
+        self._names = tuple(p.name for p in params)
+        self._skip = int(bool(params) and params[0].name in ("self", "cls"))
+        self._positional = signature is not None and all(p.kind in _POSITIONAL for p in params)
+        self._n_params = len(params)
+        defaults = [p.default for p in params if p.default is not inspect.Parameter.empty]
+        self._n_required = len(params) - len(defaults)
+        # defaults are only usable positionally when every parameter after the first
+        # defaulted one has a default too (always true for positional parameters)
+        self._defaults = tuple(defaults)
+        if self._template is not None:
+            accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+            unknown = _template_fields(self._template) - set(self._names)
+            if unknown and not accepts_any and signature is not None:
+                raise ValueError(
+                    f"key template {self._template!r} names {sorted(unknown)}, which are not "
+                    f"parameters of {getattr(func, '__qualname__', func)!r}"
+                )
+        if prefix is None:
+            module = getattr(func, "__module__", None) or "?"
+            prefix = f"{module}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+        elif not isinstance(prefix, str) or not prefix:
+            raise ValueError("prefix must be a non-empty str")
+        if len(prefix) > _MAX_PREFIX_LENGTH:
+            raise ValueError(f"key prefix is longer than {_MAX_PREFIX_LENGTH} characters")
+        self._head = prefix + ":"
+
+    def __repr__(self) -> str:
+        return f"KeyMaker({self._func!r}, {self.template!r})"
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The key of ``func(*args, **kwargs)``; ``TypeError`` if they do not fit ``func``."""
+        if not kwargs and self._positional and self._n_required <= len(args) <= self._n_params:
+            values = args
+            if len(args) < self._n_params:
+                values = args + self._defaults[len(args) - self._n_required :]
+        else:
+            values = self._bind(args, kwargs)
+        if self.template is None:
+            return self._default_key(values[self._skip :] if self._skip else values)
+        return self._templated_key(args, kwargs, values)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        if self._signature is None:
+            return (args, kwargs) if kwargs else args
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())
+
+    def _default_key(self, values: tuple[Any, ...]) -> str:
+        for value in values:
+            if type(value) not in _REPR_TYPES:
+                break
+        else:
+            try:
+                return self._finish(repr(values))
+            except ValueError:  # huge int: _encode_arg writes it in hex
+                pass
+        names = self._names[self._skip :] or ("*args",) * len(values)
+        encoded = [_encode_arg(value, name) for value, name in zip(values, names)]
+        if len(encoded) < len(values):  # no signature: more values than names
+            encoded += [_encode_arg(value, "*args") for value in values[len(encoded) :]]
+        text = f"({encoded[0]},)" if len(encoded) == 1 else f"({', '.join(encoded)})"
+        return self._finish(text)
+
+    def _finish(self, text: str) -> str:
+        key = self._head + text
+        if len(key) > MAX_KEY_LENGTH:
+            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            key = self._head + "#" + digest
+        return key
+
+    def _templated_key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], values: tuple[Any, ...]
+    ) -> str:
+        if self._template is None:
+            key = self.template(*args, **kwargs)  # type: ignore[misc,operator]
+            if not isinstance(key, str):
+                raise TypeError(f"key function returned {type(key).__name__}, not str")
+            return validate_key(key)
+        arguments = dict(zip(self._names, values))
+        if self._signature is not None and len(values) == len(self._names):
+            # **kwargs parameter: its entries may be used as fields too
+            for name, value in zip(self._names, values):
+                param = self._signature.parameters[name]
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+        try:
+            key = self._template.format_map(arguments)
+        except (KeyError, AttributeError, IndexError, ValueError, TypeError) as exc:
+            raise InvalidKeyError(
+                f"key template {self._template!r} failed for this call: {exc!r}"
+            ) from exc
+        return validate_key(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_maker(func: Callable[..., Any], template: KeyTemplate, prefix: Optional[str]) -> KeyMaker:
+    return KeyMaker(func, template, prefix=prefix)
+
+
+def make_key(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    template: KeyTemplate = None,
+    prefix: Optional[str] = None,
+) -> str:
+    """The key of ``func(*args, **kwargs)``; see :class:`KeyMaker` (which this caches)."""
+    return _key_maker(func, template, prefix)(args, kwargs)
