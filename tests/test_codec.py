@@ -700,7 +700,9 @@ def test_unknown_ext_code_is_corrupt(codec: Codec) -> None:
         (9, b"1.2.3"),
     ],
 )
-def test_malformed_builtin_ext_payloads_are_corrupt(codec: Codec, code: int, payload: bytes) -> None:
+def test_malformed_builtin_ext_payloads_are_corrupt(
+    codec: Codec, code: int, payload: bytes
+) -> None:
     blob = raw_envelope(FORMAT_VERSION, KEY, 0.0, None, [], msgpack.ExtType(code, payload))
     with pytest.raises(CorruptEntryError):
         codec.decode(KEY, blob)
