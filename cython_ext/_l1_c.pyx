@@ -1,0 +1,901 @@
+# cython: freethreading_compatible = True
+"""The in-process L1, compiled: a bounded LRU of live Python objects.
+
+Behaviour is specified by the pure-Python ``stratacache/_l1_py.py``; both run the same
+contract suite and the same stateful model test. These notes explain the design.
+
+Layout
+    ``_map`` is a dict key -> ``_Node``; it owns every node. Nodes form a circular
+    doubly-linked recency list through ``prev``/``next`` *borrowed* pointers around a
+    sentinel ``_root`` (``_root.next`` is least, ``_root.prev`` most recently used): no
+    reference counting and no reference cycles on the list, so a hit is one dict lookup
+    plus four pointer stores. Nodes with a deadline are also in an intrusive binary
+    min-heap (a C array of ``(deadline, seq, node)``, ``node.heap_index`` points back), so
+    any node leaves the heap in O(log n) and the earliest deadline is at ``_heap[0]``.
+    ``_tags`` is a dict tag -> {key: node}; a node keeps its tags as a tuple, so removing
+    it touches only its own tags. (Caffeine's ``BoundedLocalCache`` keeps the same
+    access-order deque + expiry structure next to its hash table; cachetools' ``TLRUCache``
+    uses a lazy heap where we use an indexed one.)
+
+Hit path
+    ``get``: one ``PyDict_GetItemWithError``, a deadline check only when the node has a
+    deadline (reading ``CLOCK_MONOTONIC_COARSE``: a few ns, a few ms of resolution, fine
+    for cache TTLs), unlink/relink at the MRU end, ``_hits += 1``. Nothing is allocated.
+    Entries without a ttl store ``+inf`` and never read the clock.
+
+Eviction
+    Before a new entry goes in, while the count would exceed ``maxsize`` or the weight
+    ``max_weight``: if the earliest deadline has passed that entry is dropped (cause
+    "expired"), otherwise the LRU one is evicted (cause "size"). So a live entry is never
+    evicted while an expired one still holds a slot, and the work is bounded by the room
+    needed. An entry heavier than ``max_weight`` is refused before anything changes.
+
+Expiry
+    An expired entry is never returned; whatever operation meets one drops it (counted in
+    ``expirations``, ``on_evict`` cause "expired"): ``get``/``peek``/``in``/``pop``/
+    ``delete``/``invalidate``, a write of that key, room making, ``invalidate_*``.
+    ``expire(limit)`` drops up to ``limit`` expired entries earliest-deadline first in
+    O(limit log n). Nothing sweeps on its own, so ``len()`` may count expired entries not
+    yet dropped (as Caffeine's ``estimatedSize``); ``keys()`` lists live ones only.
+
+Stale-fill guard (``ticket``/``install``/``release``)
+    A loader takes ``ticket(key)`` (the current epoch) before reading the source and calls
+    ``install(ticket, ...)`` after. Every write/invalidation of a key that has tickets out
+    bumps ``_epoch`` and records it in ``_pending[key]`` (refcount + epoch, present only
+    while tickets for the key are out); tag invalidations are recorded in ``_tag_epochs``
+    only while any ticket is out (cleared when the last one comes back; past 4096 tags it
+    collapses into one ``_tag_floor``, which can only refuse more, never less); ``clear()``
+    records ``_clear_epoch``. ``install`` stores iff none of those is newer than the ticket:
+    O(1 + len(tags)), memory bounded by the tickets outstanding. This is the in-process
+    half of memcache leases (Nishtala et al., NSDI'13): no stale value survives an
+    invalidation that raced with its load.
+
+Concurrency (GIL builds)
+    Every operation is atomic with respect to other Python threads because no Python code
+    runs in the middle of a mutation: the weigher and an injected timer are called before
+    the operation looks at the cache (``get`` with the default clock reads it in C, after
+    the lookup, only for nodes with a deadline); ``on_evict`` runs after it finished;
+    removed nodes are kept alive in a local list until the end, so a value's ``__del__``
+    or weakref callbacks cannot run half-way either. One caveat: a key whose ``__hash__``
+    or ``__eq__`` is written in Python runs that code inside dict operations, where another
+    thread may be switched in. Keys with C-level hashing (``str``, ``bytes``, ``int``,
+    tuples of them -- the tiered cache uses ``str``) are safe; for others, serialise access
+    yourself.
+
+Concurrency (free-threaded builds, PEP 703)
+    The module declares ``freethreading_compatible``; each operation's mutating part runs
+    inside ``cython.critical_section(self)`` (the per-object mutex of
+    ``Py_BEGIN_CRITICAL_SECTION``; compiled away on GIL builds, so it costs nothing here).
+    The internal dicts never escape the object, so their own locks are uncontended and do
+    not suspend our section. The same Python-level ``__hash__``/``__eq__`` caveat holds:
+    such code may block, and a blocked thread's critical section is suspended. Counters
+    are plain C integers updated inside the section. Calls made before the section (the
+    weigher, an injected timer) may observe a cache that changes before the section
+    starts, which is the same interleaving as "this call came slightly later".
+"""
+
+cimport cython
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
+from cpython.object cimport PyObject_Hash
+from cpython.ref cimport PyObject
+from libc.math cimport INFINITY
+from libc.stdlib cimport free, realloc
+
+import datetime
+import fnmatch
+import logging
+import re
+import sys
+
+from stratacache._sentinel import MISSING
+
+cdef extern from *:
+    """
+    #if defined(_WIN32)
+    #include <windows.h>
+    static double stratacache_coarse_now(void) {
+        return (double)GetTickCount64() / 1e3;
+    }
+    #else
+    #include <time.h>
+    #if defined(CLOCK_MONOTONIC_COARSE)
+    #define STRATACACHE_CLOCK CLOCK_MONOTONIC_COARSE
+    #else
+    #define STRATACACHE_CLOCK CLOCK_MONOTONIC
+    #endif
+    static double stratacache_coarse_now(void) {
+        struct timespec ts;
+        clock_gettime(STRATACACHE_CLOCK, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    #endif
+    """
+    double stratacache_coarse_now() noexcept nogil
+
+__all__ = ["L1"]
+
+_log = logging.getLogger("stratacache.l1")
+
+cdef Py_ssize_t _DEFAULT_EXPIRE_LIMIT = 1000
+cdef Py_ssize_t _TAG_EPOCHS_LIMIT = 4096
+
+# Why a node left the cache; 0 = replaced/deleted by the caller (no on_evict call).
+cdef enum:
+    CAUSE_NONE = 0
+    CAUSE_SIZE = 1
+    CAUSE_EXPIRED = 2
+    CAUSE_INVALIDATED = 3
+
+cdef tuple _CAUSE_NAMES = (None, "size", "expired", "invalidated")
+
+
+cdef struct _HeapItem:
+    double deadline
+    unsigned long long seq  # tie-break between equal deadlines: oldest write first
+    PyObject* node  # borrowed: the map owns the node
+
+
+cdef inline bint _before(const _HeapItem* a, const _HeapItem* b) noexcept nogil:
+    return a.deadline < b.deadline or (a.deadline == b.deadline and a.seq < b.seq)
+
+
+@cython.final
+@cython.freelist(1024)
+cdef class _Node:
+    """One entry (internal)."""
+
+    cdef object key
+    cdef object value
+    cdef tuple tags
+    cdef PyObject* prev  # borrowed; NULL once removed
+    cdef PyObject* next
+    cdef double deadline  # +inf: no expiry
+    cdef Py_ssize_t weight
+    cdef int heap_index  # -1: not in the expiry heap (no deadline, or removed)
+    cdef unsigned char cause
+
+
+@cython.final
+cdef class _Pending:
+    """Outstanding tickets for one key and the epoch of its last write/invalidation."""
+
+    cdef Py_ssize_t refcount
+    cdef unsigned long long epoch
+
+
+cdef double _ttl_seconds(object ttl) except -1.0:
+    """``ttl`` as float seconds, ``inf`` for None; TypeError/ValueError on bad input."""
+    cdef double seconds
+    if ttl is None:
+        return INFINITY
+    if isinstance(ttl, datetime.timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = ttl
+    else:
+        raise TypeError(f"ttl must be seconds, a timedelta or None, not {type(ttl).__name__}")
+    if not seconds >= 0.0:  # also catches NaN
+        raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+    return seconds
+
+
+cdef tuple _tag_tuple(object tags):
+    """``tags`` as a duplicate-free tuple of ``str``; a bare string is refused."""
+    cdef tuple result
+    if type(tags) is tuple and not tags:
+        return ()
+    if isinstance(tags, (str, bytes)):
+        raise TypeError("tags must be an iterable of str, not a single string")
+    result = tags if type(tags) is tuple else tuple(tags)
+    if len(result) > 1:
+        result = tuple(dict.fromkeys(result))
+    for tag in result:
+        if not isinstance(tag, str):
+            raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
+    return result
+
+
+cdef inline str _check_tag(object tag):
+    if not isinstance(tag, str):
+        raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
+    return tag
+
+
+cdef Py_ssize_t _bound(object value, str name) except -1:
+    """A positive int limit (``maxsize`` / ``max_weight``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > sys.maxsize:
+        raise ValueError(f"{name} must be <= {sys.maxsize}")
+    return value
+
+
+@cython.final
+cdef class L1:
+    """Bounded in-process LRU of live objects with per-entry TTL, tags and a stale-fill guard.
+
+    Args:
+        maxsize: the most entries kept (``>= 1``).
+        max_weight: if given, the most total weight kept (``>= 1``).
+        weigher: ``weigher(key, value) -> int >= 0``, called before the cache changes;
+            without it every entry weighs 1.
+        timer: a monotonic clock returning float seconds; the C coarse monotonic clock
+            if None.
+        on_evict: ``on_evict(key, value, cause)`` with cause ``"size"``, ``"expired"``
+            or ``"invalidated"``, called after the operation finished; an exception
+            from it is logged (logger ``stratacache.l1``) and swallowed.
+    """
+
+    cdef dict _map  # key -> _Node, owns the nodes
+    cdef dict _tags  # tag -> {key: _Node}
+    cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
+    cdef Py_ssize_t _maxsize
+    cdef Py_ssize_t _max_weight  # -1: unbounded
+    cdef Py_ssize_t _weight
+    cdef object _weigher
+    cdef object _timer
+    cdef object _on_evict
+    cdef _HeapItem* _heap
+    cdef Py_ssize_t _heap_len
+    cdef Py_ssize_t _heap_cap
+    cdef unsigned long long _seq
+    cdef unsigned long long _hits
+    cdef unsigned long long _misses
+    cdef unsigned long long _evictions
+    cdef unsigned long long _expirations
+    cdef unsigned long long _invalidations
+    # stale-fill guard
+    cdef unsigned long long _epoch
+    cdef unsigned long long _clear_epoch
+    cdef unsigned long long _tag_floor
+    cdef dict _pending  # key -> _Pending, only while tickets are out
+    cdef dict _tag_epochs  # tag -> epoch, only while any ticket is out
+
+    def __cinit__(self):
+        self._root = _Node.__new__(_Node)
+        self._root.prev = self._root.next = <PyObject*>self._root
+        self._root.heap_index = -1
+        self._map = {}
+        self._tags = {}
+        self._pending = {}
+        self._tag_epochs = {}
+        self._max_weight = -1
+
+    def __init__(
+        self,
+        maxsize,
+        *,
+        max_weight=None,
+        weigher=None,
+        timer=None,
+        on_evict=None,
+    ):
+        for name, fn in (("weigher", weigher), ("timer", timer), ("on_evict", on_evict)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        self._maxsize = _bound(maxsize, "maxsize")
+        self._max_weight = -1 if max_weight is None else _bound(max_weight, "max_weight")
+        self._weigher = weigher
+        self._timer = timer
+        self._on_evict = on_evict
+
+    def __dealloc__(self):
+        free(self._heap)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, key, default=None):
+        """The live value for ``key`` (marked most recently used), else ``default``."""
+        cdef PyObject* found
+        cdef _Node node
+        cdef double now = -INFINITY
+        if self._timer is not None and self._heap_len:
+            now = self._now()  # Python code: before the operation starts
+        with cython.critical_section(self):
+            found = PyDict_GetItemWithError(self._map, key)
+            if found is NULL:
+                self._misses += 1
+                return default
+            node = <_Node>found
+            if node.heap_index >= 0:
+                if self._timer is None:
+                    now = stratacache_coarse_now()
+                if now >= node.deadline:
+                    self._misses += 1
+                    self._remove(node, CAUSE_EXPIRED)
+            if node.cause == CAUSE_NONE:
+                self._to_mru(node)
+                self._hits += 1
+                return node.value
+        self._notify([node])
+        return default
+
+    def peek(self, key, default=None):
+        """The live value for ``key`` without touching recency or hit/miss counters."""
+        cdef list removed = None
+        cdef _Node node
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            node = self._live(key, now)
+            if node is not None and node.cause == CAUSE_EXPIRED:
+                removed = [node]
+                node = None
+        self._notify(removed)
+        return default if node is None else node.value
+
+    def __contains__(self, key):
+        """Whether ``key`` has a live entry (no recency or counter change)."""
+        cdef list removed = None
+        cdef _Node node
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            node = self._live(key, now)
+            if node is not None and node.cause == CAUSE_EXPIRED:
+                removed = [node]
+                node = None
+        self._notify(removed)
+        return node is not None
+
+    def __len__(self):
+        """Entries stored, including expired ones not dropped yet (see ``expire``)."""
+        return PyDict_Size(self._map)
+
+    def keys(self):
+        """A snapshot of the live keys (order unspecified)."""
+        cdef _Node node
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            return [node.key for node in self._map.values() if not node.deadline <= now]
+
+    def keys_for_tag(self, tag):
+        """A snapshot of the live keys carrying ``tag``."""
+        cdef _Node node
+        cdef dict keys
+        _check_tag(tag)
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            keys = self._tags.get(tag)
+            if not keys:
+                return []
+            return [node.key for node in keys.values() if not node.deadline <= now]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def set(self, key, value, ttl=None, tags=()):
+        """Store ``value`` under ``key`` as most recently used.
+
+        ``ttl`` is seconds (or a ``timedelta``) from now, ``None`` for no expiry; a ttl of 0
+        stores nothing and drops any previous entry. ``tags`` replace the key's old tags.
+        Raises ``TypeError`` (unhashable key, non-``str`` tag), ``ValueError`` (negative or
+        NaN ttl, an entry heavier than ``max_weight``) before anything changes.
+        """
+        cdef double seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
+        cdef tuple tagt = _tag_tuple(tags)
+        cdef Py_ssize_t weight = self._weigh(key, value)
+        cdef double now = -INFINITY
+        cdef list removed
+        if seconds != INFINITY or self._heap_len:
+            now = self._now()
+        with cython.critical_section(self):
+            removed = self._store(key, value, seconds, tagt, weight, now)
+        self._notify(removed)
+
+    def delete(self, key):
+        """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
+        return self._take(key, CAUSE_NONE) is not None
+
+    def pop(self, key, default=MISSING):
+        """Remove ``key`` and return its value; ``default`` if absent, else ``KeyError``."""
+        cdef _Node node = self._take(key, CAUSE_NONE)
+        if node is not None:
+            return node.value
+        if default is MISSING:
+            raise KeyError(key)
+        return default
+
+    def clear(self):
+        """Remove everything; no ``on_evict`` calls and no counters change."""
+        cdef _Node node
+        cdef dict old
+        with cython.critical_section(self):
+            old = self._map  # dropped after the section: values die once we are consistent
+            self._map = {}
+            self._tags = {}
+            for node in old.values():
+                node.prev = node.next = NULL  # a racing get() must see them as removed
+                node.heap_index = -1
+            self._root.prev = self._root.next = <PyObject*>self._root
+            self._heap_len = 0
+            self._weight = 0
+            self._epoch += 1
+            self._clear_epoch = self._epoch
+            if self._heap_cap > 64:  # give back a heap grown by a past burst of ttl entries
+                free(self._heap)
+                self._heap = NULL
+                self._heap_cap = 0
+
+    def expire(self, limit=_DEFAULT_EXPIRE_LIMIT):
+        """Drop at most ``limit`` expired entries, earliest deadline first; how many."""
+        cdef list removed = []
+        cdef _Node node
+        cdef double now
+        cdef Py_ssize_t n
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError("limit must be an int")
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        n = min(limit, sys.maxsize)
+        if not self._heap_len:
+            return 0
+        now = self._now()
+        with cython.critical_section(self):
+            while len(removed) < n and self._heap_len and self._heap[0].deadline <= now:
+                node = <_Node>self._heap[0].node
+                self._remove(node, CAUSE_EXPIRED)
+                removed.append(node)
+        self._notify(removed)
+        return len(removed)
+
+    # -- invalidation -----------------------------------------------------------------
+
+    def invalidate(self, key):
+        """Remove ``key`` as an invalidation (counted, ``on_evict`` cause ``"invalidated"``)."""
+        return self._take(key, CAUSE_INVALIDATED) is not None
+
+    def invalidate_tag(self, tag):
+        """Invalidate every entry carrying ``tag``; how many live entries were removed."""
+        return self.invalidate_tags((_check_tag(tag),))
+
+    def invalidate_tags(self, tags):
+        """Invalidate every entry carrying any of ``tags``; how many live entries."""
+        cdef tuple tagt = _tag_tuple(tags)
+        cdef list removed = []
+        cdef dict keys
+        cdef _Node node
+        cdef Py_ssize_t count = 0
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            for tag in tagt:
+                self._bump_tag(tag)
+                keys = self._tags.get(tag)
+                if keys is None:
+                    continue
+                for node in list(keys.values()):
+                    self._bump_key(node.key)
+                    count += self._remove_for_invalidation(node, now)
+                    removed.append(node)
+        self._notify(removed)
+        return count
+
+    def invalidate_matching(self, glob):
+        """Invalidate every ``str`` key matching ``glob`` (``fnmatch.fnmatchcase`` rules)."""
+        cdef list removed
+        cdef _Node node
+        cdef Py_ssize_t count = 0
+        cdef double now
+        if not isinstance(glob, str):
+            raise TypeError("glob must be a str")
+        match = re.compile(fnmatch.translate(glob)).match
+        now = self._clock_if_timed()
+        with cython.critical_section(self):
+            # Keys being loaded right now are not stored yet, but their install must fail.
+            for key in self._pending:
+                if isinstance(key, str) and match(key) is not None:
+                    self._bump_key(key)
+            removed = [
+                node for node in self._map.values()
+                if isinstance(node.key, str) and match(node.key) is not None
+            ]
+            for node in removed:
+                count += self._remove_for_invalidation(node, now)
+        self._notify(removed)
+        return count
+
+    # -- stale-fill guard -------------------------------------------------------------
+
+    def ticket(self, key):
+        """Take a ticket for ``key`` before loading it; return it by ``install`` or ``release``."""
+        cdef _Pending pending
+        PyObject_Hash(key)
+        with cython.critical_section(self):
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = _Pending.__new__(_Pending)
+                self._pending[key] = pending
+            pending.refcount += 1
+            return self._epoch
+
+    def install(self, ticket, key, value, ttl=None, tags=()):
+        """Store like ``set`` unless ``key``, one of ``tags``, or the whole cache was written
+        or invalidated since ``ticket`` was taken; always gives the ticket back.
+
+        Returns whether the value was stored. ``ValueError`` if no ticket for ``key`` is
+        outstanding.
+        """
+        cdef double seconds
+        cdef tuple tagt
+        cdef Py_ssize_t weight
+        cdef double now = -INFINITY
+        cdef _Pending pending
+        cdef unsigned long long t
+        cdef bint fresh
+        cdef list removed = None
+        try:
+            seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
+            tagt = _tag_tuple(tags)
+            weight = self._weigh(key, value)
+            if seconds != INFINITY or self._heap_len:
+                now = self._now()
+        except BaseException:
+            self.release(ticket, key)
+            raise
+        with cython.critical_section(self):
+            pending = self._pending_for(ticket, key)
+            t = ticket
+            fresh = pending.epoch <= t and self._clear_epoch <= t
+            if fresh and tagt:
+                fresh = self._tag_floor <= t
+                if fresh:
+                    for tag in tagt:
+                        if <unsigned long long>self._tag_epochs.get(tag, 0) > t:
+                            fresh = False
+                            break
+            self._release(key, pending)
+            if fresh:
+                removed = self._store(key, value, seconds, tagt, weight, now)
+        self._notify(removed)
+        return fresh
+
+    def release(self, ticket, key):
+        """Give back a ticket for ``key`` without installing (the load failed)."""
+        with cython.critical_section(self):
+            self._release(key, self._pending_for(ticket, key))
+
+    # -- counters and sizes -----------------------------------------------------------
+
+    @property
+    def hits(self):
+        """``get`` calls that found a live entry."""
+        return self._hits
+
+    @property
+    def misses(self):
+        """``get`` calls that found nothing live."""
+        return self._misses
+
+    @property
+    def evictions(self):
+        """Live entries removed to respect ``maxsize`` / ``max_weight``."""
+        return self._evictions
+
+    @property
+    def expirations(self):
+        """Expired entries dropped (on access, to make room, or by ``expire``)."""
+        return self._expirations
+
+    @property
+    def invalidations(self):
+        """Live entries removed by ``invalidate*``."""
+        return self._invalidations
+
+    def counters(self):
+        """All counters as a new dict."""
+        with cython.critical_section(self):
+            return {
+                "hits": self._hits,
+                "misses": self._misses,
+                "evictions": self._evictions,
+                "expirations": self._expirations,
+                "invalidations": self._invalidations,
+            }
+
+    def reset_counters(self):
+        """Set every counter to zero."""
+        with cython.critical_section(self):
+            self._hits = self._misses = self._evictions = 0
+            self._expirations = self._invalidations = 0
+
+    @property
+    def weight(self):
+        """Total weight of the stored entries."""
+        return self._weight
+
+    @property
+    def maxsize(self):
+        """The most entries kept."""
+        return self._maxsize
+
+    @property
+    def max_weight(self):
+        """The most total weight kept, or None."""
+        return None if self._max_weight < 0 else self._max_weight
+
+    def __repr__(self):
+        return f"<{type(self).__name__} len={len(self)} maxsize={self._maxsize} (compiled)>"
+
+    # -- internals --------------------------------------------------------------------
+    # Methods named _store/_remove/_live/_take... run inside the critical section and
+    # call no Python code (other than key hashing/equality, see the notes at the top).
+
+    cdef inline double _now(self) except? -1.0:
+        if self._timer is None:
+            return stratacache_coarse_now()
+        return self._timer()
+
+    cdef inline double _clock_if_timed(self) except? -1.0:
+        """Now, read before the operation starts, or -inf if no entry has a deadline."""
+        if self._heap_len:
+            return self._now()
+        return -INFINITY
+
+    cdef Py_ssize_t _weigh(self, object key, object value) except -1:
+        """Hash check plus the weigher; runs before anything changes."""
+        PyObject_Hash(key)
+        if self._weigher is None:
+            return 1
+        weight = self._weigher(key, value)
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError(f"weigher must return an int, not {type(weight).__name__}")
+        if weight < 0:
+            raise ValueError(f"weigher returned a negative weight: {weight}")
+        if self._max_weight >= 0 and weight > self._max_weight:
+            raise ValueError(f"entry weight {weight} exceeds max_weight {self._max_weight}")
+        if weight > sys.maxsize:
+            raise ValueError(f"entry weight {weight} is too large")
+        return weight
+
+    cdef list _store(
+        self, object key, object value, double seconds, tuple tags, Py_ssize_t weight,
+        double now,
+    ):
+        """Insert as MRU, making room first; the removed nodes (kept alive), or None."""
+        cdef list removed = None
+        cdef PyObject* found
+        cdef _Node old = None
+        cdef _Node victim
+        cdef _Node node
+        cdef dict keys
+        cdef double deadline = INFINITY
+        cdef unsigned char cause
+        if seconds != INFINITY:
+            deadline = now + seconds
+            self._heap_reserve()  # the only allocation that can fail: do it first
+        self._bump_key(key)
+        found = PyDict_GetItemWithError(self._map, key)
+        if found is not NULL:
+            old = <_Node>found  # replaced, not evicted; this reference keeps it alive
+            if old.heap_index >= 0 and now >= old.deadline:
+                self._remove(old, CAUSE_EXPIRED)
+                removed = [old]
+            else:
+                self._remove(old, CAUSE_NONE)
+        if deadline <= now:  # ttl == 0: expired on arrival, never stored
+            return removed
+        while PyDict_Size(self._map) >= self._maxsize or (
+            self._max_weight >= 0 and self._weight + weight > self._max_weight
+        ):
+            if self._heap_len and self._heap[0].deadline <= now:
+                victim = <_Node>self._heap[0].node  # expired ones go before live ones
+                cause = CAUSE_EXPIRED
+            else:
+                victim = <_Node>self._root.next
+                cause = CAUSE_SIZE
+            self._remove(victim, cause)
+            if removed is None:
+                removed = [victim]
+            else:
+                removed.append(victim)
+        node = _Node.__new__(_Node)
+        node.key = key
+        node.value = value
+        node.tags = tags
+        node.weight = weight
+        node.deadline = deadline
+        node.heap_index = -1
+        PyDict_SetItem(self._map, key, node)
+        node.prev = self._root.prev
+        node.next = <PyObject*>self._root
+        (<_Node>self._root.prev).next = <PyObject*>node
+        self._root.prev = <PyObject*>node
+        self._weight += weight
+        if deadline != INFINITY:
+            self._heap_push(node)
+        for tag in tags:
+            keys = self._tags.get(tag)
+            if keys is None:
+                keys = {}
+                self._tags[tag] = keys
+            keys[key] = node
+        return removed
+
+    cdef inline void _to_mru(self, _Node node) noexcept:
+        cdef PyObject* root = <PyObject*>self._root
+        if node.next == root:
+            return
+        (<_Node>node.prev).next = node.next
+        (<_Node>node.next).prev = node.prev
+        node.prev = self._root.prev
+        node.next = root
+        (<_Node>self._root.prev).next = <PyObject*>node
+        self._root.prev = <PyObject*>node
+
+    cdef int _remove(self, _Node node, unsigned char cause) except -1:
+        """Unlink ``node`` from every structure. The caller holds a reference to it."""
+        cdef dict keys
+        (<_Node>node.prev).next = node.next
+        (<_Node>node.next).prev = node.prev
+        node.prev = node.next = NULL
+        if node.heap_index >= 0:
+            self._heap_remove(node.heap_index)
+            node.heap_index = -1
+        for tag in node.tags:
+            keys = <dict>self._tags[tag]
+            PyDict_DelItem(keys, node.key)
+            if not keys:
+                PyDict_DelItem(self._tags, tag)
+        self._weight -= node.weight
+        node.cause = cause
+        if cause == CAUSE_SIZE:
+            self._evictions += 1
+        elif cause == CAUSE_EXPIRED:
+            self._expirations += 1
+        elif cause == CAUSE_INVALIDATED:
+            self._invalidations += 1
+        PyDict_DelItem(self._map, node.key)
+        return 0
+
+    cdef Py_ssize_t _remove_for_invalidation(self, _Node node, double now) except -1:
+        """Remove as invalidated (1) or, if it had expired already, as expired (0)."""
+        if node.heap_index >= 0 and now >= node.deadline:
+            self._remove(node, CAUSE_EXPIRED)
+            return 0
+        self._remove(node, CAUSE_INVALIDATED)
+        return 1
+
+    cdef _Node _live(self, object key, double now):
+        """The node for ``key``, or None; an expired one is removed and returned with
+        ``cause == CAUSE_EXPIRED`` so the caller can report it."""
+        cdef PyObject* found = PyDict_GetItemWithError(self._map, key)
+        cdef _Node node
+        if found is NULL:
+            return None
+        node = <_Node>found
+        if node.heap_index >= 0 and now >= node.deadline:
+            self._remove(node, CAUSE_EXPIRED)
+        return node
+
+    cdef _Node _take(self, object key, unsigned char cause):
+        """delete/pop/invalidate: remove the live node for ``key`` (or None)."""
+        cdef list removed = None
+        cdef _Node node
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            self._bump_key(key)
+            node = self._live(key, now)
+            if node is not None:
+                if node.cause == CAUSE_EXPIRED:
+                    removed = [node]
+                else:
+                    self._remove(node, cause)
+                    if cause != CAUSE_NONE:
+                        removed = [node]
+        self._notify(removed)
+        if node is not None and node.cause == CAUSE_EXPIRED:
+            return None
+        return node
+
+    cdef inline void _bump_key(self, object key) except *:
+        cdef _Pending pending
+        if self._pending:
+            pending = self._pending.get(key)
+            if pending is not None:
+                self._epoch += 1
+                pending.epoch = self._epoch
+
+    cdef void _bump_tag(self, str tag) except *:
+        if self._pending:
+            self._epoch += 1
+            self._tag_epochs[tag] = self._epoch
+            if len(self._tag_epochs) > _TAG_EPOCHS_LIMIT:
+                self._tag_floor = self._epoch
+                self._tag_epochs.clear()
+
+    cdef _Pending _pending_for(self, object ticket, object key):
+        cdef _Pending pending
+        if isinstance(ticket, bool) or not isinstance(ticket, int):
+            raise TypeError("ticket must be an int")
+        pending = self._pending.get(key)
+        if pending is None or not 0 <= ticket <= self._epoch:
+            raise ValueError(f"no outstanding ticket {ticket} for key {key!r}")
+        return pending
+
+    cdef void _release(self, object key, _Pending pending) except *:
+        pending.refcount -= 1
+        if pending.refcount == 0:
+            del self._pending[key]
+            if not self._pending:  # no ticket can be older than what comes next
+                self._tag_epochs.clear()
+                self._tag_floor = 0
+
+    cdef int _notify(self, list removed) except -1:
+        """Call ``on_evict`` for each reportable removal; outside the critical section."""
+        cdef _Node node
+        on_evict = self._on_evict
+        if on_evict is None or removed is None:
+            return 0
+        for node in removed:
+            if node.cause != CAUSE_NONE:
+                try:
+                    on_evict(node.key, node.value, _CAUSE_NAMES[node.cause])
+                except Exception:
+                    _log.exception(
+                        "on_evict(%r, ..., %r) raised; ignored", node.key,
+                        _CAUSE_NAMES[node.cause],
+                    )
+        return 0
+
+    # -- expiry heap (min-heap on (deadline, seq), node.heap_index points back) --------
+
+    cdef int _heap_reserve(self) except -1:
+        cdef Py_ssize_t cap
+        cdef _HeapItem* grown
+        if self._heap_len < self._heap_cap:
+            return 0
+        cap = 64 if self._heap_cap == 0 else self._heap_cap * 2
+        grown = <_HeapItem*>realloc(self._heap, cap * sizeof(_HeapItem))
+        if grown is NULL:
+            raise MemoryError()
+        self._heap = grown
+        self._heap_cap = cap
+        return 0
+
+    cdef inline void _heap_put(self, Py_ssize_t i, _HeapItem item) noexcept:
+        self._heap[i] = item
+        (<_Node>item.node).heap_index = <int>i
+
+    cdef void _heap_push(self, _Node node) noexcept:
+        cdef _HeapItem item
+        self._seq += 1
+        item.deadline = node.deadline
+        item.seq = self._seq
+        item.node = <PyObject*>node
+        self._heap_len += 1
+        self._sift_up(self._heap_len - 1, item)
+
+    cdef void _sift_up(self, Py_ssize_t i, _HeapItem item) noexcept:
+        cdef Py_ssize_t parent
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _before(&item, &self._heap[parent]):
+                break
+            self._heap_put(i, self._heap[parent])
+            i = parent
+        self._heap_put(i, item)
+
+    cdef void _sift_down(self, Py_ssize_t i, _HeapItem item) noexcept:
+        cdef Py_ssize_t child
+        cdef Py_ssize_t n = self._heap_len
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and _before(&self._heap[child + 1], &self._heap[child]):
+                child += 1
+            if not _before(&self._heap[child], &item):
+                break
+            self._heap_put(i, self._heap[child])
+            i = child
+        self._heap_put(i, item)
+
+    cdef void _heap_remove(self, Py_ssize_t i) noexcept:
+        cdef _HeapItem last
+        self._heap_len -= 1
+        if i == self._heap_len:
+            return
+        last = self._heap[self._heap_len]
+        if i > 0 and _before(&last, &self._heap[(i - 1) >> 1]):
+            self._sift_up(i, last)
+        else:
+            self._sift_down(i, last)

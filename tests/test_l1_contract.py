@@ -1,0 +1,853 @@
+"""The L1 contract, run over every implementation (ids ``c`` / ``py``)."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from l1_impls import IMPL_IDS, FakeClock, Recorder, load_l1
+from stratacache._sentinel import MISSING
+
+
+@pytest.fixture(params=IMPL_IDS)
+def l1_impl(request: pytest.FixtureRequest) -> Any:
+    """Each L1 implementation in turn."""
+    return load_l1(request.param)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# -- construction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("maxsize", [0, -1])
+def test_maxsize_must_be_positive(l1_impl: Any, maxsize: int) -> None:
+    with pytest.raises(ValueError):
+        l1_impl(maxsize)
+
+
+@pytest.mark.parametrize("maxsize", ["3", 2.0, True, None])
+def test_maxsize_must_be_an_int(l1_impl: Any, maxsize: Any) -> None:
+    with pytest.raises(TypeError):
+        l1_impl(maxsize)
+
+
+def test_max_weight_must_be_positive(l1_impl: Any) -> None:
+    with pytest.raises(ValueError):
+        l1_impl(3, max_weight=0)
+
+
+@pytest.mark.parametrize("name", ["weigher", "timer", "on_evict"])
+def test_callables_are_checked(l1_impl: Any, name: str) -> None:
+    with pytest.raises(TypeError):
+        l1_impl(3, **{name: 42})
+
+
+def test_properties(l1_impl: Any) -> None:
+    cache = l1_impl(10, max_weight=100, weigher=lambda k, v: 1)
+    assert (cache.maxsize, cache.max_weight, cache.weight, len(cache)) == (10, 100, 0, 0)
+    assert l1_impl(10).max_weight is None
+
+
+# -- reading and writing --------------------------------------------------------------
+
+
+def test_set_then_get(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("k", {"v": 1})
+    assert cache.get("k") == {"v": 1}
+    assert cache.get("other") is None
+    assert cache.get("other", MISSING) is MISSING
+
+
+def test_none_is_a_cacheable_value(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("k", None)
+    assert cache.get("k", MISSING) is None
+    assert "k" in cache
+    assert cache.hits == 1
+
+
+def test_any_hashable_key(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    for key in (1, ("a", 2), b"raw", frozenset({1})):
+        cache.set(key, key)
+        assert cache.get(key) == key
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.get([]),
+        lambda c: c.peek({}),
+        lambda c: c.set([], 1),
+        lambda c: c.delete([]),
+        lambda c: c.pop([]),
+        lambda c: c.invalidate([]),
+        lambda c: [] in c,
+        lambda c: c.ticket([]),
+    ],
+)
+def test_unhashable_key_is_a_type_error(l1_impl: Any, call: Any) -> None:
+    cache = l1_impl(10)
+    with pytest.raises(TypeError):
+        call(cache)
+    assert len(cache) == 0
+
+
+def test_get_marks_recently_used(l1_impl: Any) -> None:
+    cache = l1_impl(2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.get("a")
+    cache.set("c", 3)  # evicts b, the least recently used
+    assert "a" in cache and "c" in cache and "b" not in cache
+
+
+def test_peek_does_not_touch_recency_or_counters(l1_impl: Any) -> None:
+    cache = l1_impl(2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    assert cache.peek("a") == 1
+    assert cache.peek("zzz", "d") == "d"
+    cache.set("c", 3)  # a is still the LRU entry
+    assert "a" not in cache
+    assert (cache.hits, cache.misses) == (0, 0)
+
+
+def test_contains_does_not_touch_recency(l1_impl: Any) -> None:
+    cache = l1_impl(2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    assert "a" in cache
+    cache.set("c", 3)
+    assert "a" not in cache
+
+
+def test_set_existing_replaces_value_ttl_tags_and_moves_to_mru(
+    l1_impl: Any, clock: FakeClock
+) -> None:
+    events = Recorder()
+    cache = l1_impl(2, timer=clock, on_evict=events)
+    cache.set("a", 1, ttl=1, tags=("old",))
+    cache.set("b", 2)
+    cache.set("a", 10, tags=("new",))  # no ttl any more, new tags, now MRU
+    assert cache.keys_for_tag("old") == []
+    assert cache.keys_for_tag("new") == ["a"]
+    clock.advance(5)
+    assert cache.get("a") == 10
+    cache.set("c", 3)
+    assert "b" not in cache  # a was moved to the MRU end by the replacement
+    assert len(cache) == 2
+    assert events.calls == [("b", 2, "size")]  # a replacement is not an eviction
+
+
+def test_delete(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, on_evict=events)
+    cache.set("a", 1, tags=("t",))
+    assert cache.delete("a") is True
+    assert cache.delete("a") is False
+    assert "a" not in cache
+    assert cache.keys_for_tag("t") == []
+    assert events.calls == []
+    assert cache.counters()["invalidations"] == 0
+
+
+def test_pop(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("a", 1)
+    cache.set("n", None)
+    assert cache.pop("a") == 1
+    assert "a" not in cache
+    assert cache.pop("a", "dflt") == "dflt"
+    assert cache.pop("a", None) is None
+    assert cache.pop("n", "dflt") is None
+    with pytest.raises(KeyError):
+        cache.pop("a")
+
+
+def test_len_and_clear(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, on_evict=events)
+    for i in range(5):
+        cache.set(i, i, tags=("t",))
+    cache.get(0)
+    before = cache.counters()
+    assert len(cache) == 5
+    cache.clear()
+    assert len(cache) == 0
+    assert cache.keys() == []
+    assert cache.keys_for_tag("t") == []
+    assert cache.weight == 0
+    assert events.calls == []  # clear() is a flush: no listener calls, no counters
+    assert cache.counters() == before
+    cache.set("after", 1)
+    assert cache.get("after") == 1
+
+
+def test_keys_is_a_snapshot(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    keys = cache.keys()
+    assert isinstance(keys, list)
+    assert sorted(keys) == ["a", "b"]
+    cache.set("c", 3)
+    assert sorted(keys) == ["a", "b"]
+
+
+# -- eviction and weight --------------------------------------------------------------
+
+
+def test_lru_eviction_by_count(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(3, on_evict=events)
+    for i in range(5):
+        cache.set(i, str(i))
+    assert sorted(cache.keys()) == [2, 3, 4]
+    assert events.calls == [(0, "0", "size"), (1, "1", "size")]
+    assert cache.evictions == 2
+
+
+def test_weight_bound(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(100, max_weight=10, weigher=lambda k, v: len(v), on_evict=events)
+    cache.set("a", "xxxx")
+    cache.set("b", "xxxx")
+    assert cache.weight == 8
+    cache.set("c", "xxxxx")  # 13 > 10: evict a (LRU)
+    assert sorted(cache.keys()) == ["b", "c"]
+    assert cache.weight == 9
+    assert events.calls == [("a", "xxxx", "size")]
+    cache.set("b", "x")  # replacement: weight is recomputed
+    assert cache.weight == 6
+
+
+def test_zero_weight_entries(l1_impl: Any) -> None:
+    cache = l1_impl(3, max_weight=1, weigher=lambda k, v: 0)
+    for i in range(3):
+        cache.set(i, i)
+    assert len(cache) == 3
+    assert cache.weight == 0
+
+
+def test_too_heavy_is_refused_and_nothing_is_evicted(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, max_weight=10, weigher=lambda k, v: len(v), on_evict=events)
+    cache.set("a", "xxxxx")
+    cache.set("b", "xxxxx")
+    with pytest.raises(ValueError):
+        cache.set("a", "x" * 11)
+    assert cache.get("a") == "xxxxx"  # the old entry for that key stays too
+    assert sorted(cache.keys()) == ["a", "b"]
+    assert events.calls == []
+    assert cache.weight == 10
+
+
+@pytest.mark.parametrize("bad", ["3", 1.5, None, True])
+def test_weigher_must_return_an_int(l1_impl: Any, bad: Any) -> None:
+    cache = l1_impl(10, weigher=lambda k, v: bad)
+    with pytest.raises(TypeError):
+        cache.set("a", 1)
+    assert len(cache) == 0
+
+
+def test_weigher_must_not_return_a_negative_weight(l1_impl: Any) -> None:
+    cache = l1_impl(10, weigher=lambda k, v: -1)
+    with pytest.raises(ValueError):
+        cache.set("a", 1)
+    assert len(cache) == 0
+
+
+def test_weigher_runs_before_the_cache_changes(l1_impl: Any) -> None:
+    seen = []
+
+    def weigher(key: Any, value: Any) -> int:
+        seen.append((key, cache.peek(key), len(cache)))  # re-entering is fine here
+        if value == "boom":
+            raise RuntimeError("weigher failed")
+        return 1
+
+    cache = l1_impl(10, weigher=weigher)
+    cache.set("a", 1)
+    cache.set("a", 2)
+    assert seen == [("a", None, 0), ("a", 1, 1)]
+    with pytest.raises(RuntimeError):
+        cache.set("a", "boom")
+    assert cache.get("a") == 2
+
+
+# -- ttl and expiry -------------------------------------------------------------------
+
+
+def test_entry_expires_at_its_deadline(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(10, timer=clock, on_evict=events)
+    cache.set("k", "v", ttl=10)
+    clock.advance(9.999)
+    assert cache.get("k") == "v"
+    clock.advance(0.001)
+    assert cache.get("k", "gone") == "gone"
+    assert len(cache) == 0  # get dropped it
+    assert cache.counters() == {
+        "hits": 1,
+        "misses": 1,
+        "evictions": 0,
+        "expirations": 1,
+        "invalidations": 0,
+    }
+    assert events.calls == [("k", "v", "expired")]
+
+
+def test_timedelta_ttl(l1_impl: Any, clock: FakeClock) -> None:
+    cache = l1_impl(10, timer=clock)
+    cache.set("k", "v", ttl=datetime.timedelta(minutes=1))
+    clock.advance(59)
+    assert "k" in cache
+    clock.advance(1)
+    assert "k" not in cache
+
+
+def test_ttl_zero_stores_nothing_and_drops_the_old_entry(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(10, timer=clock, on_evict=events)
+    cache.set("k", "old")
+    cache.set("k", "new", ttl=0)
+    assert "k" not in cache
+    assert len(cache) == 0
+    assert events.calls == []
+    assert cache.expirations == 0
+
+
+def test_no_ttl_never_expires_and_never_reads_the_clock(l1_impl: Any, clock: FakeClock) -> None:
+    cache = l1_impl(10, timer=clock)
+    cache.set("a", 1)
+    cache.set("b", 2, ttl=None)
+    cache.set("c", 3, ttl=math.inf)
+    clock.advance(1e12)
+    assert [cache.get(k) for k in "abc"] == [1, 2, 3]
+    cache.peek("a")
+    cache.delete("b")
+    assert clock.reads == 0
+
+
+@pytest.mark.parametrize("ttl", [-1, -0.001, math.nan, datetime.timedelta(seconds=-1)])
+def test_bad_ttl_is_a_value_error(l1_impl: Any, ttl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("k", "old")
+    with pytest.raises(ValueError):
+        cache.set("k", "v", ttl=ttl)
+    assert cache.get("k") == "old"
+
+
+@pytest.mark.parametrize("ttl", ["10", True, object()])
+def test_ttl_of_the_wrong_type_is_a_type_error(l1_impl: Any, ttl: Any) -> None:
+    with pytest.raises(TypeError):
+        l1_impl(10).set("k", "v", ttl=ttl)
+
+
+def test_default_timer(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("long", 1, ttl=3600)
+    cache.set("zero", 1, ttl=0)
+    assert cache.get("long") == 1
+    assert "zero" not in cache
+    assert cache.expire() == 0
+
+
+def test_len_counts_expired_entries_until_dropped_but_keys_do_not(
+    l1_impl: Any, clock: FakeClock
+) -> None:
+    cache = l1_impl(10, timer=clock)
+    cache.set("a", 1, ttl=1, tags=("t",))
+    cache.set("b", 2)
+    clock.advance(1)
+    assert len(cache) == 2
+    assert cache.keys() == ["b"]
+    assert cache.keys_for_tag("t") == []
+    assert cache.expire() == 1
+    assert len(cache) == 1
+
+
+def test_peek_contains_pop_delete_drop_expired_entries(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(10, timer=clock, on_evict=events)
+    for key in "abcd":
+        cache.set(key, key, ttl=1)
+    clock.advance(1)
+    assert cache.peek("a") is None
+    assert "b" not in cache
+    assert cache.pop("c", "dflt") == "dflt"
+    assert cache.delete("d") is False
+    assert len(cache) == 0
+    assert cache.expirations == 4
+    assert (cache.hits, cache.misses) == (0, 0)
+    assert [c[2] for c in events.calls] == ["expired"] * 4
+
+
+def test_expire_is_bounded_and_earliest_first(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(100, timer=clock, on_evict=events)
+    for i in range(10):
+        cache.set(i, i, ttl=10 - i)  # key 9 has the earliest deadline
+    cache.set("forever", 0)
+    clock.advance(100)
+    assert cache.expire(3) == 3
+    assert [c[0] for c in events.calls] == [9, 8, 7]
+    assert cache.expire(0) == 0
+    assert cache.expire() == 7
+    assert cache.expire() == 0
+    assert cache.keys() == ["forever"]
+    assert cache.expirations == 10
+
+
+def test_expire_limit_is_checked(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    with pytest.raises(ValueError):
+        cache.expire(-1)
+    with pytest.raises(TypeError):
+        cache.expire(1.5)
+
+
+def test_making_room_drops_expired_entries_before_live_ones(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(3, timer=clock, on_evict=events)
+    cache.set("lru", 1)
+    cache.set("short", 2, ttl=1)
+    cache.set("mru", 3)
+    clock.advance(1)
+    cache.set("new", 4)
+    assert sorted(cache.keys()) == ["lru", "mru", "new"]
+    assert events.calls == [("short", 2, "expired")]
+    assert (cache.evictions, cache.expirations) == (0, 1)
+
+
+def test_equal_deadlines_expire_oldest_write_first(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(3, timer=clock, on_evict=events)
+    cache.set("b", 1, ttl=5)
+    cache.set("a", 1, ttl=5)
+    cache.set("c", 1, ttl=5)
+    clock.advance(5)
+    cache.set("x", 1)
+    assert events.calls == [("b", 1, "expired")]
+
+
+def test_writing_over_an_expired_entry_reports_the_expiry(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(10, timer=clock, on_evict=events)
+    cache.set("k", "v1", ttl=1)
+    clock.advance(2)
+    cache.set("k", "v2")
+    assert events.calls == [("k", "v1", "expired")]
+    assert cache.get("k") == "v2"
+
+
+# -- tags and invalidation ------------------------------------------------------------
+
+
+def test_invalidate_tag(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, on_evict=events)
+    cache.set("u1", 1, tags=("user", "eu"))
+    cache.set("u2", 2, tags=["user"])
+    cache.set("o1", 3, tags=("order",))
+    assert sorted(cache.keys_for_tag("user")) == ["u1", "u2"]
+    assert cache.invalidate_tag("user") == 2
+    assert cache.keys() == ["o1"]
+    assert cache.keys_for_tag("eu") == []  # u1's other tag forgot it too
+    assert cache.invalidate_tag("user") == 0
+    assert cache.invalidate_tag("never-used") == 0
+    assert cache.invalidations == 2
+    assert sorted(events.calls) == [("u1", 1, "invalidated"), ("u2", 2, "invalidated")]
+
+
+def test_invalidate_tags_counts_each_entry_once(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("a", 1, tags=("x", "y"))
+    cache.set("b", 2, tags=("y",))
+    cache.set("c", 3, tags=("z",))
+    assert cache.invalidate_tags(["x", "y", "nope"]) == 2
+    assert cache.keys() == ["c"]
+    assert cache.invalidations == 2
+
+
+def test_duplicate_tags_are_harmless(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("a", 1, tags=("x", "x"))
+    assert cache.keys_for_tag("x") == ["a"]
+    assert cache.delete("a")
+    assert cache.keys_for_tag("x") == []
+
+
+def test_invalidating_an_expired_entry_counts_as_expiry(l1_impl: Any, clock: FakeClock) -> None:
+    events = Recorder()
+    cache = l1_impl(10, timer=clock, on_evict=events)
+    cache.set("a", 1, ttl=1, tags=("t",))
+    cache.set("b", 2, tags=("t",))
+    clock.advance(1)
+    assert cache.invalidate_tag("t") == 1
+    assert sorted(events.calls) == [("a", 1, "expired"), ("b", 2, "invalidated")]
+    assert (cache.expirations, cache.invalidations) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.set("k", 1, tags=(1,)),
+        lambda c: c.set("k", 1, tags=("ok", b"bytes")),
+        lambda c: c.set("k", 1, tags="abc"),  # a bare string is not a set of tags
+        lambda c: c.set("k", 1, tags=None),
+        lambda c: c.invalidate_tag(1),
+        lambda c: c.invalidate_tags(["ok", None]),
+        lambda c: c.invalidate_tags("abc"),
+        lambda c: c.keys_for_tag(b"t"),
+        lambda c: c.invalidate_matching(b"*"),
+    ],
+)
+def test_non_str_tag_is_a_type_error(l1_impl: Any, call: Any) -> None:
+    cache = l1_impl(10)
+    with pytest.raises(TypeError):
+        call(cache)
+    assert len(cache) == 0
+
+
+def test_invalidate_key(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, on_evict=events)
+    cache.set("a", 1, tags=("t",))
+    assert cache.invalidate("a") is True
+    assert cache.invalidate("a") is False
+    assert cache.keys_for_tag("t") == []
+    assert events.calls == [("a", 1, "invalidated")]
+    assert cache.invalidations == 1
+
+
+def test_invalidate_matching_uses_fnmatchcase(l1_impl: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(100, on_evict=events)
+    for key in ("user:1", "user:2", "user:10", "User:3", "order:1", 7, ("user:1",)):
+        cache.set(key, key)
+    assert cache.invalidate_matching("user:?") == 2
+    assert sorted(map(str, cache.keys())) == sorted(
+        ["user:10", "User:3", "order:1", "7", "('user:1',)"]
+    )
+    assert cache.invalidate_matching("[uU]ser:*") == 2
+    assert cache.invalidate_matching("*") == 1  # non-str keys never match
+    assert sorted(map(str, cache.keys())) == ["('user:1',)", "7"]
+    assert cache.invalidations == 5
+    assert all(cause == "invalidated" for _, _, cause in events.calls)
+
+
+# -- counters -------------------------------------------------------------------------
+
+
+def test_counters_and_reset(l1_impl: Any) -> None:
+    cache = l1_impl(1)
+    cache.set("a", 1)
+    cache.get("a")
+    cache.get("b")
+    cache.set("b", 2)
+    cache.set("c", 3, tags=("t",))
+    cache.invalidate_tag("t")
+    counters = cache.counters()
+    assert counters == {
+        "hits": 1,
+        "misses": 1,
+        "evictions": 2,
+        "expirations": 0,
+        "invalidations": 1,
+    }
+    assert counters == {name: getattr(cache, name) for name in counters}
+    counters["hits"] = 99  # a copy
+    assert cache.hits == 1
+    cache.reset_counters()
+    assert set(cache.counters().values()) == {0}
+
+
+def test_counters_are_read_only(l1_impl: Any) -> None:
+    cache = l1_impl(1)
+    with pytest.raises(AttributeError):
+        cache.hits = 5
+
+
+# -- the eviction listener ------------------------------------------------------------
+
+
+def test_listener_runs_after_the_mutation(l1_impl: Any) -> None:
+    seen = []
+
+    def on_evict(key: Any, value: Any, cause: str) -> None:
+        seen.append((key, key in cache, sorted(cache.keys())))
+        if isinstance(key, str):
+            cache.set(("echo", key), value)  # re-entering from the listener is allowed
+
+    cache = l1_impl(2, on_evict=on_evict)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.set("c", 3)
+    assert seen[0] == ("a", False, ["b", "c"])
+
+
+def test_listener_exceptions_are_logged_and_swallowed(
+    l1_impl: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def on_evict(key: Any, value: Any, cause: str) -> None:
+        calls.append(key)
+        raise RuntimeError(f"listener failed on {key}")
+
+    cache = l1_impl(3, max_weight=3, weigher=lambda k, v: v, on_evict=on_evict)
+    cache.set("a", 1)
+    cache.set("b", 1)
+    with caplog.at_level(logging.ERROR, logger="stratacache.l1"):
+        cache.set("c", 3)  # evicts a and b: both listener calls happen
+    assert calls == ["a", "b"]
+    assert cache.keys() == ["c"]
+    assert cache.weight == 3
+    assert len([r for r in caplog.records if r.name == "stratacache.l1"]) == 2
+    assert "listener failed on a" in caplog.text
+
+
+# -- the stale-fill guard -------------------------------------------------------------
+
+
+def test_install_without_interference_stores(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    ticket = cache.ticket("k")
+    assert isinstance(ticket, int)
+    assert cache.install(ticket, "k", "v", tags=("t",)) is True
+    assert cache.get("k") == "v"
+    assert cache.keys_for_tag("t") == ["k"]
+
+
+def test_events_before_the_ticket_do_not_matter(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    other = cache.ticket("other")  # keeps the guard recording
+    cache.delete("k")
+    cache.invalidate_tag("t")
+    cache.clear()
+    ticket = cache.ticket("k")
+    assert cache.install(ticket, "k", "v", tags=("t",)) is True
+    cache.release(other, "other")
+
+
+@pytest.mark.parametrize(
+    "interference",
+    [
+        pytest.param(lambda c: c.delete("k"), id="delete"),
+        pytest.param(lambda c: c.pop("k", None), id="pop"),
+        pytest.param(lambda c: c.invalidate("k"), id="invalidate"),
+        pytest.param(lambda c: c.set("k", "newer"), id="set"),
+        pytest.param(lambda c: c.set("k", "newer", ttl=0), id="set-ttl0"),
+        pytest.param(lambda c: c.invalidate_tag("t2"), id="invalidate_tag"),
+        pytest.param(lambda c: c.invalidate_tags(["zz", "t1"]), id="invalidate_tags"),
+        pytest.param(lambda c: c.invalidate_matching("k*"), id="invalidate_matching"),
+        pytest.param(lambda c: c.clear(), id="clear"),
+    ],
+)
+def test_install_is_refused_after_an_invalidation(l1_impl: Any, interference: Any) -> None:
+    events = Recorder()
+    cache = l1_impl(10, on_evict=events)
+    ticket = cache.ticket("k")
+    interference(cache)
+    assert cache.install(ticket, "k", "stale", tags=("t1", "t2")) is False
+    assert cache.get("k") != "stale"
+    assert all(value != "stale" for _, value, _ in events.calls)
+
+
+def test_tag_invalidation_refuses_a_key_that_had_the_tag(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("k", "old", tags=("t",))
+    ticket = cache.ticket("k")
+    cache.invalidate_tag("t")
+    assert cache.install(ticket, "k", "new") is False  # new tags don't include t
+
+
+def test_unrelated_events_do_not_refuse(l1_impl: Any, clock: FakeClock) -> None:
+    cache = l1_impl(2, timer=clock)
+    cache.set("k", "old", ttl=1)
+    ticket = cache.ticket("k")
+    cache.set("other", 1, tags=("t9",))
+    cache.invalidate_tag("t9")
+    cache.delete("other")
+    cache.invalidate_matching("x*")
+    clock.advance(5)
+    assert cache.get("k") is None  # an expiry is not an invalidation
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.set("c", 3)  # evictions are not invalidations either
+    assert cache.install(ticket, "k", "v", tags=("t1",)) is True
+    assert cache.get("k") == "v"
+
+
+def test_install_always_gives_the_ticket_back(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    ticket = cache.ticket("k")
+    cache.delete("k")
+    assert cache.install(ticket, "k", "v") is False
+    with pytest.raises(ValueError):
+        cache.install(ticket, "k", "v")
+    with pytest.raises(ValueError):
+        cache.release(ticket, "k")
+
+
+def test_release(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    ticket = cache.ticket("k")
+    cache.release(ticket, "k")
+    with pytest.raises(ValueError):
+        cache.release(ticket, "k")
+    with pytest.raises(ValueError):
+        cache.release(0, "never-ticketed")
+
+
+def test_install_with_bad_input_releases_and_raises(l1_impl: Any) -> None:
+    cache = l1_impl(10, max_weight=5, weigher=lambda k, v: len(v))
+    for bad in (
+        {"ttl": -1},
+        {"tags": (1,)},
+        {"value": "x" * 6},
+    ):
+        ticket = cache.ticket("k")
+        kwargs = {"value": "v", **bad}
+        with pytest.raises((TypeError, ValueError)):
+            cache.install(ticket, "k", **kwargs)
+        with pytest.raises(ValueError):
+            cache.release(ticket, "k")
+    assert len(cache) == 0
+
+
+def test_forged_tickets_are_refused(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    ticket = cache.ticket("k")
+    with pytest.raises(ValueError):
+        cache.install(ticket + 1_000_000, "k", "v")
+    with pytest.raises(TypeError):
+        cache.install("1", "k", "v")
+    cache.release(ticket, "k")
+
+
+def test_concurrent_tickets_for_one_key(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    first = cache.ticket("k")
+    second = cache.ticket("k")
+    assert cache.install(first, "k", "v1") is True
+    # The first install is itself a write of k after the second ticket was taken.
+    assert cache.install(second, "k", "v2") is False
+    assert cache.get("k") == "v1"
+
+
+def test_many_tag_invalidations_collapse_into_a_safe_floor(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    ticket = cache.ticket("k")
+    for i in range(5000):
+        cache.invalidate_tag(f"tag-{i}")
+    # Past the limit the guard forgets which tags: any tagged install is refused ...
+    assert cache.install(ticket, "k", "v", tags=("unrelated",)) is False
+    ticket = cache.ticket("k")
+    for i in range(5000):
+        cache.invalidate_tag(f"tag-{i}")
+    # ... but an untagged one still only depends on the key.
+    assert cache.install(ticket, "k", "v") is True
+    # With no ticket outstanding nothing is remembered.
+    for i in range(5000):
+        cache.invalidate_tag(f"tag-{i}")
+    ticket = cache.ticket("k")
+    assert cache.install(ticket, "k", "v2", tags=("tag-1",)) is True
+
+
+# -- threads --------------------------------------------------------------------------
+
+
+def test_threads_hammering_keep_the_invariants(l1_impl: Any) -> None:
+    tags = [f"t{i}" for i in range(8)]
+    cache = l1_impl(64, max_weight=200, weigher=lambda k, v: len(v))
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            start.wait()
+            for _ in range(4000):
+                key = f"k{rnd.randrange(200)}"
+                op = rnd.random()
+                if op < 0.5:
+                    entry_tags = tuple(rnd.sample(tags, rnd.randrange(3)))
+                    cache.set(key, entry_tags + ("w",) * rnd.randrange(4), tags=entry_tags)
+                elif op < 0.8:
+                    cache.get(key)
+                elif op < 0.9:
+                    cache.invalidate_tag(rnd.choice(tags))
+                elif op < 0.95:
+                    ticket = cache.ticket(key)
+                    cache.install(ticket, key, ("w",), tags=())
+                else:
+                    assert len(cache) <= 64
+                    assert cache.weight <= 200
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert errors == []
+    keys = cache.keys()
+    assert len(keys) == len(cache) <= 64
+    assert cache.weight == sum(len(cache.peek(k)) for k in keys) <= 200
+    for tag in tags:
+        for key in cache.keys_for_tag(tag):
+            assert tag in cache.peek(key)  # the value records the entry's tags
+    for key in keys:
+        for tag in cache.peek(key):
+            if tag != "w":
+                assert key in cache.keys_for_tag(tag)
+    gc.collect()
+
+
+# -- the switch -----------------------------------------------------------------------
+
+
+def test_switch_honours_no_extensions() -> None:
+    env = {**os.environ, "STRATACACHE_NO_EXTENSIONS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", "import stratacache._l1 as m; print(m.L1.__module__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "stratacache._l1_py"
+
+
+def test_switch_picks_compiled_in_the_compiled_run() -> None:
+    if os.environ.get("STRATACACHE_NO_EXTENSIONS"):
+        pytest.skip("pure run: STRATACACHE_NO_EXTENSIONS=1")
+    import stratacache._l1_c as compiled
+
+    import stratacache._l1 as switch
+
+    assert switch.L1 is compiled.L1
