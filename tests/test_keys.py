@@ -581,3 +581,38 @@ def test_make_key_caches_its_makers() -> None:
 def test_builtins_without_a_signature_still_get_keys() -> None:
     maker = KeyMaker(dict.fromkeys)
     assert maker((1,), {}) != maker((2,), {})
+
+
+def test_memo_never_confuses_equal_values_of_different_types() -> None:
+    maker = KeyMaker(f)
+    keys = [maker((value,), {}) for value in (1, True, 1.0, 1, "1", -0.0, 0, 0.0, False)]
+    assert len(set(keys)) == 8  # 1 is repeated
+    assert maker._memo is not None
+    assert (1,) in maker._memo
+    assert all(type(args[0]) in (int, str) for args in maker._memo)
+
+
+def test_memo_is_bounded_and_skips_self() -> None:
+    class Service:
+        def get(self, n: int) -> None: ...
+
+    maker = KeyMaker(Service.get)
+    for n in range(5000):
+        assert maker((Service(), n), {}).endswith(f":({n},)")
+    assert maker._memo is not None
+    assert 0 < len(maker._memo) <= 4096
+    assert all(len(args) == 1 for args in maker._memo)
+
+
+def test_no_memo_when_the_key_may_change_for_the_same_arguments() -> None:
+    def with_list_default(a: int, opts: list[int] = []) -> None:  # noqa: B006
+        ...
+
+    assert KeyMaker(with_list_default)._memo is None
+    assert KeyMaker(f, lambda a, b=2: str(a))._memo is None
+
+    class Account:
+        def get(self, day: str) -> None: ...
+
+    assert KeyMaker(Account.get, "{self}:{day}")._memo is None
+    assert KeyMaker(Account.get)._memo is not None

@@ -36,7 +36,11 @@ Design notes
   by msgpack's own unpacker stack (1024 per ext level); a foreign writer can thus
   produce a value deeper than ``max_depth`` but never an unbounded recursion. With
   ``secret=`` only writers that hold the secret are accepted, so decoded values obey the
-  encode limits.
+  encode limits. Every declared length is capped by the blob's length, so the objects
+  built from a blob are bounded by ``max_size`` times a constant (an empty list is
+  one byte on the wire and ~56 bytes in memory): keep ``max_size`` modest.
+* **msgpack Timestamp.** Ext type -1 is decoded by msgpack itself: a foreign writer's
+  timestamp comes back as a ``msgpack.Timestamp`` value (stratacache never writes one).
 * **Thread safety.** A :class:`Codec` is immutable after construction; it keeps one
   reusable ``msgpack.Packer`` per thread.
 """
@@ -531,7 +535,12 @@ class Codec:
                 return obj
             depth += 1
             prepare = self._prepare
-            return {prepare(k, depth): prepare(v, depth) for k, v in obj.items()}
+            return {
+                (k if type(k) in _LEAF_TYPES else prepare(k, depth)): (
+                    v if type(v) in _LEAF_TYPES else prepare(v, depth)
+                )
+                for k, v in obj.items()
+            }
         if cls is list:
             if depth >= self._max_depth:
                 raise self._too_deep()
@@ -542,7 +551,7 @@ class Codec:
                 return obj
             depth += 1
             prepare = self._prepare
-            return [prepare(item, depth) for item in obj]
+            return [item if type(item) in _LEAF_TYPES else prepare(item, depth) for item in obj]
         scalar = _SCALAR_ENCODERS.get(cls)
         if scalar is not None:
             return scalar(obj)
@@ -588,9 +597,9 @@ class Codec:
             if self._entry_key is not None:
                 data = self._verify(self._entry_key, data)
             obj = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
-            if type(obj) is not list or len(obj) != 6:
+            if type(obj) is not list:
                 raise CorruptEntryError("not an entry envelope")
-            version, stored_key, created_at, expires_at, tags, value = obj
+            version, stored_key, created_at, expires_at, tags, value = obj  # else ValueError
             if type(version) is not int or version != FORMAT_VERSION:
                 raise CorruptEntryError(f"unknown envelope version {version!r}")
             if type(stored_key) is not str or stored_key != key:

@@ -310,6 +310,9 @@ def glob_match(glob: str, key: str) -> bool:
 _REPR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _MAX_PREFIX_LENGTH = 256
+_UNSET: Any = object()
+_MEMO_SIZE = 4096  # argument tuples remembered per KeyMaker (the memo is cleared when full)
+_MEMO_MAX_KEY_LENGTH = 256  # longer keys are rebuilt at every call rather than kept
 
 KeyTemplate = Union[str, Callable[..., str], None]
 
@@ -391,12 +394,20 @@ class KeyMaker:
     not. A first parameter named ``self`` or ``cls`` is left out, so all instances share
     entries (use a template with ``{self.id}`` otherwise). When the key would be longer
     than :data:`MAX_KEY_LENGTH`, the argument part is replaced by ``#`` + its SHA-256.
+
+    Speed (this is on the decorated hit path): calls whose arguments are all exact ``str``
+    / ``int`` are answered from a per-maker memo (argument tuple -> key, at most 4096
+    entries, cleared when full); keyword arguments are folded into positions without
+    ``inspect`` when every parameter is positional-or-keyword. Key functions, mutable
+    defaults and templates over ``self`` are never memoized.
     """
 
     __slots__ = (
         "_defaults",
         "_func",
         "_head",
+        "_keyword_index",
+        "_memo",
         "_n_params",
         "_n_required",
         "_names",
@@ -454,12 +465,88 @@ class KeyMaker:
         if len(prefix) > _MAX_PREFIX_LENGTH:
             raise ValueError(f"key prefix is longer than {_MAX_PREFIX_LENGTH} characters")
         self._head = prefix + ":"
+        # The memo maps argument tuples to keys; it is only sound when the key depends on
+        # nothing but the arguments: not for key functions, not with mutable defaults,
+        # and (for templates) not when the skipped self/cls could appear in the template.
+        memoizable = (
+            not callable(template)
+            and all(type(value) in _REPR_TYPES for value in defaults)
+            and not (self._skip and self._template is not None)
+        )
+        self._memo: Optional[dict[tuple[Any, ...], str]] = {} if memoizable else None
+        # keyword arguments are folded into positions without inspect when every
+        # parameter is positional-or-keyword (and the key is not from a key function,
+        # which must see the call as made)
+        simple = self._positional and not callable(template)
+        self._keyword_index: Optional[dict[str, int]] = (
+            {
+                p.name: i
+                for i, p in enumerate(params)
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            }
+            if simple
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"KeyMaker({self._func!r}, {self.template!r})"
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key of ``func(*args, **kwargs)``; ``TypeError`` if they do not fit ``func``."""
+        memo = self._memo
+        if memo is not None:
+            # Exact str and int arguments only: two such tuples are equal exactly when
+            # their keys are (unlike 1 == 1.0 == True), so the tuple can index a memo.
+            memo_key: Optional[tuple[Any, ...]] = args[1:] if self._skip else args
+            for value in memo_key:  # type: ignore[union-attr]
+                cls = type(value)
+                if cls is not str and cls is not int:
+                    memo_key = None
+                    break
+            if memo_key is not None and kwargs:
+                memo_key = _keyword_memo_key(memo_key, kwargs)
+            if memo_key is not None:
+                key = memo.get(memo_key)
+                if key is None:
+                    key = self._compute(args, kwargs)
+                    if len(key) <= _MEMO_MAX_KEY_LENGTH:
+                        if len(memo) >= _MEMO_SIZE:
+                            memo.clear()
+                        memo[memo_key] = key
+                return key
+        return self._compute(args, kwargs)
+
+    def _compute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if kwargs:
+            index = self._keyword_index
+            if index is not None:
+                normalized = self._normalize(args, kwargs, index)
+                if normalized is not None:
+                    return self._make(normalized, {})
+        return self._make(args, kwargs)
+
+    def _normalize(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], index: dict[str, int]
+    ) -> Optional[tuple[Any, ...]]:
+        """``args`` + ``kwargs`` as one positional tuple, defaults applied; ``None`` if odd."""
+        n_args = len(args)
+        if n_args > self._n_params:
+            return None
+        values = [*args, *(_UNSET,) * (self._n_params - n_args)]
+        for name, value in kwargs.items():
+            position = index.get(name)
+            if position is None or position < n_args:
+                return None
+            values[position] = value
+        n_required = self._n_required
+        for position in range(n_args, self._n_params):
+            if values[position] is _UNSET:
+                if position < n_required:
+                    return None
+                values[position] = self._defaults[position - n_required]
+        return tuple(values)
+
+    def _make(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         if not kwargs and self._positional and self._n_required <= len(args) <= self._n_params:
             values = args
             if len(args) < self._n_params:
@@ -522,6 +609,17 @@ class KeyMaker:
                 f"key template {self._template!r} failed for this call: {exc!r}"
             ) from exc
         return validate_key(key)
+
+
+def _keyword_memo_key(
+    positional: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Optional[tuple[Any, ...]]:
+    """A memo key for a call with keywords (exact str/int values only), else ``None``."""
+    for value in kwargs.values():
+        cls = type(value)
+        if cls is not str and cls is not int:
+            return None
+    return (*positional, _UNSET, *kwargs.items())  # _UNSET: never equal to a positional tuple
 
 
 @functools.lru_cache(maxsize=1024)
