@@ -76,7 +76,7 @@ Concurrency (free-threaded builds, PEP 703)
 
 cimport cython
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
-from cpython.object cimport PyObject_Hash
+from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
 from libc.stdlib cimport free, realloc
@@ -141,6 +141,7 @@ cdef inline bint _before(const _HeapItem* a, const _HeapItem* b) noexcept nogil:
 
 @cython.final
 @cython.freelist(1024)
+@cython.no_gc  # 16 bytes less per entry; L1's traverse reports a node's references
 cdef class _Node:
     """One entry (internal)."""
 
@@ -210,6 +211,12 @@ cdef Py_ssize_t _bound(object value, str name) except -1:
     if value > sys.maxsize:
         raise ValueError(f"{name} must be <= {sys.maxsize}")
     return value
+
+
+# CPython's visitproc/traverseproc without Cython's exception handling: the GC calls
+# these, and there is no Python exception to propagate.
+ctypedef int (*_visit_fn)(PyObject*, void*) noexcept
+ctypedef int (*_traverse_fn)(PyObject*, _visit_fn, void*) noexcept
 
 
 @cython.final
@@ -899,3 +906,38 @@ cdef class L1:
             self._sift_up(i, last)
         else:
             self._sift_down(i, last)
+
+
+# -- garbage collection -------------------------------------------------------------
+# Nodes are not GC-tracked (``no_gc``), so the collector cannot see that a node refers
+# to its key, value and tags. L1 reports those references as its own: the generated
+# traverse (the dicts etc.) runs first, then every node on the recency list is visited.
+# Each reference a node holds is visited exactly once, so a cycle running through a
+# cached value (a value that refers back to its cache) is still collected.
+
+cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse
+
+
+cdef int _l1_traverse(PyObject* o, _visit_fn visit, void* arg) noexcept:
+    cdef int r = _generated_l1_traverse(o, visit, arg)
+    cdef PyObject* root
+    cdef PyObject* p
+    if r or (<L1>o)._root is None:
+        return r
+    root = <PyObject*>(<L1>o)._root
+    p = (<_Node>root).next
+    while p is not NULL and p != root:
+        r = visit(<PyObject*>(<_Node>p).key, arg)
+        if r:
+            return r
+        r = visit(<PyObject*>(<_Node>p).value, arg)
+        if r:
+            return r
+        r = visit(<PyObject*>(<_Node>p).tags, arg)
+        if r:
+            return r
+        p = (<_Node>p).next
+    return 0
+
+
+(<PyTypeObject*>L1).tp_traverse = <traverseproc>_l1_traverse

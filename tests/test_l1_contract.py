@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -770,6 +771,38 @@ def test_many_tag_invalidations_collapse_into_a_safe_floor(l1_impl: Any) -> None
         cache.invalidate_tag(f"tag-{i}")
     ticket = cache.ticket("k")
     assert cache.install(ticket, "k", "v2", tags=("tag-1",)) is True
+
+
+# -- garbage collection ---------------------------------------------------------------
+
+
+class _Holder:
+    """A value that refers back to its cache: a reference cycle through the cache."""
+
+    cache: Any = None
+
+
+def test_cycles_through_cached_values_are_collected(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    value = _Holder()
+    value.cache = cache
+    cache.set("self", value, tags=("t",))
+    cache.set(("tuple", "key"), [value])
+    probe = weakref.ref(value)
+    del cache, value
+    gc.collect()
+    assert probe() is None
+
+
+def test_gc_does_not_free_live_entries(l1_impl: Any) -> None:
+    cache = l1_impl(100)
+    for i in range(50):
+        holder = _Holder()
+        holder.cache = [holder]  # a cycle that is only reachable from the cache
+        cache.set(i, holder, tags=(f"t{i % 3}",))
+    gc.collect()
+    gc.collect()
+    assert all(cache.get(i).cache[0] is cache.get(i) for i in range(50))
 
 
 # -- threads --------------------------------------------------------------------------

@@ -1,0 +1,409 @@
+"""Print one table: the L1 (compiled and pure) beside dict, lru_cache and peer caches.
+
+    taskset -c 1 python benchmarks/l1_report.py          # ~1 minute
+    taskset -c 1 python benchmarks/l1_report.py --quick  # fewer repeats
+
+Timings are tight Python loops (``for k in keys: fn(k)``) over 10,000 pre-built ``str``
+keys, the best of several repeats (the noise on a shared VM only ever adds time), and
+include the loop's own cost, shown as the "empty loop" row; ratios are against
+``dict.get`` measured in the same run. Memory per entry is the RSS growth of a fresh
+subprocess per implementation while inserting 100,000 pre-built keys that share one
+value object (RSS sees Rust-side allocations that ``tracemalloc`` cannot); the
+``tracemalloc`` column is shown where it can see everything. No ratio here is a
+pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cachebox
+import cachetools
+import theine
+
+from stratacache._compat import NO_EXTENSIONS
+
+N = 10_000
+TTL = 3600.0
+
+
+def _load_l1() -> dict[str, Any]:
+    from stratacache._l1_py import L1 as PyL1
+
+    impls: dict[str, Any] = {"py": PyL1}
+    if NO_EXTENSIONS:
+        return impls
+    from stratacache._l1_c import L1 as CL1  # compiled run: missing = error
+
+    return {"c": CL1, **impls}
+
+
+L1_IMPLS = _load_l1()
+
+
+class Adapter:
+    """One cache under test, reduced to ``get(k)`` and ``set(k, v)`` bound callables."""
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[int], Any],
+        get: Callable[[Any], Callable[[Any], Any]],
+        set_: Callable[[Any], Callable[[Any, Any], Any]] | None,
+        note: str = "",
+    ) -> None:
+        self.name = name
+        self.make = make
+        self.get = get
+        self.set = set_
+        self.note = note
+
+
+def _lru_cache_adapter() -> Adapter:
+    def make(maxsize: int) -> Any:
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(key: Any) -> Any:
+            return key
+
+        return cached
+
+    return Adapter(
+        "functools.lru_cache",
+        make,
+        get=lambda c: c,
+        set_=lambda c: lambda k, v: c(k),  # a miss call is its only way to insert
+        note="set = a miss call",
+    )
+
+
+def _theine_make(maxsize: int) -> Any:
+    return theine.Cache(maxsize)
+
+
+def adapters() -> list[Adapter]:
+    """Every implementation in the table, compiled L1 first."""
+    result = []
+    for impl_id, cls in L1_IMPLS.items():
+        label = "compiled" if impl_id == "c" else "pure"
+        result.append(
+            Adapter(
+                f"stratacache.L1 ({label})",
+                cls,
+                get=lambda c: c.get,
+                set_=lambda c: c.set,
+            )
+        )
+        result.append(
+            Adapter(
+                f"stratacache.L1 ({label}), ttl",
+                cls,
+                get=lambda c: c.get,
+                set_=lambda c: lambda k, v, _s=c.set: _s(k, v, TTL),
+                note="every entry has a ttl",
+            )
+        )
+    result += [
+        Adapter(
+            "dict",
+            lambda n: {},
+            get=lambda d: d.get,
+            set_=lambda d: d.__setitem__,
+            note="no bound, no eviction",
+        ),
+        _lru_cache_adapter(),
+        Adapter(
+            "cachetools.LRUCache",
+            cachetools.LRUCache,
+            get=lambda c: c.get,
+            set_=lambda c: c.__setitem__,
+        ),
+        Adapter(
+            "cachetools.TTLCache",
+            lambda n: cachetools.TTLCache(n, TTL),
+            get=lambda c: c.get,
+            set_=lambda c: c.__setitem__,
+        ),
+        Adapter(
+            "cachebox.LRUCache", cachebox.LRUCache, get=lambda c: c.get, set_=lambda c: c.insert
+        ),
+        Adapter(
+            "cachebox.TTLCache",
+            lambda n: cachebox.TTLCache(n, TTL),
+            get=lambda c: c.get,
+            set_=lambda c: c.insert,
+        ),
+        Adapter(
+            "theine.Cache",
+            _theine_make,
+            get=lambda c: c.get,
+            set_=lambda c: c.set,
+            note="get returns (value, found)",
+        ),
+    ]
+    return result
+
+
+# -- timing ---------------------------------------------------------------------------
+
+
+def _loop1(fn: Callable[[Any], Any], keys: list[Any]) -> int:
+    start = time.perf_counter_ns()
+    for k in keys:
+        fn(k)
+    return time.perf_counter_ns() - start
+
+
+def _loop2(fn: Callable[[Any, Any], Any], keys: list[Any], value: Any) -> int:
+    start = time.perf_counter_ns()
+    for k in keys:
+        fn(k, value)
+    return time.perf_counter_ns() - start
+
+
+def best_ns(run: Callable[[], int], calls: int, repeats: int) -> float:
+    """Best per-call time over ``repeats`` runs of ``calls`` calls."""
+    gc.collect()
+    gc.disable()  # a collection landing in one case would be noise, not a property of it
+    try:
+        return min(run() for _ in range(repeats)) / calls
+    finally:
+        gc.enable()
+
+
+def make_keys(n: int, prefix: str, seed: int = 1) -> list[str]:
+    keys = [f"{prefix}:{i:08d}" for i in range(n)]
+    random.Random(seed).shuffle(keys)
+    return keys
+
+
+def close(cache: Any) -> None:
+    if isinstance(cache, theine.Cache):
+        cache.close()
+
+
+def time_get_hit(adapter: Adapter, keys: list[str], repeats: int) -> float:
+    cache = adapter.make(len(keys))
+    if adapter.set is None:
+        raise AssertionError
+    fill = adapter.set(cache)
+    for k in keys:
+        fill(k, k)
+    get = adapter.get(cache)
+    result = best_ns(lambda: _loop1(get, keys), len(keys), repeats)
+    close(cache)
+    return result
+
+
+def time_get_miss(adapter: Adapter, keys: list[str], absent: list[str], repeats: int) -> float:
+    cache = adapter.make(len(keys))
+    fill = adapter.set(cache)  # type: ignore[misc]
+    for k in keys:
+        fill(k, k)
+    get = adapter.get(cache)
+    result = best_ns(lambda: _loop1(get, absent), len(absent), repeats)
+    close(cache)
+    return result
+
+
+def time_set_evicting(adapter: Adapter, keys: list[str], other: list[str], repeats: int) -> float:
+    """Every timed ``set`` inserts a new key into a full cache, so each one evicts."""
+    cache = adapter.make(len(keys))
+    put = adapter.set(cache)  # type: ignore[misc]
+    value = object()
+    for k in keys:
+        put(k, value)
+    batches = [other, keys]
+    turn = [0]
+
+    def run() -> int:
+        batch = batches[turn[0] % 2]
+        turn[0] += 1
+        return _loop2(put, batch, value)
+
+    result = best_ns(run, len(keys), repeats)
+    close(cache)
+    return result
+
+
+def time_invalidate_tag(cls: Any, n: int, repeats: int) -> float:
+    """One ``invalidate_tag`` over ``n`` tagged keys (refilled between runs, untimed)."""
+    keys = make_keys(n, "tagged")
+    tags = ("t",)
+    cache = cls(n)
+
+    def run() -> int:
+        for k in keys:
+            cache.set(k, k, None, tags)
+        start = time.perf_counter_ns()
+        removed = cache.invalidate_tag("t")
+        elapsed = time.perf_counter_ns() - start
+        assert removed == n
+        return elapsed
+
+    return best_ns(run, 1, repeats)
+
+
+def time_dict_delete(n: int, repeats: int) -> float:
+    """Baseline for invalidate_tag: deleting ``n`` keys from a dict one by one."""
+    keys = make_keys(n, "tagged")
+
+    def run() -> int:
+        d = dict.fromkeys(keys)
+        delete = d.__delitem__
+        start = time.perf_counter_ns()
+        for k in keys:
+            delete(k)
+        return time.perf_counter_ns() - start
+
+    return best_ns(run, 1, repeats)
+
+
+# -- memory (one fresh subprocess per implementation) -----------------------------------
+
+_MEMORY_CHILD = r"""
+import gc, json, os, sys, tracemalloc
+sys.path.insert(0, {bench_dir!r})
+import l1_report
+name, n, trace = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+adapter = {{a.name: a for a in l1_report.adapters()}}[name]
+keys = l1_report.make_keys(n, "mem")
+value = object()
+page = os.sysconf("SC_PAGE_SIZE")
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+
+cache = adapter.make(n)
+put = adapter.set(cache)
+gc.collect()
+if trace:
+    tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0] if trace else rss()
+for k in keys:
+    put(k, value)
+gc.collect()
+after = tracemalloc.get_traced_memory()[0] if trace else rss()
+assert len(keys) == n
+print(json.dumps((after - before) / n))
+"""
+
+# Python-side only: tracemalloc sees all of their memory.
+_TRACEABLE = ("stratacache", "dict", "functools", "cachetools")
+
+
+def memory_per_entry(name: str, n: int, trace: bool) -> float:
+    code = _MEMORY_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code, name, str(n), "1" if trace else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout))
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--json", help="also write the raw numbers to this file")
+    args = parser.parse_args(argv)
+    repeats = 7 if args.quick else 25
+    keys = make_keys(N, "key")
+    other = make_keys(N, "new")
+    absent = make_keys(N, "absent")
+    mem_n = 100_000
+
+    empty = best_ns(lambda: _loop1(lambda k: None, keys), N, repeats)
+    rows: dict[str, dict[str, Any]] = {}
+    for adapter in adapters():
+        row = rows[adapter.name] = {"note": adapter.note}
+        row["get hit"] = time_get_hit(adapter, keys, repeats)
+        row["get miss"] = time_get_miss(adapter, keys, absent, repeats)
+        row["set+evict"] = (
+            None if adapter.name == "dict" else time_set_evicting(adapter, keys, other, repeats)
+        )
+        if not adapter.name.endswith(", ttl"):
+            row["mem B/entry (RSS)"] = memory_per_entry(adapter.name, mem_n, trace=False)
+            if adapter.name.startswith(_TRACEABLE):
+                row["mem B/entry (tracemalloc)"] = memory_per_entry(adapter.name, mem_n, trace=True)
+    for impl_id, cls in L1_IMPLS.items():
+        label = "compiled" if impl_id == "c" else "pure"
+        rows[f"stratacache.L1 ({label})"]["invalidate_tag 10k (us)"] = (
+            time_invalidate_tag(cls, N, max(3, repeats // 5)) / 1e3
+        )
+    rows["dict"]["invalidate_tag 10k (us)"] = time_dict_delete(N, max(3, repeats // 5)) / 1e3
+    rows["dict"]["note"] += "; invalidate = del 10k keys"
+
+    base = rows["dict"]["get hit"]
+    columns = [
+        "get hit",
+        "x dict.get",
+        "get miss",
+        "set+evict",
+        "invalidate_tag 10k (us)",
+        "mem B/entry (RSS)",
+        "mem B/entry (tracemalloc)",
+    ]
+    header = "| implementation | " + " | ".join(columns) + " | notes |"
+    print(
+        f"L1 report: Python {sys.version.split()[0]}, {N} str keys, best of {repeats}, "
+        f"ns per call incl. {empty:.0f} ns empty-loop cost, CPUs {sorted(os.sched_getaffinity(0))}"
+    )
+    print()
+    print(header)
+    print("|" + "---|" * (len(columns) + 2))
+    for name, row in rows.items():
+        row["x dict.get"] = row["get hit"] / base
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if value is None:
+                cells.append("-")
+            elif col == "x dict.get":
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(f"{value:.0f}")
+        print(f"| {name} | " + " | ".join(cells) + f" | {row['note']} |")
+    print(f"| empty loop | {empty:.0f} | - | - | - | - | - | - | loop cost in every row |")
+
+    if "stratacache.L1 (compiled)" in rows:
+        c = rows["stratacache.L1 (compiled)"]
+        box = rows["cachebox.TTLCache"]
+        ratios = {
+            "compiled get hit / dict.get": c["get hit"] / base,
+            "compiled get hit / cachebox.TTLCache get": c["get hit"] / box["get hit"],
+            "compiled set+evict / cachebox.TTLCache set+evict": c["set+evict"] / box["set+evict"],
+            "compiled (ttl) set+evict / cachebox.TTLCache set+evict": rows[
+                "stratacache.L1 (compiled), ttl"
+            ]["set+evict"]
+            / box["set+evict"],
+            "compiled mem / cachetools.LRUCache mem (RSS)": c["mem B/entry (RSS)"]
+            / rows["cachetools.LRUCache"]["mem B/entry (RSS)"],
+        }
+        print()
+        for label, ratio in ratios.items():
+            print(f"{label}: {ratio:.2f}")
+        rows["ratios"] = ratios
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # as `taskset -c <last>`
+    main()
