@@ -27,6 +27,8 @@ EXPECTED = {
     "ValueTooLargeError",
     "__version__",
     "make_key",
+    "register_dataclass",
+    "register_type",
 }
 
 

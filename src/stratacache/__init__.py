@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._async.cache import AsyncCache
 from ._breaker import BreakerState, CircuitBreaker
-from ._codec import Codec, Entry, TypeRegistry
+from ._codec import Codec, Entry, TypeRegistry, register_dataclass, register_type
 from ._errors import (
     CorruptEntryError,
     InvalidKeyError,
@@ -47,4 +47,6 @@ __all__ = [
     "ValueTooLargeError",
     "__version__",
     "make_key",
+    "register_dataclass",
+    "register_type",
 ]

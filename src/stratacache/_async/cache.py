@@ -159,11 +159,8 @@ class AsyncCache:
         elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):
             client = redis
         else:
-            raise TypeError(
-                "redis must be None, a URL, or a "
-                f"{AsyncRedis.__module__}.{AsyncRedis.__qualname__} / "
-                f"{AsyncRedisCluster.__qualname__} client, not {type(redis).__name__}"
-            )
+            kinds = " or ".join(f"{c.__module__}.{c.__qualname__}" for c in (AsyncRedis, AsyncRedisCluster))
+            raise TypeError(f"redis must be None, a URL, or a {kinds}, not {type(redis).__name__}")
         return AsyncRedisTier(client, self._keys, self._breaker, self._counters, owns_client=owns)
 
     # -- reads --------------------------------------------------------------------------
@@ -244,7 +241,11 @@ class AsyncCache:
                 try:
                     return await leader.wait()
                 except _LeaderGone:
-                    continue  # the leader was cancelled: take over, or follow a new one
+                    # the leader was cancelled: a waiter that took over may have filled L1
+                    value = self._l1.peek(key, MISSING)
+                    if value is not MISSING:
+                        return value
+                    continue  # take over, or follow the waiter that did
             try:
                 value = await self._fill(key, loader, ttl, tag_tuple)
             except Exception as exc:
