@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases  # noqa: E402
+from stratacache.testing import RedisServerProcess
 
-from stratacache.testing import RedisServerProcess  # noqa: E402
+from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases
 
 N_FAST = 10_000
 N_REDIS = 500
@@ -43,16 +43,22 @@ def test_decorated_hit(benchmark, name: str) -> None:
 
 
 @pytest.mark.benchmark(group="get, L2 hit (x500)")
-@pytest.mark.parametrize("name", ["redis-py GET + msgpack.unpackb (baseline)",
-                                  "stratacache Cache.get (L2 hit)",
-                                  "redis.asyncio GET + msgpack.unpackb (async baseline)",
-                                  "stratacache await AsyncCache.get (L2 hit)"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "redis-py GET + msgpack.unpackb (baseline)",
+        "stratacache Cache.get (L2 hit)",
+        "redis.asyncio GET + msgpack.unpackb (async baseline)",
+        "stratacache await AsyncCache.get (L2 hit)",
+    ],
+)
 def test_l2_hit(benchmark, redis_url: str, name: str) -> None:
     benchmark(l2_hit_cases(redis_url, N_REDIS, _loop)[name])
 
 
 @pytest.mark.benchmark(group="get_many(100), L2 (x50)")
-@pytest.mark.parametrize("name", ["redis-py MGET(100) + msgpack.unpackb (baseline)",
-                                  "stratacache get_many(100) (L2)"])
+@pytest.mark.parametrize(
+    "name", ["redis-py MGET(100) + msgpack.unpackb (baseline)", "stratacache get_many(100) (L2)"]
+)
 def test_get_many(benchmark, redis_url: str, name: str) -> None:
     benchmark(get_many_cases(redis_url, 50)[name])

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases  # noqa: E402
+from stratacache import _l1
+from stratacache.testing import RedisServerProcess
 
-from stratacache import _l1  # noqa: E402
-from stratacache.testing import RedisServerProcess  # noqa: E402
+from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases
 
 
 def best_per_op(case, n: int, repeat: int = 7) -> float:
@@ -45,8 +45,12 @@ def main() -> None:
     table("get, L1 hit", l1_hit_cases(20_000, loop), 20_000, ["(baseline)", "(async baseline)"])
     table("decorated function, hit", decorated_hit_cases(20_000), 20_000, ["(baseline)"])
     with RedisServerProcess() as server:
-        table("get, L2 hit (L1 miss)", l2_hit_cases(server.url, 2_000, loop), 2_000,
-              ["(baseline)", "(async baseline)"])
+        table(
+            "get, L2 hit (L1 miss)",
+            l2_hit_cases(server.url, 2_000, loop),
+            2_000,
+            ["(baseline)", "(async baseline)"],
+        )
         table("get_many(100), L2", get_many_cases(server.url, 200), 200, ["(baseline)"])
     loop.close()
 

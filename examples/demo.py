@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from user_service import Database, User, UserService  # noqa: E402
+from stratacache import MISSING, Cache
+from stratacache.testing import RedisServerProcess
 
-from stratacache import MISSING, Cache  # noqa: E402
-from stratacache.testing import RedisServerProcess  # noqa: E402
+from user_service import Database, User, UserService
 
 USERS = 100
 WORKERS = 4
@@ -43,9 +43,7 @@ def _reads_worker(url: str, db_path: str, worker: int, barrier: Any, out: Any) -
         for user_id in part:
             service.get_user(user_id)
 
-    threads = [
-        threading.Thread(target=reader, args=(ids[i::THREADS],)) for i in range(THREADS)
-    ]
+    threads = [threading.Thread(target=reader, args=(ids[i::THREADS],)) for i in range(THREADS)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -115,9 +113,11 @@ def _stale_set_race(url: str, db_path: str) -> None:
     t.join()
     in_l2 = writer.cache.get(reader.key(user.id), MISSING)
     print(f"  the paused reader returned {result[0]['name']!r} to its caller (what it read)")
-    print(f"  but cached it? L2: {'no' if in_l2 is MISSING else repr(in_l2)}, "
-          f"L1: {'no' if reader.cached_user(user.id) is None else 'yes'} "
-          f"(fills refused: {reader.cache.stats().fills_refused})")
+    print(
+        f"  but cached it? L2: {'no' if in_l2 is MISSING else repr(in_l2)}, "
+        f"L1: {'no' if reader.cached_user(user.id) is None else 'yes'} "
+        f"(fills refused: {reader.cache.stats().fills_refused})"
+    )
     print(f"  next read: {reader.get_user(user.id).name!r}")  # type: ignore[union-attr]
     reader.cache.close()
     writer.cache.close()
@@ -144,16 +144,20 @@ def main() -> None:
                 f"hit rate {m['hit_rate']}, DB queries {m['db_queries']}, "
                 f"coalesced {m['coalesced']}, lease waits {m['lease_waits']}"
             )
-        print(f"  DB queries across all processes: {total_queries} "
-              f"(at most one per distinct user read, of {USERS})\n")
+        print(
+            f"  DB queries across all processes: {total_queries} "
+            f"(at most one per distinct user read, of {USERS})\n"
+        )
 
         cold = db.insert_user("cold", "cold@example.com")
         print(f"2) stampede: {WORKERS} processes x 10 threads read cold user {cold.id} at once")
         results = _run(ctx, _stampede_worker, lambda i: (server.url, db_path, cold.id))
         queries = sum(q for q, _, _ in results)
         coalesced = sum(c for _, c, _ in results)
-        print(f"  40 requests -> {queries} DB query; {coalesced} waited in-process, "
-              f"the other processes waited on the Redis lease\n")
+        print(
+            f"  40 requests -> {queries} DB query; {coalesced} waited in-process, "
+            f"the other processes waited on the Redis lease\n"
+        )
 
         print("3) an update: DB first, then invalidate")
         service = UserService(Database(db_path), Cache(server.url, namespace="demo"))

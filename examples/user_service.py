@@ -66,7 +66,8 @@ class Database:
         """UPDATE a user; False if there is no such id."""
         with self._connect() as db:
             cur = db.execute(
-                "UPDATE users SET name = ?, email = ? WHERE id = ?", (user.name, user.email, user.id)
+                "UPDATE users SET name = ?, email = ? WHERE id = ?",
+                (user.name, user.email, user.id),
             )
             return cur.rowcount == 1
 
@@ -91,9 +92,7 @@ class UserService:
 
     def get_user(self, user_id: int) -> User | None:
         """The user, from the cache if it has it, else from the database (once, for all)."""
-        data = self.cache.get_or_set(
-            self.key(user_id), lambda: self._load(user_id), ttl=self.ttl
-        )
+        data = self.cache.get_or_set(self.key(user_id), lambda: self._load(user_id), ttl=self.ttl)
         return User(**data) if data is not None else None
 
     def _load(self, user_id: int) -> dict[str, Any] | None:
@@ -121,7 +120,12 @@ class UserService:
 
     def _invalidate(self, user_id: int) -> None:
         # the seed also drops the related keys of a user
-        for key in (self.key(user_id), f"user_posts:{user_id}", f"user_stats:{user_id}", "users:all"):
+        for key in (
+            self.key(user_id),
+            f"user_posts:{user_id}",
+            f"user_stats:{user_id}",
+            "users:all",
+        ):
             self.cache.delete(key)
 
     def get_metrics(self) -> dict[str, Any]:

@@ -72,7 +72,9 @@ def test_cluster_is_ok_and_serves_keys_on_all_three_masters(
 
 def test_pause_freezes_the_server_and_resume_thaws_it(redis_server_factory) -> None:
     server = redis_server_factory()
-    client = redis.Redis(host=server.host, port=server.port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host=server.host, port=server.port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     try:
         assert client.ping()
         server.pause()

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from l1_impls import IMPL_IDS, FakeClock, Recorder, load_l1
 from stratacache._sentinel import MISSING
+
+from l1_impls import IMPL_IDS, FakeClock, Recorder, load_l1
 
 
 @pytest.fixture(params=IMPL_IDS)
@@ -879,8 +880,7 @@ def test_switch_honours_no_extensions() -> None:
 def test_switch_picks_compiled_in_the_compiled_run() -> None:
     if os.environ.get("STRATACACHE_NO_EXTENSIONS"):
         pytest.skip("pure run: STRATACACHE_NO_EXTENSIONS=1")
-    import stratacache._l1_c as compiled
-
     import stratacache._l1 as switch
+    import stratacache._l1_c as compiled
 
     assert switch.L1 is compiled.L1

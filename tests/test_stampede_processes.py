@@ -5,9 +5,10 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-from workers import stampede_worker
 
 from stratacache._primitives import Redis, RedisCluster
+
+from workers import stampede_worker
 
 
 @pytest.mark.slow

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from user_service import Database, User, UserService
 
 from stratacache import Cache
+
+from user_service import Database, User, UserService
 
 
 @pytest.fixture

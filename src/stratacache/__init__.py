@@ -27,6 +27,7 @@ from ._sync.cache import Cache
 __version__ = "0.1.0"
 
 __all__ = [
+    "L1",
     "MISSING",
     "AsyncCache",
     "BreakerState",
@@ -38,7 +39,6 @@ __all__ = [
     "Entry",
     "InvalidKeyError",
     "KeySpace",
-    "L1",
     "LatencySummary",
     "RedisUnavailableError",
     "SerializationError",

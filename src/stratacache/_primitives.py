@@ -32,7 +32,6 @@ Redis = redis.Redis
 RedisCluster = redis.cluster.RedisCluster
 
 
-
 def async_no_retry() -> redis.asyncio.retry.Retry:
     """A retry policy of zero retries for an asyncio client (the breaker decides instead)."""
     return redis.asyncio.retry.Retry(NoBackoff(), 0)

@@ -10,7 +10,6 @@ import pickle
 from datetime import timedelta
 
 import pytest
-from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
 
 from stratacache import (
     MISSING,
@@ -20,6 +19,8 @@ from stratacache import (
 )
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedis, AsyncRedisCluster
+
+from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
 
 NS = "t"
 
@@ -193,7 +194,9 @@ async def test_jitter_only_shortens_the_ttl(
         await cache.close()
 
 
-async def test_touch_gives_a_new_ttl(cache: AsyncCache, other: AsyncCache, clock: FakeClock) -> None:
+async def test_touch_gives_a_new_ttl(
+    cache: AsyncCache, other: AsyncCache, clock: FakeClock
+) -> None:
     await cache.set("k", "v", ttl=10)
     assert await cache.touch("k", 100) is True
     clock.advance(50)
@@ -369,33 +372,44 @@ async def _writer_updates_and_invalidates(db: Database, writer: AsyncCache) -> N
     await writer.delete("user:1")
 
 
-async def test_stale_set_race_is_closed(
+async def _race_once(
+    target: tuple[str, bool], raw, clock: FakeClock, *, same_process: bool
+) -> None:
+    await raw.delete(KeySpace(NS).data_key("user:1"))
+    db = Database()
+    reader = make(target, clock)
+    writer = reader if same_process else make(target, clock)
+    try:
+        task = AsyncTask(lambda: reader.get_or_set("user:1", lambda: db.slow_read("user:1")))
+        await async_wait_event(db.read_done)
+        await _writer_updates_and_invalidates(db, writer)
+        db.resume.set()
+        assert await task.join() == "old"  # the caller gets what it read...
+        # ...but neither tier keeps it
+        assert await raw.get(KeySpace(NS).data_key("user:1")) is None
+        assert reader.l1.peek("user:1", MISSING) is MISSING
+        assert reader.stats().fills_refused == 1
+
+        async def fresh():
+            return db.rows["user:1"]
+
+        assert await reader.get_or_set("user:1", fresh) == "new"
+    finally:
+        await reader.close()
+        if writer is not reader:
+            await writer.close()
+
+
+async def test_stale_set_race_is_closed_writer_in_another_process(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
-    for same_process in (False, True):
-        await raw.delete(KeySpace(NS).data_key("user:1"))
-        db = Database()
-        reader = make(target, clock)
-        writer = reader if same_process else make(target, clock)
-        try:
-            task = AsyncTask(lambda: reader.get_or_set("user:1", lambda: db.slow_read("user:1")))
-            await async_wait_event(db.read_done)
-            await _writer_updates_and_invalidates(db, writer)
-            db.resume.set()
-            assert await task.join() == "old"  # the caller gets what it read...
-            # ...but neither tier keeps it
-            assert await raw.get(KeySpace(NS).data_key("user:1")) is None
-            assert reader.l1.peek("user:1", MISSING) is MISSING
-            assert reader.stats().fills_refused == 1
+    await _race_once(target, raw, clock, same_process=False)
 
-            async def fresh():
-                return db.rows["user:1"]
 
-            assert await reader.get_or_set("user:1", fresh) == "new"
-        finally:
-            await reader.close()
-            if writer is not reader:
-                await writer.close()
+async def test_stale_set_race_is_closed_writer_in_the_same_process(
+    target: tuple[str, bool], raw, clock: FakeClock
+) -> None:
+    await _race_once(target, raw, clock, same_process=True)
 
 
 async def test_a_naive_fill_shows_the_race_this_test_catches(

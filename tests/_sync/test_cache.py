@@ -12,7 +12,6 @@ import pickle
 from datetime import timedelta
 
 import pytest
-from concurrency import Event, Task, FakeClock, until, wait_event
 
 from stratacache import (
     MISSING,
@@ -22,6 +21,8 @@ from stratacache import (
 )
 from stratacache._keys import KeySpace
 from stratacache._primitives import Redis, RedisCluster
+
+from concurrency import Event, Task, FakeClock, until, wait_event
 
 NS = "t"
 
@@ -195,7 +196,9 @@ def test_jitter_only_shortens_the_ttl(
         cache.close()
 
 
-def test_touch_gives_a_new_ttl(cache: Cache, other: Cache, clock: FakeClock) -> None:
+def test_touch_gives_a_new_ttl(
+    cache: Cache, other: Cache, clock: FakeClock
+) -> None:
     cache.set("k", "v", ttl=10)
     assert cache.touch("k", 100) is True
     clock.advance(50)
@@ -371,33 +374,44 @@ def _writer_updates_and_invalidates(db: Database, writer: Cache) -> None:
     writer.delete("user:1")
 
 
-def test_stale_set_race_is_closed(
+def _race_once(
+    target: tuple[str, bool], raw, clock: FakeClock, *, same_process: bool
+) -> None:
+    raw.delete(KeySpace(NS).data_key("user:1"))
+    db = Database()
+    reader = make(target, clock)
+    writer = reader if same_process else make(target, clock)
+    try:
+        task = Task(lambda: reader.get_or_set("user:1", lambda: db.slow_read("user:1")))
+        wait_event(db.read_done)
+        _writer_updates_and_invalidates(db, writer)
+        db.resume.set()
+        assert task.join() == "old"  # the caller gets what it read...
+        # ...but neither tier keeps it
+        assert raw.get(KeySpace(NS).data_key("user:1")) is None
+        assert reader.l1.peek("user:1", MISSING) is MISSING
+        assert reader.stats().fills_refused == 1
+
+        def fresh():
+            return db.rows["user:1"]
+
+        assert reader.get_or_set("user:1", fresh) == "new"
+    finally:
+        reader.close()
+        if writer is not reader:
+            writer.close()
+
+
+def test_stale_set_race_is_closed_writer_in_another_process(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
-    for same_process in (False, True):
-        raw.delete(KeySpace(NS).data_key("user:1"))
-        db = Database()
-        reader = make(target, clock)
-        writer = reader if same_process else make(target, clock)
-        try:
-            task = Task(lambda: reader.get_or_set("user:1", lambda: db.slow_read("user:1")))
-            wait_event(db.read_done)
-            _writer_updates_and_invalidates(db, writer)
-            db.resume.set()
-            assert task.join() == "old"  # the caller gets what it read...
-            # ...but neither tier keeps it
-            assert raw.get(KeySpace(NS).data_key("user:1")) is None
-            assert reader.l1.peek("user:1", MISSING) is MISSING
-            assert reader.stats().fills_refused == 1
+    _race_once(target, raw, clock, same_process=False)
 
-            def fresh():
-                return db.rows["user:1"]
 
-            assert reader.get_or_set("user:1", fresh) == "new"
-        finally:
-            reader.close()
-            if writer is not reader:
-                writer.close()
+def test_stale_set_race_is_closed_writer_in_the_same_process(
+    target: tuple[str, bool], raw, clock: FakeClock
+) -> None:
+    _race_once(target, raw, clock, same_process=True)
 
 
 def test_a_naive_fill_shows_the_race_this_test_catches(

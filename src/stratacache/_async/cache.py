@@ -159,7 +159,9 @@ class AsyncCache:
         elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):
             client = redis
         else:
-            kinds = " or ".join(f"{c.__module__}.{c.__qualname__}" for c in (AsyncRedis, AsyncRedisCluster))
+            kinds = " or ".join(
+                f"{c.__module__}.{c.__qualname__}" for c in (AsyncRedis, AsyncRedisCluster)
+            )
             raise TypeError(f"redis must be None, a URL, or a {kinds}, not {type(redis).__name__}")
         return AsyncRedisTier(client, self._keys, self._breaker, self._counters, owns_client=owns)
 
@@ -287,9 +289,11 @@ class AsyncCache:
             if ttl_s == 0:
                 return value
             now = self._clock()
-            blob = self._codec.encode(
-                key, value, created_at=now, expires_at=now + ttl_s, tags=tags
-            ) if self._tier is not None else b""
+            blob = (
+                self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tags)
+                if self._tier is not None
+                else b""
+            )
             if token is not None:
                 assert self._tier is not None
                 try:
@@ -351,7 +355,9 @@ class AsyncCache:
             if self._timer() >= deadline:
                 return None
 
-    async def _load(self, key: str, loader: Callable[[], Any], stale: Entry | None) -> tuple[Any, bool]:
+    async def _load(
+        self, key: str, loader: Callable[[], Any], stale: Entry | None
+    ) -> tuple[Any, bool]:
         """Run the loader; with fail-safe, answer its error with the last known value."""
         self._counters.loads += 1
         start = perf_counter()
@@ -372,9 +378,12 @@ class AsyncCache:
         value = self._stale.peek(key, MISSING)
         if value is not MISSING:
             return value
-        if stale is not None and stale.expires_at is not None:
-            if self._clock() - stale.expires_at <= self.settings.fail_safe_max_age:
-                return stale.value
+        if (
+            stale is not None
+            and stale.expires_at is not None
+            and self._clock() - stale.expires_at <= self.settings.fail_safe_max_age
+        ):
+            return stale.value
         return MISSING
 
     # -- writes -------------------------------------------------------------------------
@@ -392,7 +401,9 @@ class AsyncCache:
         tag_tuple = self._tags(tags)
         ttl_s = self._positive_ttl(ttl)
         now = self._clock()
-        blob = self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple)
+        blob = self._codec.encode(
+            key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
+        )
         if self._tier is not None:
             try:
                 await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s))
@@ -452,7 +463,9 @@ class AsyncCache:
             value = self._l1.peek(key, MISSING)
             if value is MISSING:
                 return False
-            self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key))
+            self._l1.set(
+                key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key)
+            )
             return True
         try:
             blob = await self._tier.get(key)
@@ -461,7 +474,11 @@ class AsyncCache:
                 return False
             now = self._clock()
             new = self._codec.encode(
-                key, entry.value, created_at=entry.created_at, expires_at=now + ttl_s, tags=entry.tags
+                key,
+                entry.value,
+                created_at=entry.created_at,
+                expires_at=now + ttl_s,
+                tags=entry.tags,
             )
             assert blob is not None
             touched = await self._tier.replace_if_unchanged(

@@ -161,7 +161,9 @@ class Cache:
         elif isinstance(redis, (Redis, RedisCluster)):
             client = redis
         else:
-            kinds = " or ".join(f"{c.__module__}.{c.__qualname__}" for c in (Redis, RedisCluster))
+            kinds = " or ".join(
+                f"{c.__module__}.{c.__qualname__}" for c in (Redis, RedisCluster)
+            )
             raise TypeError(f"redis must be None, a URL, or a {kinds}, not {type(redis).__name__}")
         return RedisTier(client, self._keys, self._breaker, self._counters, owns_client=owns)
 
@@ -289,9 +291,11 @@ class Cache:
             if ttl_s == 0:
                 return value
             now = self._clock()
-            blob = self._codec.encode(
-                key, value, created_at=now, expires_at=now + ttl_s, tags=tags
-            ) if self._tier is not None else b""
+            blob = (
+                self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tags)
+                if self._tier is not None
+                else b""
+            )
             if token is not None:
                 assert self._tier is not None
                 try:
@@ -353,7 +357,9 @@ class Cache:
             if self._timer() >= deadline:
                 return None
 
-    def _load(self, key: str, loader: Callable[[], Any], stale: Entry | None) -> tuple[Any, bool]:
+    def _load(
+        self, key: str, loader: Callable[[], Any], stale: Entry | None
+    ) -> tuple[Any, bool]:
         """Run the loader; with fail-safe, answer its error with the last known value."""
         self._counters.loads += 1
         start = perf_counter()
@@ -374,9 +380,12 @@ class Cache:
         value = self._stale.peek(key, MISSING)
         if value is not MISSING:
             return value
-        if stale is not None and stale.expires_at is not None:
-            if self._clock() - stale.expires_at <= self.settings.fail_safe_max_age:
-                return stale.value
+        if (
+            stale is not None
+            and stale.expires_at is not None
+            and self._clock() - stale.expires_at <= self.settings.fail_safe_max_age
+        ):
+            return stale.value
         return MISSING
 
     # -- writes -------------------------------------------------------------------------
@@ -394,7 +403,9 @@ class Cache:
         tag_tuple = self._tags(tags)
         ttl_s = self._positive_ttl(ttl)
         now = self._clock()
-        blob = self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple)
+        blob = self._codec.encode(
+            key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
+        )
         if self._tier is not None:
             try:
                 self._tier.write(key, blob, self.settings.physical_ttl(ttl_s))
@@ -454,7 +465,9 @@ class Cache:
             value = self._l1.peek(key, MISSING)
             if value is MISSING:
                 return False
-            self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key))
+            self._l1.set(
+                key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key)
+            )
             return True
         try:
             blob = self._tier.get(key)
@@ -463,7 +476,11 @@ class Cache:
                 return False
             now = self._clock()
             new = self._codec.encode(
-                key, entry.value, created_at=entry.created_at, expires_at=now + ttl_s, tags=entry.tags
+                key,
+                entry.value,
+                created_at=entry.created_at,
+                expires_at=now + ttl_s,
+                tags=entry.tags,
             )
             assert blob is not None
             touched = self._tier.replace_if_unchanged(

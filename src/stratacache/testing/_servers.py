@@ -311,7 +311,9 @@ class RedisClusterProcesses:
     def __init__(self, masters: int = 3, *, executable: str | None = None) -> None:
         if masters < 3:
             raise ValueError("a Redis Cluster needs at least 3 masters")
-        self.nodes = [RedisServerProcess(cluster=True, executable=executable) for _ in range(masters)]
+        self.nodes = [
+            RedisServerProcess(cluster=True, executable=executable) for _ in range(masters)
+        ]
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RedisServerError(
@@ -349,9 +351,7 @@ class RedisClusterProcesses:
         """``CLUSTER INFO`` of one node as a dict."""
         n = self.nodes[node]
         text = _cli(self._cli, "-h", n.host, "-p", str(n.port), "cluster", "info", timeout=5)
-        return dict(
-            line.split(":", 1) for line in text.splitlines() if ":" in line
-        )
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node reports ``cluster_state:ok`` and sees all slots."""
