@@ -140,6 +140,7 @@ class UserService:
             "db_queries": self.db.queries,
             "coalesced": s.coalesced,
             "lease_waits": s.lease_waits,
+            "redis_errors": s.errors,
             "load_p50_ms": round(s.load_latency.p50 * 1000, 3),
         }
 

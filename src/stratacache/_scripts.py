@@ -46,3 +46,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: data, lease. ARGV: token, px. Read the entry and try to take the lease in one step,
+# so that a fill landing between a reader's miss and its lease request is seen (without
+# it, the reader would take the freed lease and load a second time).
+READ_OR_LEASE = """
+local value = redis.call('GET', KEYS[1])
+local taken = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if taken then
+  return {value, 1}
+end
+return {value, 0}
+"""

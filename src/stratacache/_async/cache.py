@@ -182,8 +182,10 @@ class AsyncCache:
             self._l1.release(ticket, key)
             raise
         if entry is None or self._expired(entry):
+            self._counters.l2_misses += 1
             self._l1.release(ticket, key)
             return default
+        self._counters.l2_hits += 1
         self._install(ticket, key, entry.value, entry)
         return entry.value
 
@@ -212,8 +214,10 @@ class AsyncCache:
         for key, ticket, blob in zip(missing, tickets, blobs):
             entry = self._decode(key, blob)
             if entry is None or self._expired(entry):
+                self._counters.l2_misses += 1
                 self._l1.release(ticket, key)
                 continue
+            self._counters.l2_hits += 1
             self._install(ticket, key, entry.value, entry)
             found[key] = entry.value
         return found
@@ -269,19 +273,23 @@ class AsyncCache:
         ticket = self._l1.ticket(key)
         ticket_open = True
         token: bytes | None = None
+        stale: Entry | None = None  # a logically expired entry: fail-safe material
         try:
             entry = await self._read_l2(key)
-            if entry is not None and not self._expired(entry):
+            if entry is None or self._expired(entry):
+                stale = entry
+                lease_state = await self._take_lease(key)
+                if not isinstance(lease_state, Entry):
+                    token = lease_state
+                    entry = None
+                else:  # a holder elsewhere filled it while we waited
+                    entry = lease_state
+            if entry is not None:
+                self._counters.l2_hits += 1
                 ticket_open = False
                 self._install(ticket, key, entry.value, entry)
                 return entry.value
-            stale = entry
-            lease_state = await self._take_lease(key)
-            if isinstance(lease_state, Entry):  # another process filled it meanwhile
-                ticket_open = False
-                self._install(ticket, key, lease_state.value, lease_state)
-                return lease_state.value
-            token = lease_state
+            self._counters.l2_misses += 1
             value, is_stale = await self._load(key, loader, stale)
             if is_stale:
                 return value
@@ -324,36 +332,30 @@ class AsyncCache:
             pass  # the lease expires by itself after lease_ttl
 
     async def _take_lease(self, key: str) -> bytes | Entry | None:
-        """The lease token; or an entry another holder wrote while we waited; or None
-        (no Redis, or waited ``lease_wait`` in vain: load without writing L2)."""
+        """The lease token; or the entry a holder elsewhere wrote while we waited; or None
+        (no Redis, or ``lease_wait`` passed: load without writing L2)."""
         if self._tier is None:
             return None
         deadline = self._timer() + self.settings.lease_wait
         pause = _POLL_FIRST
-        waited = False
         while True:
             try:
-                token = await self._tier.acquire_lease(key, self.settings.lease_ttl)
-                if token is not None:
-                    return token
-                if not waited:
-                    waited = True
-                    self._counters.lease_waits += 1
-                if self._timer() >= deadline:
-                    return None
-                await async_sleep(pause)
-                pause = min(pause * 2, _POLL_MAX)
-                blob, leased = await self._tier.poll(key)
+                blob, token = await self._tier.read_or_lease(key, self.settings.lease_ttl)
             except RedisUnavailableError:
                 return None
-            entry = self._decode(key, blob)
+            entry = self._decode(key, blob, count=False)
             if entry is not None and not self._expired(entry):
-                self._counters.l2_hits += 1
+                if token is not None:
+                    await self._give_back_lease(key, token)
                 return entry
-            if not leased:
-                continue  # the holder gave up or its lease expired: try to take it
+            if token is not None:
+                return token
+            if pause == _POLL_FIRST:
+                self._counters.lease_waits += 1
             if self._timer() >= deadline:
                 return None
+            await async_sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
 
     async def _load(
         self, key: str, loader: Callable[[], Any], stale: Entry | None
@@ -581,27 +583,25 @@ class AsyncCache:
     # -- internals ----------------------------------------------------------------------
 
     async def _read_l2(self, key: str) -> Entry | None:
-        """The decoded L2 entry of ``key`` (fresh or not), or None; counts hits/misses."""
+        """The decoded L2 entry of ``key`` (fresh or not), or None."""
         if self._tier is None:
             return None
         try:
             blob = await self._tier.get(key)
         except RedisUnavailableError:
             return None
-        entry = self._decode(key, blob)
-        if entry is None or self._expired(entry):
-            self._counters.l2_misses += 1
-        else:
-            self._counters.l2_hits += 1
-        return entry
+        return self._decode(key, blob)
 
-    def _decode(self, key: str, blob: bytes | None) -> Entry | None:
+    def _decode(self, key: str, blob: bytes | None, *, count: bool = True) -> Entry | None:
+        """The entry in ``blob``, or None; undecodable bytes are a miss (and counted once
+        per operation: re-reads of the same bytes pass ``count=False``)."""
         if blob is None:
             return None
         try:
             return self._codec.decode(key, blob)
         except Exception:  # CorruptEntryError, or a user decoder's bug: a miss either way
-            self._counters.decode_errors += 1
+            if count:
+                self._counters.decode_errors += 1
             return None
 
     def _expired(self, entry: Entry) -> bool:

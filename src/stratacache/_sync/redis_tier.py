@@ -22,16 +22,18 @@ from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
 from .._primitives import RedisCluster
-from .._scripts import DELETE, RELEASE_LEASE, REPLACE_IF_UNCHANGED, WRITE, WRITE_IF_LEASE
+from .._scripts import (
+    DELETE,
+    READ_OR_LEASE,
+    RELEASE_LEASE,
+    REPLACE_IF_UNCHANGED,
+    WRITE,
+    WRITE_IF_LEASE,
+)
 from .._stats import Counters
 
 # OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
 _REDIS_FAILURES = (RedisError, OSError)
-
-# A lease read while polling: Lua returns the blob (or false) and whether the lease exists.
-_POLL = """
-return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
-"""
 
 
 def _px(seconds: float) -> int:
@@ -62,7 +64,7 @@ class RedisTier:
         self._delete = client.register_script(DELETE)
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
         self._release = client.register_script(RELEASE_LEASE)
-        self._poll = client.register_script(_POLL)
+        self._read_or_lease = client.register_script(READ_OR_LEASE)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one Redis call under the breaker; every failure is a RedisUnavailableError."""
@@ -119,13 +121,13 @@ class RedisTier:
         keys = [self._keys.data_key(key)]
         return bool(self._call(self._replace, keys=keys, args=[old, new, _px(ttl)]))
 
-    def acquire_lease(self, key: str, ttl: float) -> bytes | None:
-        """Take the lease on ``key`` for ``ttl`` seconds: the token, or None if held elsewhere."""
+    def read_or_lease(self, key: str, ttl: float) -> tuple[bytes | None, bytes | None]:
+        """One atomic step: the entry's blob (or None), and the lease token if we took the
+        lease for ``ttl`` seconds (None if another holder has it)."""
         token = os.urandom(12)
-        taken = self._call(
-            self.client.set, self._keys.lease_key(key), token, nx=True, px=_px(ttl)
-        )
-        return token if taken else None
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        blob, taken = self._call(self._read_or_lease, keys=keys, args=[token, _px(ttl)])
+        return (blob or None), (token if taken else None)
 
     def write_if_lease(self, key: str, token: bytes, blob: bytes, ttl: float) -> bool:
         """The lease holder's fill: stored only if the lease is still ``token``."""
@@ -135,12 +137,6 @@ class RedisTier:
     def release_lease(self, key: str, token: bytes) -> None:
         """Give back a lease that will not be used."""
         self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
-
-    def poll(self, key: str) -> tuple[bytes | None, bool]:
-        """One round trip: the entry's blob (or None) and whether a lease is still held."""
-        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        blob, lease = self._call(self._poll, keys=keys)
-        return (blob or None), bool(lease)
 
     def close(self) -> None:
         """Close the client if the cache created it."""
