@@ -59,14 +59,16 @@ class Adapter:
         name: str,
         make: Callable[[int], Any],
         get: Callable[[Any], Callable[[Any], Any]],
-        set_: Callable[[Any], Callable[[Any, Any], Any]] | None,
+        set_: Callable[[Any], Callable[..., Any]],
         note: str = "",
+        ttl: float | None = None,
     ) -> None:
         self.name = name
         self.make = make
         self.get = get
         self.set = set_
         self.note = note
+        self.ttl = ttl  # if set, timed writes call set(k, v, ttl) with it, unwrapped
 
 
 def _lru_cache_adapter() -> Adapter:
@@ -108,8 +110,9 @@ def adapters() -> list[Adapter]:
                 f"stratacache.L1 ({label}), ttl",
                 cls,
                 get=lambda c: c.get,
-                set_=lambda c: lambda k, v, _s=c.set: _s(k, v, TTL),
+                set_=lambda c: c.set,
                 note="every entry has a ttl",
+                ttl=TTL,
             )
         )
     result += [
@@ -170,6 +173,22 @@ def _loop2(fn: Callable[[Any, Any], Any], keys: list[Any], value: Any) -> int:
     return time.perf_counter_ns() - start
 
 
+def _loop3(fn: Callable[[Any, Any, Any], Any], keys: list[Any], value: Any, extra: Any) -> int:
+    start = time.perf_counter_ns()
+    for k in keys:
+        fn(k, value, extra)
+    return time.perf_counter_ns() - start
+
+
+def fill(adapter: Adapter, cache: Any, keys: list[Any], value: Any) -> None:
+    put = adapter.set(cache)
+    for k in keys:
+        if adapter.ttl is None:
+            put(k, value)
+        else:
+            put(k, value, adapter.ttl)
+
+
 def best_ns(run: Callable[[], int], calls: int, repeats: int) -> float:
     """Best per-call time over ``repeats`` runs of ``calls`` calls."""
     gc.collect()
@@ -193,11 +212,7 @@ def close(cache: Any) -> None:
 
 def time_get_hit(adapter: Adapter, keys: list[str], repeats: int) -> float:
     cache = adapter.make(len(keys))
-    if adapter.set is None:
-        raise AssertionError
-    fill = adapter.set(cache)
-    for k in keys:
-        fill(k, k)
+    fill(adapter, cache, keys, "value")
     get = adapter.get(cache)
     result = best_ns(lambda: _loop1(get, keys), len(keys), repeats)
     close(cache)
@@ -206,9 +221,7 @@ def time_get_hit(adapter: Adapter, keys: list[str], repeats: int) -> float:
 
 def time_get_miss(adapter: Adapter, keys: list[str], absent: list[str], repeats: int) -> float:
     cache = adapter.make(len(keys))
-    fill = adapter.set(cache)  # type: ignore[misc]
-    for k in keys:
-        fill(k, k)
+    fill(adapter, cache, keys, "value")
     get = adapter.get(cache)
     result = best_ns(lambda: _loop1(get, absent), len(absent), repeats)
     close(cache)
@@ -218,17 +231,18 @@ def time_get_miss(adapter: Adapter, keys: list[str], absent: list[str], repeats:
 def time_set_evicting(adapter: Adapter, keys: list[str], other: list[str], repeats: int) -> float:
     """Every timed ``set`` inserts a new key into a full cache, so each one evicts."""
     cache = adapter.make(len(keys))
-    put = adapter.set(cache)  # type: ignore[misc]
+    put = adapter.set(cache)
     value = object()
-    for k in keys:
-        put(k, value)
+    fill(adapter, cache, keys, value)
     batches = [other, keys]
     turn = [0]
 
     def run() -> int:
         batch = batches[turn[0] % 2]
         turn[0] += 1
-        return _loop2(put, batch, value)
+        if adapter.ttl is None:
+            return _loop2(put, batch, value)
+        return _loop3(put, batch, value, adapter.ttl)
 
     result = best_ns(run, len(keys), repeats)
     close(cache)
@@ -285,13 +299,11 @@ def rss():
         return int(f.read().split()[1]) * page
 
 cache = adapter.make(n)
-put = adapter.set(cache)
 gc.collect()
 if trace:
     tracemalloc.start()
 before = tracemalloc.get_traced_memory()[0] if trace else rss()
-for k in keys:
-    put(k, value)
+l1_report.fill(adapter, cache, keys, value)
 gc.collect()
 after = tracemalloc.get_traced_memory()[0] if trace else rss()
 assert len(keys) == n
@@ -336,10 +348,9 @@ def main(argv: list[str] | None = None) -> None:
         row["set+evict"] = (
             None if adapter.name == "dict" else time_set_evicting(adapter, keys, other, repeats)
         )
-        if not adapter.name.endswith(", ttl"):
-            row["mem B/entry (RSS)"] = memory_per_entry(adapter.name, mem_n, trace=False)
-            if adapter.name.startswith(_TRACEABLE):
-                row["mem B/entry (tracemalloc)"] = memory_per_entry(adapter.name, mem_n, trace=True)
+        row["mem B/entry (RSS)"] = memory_per_entry(adapter.name, mem_n, trace=False)
+        if adapter.ttl is None and adapter.name.startswith(_TRACEABLE):
+            row["mem B/entry (tracemalloc)"] = memory_per_entry(adapter.name, mem_n, trace=True)
     for impl_id, cls in L1_IMPLS.items():
         label = "compiled" if impl_id == "c" else "pure"
         rows[f"stratacache.L1 ({label})"]["invalidate_tag 10k (us)"] = (

@@ -9,7 +9,7 @@ Layout
     doubly-linked recency list through ``prev``/``next`` *borrowed* pointers around a
     sentinel ``_root`` (``_root.next`` is least, ``_root.prev`` most recently used): no
     reference counting and no reference cycles on the list, so a hit is one dict lookup
-    plus four pointer stores. Nodes with a deadline are also in an intrusive binary
+    plus four pointer stores. Nodes with a deadline are also in an intrusive 4-ary
     min-heap (a C array of ``(deadline, seq, node)``, ``node.heap_index`` points back), so
     any node leaves the heap in O(log n) and the earliest deadline is at ``_heap[0]``.
     ``_tags`` is a dict tag -> {key: node}; a node keeps its tags as a tuple, so removing
@@ -127,6 +127,7 @@ cdef enum:
     CAUSE_INVALIDATED = 3
 
 cdef tuple _CAUSE_NAMES = (None, "size", "expired", "invalidated")
+cdef tuple _NO_TAGS = ()
 
 
 cdef struct _HeapItem:
@@ -164,12 +165,28 @@ cdef class _Pending:
     cdef unsigned long long epoch
 
 
+cdef object _timedelta = datetime.timedelta
+
+
+cdef inline object _collect(object removed, _Node node):
+    """Add ``node`` to what an operation removed: None, then the node, then a list.
+    (One eviction per write is the common case; it allocates nothing.)"""
+    if removed is None:
+        return node
+    if type(removed) is list:
+        (<list>removed).append(node)
+        return removed
+    return [removed, node]
+
+
 cdef double _ttl_seconds(object ttl) except -1.0:
     """``ttl`` as float seconds, ``inf`` for None; TypeError/ValueError on bad input."""
     cdef double seconds
     if ttl is None:
         return INFINITY
-    if isinstance(ttl, datetime.timedelta):
+    if type(ttl) is float:  # the common case first: no isinstance chain
+        seconds = ttl
+    elif isinstance(ttl, _timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
         seconds = ttl
@@ -316,31 +333,31 @@ cdef class L1:
                 self._to_mru(node)
                 self._hits += 1
                 return node.value
-        self._notify([node])
+        self._notify(node)
         return default
 
     def peek(self, key, default=None):
         """The live value for ``key`` without touching recency or hit/miss counters."""
-        cdef list removed = None
+        cdef object removed = None
         cdef _Node node
         cdef double now = self._clock_if_timed()
         with cython.critical_section(self):
             node = self._live(key, now)
             if node is not None and node.cause == CAUSE_EXPIRED:
-                removed = [node]
+                removed = node
                 node = None
         self._notify(removed)
         return default if node is None else node.value
 
     def __contains__(self, key):
         """Whether ``key`` has a live entry (no recency or counter change)."""
-        cdef list removed = None
+        cdef object removed = None
         cdef _Node node
         cdef double now = self._clock_if_timed()
         with cython.critical_section(self):
             node = self._live(key, now)
             if node is not None and node.cause == CAUSE_EXPIRED:
-                removed = [node]
+                removed = node
                 node = None
         self._notify(removed)
         return node is not None
@@ -370,7 +387,7 @@ cdef class L1:
 
     # -- writing ----------------------------------------------------------------------
 
-    def set(self, key, value, ttl=None, tags=()):
+    def set(self, key, value, ttl=None, tags=_NO_TAGS):
         """Store ``value`` under ``key`` as most recently used.
 
         ``ttl`` is seconds (or a ``timedelta``) from now, ``None`` for no expiry; a ttl of 0
@@ -379,15 +396,16 @@ cdef class L1:
         NaN ttl, an entry heavier than ``max_weight``) before anything changes.
         """
         cdef double seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
-        cdef tuple tagt = _tag_tuple(tags)
+        cdef tuple tagt = _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags)
         cdef Py_ssize_t weight = self._weigh(key, value)
         cdef double now = -INFINITY
-        cdef list removed
+        cdef object removed
         if seconds != INFINITY or self._heap_len:
             now = self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
-        self._notify(removed)
+        if removed is not None:
+            self._notify(removed)
 
     def delete(self, key):
         """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
@@ -528,7 +546,7 @@ cdef class L1:
         cdef _Pending pending
         cdef unsigned long long t
         cdef bint fresh
-        cdef list removed = None
+        cdef object removed = None
         try:
             seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
             tagt = _tag_tuple(tags)
@@ -653,12 +671,13 @@ cdef class L1:
             raise ValueError(f"entry weight {weight} is too large")
         return weight
 
-    cdef list _store(
+    cdef object _store(
         self, object key, object value, double seconds, tuple tags, Py_ssize_t weight,
         double now,
     ):
-        """Insert as MRU, making room first; the removed nodes (kept alive), or None."""
-        cdef list removed = None
+        """Insert as MRU, making room first; the removed node(s) kept alive (see
+        ``_collect``), or None."""
+        cdef object removed = None
         cdef PyObject* found
         cdef _Node old = None
         cdef _Node victim
@@ -675,7 +694,7 @@ cdef class L1:
             old = <_Node>found  # replaced, not evicted; this reference keeps it alive
             if old.heap_index >= 0 and now >= old.deadline:
                 self._remove(old, CAUSE_EXPIRED)
-                removed = [old]
+                removed = old
             else:
                 self._remove(old, CAUSE_NONE)
         if deadline <= now:  # ttl == 0: expired on arrival, never stored
@@ -690,10 +709,7 @@ cdef class L1:
                 victim = <_Node>self._root.next
                 cause = CAUSE_SIZE
             self._remove(victim, cause)
-            if removed is None:
-                removed = [victim]
-            else:
-                removed.append(victim)
+            removed = _collect(removed, victim)
         node = _Node.__new__(_Node)
         node.key = key
         node.value = value
@@ -775,7 +791,7 @@ cdef class L1:
 
     cdef _Node _take(self, object key, unsigned char cause):
         """delete/pop/invalidate: remove the live node for ``key`` (or None)."""
-        cdef list removed = None
+        cdef object removed = None
         cdef _Node node
         cdef double now = self._clock_if_timed()
         with cython.critical_section(self):
@@ -783,11 +799,11 @@ cdef class L1:
             node = self._live(key, now)
             if node is not None:
                 if node.cause == CAUSE_EXPIRED:
-                    removed = [node]
+                    removed = node
                 else:
                     self._remove(node, cause)
                     if cause != CAUSE_NONE:
-                        removed = [node]
+                        removed = node
         self._notify(removed)
         if node is not None and node.cause == CAUSE_EXPIRED:
             return None
@@ -826,12 +842,15 @@ cdef class L1:
                 self._tag_epochs.clear()
                 self._tag_floor = 0
 
-    cdef int _notify(self, list removed) except -1:
-        """Call ``on_evict`` for each reportable removal; outside the critical section."""
+    cdef int _notify(self, object removed) except -1:
+        """Call ``on_evict`` for each reportable removal (a node, a list of nodes or None);
+        outside the critical section."""
         cdef _Node node
         on_evict = self._on_evict
         if on_evict is None or removed is None:
             return 0
+        if type(removed) is _Node:
+            removed = (removed,)
         for node in removed:
             if node.cause != CAUSE_NONE:
                 try:
@@ -843,7 +862,9 @@ cdef class L1:
                     )
         return 0
 
-    # -- expiry heap (min-heap on (deadline, seq), node.heap_index points back) --------
+    # -- expiry heap: a 4-ary min-heap on (deadline, seq); node.heap_index points back.
+    # 4-ary rather than binary: half the levels, so half the writes into (scattered)
+    # nodes while sifting, and the four children share one or two cache lines.
 
     cdef int _heap_reserve(self) except -1:
         cdef Py_ssize_t cap
@@ -874,7 +895,7 @@ cdef class L1:
     cdef void _sift_up(self, Py_ssize_t i, _HeapItem item) noexcept:
         cdef Py_ssize_t parent
         while i > 0:
-            parent = (i - 1) >> 1
+            parent = (i - 1) >> 2
             if not _before(&item, &self._heap[parent]):
                 break
             self._heap_put(i, self._heap[parent])
@@ -882,14 +903,18 @@ cdef class L1:
         self._heap_put(i, item)
 
     cdef void _sift_down(self, Py_ssize_t i, _HeapItem item) noexcept:
-        cdef Py_ssize_t child
+        cdef Py_ssize_t child, c, last
         cdef Py_ssize_t n = self._heap_len
         while True:
-            child = 2 * i + 1
+            child = 4 * i + 1
             if child >= n:
                 break
-            if child + 1 < n and _before(&self._heap[child + 1], &self._heap[child]):
-                child += 1
+            last = min(child + 4, n)
+            c = child + 1
+            while c < last:  # the earliest of up to four children
+                if _before(&self._heap[c], &self._heap[child]):
+                    child = c
+                c += 1
             if not _before(&self._heap[child], &item):
                 break
             self._heap_put(i, self._heap[child])
@@ -902,7 +927,7 @@ cdef class L1:
         if i == self._heap_len:
             return
         last = self._heap[self._heap_len]
-        if i > 0 and _before(&last, &self._heap[(i - 1) >> 1]):
+        if i > 0 and _before(&last, &self._heap[(i - 1) >> 2]):
             self._sift_up(i, last)
         else:
             self._sift_down(i, last)
