@@ -56,7 +56,7 @@ def l1_hit_cases(n: int, loop: asyncio.AbstractEventLoop) -> dict[str, Case]:
     cache.set(KEY, VALUE)
     cases["stratacache Cache.get"] = _loop_sync(cache.get, KEY, n)
 
-    box = cachebox.TTLCache(10_000, ttl=300)
+    box = cachebox.TTLCache(10_000, 300)
     box[KEY] = VALUE
     cases["cachebox TTLCache.get"] = _loop_sync(box.get, KEY, n)
 
@@ -103,7 +103,7 @@ def decorated_hit_cases(n: int) -> dict[str, Case]:
     strata = cache.cached(ttl=300)(fn)
     strata_tpl = cache.cached(ttl=300, key="user:{user_id}")(fn)
     ct = cachetools.cached(cachetools.TTLCache(10_000, ttl=300))(fn)
-    cb = cachebox.cached(cachebox.TTLCache(10_000, ttl=300))(fn)
+    cb = cachebox.cached(cachebox.TTLCache(10_000, 300))(fn)
     th = theine.Memoize(10_000, timedelta(seconds=300))(fn)
     for name, f in [
         ("functools.lru_cache (baseline)", lru),
