@@ -17,6 +17,13 @@ Layout
     access-order deque + expiry structure next to its hash table; cachetools' ``TLRUCache``
     uses a lazy heap where we use an indexed one.)
 
+Memory
+    A node is 80 bytes: it is not GC-tracked (``no_gc`` saves the 16-byte GC header), and
+    ``L1``'s ``tp_traverse`` reports each node's key, value and tags as its own references
+    (see the end of this file), so a reference cycle through a cached value is still
+    collected. With the map's dict slot that is ~119 B per entry vs ~130 B for
+    ``cachetools.LRUCache``; an entry with a ttl adds a 24-byte heap slot.
+
 Hit path
     ``get``: one ``PyDict_GetItemWithError``, a deadline check only when the node has a
     deadline (reading ``CLOCK_MONOTONIC_COARSE``: a few ns, a few ms of resolution, fine
