@@ -369,6 +369,19 @@ cdef class L1:
         self._notify(removed)
         return node is not None
 
+    def tags_of(self, key):
+        """The tags of the live entry for ``key``; ``()`` if there is none."""
+        cdef object removed = None
+        cdef _Node node
+        cdef double now = self._clock_if_timed()
+        with cython.critical_section(self):
+            node = self._live(key, now)
+            if node is not None and node.cause == CAUSE_EXPIRED:
+                removed = node
+                node = None
+        self._notify(removed)
+        return _NO_TAGS if node is None else node.tags
+
     def __len__(self):
         """Entries stored, including expired ones not dropped yet (see ``expire``)."""
         return PyDict_Size(self._map)

@@ -488,6 +488,21 @@ def test_invalidate_tags_counts_each_entry_once(l1_impl: Any) -> None:
     assert cache.invalidations == 2
 
 
+def test_tags_of(l1_impl: Any, clock: FakeClock) -> None:
+    cache = l1_impl(10, timer=clock)
+    cache.set("a", 1, tags=["x", "y", "x"])
+    cache.set("b", 2)
+    cache.set("c", 3, ttl=1, tags=("z",))
+    assert cache.tags_of("a") == ("x", "y")
+    assert cache.tags_of("b") == ()
+    assert cache.tags_of("absent") == ()
+    clock.advance(1)
+    assert cache.tags_of("c") == ()
+    assert cache.expirations == 1
+    with pytest.raises(TypeError):
+        cache.tags_of([])
+
+
 def test_duplicate_tags_are_harmless(l1_impl: Any) -> None:
     cache = l1_impl(10)
     cache.set("a", 1, tags=("x", "x"))

@@ -232,6 +232,11 @@ class L1Machine(RuleBasedStateMachine):
         assert self.cache.peek(key) == (None if entry is None else entry.value)
 
     @rule(key=KEYS)
+    def tags_of(self, key: Any) -> None:
+        entry = self.model.live(key)
+        assert self.cache.tags_of(key) == (() if entry is None else entry.tags)
+
+    @rule(key=KEYS)
     def contains(self, key: Any) -> None:
         assert (key in self.cache) == (self.model.live(key) is not None)
 

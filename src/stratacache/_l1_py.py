@@ -203,6 +203,14 @@ class L1:
         self._notify(notes)
         return entry is not None
 
+    def tags_of(self, key: Hashable) -> tuple[str, ...]:
+        """The tags of the live entry for ``key``; ``()`` if there is none."""
+        notes: list[_Note] = []
+        with self._lock:
+            entry = self._live(key, notes)
+        self._notify(notes)
+        return () if entry is None else entry.tags
+
     def __len__(self) -> int:
         """Entries stored, including expired ones not dropped yet (see ``expire``)."""
         return len(self._lru)
