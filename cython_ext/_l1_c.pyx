@@ -96,6 +96,8 @@ import sys
 
 from stratacache._sentinel import MISSING
 
+cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
+
 cdef extern from *:
     """
     #if defined(_WIN32)
@@ -319,6 +321,20 @@ cdef class L1:
 
     def get(self, key, default=None):
         """The live value for ``key`` (marked most recently used), else ``default``."""
+        return self._get(key, default)
+
+    def getter(self, fallback):
+        """A callable ``(key, default=None)`` answering hits like :meth:`get` and passing
+        misses to ``fallback(key, default)``.
+
+        The tiered cache binds it as its ``get`` so that an L1 hit costs one C call: no
+        Python frame of its own.
+        """
+        if not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+        return _Getter(self, fallback).get
+
+    cdef object _get(self, object key, object default):
         cdef PyObject* found
         cdef _Node node
         cdef double now = -INFINITY
@@ -959,6 +975,26 @@ cdef class L1:
 # traverse (the dicts etc.) runs first, then every node on the recency list is visited.
 # Each reference a node holds is visited exactly once, so a cycle running through a
 # cached value (a value that refers back to its cache) is still collected.
+
+
+@cython.final
+cdef class _Getter:
+    """``L1.getter``'s bound callable: hit from the L1, miss to the fallback."""
+
+    cdef L1 _l1
+    cdef object _fallback
+
+    def __cinit__(self, L1 l1, object fallback):
+        self._l1 = l1
+        self._fallback = fallback
+
+    def get(self, key, default=None):
+        """The L1 value of ``key``, else ``fallback(key, default)``."""
+        value = self._l1._get(key, _MISS)
+        if value is _MISS:
+            return self._fallback(key, default)
+        return value
+
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse
 

@@ -899,3 +899,30 @@ def test_switch_picks_compiled_in_the_compiled_run() -> None:
     import stratacache._l1_c as compiled
 
     assert switch.L1 is compiled.L1
+
+
+def test_getter_answers_hits_and_passes_misses_to_the_fallback(
+    l1_impl: Any, clock: FakeClock
+) -> None:
+    cache = l1_impl(10, timer=clock)
+    misses: list[tuple[Any, Any]] = []
+
+    def fallback(key: Any, default: Any) -> Any:
+        misses.append((key, default))
+        return ("fallback", key, default)
+
+    get = cache.getter(fallback)
+    cache.set("a", None)
+    cache.set("b", 2, ttl=1)
+    assert get("a") is None  # a cached None is a hit, not a miss
+    assert get("b", "d") == 2
+    assert get("zzz") == ("fallback", "zzz", None)
+    assert get("zzz", default=5) == ("fallback", "zzz", 5)
+    clock.advance(1)
+    assert get("b") == ("fallback", "b", None)  # expired: a miss
+    assert misses == [("zzz", None), ("zzz", 5), ("b", None)]
+    assert (cache.hits, cache.misses) == (2, 3)
+    with pytest.raises(TypeError):
+        get([])  # unhashable, like get()
+    with pytest.raises(TypeError):
+        cache.getter(42)

@@ -187,6 +187,25 @@ class L1:
         self._notify(notes)
         return default
 
+    def getter(self, fallback: Callable[[Hashable, Any], Any]) -> Callable[..., Any]:
+        """A callable ``(key, default=None)`` answering hits like :meth:`get` and passing
+        misses to ``fallback(key, default)``.
+
+        The tiered cache binds it as its ``get``; the compiled twin makes a hit one C call.
+        """
+        if not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+        get = self.get
+        miss = object()
+
+        def lookup(key: Hashable, default: Any = None) -> Any:
+            value = get(key, miss)
+            if value is miss:
+                return fallback(key, default)
+            return value
+
+        return lookup
+
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The live value for ``key`` without touching recency or hit/miss counters."""
         notes: list[_Note] = []

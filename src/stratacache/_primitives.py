@@ -42,6 +42,16 @@ def no_retry() -> redis.retry.Retry:
     return redis.retry.Retry(NoBackoff(), 0)
 
 
+def async_bind_fast_get(l1: Any, fallback: Callable[..., Any]) -> Callable[..., Any] | None:
+    """No fast binding for the async cache: its ``get`` must return an awaitable."""
+    return None
+
+
+def bind_fast_get(l1: Any, fallback: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The sync cache's ``get``: L1 hits answered by one C call, misses to ``fallback``."""
+    return l1.getter(fallback)  # type: ignore[no-any-return]
+
+
 # -- sleeping and calling user code ----------------------------------------------------
 
 
@@ -141,9 +151,11 @@ __all__ = [
     "Redis",
     "RedisCluster",
     "ResultSlot",
+    "async_bind_fast_get",
     "async_call_loader",
     "async_no_retry",
     "async_sleep",
+    "bind_fast_get",
     "call_loader",
     "no_retry",
     "sleep",

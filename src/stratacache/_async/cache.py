@@ -37,6 +37,7 @@ from .._primitives import (
     AsyncRedis,
     AsyncRedisCluster,
     AsyncResultSlot,
+    async_bind_fast_get,
     async_call_loader,
     async_no_retry,
     async_sleep,
@@ -141,6 +142,11 @@ class AsyncCache:
         )
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
         self._tier = self._make_tier(redis, cluster)
+        # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
+        # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
+        fast_get = async_bind_fast_get(self._l1, self._get_after_l1_miss)
+        if fast_get is not None:
+            setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
     def _make_tier(self, redis: Any, cluster: bool) -> AsyncRedisTier | None:
         if redis is None:
@@ -172,6 +178,9 @@ class AsyncCache:
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
+        return await self._get_after_l1_miss(key, default)
+
+    async def _get_after_l1_miss(self, key: str, default: Any) -> Any:
         validate_key(key)
         if self._tier is None:
             return default

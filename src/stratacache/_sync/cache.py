@@ -39,6 +39,7 @@ from .._primitives import (
     Redis,
     RedisCluster,
     ResultSlot,
+    bind_fast_get,
     call_loader,
     no_retry,
     sleep,
@@ -143,6 +144,11 @@ class Cache:
         )
         self._flights: dict[str, ResultSlot[Any]] = {}
         self._tier = self._make_tier(redis, cluster)
+        # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
+        # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
+        fast_get = bind_fast_get(self._l1, self._get_after_l1_miss)
+        if fast_get is not None:
+            setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
     def _make_tier(self, redis: Any, cluster: bool) -> RedisTier | None:
         if redis is None:
@@ -174,6 +180,9 @@ class Cache:
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
+        return self._get_after_l1_miss(key, default)
+
+    def _get_after_l1_miss(self, key: str, default: Any) -> Any:
         validate_key(key)
         if self._tier is None:
             return default
