@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stratacache.testing import RedisServerProcess
 
-from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases
+from cache_cases import (
+    close_resources,
+    decorated_hit_cases,
+    get_many_cases,
+    l1_hit_cases,
+    l2_hit_cases,
+)
 
 N_FAST = 10_000
 N_REDIS = 500
@@ -28,6 +34,7 @@ _loop = asyncio.new_event_loop()
 def redis_url() -> Iterator[str]:
     with RedisServerProcess() as server:
         yield server.url
+        close_resources(_loop)
 
 
 @pytest.mark.benchmark(group="cache get, L1 hit (x10k)")

@@ -26,8 +26,30 @@ from dogpile.cache import make_region
 from stratacache import AsyncCache, Cache
 
 Case = Callable[[], None]
+
+# Clients and caches the cases opened; close_resources() closes them (sync and async).
+_sync_resources: list[Any] = []
+_async_resources: list[Any] = []
+
+
+def close_resources(loop: asyncio.AbstractEventLoop) -> None:
+    """Close every client and cache the cases opened."""
+    while _sync_resources:
+        _sync_resources.pop().close()
+    while _async_resources:
+        loop.run_until_complete(_async_resources.pop().aclose())
 VALUE = {"id": 42, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
 KEY = "user:42"
+
+
+class _AsyncClosing:
+    """Adapts ``AsyncCache.close`` to the ``aclose`` name redis.asyncio clients use."""
+
+    def __init__(self, cache: AsyncCache) -> None:
+        self.cache = cache
+
+    async def aclose(self) -> None:
+        await self.cache.close()
 
 
 def _loop_sync(get: Callable[..., Any], key: Any, n: int) -> Case:
@@ -129,6 +151,7 @@ def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str,
     for k in keys:
         raw.set(f"raw:{k}", msgpack.packb(VALUE))
     cache = Cache(url, namespace="bench", l1_maxsize=1)
+    _sync_resources.extend([raw, cache])
     for k in keys:
         cache.set(k, VALUE)
 
@@ -142,6 +165,8 @@ def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str,
 
     araw = redis.asyncio.Redis.from_url(url)
     acache = AsyncCache(url, namespace="bench", l1_maxsize=1)
+    _async_resources.append(araw)
+    _async_resources.append(_AsyncClosing(acache))
 
     async def araw_many() -> None:
         for i in range(n):
@@ -169,6 +194,7 @@ def get_many_cases(url: str, n: int) -> dict[str, Case]:
     raw = redis.Redis.from_url(url)
     raw.mset({f"raw:{k}": msgpack.packb(VALUE) for k in keys})
     cache = Cache(url, namespace="bench", l1_maxsize=100)
+    _sync_resources.extend([raw, cache])
     cache.set_many({k: VALUE for k in keys})
     raw_keys = [f"raw:{k}" for k in keys]
 

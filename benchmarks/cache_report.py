@@ -19,7 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stratacache import _l1
 from stratacache.testing import RedisServerProcess
 
-from cache_cases import decorated_hit_cases, get_many_cases, l1_hit_cases, l2_hit_cases
+from cache_cases import (
+    close_resources,
+    decorated_hit_cases,
+    get_many_cases,
+    l1_hit_cases,
+    l2_hit_cases,
+)
 
 
 def best_per_op(case, n: int, repeat: int = 7) -> float:
@@ -52,6 +58,7 @@ def main() -> None:
             ["(baseline)", "(async baseline)"],
         )
         table("get_many(100), L2", get_many_cases(server.url, 200), 200, ["(baseline)"])
+        close_resources(loop)
     loop.close()
 
 
