@@ -96,6 +96,9 @@ import sys
 
 from stratacache._sentinel import MISSING
 
+cdef extern from "Python.h":
+    object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
+
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
 cdef extern from *:
@@ -333,6 +336,26 @@ cdef class L1:
         if not callable(fallback):
             raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
         return _Getter(self, fallback).get
+
+    def memoized(self, make_key, fallback, dict memo=None, Py_ssize_t skip=0):
+        """A function-like callable ``(*args, **kwargs)``: the L1 value under
+        ``make_key(args, kwargs)``, else ``fallback(key, args, kwargs)``.
+
+        ``memo`` (optional) is a dict that ``make_key`` keeps from argument tuples to
+        keys, for calls without keywords whose arguments from position ``skip`` on are
+        all of exact type ``str`` or ``int``; such calls look it up here first and skip
+        ``make_key`` when it has the key. It is only read, so results are as if
+        ``make_key`` ran every time. The callable takes attributes (for
+        ``functools.wraps``) and binds like a function when it is a class attribute. The
+        tiered cache makes its decorated functions with it, so that a hit costs one C call.
+        """
+        if not callable(make_key):
+            raise TypeError(f"make_key must be callable, not {type(make_key).__name__}")
+        if not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+        if skip < 0:
+            raise ValueError("skip must be >= 0")
+        return _Memoized(self, make_key, fallback, memo, skip)
 
     cdef object _get(self, object key, object default):
         cdef PyObject* found
@@ -994,6 +1017,61 @@ cdef class _Getter:
         if value is _MISS:
             return self._fallback(key, default)
         return value
+
+
+@cython.final
+cdef class _Memoized:
+    """``L1.memoized``'s callable: memo -> key -> L1 hit in C; the rest in Python."""
+
+    cdef L1 _l1
+    cdef object _make_key
+    cdef object _fallback
+    cdef dict _memo  # None: no memo
+    cdef Py_ssize_t _skip
+    cdef dict __dict__  # for functools.wraps, invalidate, cache_key
+    cdef object __weakref__
+
+    def __cinit__(self, L1 l1, object make_key, object fallback, dict memo, Py_ssize_t skip):
+        self._l1 = l1
+        self._make_key = make_key
+        self._fallback = fallback
+        self._memo = memo
+        self._skip = skip
+
+    def __call__(self, *args, **kwargs):
+        cdef PyObject* found = NULL
+        cdef tuple memo_key
+        cdef Py_ssize_t i, n
+        cdef object item
+        if self._memo is not None and not kwargs:
+            # Exact str and int only: such tuples are equal exactly when their keys are
+            # (1 == 1.0 == True would otherwise share an entry).
+            memo_key = args[self._skip:] if self._skip else args
+            n = len(memo_key)
+            for i in range(n):
+                item = memo_key[i]
+                if type(item) is not str and type(item) is not int:
+                    break
+            else:
+                found = PyDict_GetItemWithError(self._memo, memo_key)
+        if found is not NULL:
+            key = <object>found
+        else:
+            key = self._make_key(args, kwargs)
+        value = self._l1._get(key, _MISS)
+        if value is _MISS:
+            return self._fallback(key, args, kwargs)
+        return value
+
+    def __get__(self, instance, owner):
+        """Bound like a function: ``obj.method(x)`` calls this with ``(obj, x)``."""
+        if instance is None:
+            return self
+        return PyMethod_New(self, instance)
+
+    def __reduce__(self):
+        """Pickled by reference, like a function (``functools.lru_cache`` does the same)."""
+        return getattr(self, "__qualname__")
 
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse

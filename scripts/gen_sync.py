@@ -43,6 +43,7 @@ REPLACEMENTS = {
     "async_gather": "gather",
     "async_call_loader": "call_loader",
     "async_bind_fast_get": "bind_fast_get",
+    "async_bind_fast_cached": "bind_fast_cached",
     "async_no_retry": "no_retry",
     "async_wait_for": "wait_for",
     "aclose": "close",

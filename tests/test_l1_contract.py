@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
+import functools
 import gc
 import logging
 import math
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -926,3 +929,144 @@ def test_getter_answers_hits_and_passes_misses_to_the_fallback(
         get([])  # unhashable, like get()
     with pytest.raises(TypeError):
         cache.getter(42)
+
+
+# -- memoized (the sync decorator's hit path) -------------------------------------------
+
+
+class _ToyKeyMaker:
+    """A ``make_key`` that keeps a memo the way ``KeyMaker`` does (exact str/int only)."""
+
+    def __init__(self, skip: int = 0) -> None:
+        self.skip = skip
+        self.memo: dict[tuple[Any, ...], str] = {}
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        self.calls.append((args, dict(kwargs)))
+        values = args[self.skip :]
+        if isinstance(kwargs.get("fail"), BaseException):
+            raise kwargs["fail"]
+        key = repr([(type(v).__name__, v) for v in values]) + repr(sorted(kwargs.items()))
+        if not kwargs and all(type(v) is str or type(v) is int for v in values):
+            self.memo[values] = key
+        return key
+
+
+def test_memoized_answers_hits_and_passes_misses_to_the_fallback(
+    l1_impl: Any, clock: FakeClock
+) -> None:
+    cache = l1_impl(10, timer=clock)
+    make_key = _ToyKeyMaker()
+    misses: list[tuple[Any, ...]] = []
+
+    def fallback(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        misses.append((key, args, kwargs))
+        value = ("loaded", args, kwargs)
+        cache.set(key, value, ttl=5)
+        return value
+
+    f = cache.memoized(make_key, fallback, make_key.memo)
+    assert f(1, "a") == ("loaded", (1, "a"), {})
+    assert f(1, "a") == ("loaded", (1, "a"), {})
+    assert f(1, b=2) == ("loaded", (1,), {"b": 2})
+    assert f(1, b=2) == ("loaded", (1,), {"b": 2})
+    assert [m[1:] for m in misses] == [((1, "a"), {}), ((1,), {"b": 2})]
+    assert misses[0][0] == make_key((1, "a"), {})
+    assert (cache.hits, cache.misses) == (2, 2)
+    clock.advance(5)
+    assert f(1, "a") == ("loaded", (1, "a"), {})  # expired: a miss
+    assert len(misses) == 3
+    cache.set(make_key((None,), {}), None)
+    assert f(None) is None  # a cached None is a hit
+    assert len(misses) == 3
+
+
+def test_memoized_never_confuses_equal_arguments_of_different_types(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    make_key = _ToyKeyMaker()
+
+    class S(str):
+        pass
+
+    def fallback(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        cache.set(key, type(args[0]).__name__)
+        return cache.get(key)
+
+    f = cache.memoized(make_key, fallback, make_key.memo)
+    for _ in range(2):
+        assert [f(x) for x in (1, True, 1.0, "a", S("a"))] == ["int", "bool", "float", "str", "S"]
+    assert set(make_key.memo) == {(1,), ("a",)}  # only make_key writes the memo
+
+
+def test_memoized_skips_leading_arguments_in_the_memo(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    make_key = _ToyKeyMaker(skip=1)
+
+    def fallback(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        cache.set(key, args)
+        return args
+
+    f = cache.memoized(make_key, fallback, make_key.memo, 1)
+    first, second = object(), object()
+    assert f(first, 7) == (first, 7)
+    assert f(second, 7) == (first, 7)  # the key leaves the first argument out
+    assert f(second, 7.0) == (second, 7.0)
+    assert set(make_key.memo) == {(7,)}
+
+
+def test_memoized_is_function_like(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    make_key = _ToyKeyMaker(skip=1)
+
+    def fallback(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return args
+
+    def method(self: Any, x: int) -> Any:
+        """A method."""
+
+    f = cache.memoized(make_key, fallback, make_key.memo, 1)
+    functools.update_wrapper(f, method)
+    f.extra = 1
+    assert (f.__name__, f.__doc__, f.__wrapped__, f.extra) == ("method", "A method.", method, 1)
+    assert weakref.ref(f)() is f
+
+    class Owner:
+        m = f
+
+    owner = Owner()
+    assert Owner.m is f
+    assert owner.m(5) == (owner, 5)  # bound like a function
+    assert owner.m(x=5) == (owner,) and make_key.calls[-1] == ((owner,), {"x": 5})
+    # pickled and copied by reference, like a function
+    f.__module__, f.__qualname__ = __name__, "_memoized_for_pickle"
+    globals()["_memoized_for_pickle"] = f
+    try:
+        assert pickle.loads(pickle.dumps(f)) is f
+        assert copy.copy(f) is f and copy.deepcopy(f) is f
+    finally:
+        del globals()["_memoized_for_pickle"]
+
+
+def test_memoized_propagates_errors_and_checks_its_arguments(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    make_key = _ToyKeyMaker()
+
+    def fallback(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        raise LookupError(key)
+
+    f = cache.memoized(make_key, fallback)
+    with pytest.raises(ValueError):
+        f(fail=ValueError("from make_key"))
+    with pytest.raises(LookupError):
+        f(1)
+    with pytest.raises(TypeError):
+        cache.memoized(lambda args, kwargs: [], fallback)(1)  # unhashable key, like get()
+    with pytest.raises(TypeError):
+        cache.memoized(42, fallback)
+    with pytest.raises(TypeError):
+        cache.memoized(make_key, 42)
+    with pytest.raises(TypeError):
+        cache.memoized(make_key, fallback, [])
+    with pytest.raises(ValueError):
+        cache.memoized(make_key, fallback, {}, -1)

@@ -491,6 +491,16 @@ class KeyMaker:
     def __repr__(self) -> str:
         return f"KeyMaker({self._func!r}, {self.template!r})"
 
+    @property
+    def memo(self) -> Optional[dict[tuple[Any, ...], str]]:
+        """The memo (argument tuple -> key), ``None`` if not memoizable; for reading only."""
+        return self._memo
+
+    @property
+    def skip(self) -> int:
+        """Leading arguments left out of keys and memo tuples: 1 for ``self``/``cls``."""
+        return self._skip
+
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key of ``func(*args, **kwargs)``; ``TypeError`` if they do not fit ``func``."""
         memo = self._memo

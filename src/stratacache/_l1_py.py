@@ -206,6 +206,46 @@ class L1:
 
         return lookup
 
+    def memoized(
+        self,
+        make_key: Callable[[tuple[Any, ...], dict[str, Any]], Hashable],
+        fallback: Callable[[Hashable, tuple[Any, ...], dict[str, Any]], Any],
+        memo: dict[tuple[Any, ...], Hashable] | None = None,
+        skip: int = 0,
+    ) -> Callable[..., Any]:
+        """A function-like callable ``(*args, **kwargs)``: the L1 value under
+        ``make_key(args, kwargs)``, else ``fallback(key, args, kwargs)``.
+
+        ``memo`` (optional) is a dict that ``make_key`` keeps from argument tuples to
+        keys, for calls without keywords whose arguments from position ``skip`` on are
+        all of exact type ``str`` or ``int``; the compiled twin looks it up first and
+        skips ``make_key`` when it has the key. It is only read, so results are as if
+        ``make_key`` ran every time (which is what this spec does). The callable takes
+        attributes (for ``functools.wraps``) and binds like a function when it is a class
+        attribute. The tiered cache makes its decorated functions with it.
+        """
+        if not callable(make_key):
+            raise TypeError(f"make_key must be callable, not {type(make_key).__name__}")
+        if not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+        if memo is not None and type(memo) is not dict:
+            raise TypeError(f"memo must be a dict or None, not {type(memo).__name__}")
+        if not isinstance(skip, int):
+            raise TypeError(f"skip must be an int, not {type(skip).__name__}")
+        if skip < 0:
+            raise ValueError("skip must be >= 0")
+        get = self.get
+        miss = object()
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            key = make_key(args, kwargs)
+            value = get(key, miss)
+            if value is miss:
+                return fallback(key, args, kwargs)
+            return value
+
+        return call
+
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The live value for ``key`` without touching recency or hit/miss counters."""
         notes: list[_Note] = []

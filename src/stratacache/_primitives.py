@@ -52,6 +52,21 @@ def bind_fast_get(l1: Any, fallback: Callable[..., Any]) -> Callable[..., Any] |
     return l1.getter(fallback)  # type: ignore[no-any-return]
 
 
+def async_bind_fast_cached(
+    l1: Any, make_key: Any, fallback: Callable[..., Any]
+) -> Callable[..., Any] | None:
+    """No fast binding for the async cache: its decorated functions return awaitables."""
+    return None
+
+
+def bind_fast_cached(
+    l1: Any, make_key: Any, fallback: Callable[..., Any]
+) -> Callable[..., Any] | None:
+    """A sync decorated function: L1 hits (key from ``make_key``'s memo) in one C call,
+    misses to ``fallback(key, args, kwargs)``."""
+    return l1.memoized(make_key, fallback, make_key.memo, make_key.skip)  # type: ignore[no-any-return]
+
+
 # -- sleeping and calling user code ----------------------------------------------------
 
 
@@ -151,10 +166,12 @@ __all__ = [
     "Redis",
     "RedisCluster",
     "ResultSlot",
+    "async_bind_fast_cached",
     "async_bind_fast_get",
     "async_call_loader",
     "async_no_retry",
     "async_sleep",
+    "bind_fast_cached",
     "bind_fast_get",
     "call_loader",
     "no_retry",

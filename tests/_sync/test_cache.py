@@ -8,6 +8,7 @@ cluster (ids ``standalone`` / ``cluster``); ``l1only`` is the cache with no Redi
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from datetime import timedelta
 
@@ -589,6 +590,79 @@ def test_cached_decorator_default_keys_are_injective(cache: Cache) -> None:
 
     assert join("a:b", "c") == "a:b|c"
     assert join("a", "b:c") == "a|b:c"
+
+
+def test_cached_decorator_keeps_equal_values_of_different_types_apart(
+    cache: Cache,
+) -> None:
+    calls = []
+
+    @cache.cached()
+    def describe(x):
+        calls.append(x)
+        return f"{type(x).__name__}:{x!r}"
+
+    for _ in range(2):  # the second round is answered from the cache
+        assert describe(1) == "int:1"
+        assert describe(True) == "bool:True"
+        assert describe(1.0) == "float:1.0"
+        assert describe("1") == "str:'1'"
+        assert describe(x=1) == "int:1"  # a keyword shares the positional entry
+    assert [type(x) for x in calls] == [int, bool, float, str]
+    assert len({describe.cache_key(x) for x in (1, True, 1.0, "1")}) == 4
+
+
+def test_cached_decorator_on_a_method(cache: Cache) -> None:
+    calls = []
+
+    class Account:
+        def __init__(self, id: int) -> None:
+            self.id = id
+
+        @cache.cached()
+        def rate(self, day: str):
+            """Shared by all accounts: self is not part of the default key."""
+            calls.append(("rate", self.id, day))
+            return f"rate-{day}"
+
+        @cache.cached(key="balance:{self.id}:{day}")
+        def balance(self, day: str):
+            calls.append(("balance", self.id, day))
+            return self.id * 100
+
+    a, b = Account(1), Account(2)
+    assert a.balance("mon") == 100
+    assert b.balance("mon") == 200
+    assert a.balance("mon") == 100
+    assert b.balance(day="mon") == 200
+    assert Account.balance(a, "mon") == 100
+    assert a.rate("mon") == "rate-mon"
+    assert b.rate("mon") == "rate-mon"
+    assert calls == [("balance", 1, "mon"), ("balance", 2, "mon"), ("rate", 1, "mon")]
+    assert Account.balance.cache_key(a, "mon") == "balance:1:mon"
+    assert Account.balance.invalidate(a, "mon") is True
+    assert a.balance("mon") == 100
+    assert calls[-1] == ("balance", 1, "mon")
+    assert Account.rate.__doc__ == "Shared by all accounts: self is not part of the default key."
+
+
+def test_cached_decorator_looks_like_the_function(cache: Cache) -> None:
+    def greet(name: str, punctuation: str = "!"):
+        """Say hello."""
+        return f"hello {name}{punctuation}"
+
+    wrapped = cache.cached()(greet)
+    assert wrapped.__name__ == "greet"
+    assert wrapped.__qualname__ == greet.__qualname__
+    assert wrapped.__module__ == greet.__module__
+    assert wrapped.__doc__ == "Say hello."
+    assert wrapped.__wrapped__ is greet
+    assert list(inspect.signature(wrapped).parameters) == ["name", "punctuation"]
+    assert wrapped("bob") == "hello bob!"
+    assert wrapped("bob", "!") == "hello bob!"  # defaults applied: the same entry
+    assert wrapped("bob", punctuation="?") == "hello bob?"
+    with pytest.raises(TypeError):
+        wrapped()  # does not fit the signature
 
 
 # -- Redis faults ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._breaker import CircuitBreaker
 from .._codec import Codec, Entry
@@ -37,6 +37,7 @@ from .._primitives import (
     AsyncRedis,
     AsyncRedisCluster,
     AsyncResultSlot,
+    async_bind_fast_cached,
     async_bind_fast_get,
     async_call_loader,
     async_no_retry,
@@ -524,22 +525,33 @@ class AsyncCache:
             make_key = KeyMaker(fn, key)
             l1_get = self._l1.get
 
-            @functools.wraps(fn)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                cache_key = make_key(args, kwargs)
-                value = l1_get(cache_key, MISSING)
-                if value is not MISSING:
-                    return value
+            async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
                     cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
                 )
 
+            # sync: the L1's memoized callable answers hits in one C call
+            wrapper: Any = async_bind_fast_cached(self._l1, make_key, load)
+            if wrapper is not None:
+                functools.update_wrapper(wrapper, fn)
+            else:
+
+                @functools.wraps(fn)
+                async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    cache_key = make_key(args, kwargs)
+                    value = l1_get(cache_key, MISSING)
+                    if value is not MISSING:
+                        return value
+                    return await self.get_or_set(
+                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    )
+
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
                 return await self.delete(make_key(args, kwargs))
 
-            wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)  # type: ignore[attr-defined]
-            return wrapper  # type: ignore[return-value]
+            wrapper.invalidate = invalidate
+            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)
+            return cast(F, wrapper)
 
         return decorate
 

@@ -27,7 +27,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._breaker import CircuitBreaker
 from .._codec import Codec, Entry
@@ -39,6 +39,7 @@ from .._primitives import (
     Redis,
     RedisCluster,
     ResultSlot,
+    bind_fast_cached,
     bind_fast_get,
     call_loader,
     no_retry,
@@ -526,22 +527,33 @@ class Cache:
             make_key = KeyMaker(fn, key)
             l1_get = self._l1.get
 
-            @functools.wraps(fn)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                cache_key = make_key(args, kwargs)
-                value = l1_get(cache_key, MISSING)
-                if value is not MISSING:
-                    return value
+            def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return self.get_or_set(
                     cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
                 )
 
+            # sync: the L1's memoized callable answers hits in one C call
+            wrapper: Any = bind_fast_cached(self._l1, make_key, load)
+            if wrapper is not None:
+                functools.update_wrapper(wrapper, fn)
+            else:
+
+                @functools.wraps(fn)
+                def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    cache_key = make_key(args, kwargs)
+                    value = l1_get(cache_key, MISSING)
+                    if value is not MISSING:
+                        return value
+                    return self.get_or_set(
+                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    )
+
             def invalidate(*args: Any, **kwargs: Any) -> bool:
                 return self.delete(make_key(args, kwargs))
 
-            wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)  # type: ignore[attr-defined]
-            return wrapper  # type: ignore[return-value]
+            wrapper.invalidate = invalidate
+            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)
+            return cast(F, wrapper)
 
         return decorate
 
