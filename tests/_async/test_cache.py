@@ -531,6 +531,16 @@ async def test_bad_keys_and_ttls_are_rejected_clearly(cache: AsyncCache) -> None
     with pytest.raises(TypeError):
         await cache.set("k", 1, tags=[1])  # type: ignore[list-item]
 
+    calls = []
+
+    async def loader():
+        calls.append(1)
+        return 1
+
+    with pytest.raises(ValueError):
+        await cache.get_or_set("k", loader, ttl=-5)
+    assert calls == []  # rejected before the loader ran
+
 
 async def test_bytes_that_do_not_decode_are_misses(cache: AsyncCache, raw) -> None:
     keys = KeySpace(NS)

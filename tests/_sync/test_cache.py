@@ -533,6 +533,16 @@ def test_bad_keys_and_ttls_are_rejected_clearly(cache: Cache) -> None:
     with pytest.raises(TypeError):
         cache.set("k", 1, tags=[1])  # type: ignore[list-item]
 
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return 1
+
+    with pytest.raises(ValueError):
+        cache.get_or_set("k", loader, ttl=-5)
+    assert calls == []  # rejected before the loader ran
+
 
 def test_bytes_that_do_not_decode_are_misses(cache: Cache, raw) -> None:
     keys = KeySpace(NS)

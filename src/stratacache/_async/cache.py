@@ -269,6 +269,8 @@ class AsyncCache:
             return value
         validate_key(key)
         tag_tuple = self._tags(tags)
+        if ttl is not None:
+            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
         while True:
             slot: AsyncResultSlot[Any] = AsyncResultSlot()
             leader = self._flights.setdefault(key, slot)

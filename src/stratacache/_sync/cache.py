@@ -271,6 +271,8 @@ class Cache:
             return value
         validate_key(key)
         tag_tuple = self._tags(tags)
+        if ttl is not None:
+            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
         while True:
             slot: ResultSlot[Any] = ResultSlot()
             leader = self._flights.setdefault(key, slot)
