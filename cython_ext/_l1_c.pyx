@@ -681,6 +681,23 @@ cdef class L1:
             self._hits = self._misses = self._evictions = 0
             self._expirations = self._invalidations = 0
 
+    def reset(self):
+        """Forget everything as a new L1 would: entries, outstanding tickets, counters.
+
+        For a forked child (gunicorn ``--preload``, multiprocessing "fork"): the object
+        stays the same, so callables bound to it (``getter``, ``memoized``) keep working,
+        but nothing of the parent's remains. Tickets taken before are
+        forgotten: installing or releasing one raises ``ValueError``, as for any ticket
+        that is not outstanding.
+        """
+        self.clear()
+        with cython.critical_section(self):
+            self._pending = {}
+            self._tag_epochs = {}
+            self._tag_floor = 0
+            self._hits = self._misses = self._evictions = 0
+            self._expirations = self._invalidations = 0
+
     @property
     def weight(self):
         """Total weight of the stored entries."""

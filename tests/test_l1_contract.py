@@ -1070,3 +1070,23 @@ def test_memoized_propagates_errors_and_checks_its_arguments(l1_impl: Any) -> No
         cache.memoized(make_key, fallback, [])
     with pytest.raises(ValueError):
         cache.memoized(make_key, fallback, {}, -1)
+
+
+def test_reset_forgets_entries_tickets_and_counters_but_keeps_bound_callables(
+    l1_impl: Any,
+) -> None:
+    cache = l1_impl(10)
+    get = cache.getter(lambda key, default: ("miss", key))
+    cache.set("a", 1, tags=["t"])
+    assert get("a") == 1
+    ticket = cache.ticket("b")
+    for i in range(5000):  # tag invalidations recorded while the ticket is out
+        cache.invalidate_tag(f"tag{i}")
+    cache.reset()
+    assert len(cache) == 0
+    assert cache.counters() == dict.fromkeys(cache.counters(), 0)
+    with pytest.raises(ValueError):
+        cache.install(ticket, "b", 2)  # a ticket from before the reset is forgotten
+    fresh = cache.ticket("c")
+    assert cache.install(fresh, "c", 3, tags=["x"]) is True  # the tag guard starts afresh
+    assert get("c") == 3  # the getter bound before the reset sees the same, reset cache

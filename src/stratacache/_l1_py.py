@@ -331,6 +331,26 @@ class L1:
             raise KeyError(key)
         return default
 
+    def reset(self) -> None:
+        """Forget everything as a new L1 would: entries, outstanding tickets, counters.
+
+        For a forked child (gunicorn ``--preload``, multiprocessing "fork"): the object
+        stays the same, so callables bound to it (``getter``, ``memoized``) keep working,
+        but nothing of the parent's remains — not even a lock a parent thread held at the
+        fork, nor state it left half-changed. Tickets taken before are
+        forgotten: installing or releasing one raises ``ValueError``, as for any ticket
+        that is not outstanding.
+        """
+        epoch = self._epoch + 1  # outlives the rebuild: earlier tickets stay refused
+        self.__init__(  # type: ignore[misc]
+            self._maxsize,
+            max_weight=self._max_weight,
+            weigher=self._weigher,
+            timer=self._timer,
+            on_evict=self._on_evict,
+        )
+        self._epoch = self._clear_epoch = epoch
+
     def clear(self) -> None:
         """Remove everything; no ``on_evict`` calls and no counters change."""
         with self._lock:
