@@ -5,7 +5,9 @@ Design notes
 Redis pub/sub delivers at most once, so a listener must assume it misses messages and
 fall back on flushing its L1 (every entry is then re-read from L2 on its next use):
 
-- on every (re)subscribe: whatever was published while we were not subscribed is lost;
+- on every (re)subscribe: whatever was published while we were not subscribed is lost
+  (and as soon as a subscription is seen to fail: the bus is unhealthy until the new one
+  is confirmed, so L1 does not serve through the reconnect);
 - on a gap in a source's sequence numbers (a lost message; an output-buffer overflow
   drops the connection, which is also a resubscribe);
 - when the bus is *unhealthy*: each instance publishes a heartbeat and must hear its own
@@ -93,6 +95,19 @@ class BusState:
             self._last_seq.clear()
             self.flushes_subscribe += 1
             self._flush_l1()
+
+    def on_disconnected(self) -> None:
+        """The subscription is gone: until a new one is confirmed and our heartbeat heard,
+        the bus is unhealthy (messages published meanwhile are lost to us)."""
+        with self._lock:
+            if not self.healthy:
+                return
+            self.healthy = False
+            self._unhealthy_since = self._timer()
+            if self.policy == "bypass_l1":
+                self.l1_usable = False
+                self.flushes_subscribe += 1
+                self._flush_l1()
 
     def on_payload(self, data: object) -> None:
         """Handle one message from the channel (untrusted bytes)."""

@@ -148,7 +148,7 @@ class AsyncInvalidationBus:
                 subscribed = await self._listen_once()
             except Exception:  # a dropped or refused connection, a timeout: try again
                 self.reconnects += 1
-            self.state.check_health()
+            self.state.on_disconnected()
             if self._stopping:
                 break
             if subscribed:

@@ -150,7 +150,7 @@ class InvalidationBus:
                 subscribed = self._listen_once()
             except Exception:  # a dropped or refused connection, a timeout: try again
                 self.reconnects += 1
-            self.state.check_health()
+            self.state.on_disconnected()
             if self._stopping:
                 break
             if subscribed:
