@@ -108,10 +108,10 @@ class AsyncInvalidationBus:
         async with self._publish_lock:
             await self._send(self.outbox.encode_all(action, args))
 
-    async def _send(self, payloads: list[bytes]) -> None:
+    async def _send(self, payloads: list[bytes], *, guarded: bool = True) -> None:
         for payload in payloads:
             try:
-                await self._tier.publish(self._channel, payload)
+                await self._tier.publish(self._channel, payload, guarded=guarded)
             except RedisUnavailableError:
                 continue  # its sequence number is used: receivers see a gap and flush
             self.outbox.sent += 1
@@ -127,13 +127,13 @@ class AsyncInvalidationBus:
                 if self._window > 0 and self.outbox.pending():
                     await async_sleep(self._window)  # let the batch fill
                 async with self._publish_lock:
-                    payloads = self.outbox.drain()
+                    await self._send(self.outbox.drain())
                     now = time.monotonic()
                     if self._heartbeat_now or now >= next_heartbeat:
                         self._heartbeat_now = False
-                        payloads.append(self.outbox.encode(Action.HEARTBEAT))
                         next_heartbeat = now + self._interval
-                    await self._send(payloads)
+                        heartbeat = self.outbox.encode(Action.HEARTBEAT)
+                        await self._send([heartbeat], guarded=False)
                 self.state.check_health()
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 await async_wait_event(self._stop, self._interval)

@@ -110,10 +110,10 @@ class InvalidationBus:
         with self._publish_lock:
             self._send(self.outbox.encode_all(action, args))
 
-    def _send(self, payloads: list[bytes]) -> None:
+    def _send(self, payloads: list[bytes], *, guarded: bool = True) -> None:
         for payload in payloads:
             try:
-                self._tier.publish(self._channel, payload)
+                self._tier.publish(self._channel, payload, guarded=guarded)
             except RedisUnavailableError:
                 continue  # its sequence number is used: receivers see a gap and flush
             self.outbox.sent += 1
@@ -129,13 +129,13 @@ class InvalidationBus:
                 if self._window > 0 and self.outbox.pending():
                     sleep(self._window)  # let the batch fill
                 with self._publish_lock:
-                    payloads = self.outbox.drain()
+                    self._send(self.outbox.drain())
                     now = time.monotonic()
                     if self._heartbeat_now or now >= next_heartbeat:
                         self._heartbeat_now = False
-                        payloads.append(self.outbox.encode(Action.HEARTBEAT))
                         next_heartbeat = now + self._interval
-                    self._send(payloads)
+                        heartbeat = self.outbox.encode(Action.HEARTBEAT)
+                        self._send([heartbeat], guarded=False)
                 self.state.check_health()
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 wait_event(self._stop, self._interval)

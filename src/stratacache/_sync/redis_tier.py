@@ -143,10 +143,21 @@ class RedisTier:
         """Give back a lease that will not be used."""
         self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
 
-    def publish(self, channel: str, payload: bytes) -> None:
-        """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only)."""
+    def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
+        """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).
+
+        ``guarded=False`` (heartbeats) bypasses the breaker: a background heartbeat must
+        neither take the probe call that the cache's own traffic is owed nor be refused
+        by an open breaker, since hearing it again is how the bus learns Redis is back.
+        """
         send = self.client.spublish if self._cluster else self.client.publish
-        self._call(send, channel, payload, _timed=False)
+        if guarded:
+            self._call(send, channel, payload, _timed=False)
+            return
+        try:
+            send(channel, payload)
+        except _REDIS_FAILURES as exc:
+            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
 
     def close(self) -> None:
         """Close the client if the cache created it."""
