@@ -100,7 +100,9 @@ class AsyncInvalidationBus:
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(self, action: Action, args: Iterable[str] = ()) -> None:
-        """Tell every other instance to invalidate (batched within ``batch_window``)."""
+        """Tell every other instance to invalidate: sent by the publisher loop at once when
+        the bus is quiet, else with the others of the same ``batch_window`` as one message;
+        with no window, sent before this returns."""
         if self._window > 0:
             if self.outbox.add(action, args):
                 self._wake.set()
@@ -124,10 +126,9 @@ class AsyncInvalidationBus:
             if self._stopping:
                 break
             try:
-                if self._window > 0 and self.outbox.pending():
-                    await async_sleep(self._window)  # let the batch fill
                 async with self._publish_lock:
-                    await self._send(self.outbox.drain())
+                    batch = self.outbox.drain()
+                    await self._send(batch)
                     now = time.monotonic()
                     if self._heartbeat_now or now >= next_heartbeat:
                         self._heartbeat_now = False
@@ -135,6 +136,10 @@ class AsyncInvalidationBus:
                         heartbeat = self.outbox.encode(Action.HEARTBEAT)
                         await self._send([heartbeat], guarded=False)
                 self.state.check_health()
+                if batch and self._window > 0:
+                    # Leading-edge batching: a write on a quiet bus goes out at once; what
+                    # arrives in the next window (a burst) goes out as one message.
+                    await async_sleep(self._window)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 await async_wait_event(self._stop, self._interval)
 

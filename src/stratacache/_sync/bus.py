@@ -102,7 +102,9 @@ class InvalidationBus:
     # -- publishing -----------------------------------------------------------------------
 
     def publish(self, action: Action, args: Iterable[str] = ()) -> None:
-        """Tell every other instance to invalidate (batched within ``batch_window``)."""
+        """Tell every other instance to invalidate: sent by the publisher loop at once when
+        the bus is quiet, else with the others of the same ``batch_window`` as one message;
+        with no window, sent before this returns."""
         if self._window > 0:
             if self.outbox.add(action, args):
                 self._wake.set()
@@ -126,10 +128,9 @@ class InvalidationBus:
             if self._stopping:
                 break
             try:
-                if self._window > 0 and self.outbox.pending():
-                    sleep(self._window)  # let the batch fill
                 with self._publish_lock:
-                    self._send(self.outbox.drain())
+                    batch = self.outbox.drain()
+                    self._send(batch)
                     now = time.monotonic()
                     if self._heartbeat_now or now >= next_heartbeat:
                         self._heartbeat_now = False
@@ -137,6 +138,10 @@ class InvalidationBus:
                         heartbeat = self.outbox.encode(Action.HEARTBEAT)
                         self._send([heartbeat], guarded=False)
                 self.state.check_health()
+                if batch and self._window > 0:
+                    # Leading-edge batching: a write on a quiet bus goes out at once; what
+                    # arrives in the next window (a burst) goes out as one message.
+                    sleep(self._window)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 wait_event(self._stop, self._interval)
 
