@@ -39,6 +39,7 @@ REPLACEMENTS = {
     "AsyncInvalidationBus": "InvalidationBus",
     "AsyncWorker": "Worker",
     "async_shard_client": "shard_client",
+    "async_forget_connections": "forget_connections",
     "AsyncSingleFlight": "SingleFlight",
     "AsyncUserService": "UserService",
     "async_sleep": "sleep",

@@ -149,11 +149,15 @@ async def async_wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``event``; True if it is set."""
     if event.is_set():
         return True
+    # asyncio.wait, not wait_for: wait_for (before 3.12) can swallow a cancellation that
+    # arrives as the event is set, and a background loop must always stop when cancelled
+    waiter = asyncio.ensure_future(event.wait())
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        return False
-    return True
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+    return bool(done)
 
 
 def wait_event(event: threading.Event, timeout: float) -> bool:
@@ -194,6 +198,21 @@ class Worker:
             self._thread.join(timeout)
 
 
+def async_forget_connections(client: Any) -> None:
+    """In a forked child: drop (without closing) the parent's asyncio connections, which
+    belong to the parent's sockets and event loop; new ones are opened on demand."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        for node in client.get_nodes():
+            node._connections.clear()
+            node._free.clear()
+    else:
+        client.connection_pool.reset()
+
+
+def forget_connections(client: Any) -> None:
+    """Nothing to do for sync clients: redis-py's pools see the new pid and start afresh."""
+
+
 async def async_shard_client(cluster: Any, channel: str) -> redis.asyncio.Redis:
     """A client of its own on the cluster node that serves ``channel`` (for SSUBSCRIBE)."""
     await cluster.initialize()
@@ -227,12 +246,14 @@ __all__ = [
     "Worker",
     "async_bind_fast_get",
     "async_call_loader",
+    "async_forget_connections",
     "async_no_retry",
     "async_shard_client",
     "async_sleep",
     "async_wait_event",
     "bind_fast_get",
     "call_loader",
+    "forget_connections",
     "no_retry",
     "shard_client",
     "sleep",

@@ -53,6 +53,7 @@ from .._primitives import (
     ResultSlot,
     bind_fast_get,
     call_loader,
+    forget_connections,
     no_retry,
     sleep,
 )
@@ -217,13 +218,15 @@ class Cache:
         apply_to_l1(self._l1, message)
 
     def _after_fork_in_child(self) -> None:
-        """A fresh L1 and a bus of its own (no thread, task or socket of the parent's is
-        used; redis-py opens new connections in a new process by itself)."""
+        """A fresh L1, fresh connections and a bus of its own: no thread, task or socket
+        of the parent's is used (sync redis-py pools notice the new pid by themselves)."""
         timer = None if self._timer is time.monotonic else self._timer
         self._l1 = L1(self.settings.l1_maxsize, timer=timer)
         if self._stale is not None:
             self._stale = L1(self.settings.l1_maxsize, timer=timer)
         self._flights = {}
+        if self._tier is not None:
+            forget_connections(self._tier.client)
         self._bus = self._make_bus()
         self._bind_get()
 
