@@ -175,7 +175,7 @@ async def test_a_paused_redis_stops_l1_serving_within_heartbeat_timeout(
         paused_at = time.monotonic()
         await async_until(lambda: cache.stats().bus_state == "unhealthy", DEADLINE)
         noticed = time.monotonic() - paused_at
-        assert noticed < timeout + 0.25, noticed
+        assert noticed < timeout + 0.3, noticed  # + the listener's poll, and scheduling
         assert len(cache.l1) == 0
         # L2 is out of reach and L1 is bypassed: the loader answers, nothing is kept in L1
         assert await cache.get_or_set("k", lambda: "from-loader") == "from-loader"
