@@ -223,7 +223,12 @@ class AsyncCache:
         if self._stale is not None:
             self._stale = L1(self.settings.l1_maxsize, timer=timer)
         self._flights = {}
+        # a lock held by one of the parent's threads at the fork would never be released
+        self._breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+        )
         if self._tier is not None:
+            self._tier.use_breaker(self._breaker)
             async_forget_connections(self._tier.client)
         self._bus = self._make_bus()
         self._bind_get()

@@ -65,6 +65,10 @@ class AsyncRedisTier:
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
 
+    def use_breaker(self, breaker: CircuitBreaker) -> None:
+        """Replace the breaker (a forked child starts with a fresh one)."""
+        self._breaker = breaker
+
     async def _call(self, fn: Any, *args: Any, _timed: bool = True, **kwargs: Any) -> Any:
         """Run one Redis call under the breaker; every failure is a RedisUnavailableError.
 
