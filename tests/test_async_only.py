@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from stratacache import MISSING, AsyncCache
+from stratacache._primitives import async_wait_event
 
 
 async def test_a_cancelled_leader_does_not_strand_its_waiters() -> None:
@@ -53,3 +56,34 @@ async def test_cancelling_a_waiter_leaves_the_leader_and_others_alone() -> None:
     assert await leader == "value"
     assert await other == "value"
     assert waiter.cancelled()
+
+
+async def test_a_cancelled_bus_wait_is_never_swallowed() -> None:
+    # The bus's loops stop when cancelled (asyncio.run cancels the tasks of a cache that
+    # was never closed); a wait that swallowed the cancellation would hang the shutdown.
+    for _ in range(100):
+        event = asyncio.Event()
+        waiter = asyncio.ensure_future(async_wait_event(event, 1.0))
+        await asyncio.sleep(0)
+        event.set()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+
+async def test_the_bus_tasks_stop_when_cancelled_as_asyncio_run_does(redis_url: str) -> None:
+    # asyncio.run cancels the tasks of a cache that was never closed, then waits for them
+    cache = AsyncCache(redis_url, namespace="unclosed")
+    try:
+        for _ in range(20):
+            await cache.set("k", 1)
+            assert await cache.get("k") == 1
+            await asyncio.sleep(0.01)
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("stratacache-bus")]
+        assert len(tasks) == 2
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        assert not pending, "a bus task ignored its cancellation"
+    finally:
+        await cache.close()

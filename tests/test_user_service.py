@@ -17,7 +17,7 @@ from user_service import Database, User, UserService
 def service(target: tuple[str, bool], tmp_path: Path) -> Iterator[UserService]:
     url, cluster = target
     db = Database(tmp_path / "users.db")
-    cache = Cache(url, cluster=cluster, namespace="users", lease_wait=5)
+    cache = Cache(url, cluster=cluster, namespace="users", lease_wait=5, redis_timeout=2.0)
     yield UserService(db, cache)
     cache.close()
 

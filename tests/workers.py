@@ -21,7 +21,7 @@ def stampede_worker(
 ) -> None:
     """``threads`` threads read every key through the cache at once; loads count in Redis."""
     counter = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
-    cache = Cache(url, cluster=cluster, namespace="stampede", lease_wait=10)
+    cache = Cache(url, cluster=cluster, namespace="stampede", lease_wait=10, redis_timeout=2.0)
 
     def loader(key: str) -> str:
         counter.incr(counter_key)
@@ -46,3 +46,74 @@ def stampede_worker(
     results.put((sorted(seen), cache.stats().loads))
     cache.close()
     counter.close()
+
+
+BUS_NS = "busproc"
+
+
+def bus_reader(
+    url: str,
+    cluster: bool,
+    key: str,
+    latest: Any,
+    done_at: Any,
+    allowance: float,
+    barrier: Any,
+    stop: Any,
+    results: Any,
+) -> None:
+    """Read ``key`` (an int version) until ``stop``; count reads that were stale.
+
+    A read is stale if it returns version ``v`` while version ``v + 1`` had been written
+    (``set`` returned, at ``done_at[v + 1]``) more than ``allowance`` seconds before the
+    read began: the time the bus is given to deliver.
+    """
+    cache = Cache(url, cluster=cluster, namespace=BUS_NS, redis_timeout=2.0)
+    try:
+        assert cache.get(key) is not None  # warm: from L2 into L1
+        barrier.wait()
+        reads = stale = 0
+        while not stop.is_set():
+            newest = latest.value
+            began = time.time()
+            value = cache.get(key)
+            reads += 1
+            if value < newest and began - done_at[value + 1] > allowance:
+                stale += 1
+            time.sleep(0.0002)
+        s = cache.stats()
+        results.put(
+            {
+                "reads": reads,
+                "stale": stale,
+                "l1_hits": s.l1_hits,
+                "flushes_subscribe": s.bus_flushes_subscribe,
+                "flushes_gap": s.bus_flushes_gap,
+                "flushes_heartbeat": s.bus_flushes_heartbeat,
+                "reconnects": s.bus_reconnects,
+                "state": s.bus_state,
+            }
+        )
+    finally:
+        cache.close()
+
+
+def bus_watcher(
+    url: str, cluster: bool, key: str, rounds: int, barrier: Any, results: Any
+) -> None:
+    """Serve ``key`` continuously; note when each new version (1..rounds) is first served."""
+    cache = Cache(url, cluster=cluster, namespace=BUS_NS, redis_timeout=2.0)
+    try:
+        assert cache.get(key) == 0
+        barrier.wait()
+        seen: dict[int, float] = {}
+        deadline = time.monotonic() + 30
+        while rounds not in seen and time.monotonic() < deadline:
+            value = cache.get(key)
+            if value not in seen:
+                seen[value] = time.time()
+            time.sleep(0.00005)
+        seen.pop(0, None)
+        results.put((seen, cache.stats().l1_hits))
+    finally:
+        cache.close()

@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Union
+from typing import Literal, Union
 
 Duration = Union[float, int, timedelta]
 """Seconds as a number, or a :class:`datetime.timedelta`."""
@@ -44,6 +44,10 @@ class CacheSettings:
     lease_wait: float
     breaker_threshold: int
     breaker_cooldown: float
+    bus: bool = False
+    heartbeat_timeout: float = 1.0
+    bus_batch_window: float = 0.001
+    bus_unhealthy: Literal["bypass_l1", "serve_l1"] = "bypass_l1"
 
     @classmethod
     def build(
@@ -62,6 +66,10 @@ class CacheSettings:
         lease_wait: Duration,
         breaker_threshold: int,
         breaker_cooldown: Duration,
+        bus: bool = False,
+        heartbeat_timeout: Duration = 1.0,
+        bus_batch_window: Duration = 0.001,
+        bus_unhealthy: str = "bypass_l1",
     ) -> CacheSettings:
         """Validate every option; raise ``TypeError``/``ValueError`` naming the bad one."""
         if not isinstance(l1_maxsize, int) or isinstance(l1_maxsize, bool) or l1_maxsize < 0:
@@ -70,6 +78,10 @@ class CacheSettings:
             raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
         if not isinstance(breaker_threshold, int) or breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be an int >= 1, got {breaker_threshold!r}")
+        if bus_unhealthy not in ("bypass_l1", "serve_l1"):
+            raise ValueError(
+                f"bus_unhealthy must be 'bypass_l1' or 'serve_l1', got {bus_unhealthy!r}"
+            )
         return cls(
             namespace=namespace,
             l1_maxsize=l1_maxsize,
@@ -86,6 +98,10 @@ class CacheSettings:
             lease_wait=to_seconds(lease_wait, "lease_wait"),
             breaker_threshold=breaker_threshold,
             breaker_cooldown=to_seconds(breaker_cooldown, "breaker_cooldown", allow_zero=False),
+            bus=bool(bus),
+            heartbeat_timeout=to_seconds(heartbeat_timeout, "heartbeat_timeout", allow_zero=False),
+            bus_batch_window=to_seconds(bus_batch_window, "bus_batch_window"),
+            bus_unhealthy="serve_l1" if bus_unhealthy == "serve_l1" else "bypass_l1",
         )
 
     def entry_ttl(self, ttl: Duration | None) -> float:

@@ -152,28 +152,127 @@ class ResultSlot(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
-# -- locks -------------------------------------------------------------------------------
+# -- locks, events and background workers (the bus's listener and publisher) --------------
 
 AsyncLock = asyncio.Lock
 Lock = threading.Lock
+AsyncEvent = asyncio.Event
+Event = threading.Event
+
+
+async def async_wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; True if it is set."""
+    if event.is_set():
+        return True
+    # asyncio.wait, not wait_for: wait_for (before 3.12) can swallow a cancellation that
+    # arrives as the event is set, and a background loop must always stop when cancelled
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+    return bool(done)
+
+
+def wait_event(event: threading.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; True if it is set."""
+    return event.wait(timeout)
+
+
+class AsyncWorker:
+    """A background loop as an asyncio task (started in the running loop)."""
+
+    def __init__(self, run: Callable[[], Any], name: str) -> None:
+        self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(run(), name=name)
+
+    async def stop(self, timeout: float) -> None:
+        """Cancel the task and wait for it (at most ``timeout`` seconds)."""
+        task = self._task
+        if task.done():
+            return
+        task.cancel()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if task.get_loop() is running:
+            await asyncio.wait({task}, timeout=timeout)
+
+
+class Worker:
+    """A background loop as a daemon thread; it ends when its loop sees the stop flag."""
+
+    def __init__(self, run: Callable[[], Any], name: str) -> None:
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Wait for the thread to end (at most ``timeout`` seconds)."""
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def async_forget_connections(client: Any) -> None:
+    """In a forked child: drop (without closing) the parent's asyncio connections, which
+    belong to the parent's sockets and event loop; new ones are opened on demand."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        for node in client.get_nodes():
+            node._connections.clear()
+            node._free.clear()
+    else:
+        client.connection_pool.reset()
+
+
+def forget_connections(client: Any) -> None:
+    """Nothing to do for sync clients: redis-py's pools see the new pid and start afresh."""
+
+
+async def async_shard_client(cluster: Any, channel: str) -> redis.asyncio.Redis:
+    """A client of its own on the cluster node that serves ``channel`` (for SSUBSCRIBE)."""
+    await cluster.initialize()
+    node = cluster.get_node_from_key(channel)
+    pool = redis.asyncio.ConnectionPool(
+        connection_class=node.connection_class, **node.connection_kwargs
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def shard_client(cluster: Any, channel: str) -> redis.Redis:
+    """A client of its own on the cluster node that serves ``channel`` (for SSUBSCRIBE)."""
+    node = cluster.get_node_from_key(channel)
+    pool = node.redis_connection.connection_pool
+    return redis.Redis.from_pool(
+        redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+    )
 
 __all__ = [
+    "AsyncEvent",
     "AsyncLock",
     "AsyncRedis",
     "AsyncRedisCluster",
     "AsyncResultSlot",
+    "AsyncWorker",
+    "Event",
     "Lock",
     "Redis",
     "RedisCluster",
     "ResultSlot",
+    "Worker",
     "async_bind_fast_cached",
     "async_bind_fast_get",
     "async_call_loader",
+    "async_forget_connections",
     "async_no_retry",
+    "async_shard_client",
     "async_sleep",
+    "async_wait_event",
     "bind_fast_cached",
     "bind_fast_get",
     "call_loader",
+    "forget_connections",
     "no_retry",
+    "shard_client",
     "sleep",
+    "wait_event",
 ]

@@ -44,6 +44,17 @@ class CacheStats:
     breaker_opened: int = 0
     load_latency: LatencySummary = field(default_factory=LatencySummary)
     l2_latency: LatencySummary = field(default_factory=LatencySummary)
+    # the invalidation bus ("off" without one); flushes are counted by cause
+    bus_state: str = "off"
+    bus_messages_sent: int = 0
+    bus_messages_received: int = 0
+    bus_messages_dropped: int = 0
+    bus_flushes_subscribe: int = 0
+    bus_flushes_gap: int = 0
+    bus_flushes_heartbeat: int = 0
+    bus_reconnects: int = 0
+    bus_unhealthy_seconds: float = 0.0
+    bus_lag: LatencySummary = field(default_factory=LatencySummary)
 
     @property
     def hit_rate(self) -> float:

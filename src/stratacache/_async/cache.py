@@ -17,17 +17,29 @@ Read path (``get_or_set``):
 Redis faults never reach callers of reads: every call goes through a circuit breaker
 with a time budget, and reads fall back to L1 and the loader. With ``fail_safe`` a
 loader error is answered with the last known value (within ``fail_safe_max_age``).
+
+Invalidation bus (``_bus.py``, ``bus.py``): every write is published on the namespace's
+channel and every other instance drops the key from its L1. While the bus is unhealthy
+the cache writes nothing to L1 (``_l1_open``) after emptying it, so reads go to L2 and
+the loader without a check on the L1 hit path (the sync ``get`` is the L1's compiled
+getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill goes
+through a ticket that the clear revokes, so no fill from before the flush can land after
+it. A forked child gets a fresh L1, fresh connections and its own listener.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from .._breaker import CircuitBreaker
+from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
+from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
 from .._errors import RedisUnavailableError
 from .._keys import KeyMaker, KeySpace, validate_key, validate_tag
@@ -40,11 +52,13 @@ from .._primitives import (
     async_bind_fast_cached,
     async_bind_fast_get,
     async_call_loader,
+    async_forget_connections,
     async_no_retry,
     async_sleep,
 )
 from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
+from .bus import AsyncInvalidationBus
 from .redis_tier import AsyncRedisTier
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,6 +102,15 @@ class AsyncCache:
         codec: the :class:`Codec` for L2 values (default: msgpack with default limits).
         timer: monotonic clock for L1 expiry and the breaker (tests pass a fake one).
         clock: wall clock for entry timestamps shared through Redis.
+        bus: publish every write on the namespace's pub/sub channel and drop the keys
+            other instances write from this L1 (default: on when ``redis`` is given).
+        heartbeat_timeout: the bus is unhealthy when this instance has not heard its own
+            heartbeat for this long; heartbeats go out four times as often.
+        bus_batch_window: invalidations within this window travel as one message
+            (``0``: one message per write, sent before the write returns).
+        bus_unhealthy: ``"bypass_l1"`` (default): while the bus is unhealthy, L1 is kept
+            empty and reads go to L2 and the loader; ``"serve_l1"``: keep serving L1
+            (each entry is still bounded by ``l1_max_ttl``), availability over freshness.
     """
 
     def __init__(
@@ -111,6 +134,10 @@ class AsyncCache:
         codec: Codec | None = None,
         timer: Callable[[], float] | None = None,
         clock: Callable[[], float] | None = None,
+        bus: bool | None = None,
+        heartbeat_timeout: Duration = 1.0,
+        bus_batch_window: Duration = 0.001,
+        bus_unhealthy: UnhealthyPolicy = "bypass_l1",
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -127,6 +154,10 @@ class AsyncCache:
             lease_wait=lease_wait,
             breaker_threshold=breaker_threshold,
             breaker_cooldown=breaker_cooldown,
+            bus=redis is not None if bus is None else bus,
+            heartbeat_timeout=heartbeat_timeout,
+            bus_batch_window=bus_batch_window,
+            bus_unhealthy=bus_unhealthy,
         )
         if l1_maxsize < 1:
             raise ValueError(f"l1_maxsize must be >= 1, got {l1_maxsize!r}")
@@ -143,11 +174,77 @@ class AsyncCache:
         )
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
         self._tier = self._make_tier(redis, cluster)
+        if self.settings.bus and self._tier is None:
+            raise ValueError("bus=True needs redis")
+        self._bus = self._make_bus()
+        _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
         fast_get = async_bind_fast_get(self._l1, self._get_after_l1_miss)
         if fast_get is not None:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
+
+    def _make_bus(self) -> AsyncInvalidationBus | None:
+        if self._tier is None or not self.settings.bus:
+            return None
+        source = new_source_id()
+        # real clocks: health and lag are about the network, not the (injectable) cache time
+        state = BusState(
+            source,
+            self._flush_l1,
+            self._apply_bus_message,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+            policy=self.settings.bus_unhealthy,
+            timer=time.monotonic,
+            clock=time.time,
+        )
+        return AsyncInvalidationBus(
+            self._tier,
+            self._keys.channel(),
+            state,
+            BusPublisherState(source, time.time),
+            batch_window=self.settings.bus_batch_window,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+        )
+
+    def _flush_l1(self) -> None:
+        self._l1.clear()
+
+    def _apply_bus_message(self, message: BusMessage) -> None:
+        apply_to_l1(self._l1, message)
+
+    def _after_fork_in_child(self) -> None:
+        """A fresh L1, fresh connections and a bus of its own: no thread, task or socket
+        of the parent's is used (sync redis-py pools notice the new pid by themselves).
+
+        The L1s are reset in place, not replaced: the sync ``get`` and decorated
+        functions are bound to this L1 object (compiled getter / memoized callables).
+        """
+        self._l1.reset()
+        if self._stale is not None:
+            self._stale.reset()
+        self._flights = {}
+        # a lock held by one of the parent's threads at the fork would never be released
+        self._breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+        )
+        if self._tier is not None:
+            self._tier.use_breaker(self._breaker)
+            async_forget_connections(self._tier.client)
+        self._bus = self._make_bus()
+
+    def _l1_open(self) -> bool:
+        """Whether L1 may take new entries (False while the bus is unhealthy)."""
+        return self._bus is None or self._bus.state.l1_usable
+
+    async def _bus_started(self) -> None:
+        bus = self._bus
+        if bus is not None and not bus.started:
+            await bus.start()
+
+    async def _publish(self, action: Action, args: Iterable[str]) -> None:
+        if self._bus is not None:
+            await self._bus.publish(action, args)
 
     def _make_tier(self, redis: Any, cluster: bool) -> AsyncRedisTier | None:
         if redis is None:
@@ -185,6 +282,7 @@ class AsyncCache:
         validate_key(key)
         if self._tier is None:
             return default
+        await self._bus_started()
         ticket = self._l1.ticket(key)
         try:
             entry = await self._read_l2(key)
@@ -212,6 +310,7 @@ class AsyncCache:
                 missing.append(validate_key(key))
         if not missing or self._tier is None:
             return found
+        await self._bus_started()
         missing = list(dict.fromkeys(missing))
         tickets = [l1.ticket(key) for key in missing]
         try:
@@ -271,6 +370,7 @@ class AsyncCache:
         tag_tuple = self._tags(tags)
         if ttl is not None:
             to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
+        await self._bus_started()
         while True:
             slot: AsyncResultSlot[Any] = AsyncResultSlot()
             leader = self._flights.setdefault(key, slot)
@@ -439,11 +539,16 @@ class AsyncCache:
             key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
         )
         if self._tier is not None:
+            await self._bus_started()
             try:
                 await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s))
             except RedisUnavailableError:
                 pass
-        self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=tag_tuple)
+            await self._publish(Action.INVALIDATE_KEYS, (key,))
+        if self._l1_open():
+            self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=tag_tuple)
+            if not self._l1_open():  # the bus went unhealthy meanwhile: keep L1 empty
+                self._l1.invalidate(key)
         if self._stale is not None:
             self._stale.set(key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple)
 
@@ -464,13 +569,18 @@ class AsyncCache:
             for key, value in mapping.items()
         ]
         if self._tier is not None and blobs:
+            await self._bus_started()
             try:
                 await self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s))
             except RedisUnavailableError:
                 pass
+            await self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
         l1_ttl = min(ttl_s, self.settings.l1_max_ttl)
         for key, value in mapping.items():
-            self._l1.set(key, value, ttl=l1_ttl, tags=tag_tuple)
+            if self._l1_open():
+                self._l1.set(key, value, ttl=l1_ttl, tags=tag_tuple)
+                if not self._l1_open():
+                    self._l1.invalidate(key)
             if self._stale is not None:
                 self._stale.set(
                     key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple
@@ -483,10 +593,12 @@ class AsyncCache:
         if self._stale is not None:
             self._stale.invalidate(key)
         if self._tier is not None:
+            await self._bus_started()
             try:
                 existed = await self._tier.delete(key) or existed
             except RedisUnavailableError:
                 pass
+            await self._publish(Action.INVALIDATE_KEYS, (key,))
         return existed
 
     async def touch(self, key: str, ttl: Duration) -> bool:
@@ -501,6 +613,7 @@ class AsyncCache:
                 key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key)
             )
             return True
+        await self._bus_started()
         try:
             blob = await self._tier.get(key)
             entry = self._decode(key, blob)
@@ -520,8 +633,10 @@ class AsyncCache:
             )
         except RedisUnavailableError:
             return False
-        # L1 refills from L2 with the new expiry on the next read
+        # L1 refills from L2 with the new expiry on the next read, here and everywhere
         self._l1.invalidate(key)
+        if touched:
+            await self._publish(Action.INVALIDATE_KEYS, (key,))
         return touched
 
     # -- decorator ------------------------------------------------------------------------
@@ -545,7 +660,6 @@ class AsyncCache:
 
         def decorate(fn: F) -> F:
             make_key = KeyMaker(fn, key)
-            l1_get = self._l1.get
 
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
@@ -561,7 +675,7 @@ class AsyncCache:
                 @functools.wraps(fn)
                 async def wrapper(*args: Any, **kwargs: Any) -> Any:
                     cache_key = make_key(args, kwargs)
-                    value = l1_get(cache_key, MISSING)
+                    value = self._l1.get(cache_key, MISSING)
                     if value is not MISSING:
                         return value
                     return await self.get_or_set(
@@ -582,6 +696,25 @@ class AsyncCache:
     def stats(self) -> CacheStats:
         """A snapshot of the counters (see :class:`CacheStats`)."""
         c = self._counters
+        bus = self._bus
+        if bus is None:
+            bus_fields: dict[str, Any] = {}
+        else:
+            state = bus.state
+            bus_fields = {
+                "bus_state": (
+                    "starting" if not bus.started else "healthy" if state.healthy else "unhealthy"
+                ),
+                "bus_messages_sent": bus.outbox.sent,
+                "bus_messages_received": state.received,
+                "bus_messages_dropped": state.dropped,
+                "bus_flushes_subscribe": state.flushes_subscribe,
+                "bus_flushes_gap": state.flushes_gap,
+                "bus_flushes_heartbeat": state.flushes_heartbeat,
+                "bus_reconnects": bus.reconnects,
+                "bus_unhealthy_seconds": state.unhealthy_seconds(),
+                "bus_lag": state.lag.summary(),
+            }
         return CacheStats(
             l1_hits=self._l1.hits,
             l1_misses=self._l1.misses,
@@ -600,6 +733,7 @@ class AsyncCache:
             breaker_opened=self._breaker.opened,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
+            **bus_fields,
         )
 
     @property
@@ -613,7 +747,9 @@ class AsyncCache:
         return self._tier.client if self._tier is not None else None
 
     async def close(self) -> None:
-        """Close the Redis client if the cache created it from a URL."""
+        """Stop the bus's listener, and close the Redis client if the cache created it."""
+        if self._bus is not None:
+            await self._bus.aclose()
         if self._tier is not None:
             await self._tier.aclose()
 
@@ -666,6 +802,9 @@ class AsyncCache:
         self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
     ) -> None:
         """Install through the L1 guard (and the fail-safe store if the guard allows)."""
+        if not self._l1_open():
+            self._l1.release(ticket, key)
+            return
         if self._l1.install(ticket, key, value, ttl=min(ttl, self.settings.l1_max_ttl), tags=tags):
             if self._stale is not None:
                 self._stale.set(key, value, ttl=ttl + self.settings.fail_safe_max_age, tags=tags)
@@ -687,3 +826,17 @@ class AsyncCache:
         if isinstance(tags, str):
             raise TypeError("tags must be an iterable of str, not a single str")
         return tuple(validate_tag(tag) for tag in tags)
+
+
+# Caches that must reset themselves in a forked child (gunicorn --preload, multiprocessing
+# "fork"): one hook for the module, a weak set so that it keeps no cache alive.
+_FORK_AWARE: weakref.WeakSet[AsyncCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:  # pragma: no cover - runs in forked children
+    for cache in list(_FORK_AWARE):
+        cache._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

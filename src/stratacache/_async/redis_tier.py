@@ -57,6 +57,7 @@ class AsyncRedisTier:
         self._counters = counters
         self._owns_client = owns_client
         self._cluster = isinstance(client, AsyncRedisCluster)
+        self.cluster = self._cluster
         self._write = client.register_script(WRITE)
         self._write_if_lease = client.register_script(WRITE_IF_LEASE)
         self._delete = client.register_script(DELETE)
@@ -64,8 +65,15 @@ class AsyncRedisTier:
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis call under the breaker; every failure is a RedisUnavailableError."""
+    def use_breaker(self, breaker: CircuitBreaker) -> None:
+        """Replace the breaker (a forked child starts with a fresh one)."""
+        self._breaker = breaker
+
+    async def _call(self, fn: Any, *args: Any, _timed: bool = True, **kwargs: Any) -> Any:
+        """Run one Redis call under the breaker; every failure is a RedisUnavailableError.
+
+        ``_timed=False`` keeps the call out of ``l2_latency`` (bus traffic is not L2 work).
+        """
         if not self._breaker.allow():
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
@@ -80,7 +88,8 @@ class AsyncRedisTier:
             self._breaker.abandon()
             raise
         self._breaker.record_success()
-        self._counters.l2_latency.record(perf_counter() - start)
+        if _timed:
+            self._counters.l2_latency.record(perf_counter() - start)
         return result
 
     async def get(self, key: str) -> bytes | None:
@@ -135,6 +144,22 @@ class AsyncRedisTier:
     async def release_lease(self, key: str, token: bytes) -> None:
         """Give back a lease that will not be used."""
         await self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
+
+    async def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
+        """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).
+
+        ``guarded=False`` (heartbeats) bypasses the breaker: a background heartbeat must
+        neither take the probe call that the cache's own traffic is owed nor be refused
+        by an open breaker, since hearing it again is how the bus learns Redis is back.
+        """
+        send = self.client.spublish if self._cluster else self.client.publish
+        if guarded:
+            await self._call(send, channel, payload, _timed=False)
+            return
+        try:
+            await send(channel, payload)
+        except _REDIS_FAILURES as exc:
+            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
 
     async def aclose(self) -> None:
         """Close the client if the cache created it."""

@@ -59,6 +59,7 @@ class RedisTier:
         self._counters = counters
         self._owns_client = owns_client
         self._cluster = isinstance(client, RedisCluster)
+        self.cluster = self._cluster
         self._write = client.register_script(WRITE)
         self._write_if_lease = client.register_script(WRITE_IF_LEASE)
         self._delete = client.register_script(DELETE)
@@ -66,8 +67,15 @@ class RedisTier:
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis call under the breaker; every failure is a RedisUnavailableError."""
+    def use_breaker(self, breaker: CircuitBreaker) -> None:
+        """Replace the breaker (a forked child starts with a fresh one)."""
+        self._breaker = breaker
+
+    def _call(self, fn: Any, *args: Any, _timed: bool = True, **kwargs: Any) -> Any:
+        """Run one Redis call under the breaker; every failure is a RedisUnavailableError.
+
+        ``_timed=False`` keeps the call out of ``l2_latency`` (bus traffic is not L2 work).
+        """
         if not self._breaker.allow():
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
@@ -82,7 +90,8 @@ class RedisTier:
             self._breaker.abandon()
             raise
         self._breaker.record_success()
-        self._counters.l2_latency.record(perf_counter() - start)
+        if _timed:
+            self._counters.l2_latency.record(perf_counter() - start)
         return result
 
     def get(self, key: str) -> bytes | None:
@@ -137,6 +146,22 @@ class RedisTier:
     def release_lease(self, key: str, token: bytes) -> None:
         """Give back a lease that will not be used."""
         self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
+
+    def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
+        """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).
+
+        ``guarded=False`` (heartbeats) bypasses the breaker: a background heartbeat must
+        neither take the probe call that the cache's own traffic is owed nor be refused
+        by an open breaker, since hearing it again is how the bus learns Redis is back.
+        """
+        send = self.client.spublish if self._cluster else self.client.publish
+        if guarded:
+            self._call(send, channel, payload, _timed=False)
+            return
+        try:
+            send(channel, payload)
+        except _REDIS_FAILURES as exc:
+            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
 
     def close(self) -> None:
         """Close the client if the cache created it."""

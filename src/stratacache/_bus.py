@@ -1,0 +1,267 @@
+"""The invalidation bus's bookkeeping, written once for both halves (no I/O).
+
+Design notes
+------------
+Redis pub/sub delivers at most once, so a listener must assume it misses messages and
+fall back on flushing its L1 (every entry is then re-read from L2 on its next use):
+
+- on every (re)subscribe: whatever was published while we were not subscribed is lost
+  (and as soon as a subscription is seen to fail: the bus is unhealthy until the new one
+  is confirmed, so L1 does not serve through the reconnect);
+- on a gap in a source's sequence numbers (a lost message; an output-buffer overflow
+  drops the connection, which is also a resubscribe);
+- when the bus is *unhealthy*: each instance publishes a heartbeat and must hear its own
+  within ``heartbeat_timeout``. A subscription can go silent without an error (a paused
+  server, a half-open socket); only hearing ourselves proves it is alive. While the bus
+  is unhealthy the cache keeps its L1 empty (reads go to L2 / the loader) unless the
+  ``serve_l1`` policy is chosen; on recovery L1 is flushed once more, which also refuses
+  every fill that started while the bus was down (the L1's ticket guard).
+
+Heartbeats use the same sequence as invalidations, so a lost invalidation is noticed by
+the next heartbeat of its source at the latest (``heartbeat_timeout / 4``).
+
+:class:`BusState` is shared by the listener (thread or task), the publisher and the
+cache's callers; a lock guards it (no I/O is done under it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from ._bus_messages import (
+    SOURCE_ID_BYTES,
+    Action,
+    BusMessage,
+    decode_message,
+    encode_message,
+    split_args,
+)
+from ._stats import LatencyRecorder
+
+UnhealthyPolicy = Literal["bypass_l1", "serve_l1"]
+_MAX_SOURCES = 10_000  # sources remembered for gap detection (least recently heard go)
+
+
+def new_source_id() -> bytes:
+    """A random id for one cache instance in one process."""
+    return os.urandom(SOURCE_ID_BYTES)
+
+
+class BusState:
+    """What the listener has heard: sequence tracking, health, flushes and metrics."""
+
+    def __init__(
+        self,
+        source: bytes,
+        flush_l1: Callable[[], None],
+        apply: Callable[[BusMessage], None],
+        *,
+        heartbeat_timeout: float,
+        policy: UnhealthyPolicy = "bypass_l1",
+        timer: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.source = source
+        self._flush_l1 = flush_l1
+        self._apply = apply
+        self.heartbeat_timeout = heartbeat_timeout
+        self.policy = policy
+        self._timer = timer
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_seq: OrderedDict[bytes, int] = OrderedDict()
+        self.healthy = False
+        # False only while unhealthy under "bypass_l1": the cache then writes nothing to L1
+        self.l1_usable = policy == "serve_l1"
+        self._last_heard: float | None = None
+        self._unhealthy_since: float | None = None  # the start-up wait is not counted
+        self._unhealthy_total = 0.0
+        self.received = 0
+        self.dropped = 0
+        self.flushes_subscribe = 0
+        self.flushes_gap = 0
+        self.flushes_heartbeat = 0
+        self.lag = LatencyRecorder()
+
+    # -- events from the listener -------------------------------------------------------
+
+    def on_subscribed(self) -> None:
+        """A (re)subscription is confirmed: anything may have been missed before it."""
+        with self._lock:
+            self._last_seq.clear()
+            self.flushes_subscribe += 1
+            self._flush_l1()
+
+    def on_disconnected(self) -> None:
+        """The subscription is gone: until a new one is confirmed and our heartbeat heard,
+        the bus is unhealthy (messages published meanwhile are lost to us)."""
+        with self._lock:
+            if not self.healthy:
+                return
+            self.healthy = False
+            self._unhealthy_since = self._timer()
+            if self.policy == "bypass_l1":
+                self.l1_usable = False
+                self.flushes_subscribe += 1
+                self._flush_l1()
+
+    def on_payload(self, data: object) -> None:
+        """Handle one message from the channel (untrusted bytes)."""
+        message = decode_message(data)
+        now_wall = self._clock()
+        with self._lock:
+            if message is None:
+                self.dropped += 1
+                return
+            self.received += 1
+            self.lag.record(max(0.0, now_wall - message.sent_at))
+            if message.source == self.source:
+                if message.action is Action.HEARTBEAT:
+                    self._heard_own_heartbeat()
+                return
+            last = self._last_seq.get(message.source)
+            self._last_seq[message.source] = message.seq
+            self._last_seq.move_to_end(message.source)
+            if len(self._last_seq) > _MAX_SOURCES:
+                self._last_seq.popitem(last=False)
+            if last is not None and message.seq != last + 1:
+                self.flushes_gap += 1
+                self._flush_l1()
+            elif message.action is not Action.HEARTBEAT:
+                self._apply(message)
+
+    def last_seq_of(self, source: bytes) -> int | None:
+        """The last sequence number heard from ``source`` since the last subscribe."""
+        with self._lock:
+            return self._last_seq.get(source)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def _heard_own_heartbeat(self) -> None:
+        self._last_heard = self._timer()
+        if not self.healthy:
+            # messages may have been lost while we could not hear: flush before L1 is used
+            if self._unhealthy_since is not None:
+                self._unhealthy_total += self._last_heard - self._unhealthy_since
+                self._unhealthy_since = None
+            self.flushes_heartbeat += 1
+            self._flush_l1()
+            self.healthy = True
+            self.l1_usable = True
+
+    def check_health(self) -> bool:
+        """Mark the bus unhealthy if our own heartbeat is overdue; return ``healthy``."""
+        with self._lock:
+            if not self.healthy:
+                return False
+            now = self._timer()
+            if self._last_heard is not None and now - self._last_heard <= self.heartbeat_timeout:
+                return True
+            self.healthy = False
+            self._unhealthy_since = now
+            if self.policy == "bypass_l1":
+                # order matters: refuse L1 writes first, then empty it (see cache notes)
+                self.l1_usable = False
+                self.flushes_heartbeat += 1
+                self._flush_l1()
+            return False
+
+    def silent_for(self, since: float) -> float:
+        """Seconds since our own heartbeat was last heard (or since ``since``, if later)."""
+        with self._lock:
+            heard = since if self._last_heard is None else max(since, self._last_heard)
+            return self._timer() - heard
+
+    def unhealthy_seconds(self) -> float:
+        """Total time spent unhealthy after the first heartbeat (including the current spell)."""
+        with self._lock:
+            total = self._unhealthy_total
+            if self._unhealthy_since is not None:
+                total += self._timer() - self._unhealthy_since
+            return total
+
+
+class BusPublisherState:
+    """The sending side: sequence numbers and the batch of pending invalidations."""
+
+    def __init__(self, source: bytes, clock: Callable[[], float]) -> None:
+        self.source = source
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._keys: dict[str, None] = {}
+        self._tags: dict[str, None] = {}
+        self._patterns: dict[str, None] = {}
+        self._clear = False
+        self.sent = 0
+
+    @property
+    def last_seq(self) -> int:
+        """The last sequence number handed out."""
+        return self._seq
+
+    def add(self, action: Action, args: Iterable[str] = ()) -> bool:
+        """Queue an invalidation for the next batch; True if the batch was empty."""
+        with self._lock:
+            was_empty = not (self._keys or self._tags or self._patterns or self._clear)
+            if action is Action.INVALIDATE_KEYS:
+                self._keys.update(dict.fromkeys(args))
+            elif action is Action.INVALIDATE_TAGS:
+                self._tags.update(dict.fromkeys(args))
+            elif action is Action.INVALIDATE_MATCHING:
+                self._patterns.update(dict.fromkeys(args))
+            elif action is Action.CLEAR:
+                self._clear = True
+            return was_empty
+
+    def pending(self) -> bool:
+        """Whether a batch is waiting to be sent."""
+        return bool(self._keys or self._tags or self._patterns or self._clear)
+
+    def drain(self) -> list[bytes]:
+        """The pending batch as encoded messages (sequence numbers assigned in order)."""
+        with self._lock:
+            keys, self._keys = list(self._keys), {}
+            tags, self._tags = list(self._tags), {}
+            patterns, self._patterns = list(self._patterns), {}
+            clear, self._clear = self._clear, False
+        out: list[bytes] = []
+        if clear:
+            out.append(self.encode(Action.CLEAR))
+        for action, args in (
+            (Action.INVALIDATE_KEYS, keys),
+            (Action.INVALIDATE_TAGS, tags),
+            (Action.INVALIDATE_MATCHING, patterns),
+        ):
+            out.extend(self.encode(action, chunk) for chunk in split_args(args))
+        return out
+
+    def encode(self, action: Action, args: Iterable[str] = ()) -> bytes:
+        """One message with the next sequence number (a message that is then not sent is
+        a gap at every receiver: they flush, which is the safe outcome)."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        return encode_message(BusMessage(self.source, seq, self._clock(), action, tuple(args)))
+
+    def encode_all(self, action: Action, args: Iterable[str]) -> list[bytes]:
+        """Unbatched: the messages for one invalidation, split by the size bound."""
+        return [self.encode(action, chunk) for chunk in split_args(list(args))]
+
+
+def apply_to_l1(l1: Any, message: BusMessage) -> None:
+    """Carry out one invalidation on an L1 (through its key/tag index and fill guard)."""
+    if message.action is Action.INVALIDATE_KEYS:
+        for key in message.args:
+            l1.invalidate(key)
+    elif message.action is Action.INVALIDATE_TAGS:
+        l1.invalidate_tags(message.args)
+    elif message.action is Action.INVALIDATE_MATCHING:
+        for pattern in message.args:
+            l1.invalidate_matching(pattern)
+    elif message.action is Action.CLEAR:
+        l1.clear()

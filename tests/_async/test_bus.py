@@ -1,0 +1,219 @@
+"""The invalidation bus between instances in one process (each with its own L1 and
+listener), on a real standalone server and a real cluster; Cache runs the generated twin.
+
+Cross-process behaviour (spawned and forked processes, killed subscriptions, overflowing
+output buffers) is in ``tests/test_bus_processes.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stratacache import MISSING, AsyncCache
+from stratacache._bus_messages import Action, BusMessage, encode_message
+from stratacache._keys import KeySpace
+from stratacache._primitives import AsyncRedis, AsyncRedisCluster
+
+from concurrency import async_until
+
+NS = "bus"
+DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
+
+
+def make(target: tuple[str, bool], **options: object) -> AsyncCache:
+    url, cluster = target
+    options.setdefault("redis_timeout", 2.0)  # behaviour, not the CI machine's scheduling
+    return AsyncCache(url, cluster=cluster, namespace=NS, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pair(target: tuple[str, bool]):
+    a, b = make(target), make(target)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+@pytest.fixture
+async def raw(target: tuple[str, bool]):
+    url, cluster = target
+    client = AsyncRedisCluster.from_url(url) if cluster else AsyncRedis.from_url(url)
+    yield client
+    await client.aclose()
+
+
+async def publish_raw(raw, payload: bytes) -> None:
+    channel = KeySpace(NS).channel()
+    if isinstance(raw, AsyncRedisCluster):
+        await raw.spublish(channel, payload)
+    else:
+        await raw.publish(channel, payload)
+
+
+async def warm(cache: AsyncCache, key: str, expected: object) -> None:
+    """Read ``key`` until it is served from L1 (the value came through L2)."""
+    assert await cache.get(key) == expected
+    assert cache.l1.peek(key, MISSING) == expected
+
+
+@pytest.mark.parametrize("window", [0.0, 0.001])
+async def test_every_write_drops_the_key_from_the_other_l1(
+    target: tuple[str, bool], window: float
+) -> None:
+    a, b = make(target, bus_batch_window=window), make(target, bus_batch_window=window)
+    try:
+        await a.set("k", 1, tags=["t"])
+        await warm(b, "k", 1)
+        await a.set("k", 2)
+        await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
+        assert await b.get("k") == 2
+
+        await a.set_many({"k": 3, "j": 4})
+        await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
+        assert await b.get("k") == 3
+
+        await a.touch("k", 100)
+        await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
+        await warm(b, "k", 3)
+
+        await a.delete("k")
+        await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
+        assert await b.get("k", MISSING) is MISSING
+    finally:
+        await a.close()
+        await b.close()
+    assert a.stats().bus_messages_sent >= 4
+    assert b.stats().bus_messages_received >= 4
+
+
+async def test_the_writer_ignores_its_own_messages(pair) -> None:
+    a, b = pair
+    await a.set("k", 1)
+    await warm(b, "k", 1)
+    await a.set("mine", "v")
+    # b heard the write, a heard its own message and its heartbeat, but dropped them
+    await async_until(lambda: b.l1.peek("mine", MISSING) is MISSING, DEADLINE)
+    await async_until(lambda: a.stats().bus_messages_received >= 2, DEADLINE)
+    assert a.l1.peek("mine") == "v"
+    assert a.stats().bus_flushes_gap == 0
+    stats = a.stats()
+    assert stats.bus_state == "healthy"
+    assert stats.bus_flushes_subscribe == 1
+    assert stats.bus_lag.count >= 1 and 0 <= stats.bus_lag.p50 < 1.0
+
+
+async def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
+    a, b = pair
+    await a.set("k", 1)
+    await warm(b, "k", 1)
+    source = b"\x07" * 16
+    for seq in (1, 2, 4):  # 3 was "lost"
+        message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
+        await publish_raw(raw, encode_message(message))
+    await async_until(lambda: b.stats().bus_flushes_gap == 1, DEADLINE)
+    assert len(b.l1) == 0
+    assert await b.get("k") == 1  # from L2 again
+
+
+async def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -> None:
+    a, b = pair
+    await a.set("k", 1)
+    await warm(b, "k", 1)
+    for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
+        await publish_raw(raw, payload)
+    await async_until(lambda: b.stats().bus_messages_dropped == 4, DEADLINE)
+    assert b.l1.peek("k") == 1
+    assert b.stats().bus_state == "healthy"
+
+
+async def test_without_the_bus_other_l1s_keep_values_until_l1_max_ttl(
+    target: tuple[str, bool],
+) -> None:
+    a, b = make(target, bus=False), make(target, bus=False)
+    try:
+        await a.set("k", 1)
+        await warm(b, "k", 1)
+        await a.set("k", 2)
+        assert await b.get("k") == 1  # the old truth, which the bus exists to end
+        assert b.stats().bus_state == "off"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_bus_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="bus=True needs redis"):
+        AsyncCache(None, bus=True)
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        AsyncCache(None, heartbeat_timeout=0)
+    with pytest.raises(ValueError, match="bus_batch_window"):
+        AsyncCache(None, bus_batch_window=-1)
+    with pytest.raises(ValueError, match="bus_unhealthy"):
+        AsyncCache(None, bus_unhealthy="sometimes")  # type: ignore[arg-type]
+    assert AsyncCache(None).stats().bus_state == "off"
+
+
+@pytest.mark.slow
+async def test_a_paused_redis_stops_l1_serving_within_heartbeat_timeout(
+    redis_server_factory,
+) -> None:
+    server = redis_server_factory()
+    timeout = 0.3
+    cache = AsyncCache(
+        server.url,
+        namespace=NS,
+        heartbeat_timeout=timeout,
+        redis_timeout=0.05,
+        breaker_cooldown=0.1,
+    )
+    try:
+        await cache.set("k", "v")
+        assert await cache.get("k") == "v"
+        assert cache.l1.peek("k") == "v"
+        server.pause()
+        paused_at = time.monotonic()
+        await async_until(lambda: cache.stats().bus_state == "unhealthy", DEADLINE)
+        noticed = time.monotonic() - paused_at
+        assert noticed < timeout + 0.3, noticed  # + the listener's poll, and scheduling
+        assert len(cache.l1) == 0
+        # L2 is out of reach and L1 is bypassed: the loader answers, nothing is kept in L1
+        assert await cache.get_or_set("k", lambda: "from-loader") == "from-loader"
+        assert len(cache.l1) == 0
+
+        server.resume()
+        await async_until(lambda: cache.stats().bus_state == "healthy", 10.0)
+        assert await cache.get("k") == "v"
+        assert cache.l1.peek("k") == "v"  # L1 is used again, after one more flush
+        stats = cache.stats()
+        assert stats.bus_flushes_heartbeat >= 3  # first hearing, unhealthy, recovered
+        assert stats.bus_unhealthy_seconds > 0
+    finally:
+        if server.running:
+            server.resume()
+        await cache.close()
+
+
+@pytest.mark.slow
+async def test_serve_l1_policy_keeps_serving_l1_while_redis_is_paused(
+    redis_server_factory,
+) -> None:
+    server = redis_server_factory()
+    cache = AsyncCache(
+        server.url,
+        namespace=NS,
+        heartbeat_timeout=0.2,
+        redis_timeout=0.05,
+        breaker_cooldown=0.1,
+        bus_unhealthy="serve_l1",
+    )
+    try:
+        await cache.set("k", "v")
+        server.pause()
+        await async_until(lambda: cache.stats().bus_state == "unhealthy", DEADLINE)
+        assert await cache.get("k") == "v"
+        assert cache.l1.peek("k") == "v"
+    finally:
+        server.resume()
+        await cache.close()
