@@ -3,7 +3,8 @@
 Starts a throwaway redis-server, fills SQLite with users, then shows what the cache does:
 hit rates per process, one database query per user across every process (single-flight
 inside a process, the Redis lease across them), a stampede on a cold key, what an update
-does, and the stale-set race that plain cache-aside loses. Runs in well under a minute.
+does (here and, through the invalidation bus, in another process's L1), and the
+stale-set race that plain cache-aside loses. Runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -73,6 +74,25 @@ def _stampede_worker(url: str, db_path: str, user_id: int, barrier: Any, out: An
     for t in threads:
         t.join()
     out.put((db.queries, service.get_metrics()["coalesced"], sorted(set(names))))
+    service.cache.close()
+
+
+def _watch_worker(url: str, db_path: str, user_id: int, ready: Any, out: Any) -> None:
+    """Holds a user in L1, then reads it in a loop until an update elsewhere shows."""
+    service = UserService(Database(db_path), Cache(url, namespace="demo"))
+    first = service.get_user(user_id)
+    in_l1 = service.cached_user(user_id) == first
+    ready.set()
+    seen: Any = "never"
+    seen_at = 0.0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        user = service.get_user(user_id)
+        if user is not None and user != first:
+            seen, seen_at = user.name, time.time()
+            break
+        time.sleep(0.0002)
+    out.put((seen, seen_at, in_l1))
     service.cache.close()
 
 
@@ -161,12 +181,23 @@ def main() -> None:
             f"the other processes waited on the Redis lease\n"
         )
 
-        print("3) an update: DB first, then invalidate")
+        print("3) an update: DB first, then invalidate; the bus tells every other process")
+        ready, out = ctx.Event(), ctx.Queue()
+        watcher = ctx.Process(target=_watch_worker, args=(server.url, db_path, 7, ready, out))
+        watcher.start()
+        ready.wait(30)
         service = UserService(Database(db_path), Cache(server.url, namespace="demo"))
         before = service.get_user(7)
+        written_at = time.time()
         service.update_user(User(7, "user7 (updated)", "new7@example.com"))
         after = service.get_user(7)
-        print(f"  before: {before}\n  after:  {after}  (DB queries here: {service.db.queries})\n")
+        print(f"  before: {before}\n  after:  {after}  (DB queries here: {service.db.queries})")
+        seen, seen_at, in_l1 = out.get(timeout=30)
+        watcher.join(timeout=30)
+        print(
+            f"  a process holding user 7 in its L1 ({'yes' if in_l1 else 'no'}) served "
+            f"{seen!r} {(seen_at - written_at) * 1000:.1f} ms after the write began\n"
+        )
         service.cache.close()
 
         print("4) the stale-set race: a slow reader vs a writer")
