@@ -49,6 +49,7 @@ REPLACEMENTS = {
     "async_bind_fast_get": "bind_fast_get",
     "async_bind_fast_cached": "bind_fast_cached",
     "async_no_retry": "no_retry",
+    "async_close_client": "close_client",
     "async_wait_for": "wait_for",
     "aclose": "close",
     "AsyncIterator": "Iterator",

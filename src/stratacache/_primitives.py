@@ -228,6 +228,24 @@ def forget_connections(client: Any) -> None:
     """Nothing to do for sync clients: redis-py's pools see the new pid and start afresh."""
 
 
+async def async_close_client(client: Any) -> None:
+    """Close a client and every connection it opened."""
+    await client.aclose()
+
+
+def close_client(client: Any) -> None:
+    """Close a client and every connection it opened.
+
+    redis-py's sync ``RedisCluster.close()`` leaves the node pools' connections open (its
+    per-node ``Redis`` objects do not own their pools), so they are disconnected here.
+    """
+    if isinstance(client, redis.cluster.RedisCluster):
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+    client.close()
+
+
 async def async_shard_client(cluster: Any, channel: str) -> redis.asyncio.Redis:
     """A client of its own on the cluster node that serves ``channel`` (for SSUBSCRIBE)."""
     await cluster.initialize()
@@ -262,6 +280,7 @@ __all__ = [
     "async_bind_fast_cached",
     "async_bind_fast_get",
     "async_call_loader",
+    "async_close_client",
     "async_forget_connections",
     "async_no_retry",
     "async_shard_client",
@@ -270,6 +289,7 @@ __all__ = [
     "bind_fast_cached",
     "bind_fast_get",
     "call_loader",
+    "close_client",
     "forget_connections",
     "no_retry",
     "shard_client",

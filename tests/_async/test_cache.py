@@ -747,11 +747,22 @@ async def test_without_redis_the_cache_is_l1_only(clock: FakeClock) -> None:
     await cache.close()
 
 
-async def test_context_manager_closes_the_client_it_built(target: tuple[str, bool]) -> None:
+async def _connected_clients(raw) -> int:
+    """Connections the server side counts (summed over the nodes of a cluster)."""
+    if isinstance(raw, AsyncRedisCluster):
+        info = await raw.info("clients", target_nodes=AsyncRedisCluster.ALL_NODES)
+        return sum(node["connected_clients"] for node in info.values())
+    return (await raw.info("clients"))["connected_clients"]
+
+
+async def test_context_manager_closes_the_client_it_built(target: tuple[str, bool], raw) -> None:
     url, cluster = target
+    before = await _connected_clients(raw)
     async with AsyncCache(url, cluster=cluster, namespace=NS) as cache:
         await cache.set("k", 1)
-    assert cache.redis is not None
+        assert await cache.get("k") == 1
+        assert await _connected_clients(raw) > before
+    assert await _connected_clients(raw) == before
 
 
 async def test_a_client_passed_in_stays_open(raw, target: tuple[str, bool]) -> None:

@@ -749,11 +749,22 @@ def test_without_redis_the_cache_is_l1_only(clock: FakeClock) -> None:
     cache.close()
 
 
-def test_context_manager_closes_the_client_it_built(target: tuple[str, bool]) -> None:
+def _connected_clients(raw) -> int:
+    """Connections the server side counts (summed over the nodes of a cluster)."""
+    if isinstance(raw, RedisCluster):
+        info = raw.info("clients", target_nodes=RedisCluster.ALL_NODES)
+        return sum(node["connected_clients"] for node in info.values())
+    return (raw.info("clients"))["connected_clients"]
+
+
+def test_context_manager_closes_the_client_it_built(target: tuple[str, bool], raw) -> None:
     url, cluster = target
+    before = _connected_clients(raw)
     with Cache(url, cluster=cluster, namespace=NS) as cache:
         cache.set("k", 1)
-    assert cache.redis is not None
+        assert cache.get("k") == 1
+        assert _connected_clients(raw) > before
+    assert _connected_clients(raw) == before
 
 
 def test_a_client_passed_in_stays_open(raw, target: tuple[str, bool]) -> None:

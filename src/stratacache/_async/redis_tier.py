@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
-from .._primitives import AsyncRedisCluster
+from .._primitives import AsyncRedisCluster, async_close_client
 from .._scripts import (
     DELETE,
     READ_OR_LEASE,
@@ -164,4 +164,4 @@ class AsyncRedisTier:
     async def aclose(self) -> None:
         """Close the client if the cache created it."""
         if self._owns_client:
-            await self.client.aclose()
+            await async_close_client(self.client)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
-from .._primitives import RedisCluster
+from .._primitives import RedisCluster, close_client
 from .._scripts import (
     DELETE,
     READ_OR_LEASE,
@@ -166,4 +166,4 @@ class RedisTier:
     def close(self) -> None:
         """Close the client if the cache created it."""
         if self._owns_client:
-            self.client.close()
+            close_client(self.client)
