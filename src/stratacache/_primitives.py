@@ -240,7 +240,7 @@ def close_client(client: Any) -> None:
     per-node ``Redis`` objects do not own their pools), so they are disconnected here.
     """
     if isinstance(client, redis.cluster.RedisCluster):
-        for node in client.get_nodes():
+        for node in client.get_nodes():  # type: ignore[no-untyped-call]
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
