@@ -695,8 +695,7 @@ cdef class L1:
             self._pending = {}
             self._tag_epochs = {}
             self._tag_floor = 0
-            self._hits = self._misses = self._evictions = 0
-            self._expirations = self._invalidations = 0
+        self.reset_counters()
 
     @property
     def weight(self):

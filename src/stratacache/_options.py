@@ -72,8 +72,8 @@ class CacheSettings:
         bus_unhealthy: str = "bypass_l1",
     ) -> CacheSettings:
         """Validate every option; raise ``TypeError``/``ValueError`` naming the bad one."""
-        if not isinstance(l1_maxsize, int) or isinstance(l1_maxsize, bool) or l1_maxsize < 0:
-            raise ValueError(f"l1_maxsize must be an int >= 0, got {l1_maxsize!r}")
+        if not isinstance(l1_maxsize, int) or isinstance(l1_maxsize, bool) or l1_maxsize < 1:
+            raise ValueError(f"l1_maxsize must be an int >= 1, got {l1_maxsize!r}")
         if not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
             raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
         if not isinstance(breaker_threshold, int) or breaker_threshold < 1:

@@ -24,7 +24,7 @@ the cache writes nothing to L1 (``_l1_open``) after emptying it, so reads go to 
 the loader without a check on the L1 hit path (the sync ``get`` is the L1's compiled
 getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill goes
 through a ticket that the clear revokes, so no fill from before the flush can land after
-it. A forked child gets a fresh L1, fresh connections and its own listener.
+it. A forked child resets its L1 in place and gets fresh connections and its own listener.
 """
 
 from __future__ import annotations
@@ -159,8 +159,6 @@ class AsyncCache:
             bus_batch_window=bus_batch_window,
             bus_unhealthy=bus_unhealthy,
         )
-        if l1_maxsize < 1:
-            raise ValueError(f"l1_maxsize must be >= 1, got {l1_maxsize!r}")
         self._timer = timer or time.monotonic
         self._clock = clock or time.time
         self._codec = codec or Codec()
@@ -545,12 +543,7 @@ class AsyncCache:
             except RedisUnavailableError:
                 pass
             await self._publish(Action.INVALIDATE_KEYS, (key,))
-        if self._l1_open():
-            self._l1.set(key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=tag_tuple)
-            if not self._l1_open():  # the bus went unhealthy meanwhile: keep L1 empty
-                self._l1.invalidate(key)
-        if self._stale is not None:
-            self._stale.set(key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple)
+        self._write_l1(key, value, ttl_s, tag_tuple)
 
     async def set_many(
         self, mapping: Mapping[str, Any], ttl: Duration | None = None, tags: Iterable[str] = ()
@@ -575,16 +568,17 @@ class AsyncCache:
             except RedisUnavailableError:
                 pass
             await self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
-        l1_ttl = min(ttl_s, self.settings.l1_max_ttl)
         for key, value in mapping.items():
-            if self._l1_open():
-                self._l1.set(key, value, ttl=l1_ttl, tags=tag_tuple)
-                if not self._l1_open():
-                    self._l1.invalidate(key)
-            if self._stale is not None:
-                self._stale.set(
-                    key, value, ttl=ttl_s + self.settings.fail_safe_max_age, tags=tag_tuple
-                )
+            self._write_l1(key, value, ttl_s, tag_tuple)
+
+    def _write_l1(self, key: str, value: Any, ttl: float, tags: tuple[str, ...]) -> None:
+        """A direct write's L1 side (and the fail-safe copy); nothing while the bus is down."""
+        if self._l1_open():
+            self._l1.set(key, value, ttl=min(ttl, self.settings.l1_max_ttl), tags=tags)
+            if not self._l1_open():  # the bus went unhealthy meanwhile: keep L1 empty
+                self._l1.invalidate(key)
+        if self._stale is not None:
+            self._stale.set(key, value, ttl=ttl + self.settings.fail_safe_max_age, tags=tags)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed."""
