@@ -38,3 +38,23 @@ class RedisUnavailableError(StratacacheError):
     Used inside the library to fall back to L1 and the loader; the cache does not raise
     it to callers of reads.
     """
+
+
+class LockError(StratacacheError):
+    """Base class of the distributed lock's errors."""
+
+
+class LockTimeout(LockError, TimeoutError):
+    """The lock was not acquired within ``blocking_timeout``."""
+
+
+class LockLost(LockError):
+    """The lock's lease ran out or was taken by another holder (an extension failed).
+
+    Raised to the holder: at the next :meth:`check`, when the ``with`` block ends, or by
+    a fenced write. Work done under a lost lock may overlap another holder's.
+    """
+
+
+class FencingTokenRejected(StratacacheError):
+    """A fenced write carried a token older than one the entry has already seen."""
