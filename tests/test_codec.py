@@ -128,7 +128,14 @@ def valid_blob(codec: Codec, value: Any = None) -> bytes:
 
 
 def raw_envelope(*fields: Any) -> bytes:
-    return msgpack.packb(list(fields), use_bin_type=True)
+    """A hand-made envelope; six fields ``(version, key, created, expires, tags, payload)``
+    get zero stamps and epoch 0 inserted, any other count is packed as given."""
+    items = list(fields)
+    if len(items) == 6:
+        tags = items[4]
+        stamps = [0] * len(tags) if isinstance(tags, list) else []
+        items[5:5] = [stamps, 0]
+    return msgpack.packb(items, use_bin_type=True)
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -163,7 +170,20 @@ def test_envelope_fields_round_trip(
 
 def test_envelope_layout_is_one_msgpack_array(codec: Codec) -> None:
     blob = codec.encode(KEY, {"a": 1}, created_at=5, expires_at=9, tags=("t",))
-    assert msgpack.unpackb(blob) == [FORMAT_VERSION, KEY, 5.0, 9.0, ["t"], {"a": 1}]
+    assert msgpack.unpackb(blob) == [FORMAT_VERSION, KEY, 5.0, 9.0, ["t"], [0], 0, {"a": 1}]
+    stamped = codec.encode(KEY, 1, created_at=5, tags=("a", "b"), stamps=(3, 4), epoch=7)
+    assert msgpack.unpackb(stamped) == [FORMAT_VERSION, KEY, 5.0, None, ["a", "b"], [3, 4], 7, 1]
+    entry = codec.decode(KEY, stamped)
+    assert (entry.tags, entry.stamps, entry.epoch) == (("a", "b"), (3, 4), 7)
+
+
+def test_stamps_must_match_the_tags(codec: Codec) -> None:
+    with pytest.raises(TypeError):
+        codec.encode(KEY, 1, created_at=0, tags=("a",), stamps=(1, 2))
+    with pytest.raises(TypeError):
+        codec.encode(KEY, 1, created_at=0, tags=("a",), stamps=("1",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        codec.encode(KEY, 1, created_at=0, epoch=1.0)  # type: ignore[arg-type]
 
 
 def test_none_is_cached_as_a_value(codec: Codec) -> None:
@@ -646,6 +666,11 @@ def test_wrong_key_is_corrupt(codec: Codec) -> None:
         (FORMAT_VERSION, KEY, 0.0, None, {}, 1),
         (FORMAT_VERSION, KEY, 0.0, None, []),
         (FORMAT_VERSION, KEY, 0.0, None, [], 1, 2),
+        (FORMAT_VERSION, KEY, 0.0, None, ["t"], [], 0, 1),  # one stamp per tag
+        (FORMAT_VERSION, KEY, 0.0, None, ["t"], ["1"], 0, 1),
+        (FORMAT_VERSION, KEY, 0.0, None, [], {}, 0, 1),
+        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0.0, 1),  # the epoch is an int
+        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0, 1, 2),
     ],
 )
 def test_malformed_envelopes_are_corrupt(codec: Codec, fields: tuple[Any, ...]) -> None:
@@ -778,7 +803,7 @@ def test_signed_round_trip() -> None:
     codec = Codec(secret=SECRET, types=TypeRegistry())
     assert codec.signed
     blob = codec.encode(KEY, {"a": (1,)}, created_at=3.0, tags=("x",))
-    assert codec.decode(KEY, blob) == Entry({"a": (1,)}, 3.0, None, ("x",))
+    assert codec.decode(KEY, blob) == Entry({"a": (1,)}, 3.0, None, ("x",), (0,), 0)
     assert codec.decode_value(codec.encode_value([1, 2])) == [1, 2]
 
 

@@ -40,6 +40,7 @@ from ._bus_messages import (
     encode_message,
     split_args,
 )
+from ._keys import fnmatch_glob
 from ._stats import LatencyRecorder
 
 UnhealthyPolicy = Literal["bypass_l1", "serve_l1"]
@@ -262,6 +263,9 @@ def apply_to_l1(l1: Any, message: BusMessage) -> None:
         l1.invalidate_tags(message.args)
     elif message.action is Action.INVALIDATE_MATCHING:
         for pattern in message.args:
-            l1.invalidate_matching(pattern)
+            try:
+                l1.invalidate_matching(fnmatch_glob(pattern))  # patterns are Redis globs
+            except ValueError:  # not a glob we could have sent: drop everything instead
+                l1.clear()
     elif message.action is Action.CLEAR:
         l1.clear()

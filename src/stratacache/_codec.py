@@ -8,9 +8,12 @@ Design notes
   the *application* registered for its own ext codes. With ``secret=`` every blob carries
   an HMAC-SHA256 tag that is checked (``hmac.compare_digest``) before unpacking.
 * **One unpack on the hit path.** An entry is a single msgpack array
-  ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], payload]`` so ``decode`` is
-  one ``msgpack.unpackb`` call; the payload is nested, not a second blob. (With a secret,
-  the 32-byte tag is a prefix: ``tag || array``.)
+  ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], [stamps...], epoch, payload]``
+  so ``decode`` is one ``msgpack.unpackb`` call; the payload is nested, not a second blob.
+  (With a secret, the 32-byte tag is a prefix: ``tag || array``.) ``stamps`` holds, for
+  each tag, the tag's version when the entry was written, and ``epoch`` the namespace
+  epoch: the cache treats an entry whose tag was invalidated since (or written before the
+  last epoch bump) as a miss, which is what makes tag invalidation O(1).
 * **Types.** Natively: ``None``, ``bool``, ``int`` (64-bit), ``float`` (NaN/inf too),
   ``str``, ``bytes``, ``list``, ``dict`` (keys of any supported hashable type). As ext types
   with reserved codes 1..15: ``tuple`` (stays a tuple, also as a map key), ``set``,
@@ -70,7 +73,7 @@ __all__ = [
     "register_type",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the envelope layout; a blob with any other version is a miss."""
 
 MIN_USER_CODE = 16
@@ -128,6 +131,10 @@ class Entry(NamedTuple):
     expires_at: Optional[float]
     """Wall-clock epoch seconds of logical expiry; ``None`` = never."""
     tags: tuple[str, ...]
+    stamps: tuple[int, ...] = ()
+    """The version of each of ``tags`` when the entry was written (same order)."""
+    epoch: int = 0
+    """The namespace epoch when the entry was written."""
 
 
 _new_entry = tuple.__new__
@@ -465,8 +472,13 @@ class Codec:
         created_at: float,
         expires_at: Optional[float] = None,
         tags: tuple[str, ...] = (),
+        stamps: Optional[tuple[int, ...]] = None,
+        epoch: int = 0,
     ) -> bytes:
         """The blob stored under ``key``.
+
+        ``stamps`` are the versions of ``tags`` (default: all 0) and ``epoch`` the
+        namespace epoch, both checked by the cache when it reads the entry.
 
         Raises :class:`SerializationError` (a ``TypeError``) for an unsupported or too
         deeply nested value, :class:`ValueTooLargeError` when the blob exceeds
@@ -477,12 +489,22 @@ class Codec:
         for tag in tags:
             if type(tag) is not str:
                 raise TypeError(f"tags must be str, got {type(tag).__name__}")
+        if stamps is None:
+            stamp_list = [0] * len(tags)
+        else:
+            stamp_list = list(stamps)
+            if len(stamp_list) != len(tags) or any(type(s) is not int for s in stamp_list):
+                raise TypeError("stamps must be one int per tag")
+        if type(epoch) is not int:
+            raise TypeError(f"epoch must be an int, not {type(epoch).__name__}")
         envelope = [
             FORMAT_VERSION,
             key,
             float(created_at),
             None if expires_at is None else float(expires_at),
             list(tags),
+            stamp_list,
+            epoch,
             self._prepare(value, 0),
         ]
         return self._finish(envelope, self._entry_key)
@@ -599,7 +621,7 @@ class Codec:
             obj = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
             if type(obj) is not list:
                 raise CorruptEntryError("not an entry envelope")
-            version, stored_key, created_at, expires_at, tags, value = obj  # else ValueError
+            version, stored_key, created_at, expires_at, tags, stamps, epoch, value = obj
             if type(version) is not int or version != FORMAT_VERSION:
                 raise CorruptEntryError(f"unknown envelope version {version!r}")
             if type(stored_key) is not str or stored_key != key:
@@ -610,14 +632,22 @@ class Codec:
                 raise CorruptEntryError("bad expires_at")
             if type(tags) is not list:
                 raise CorruptEntryError("bad tags")
+            if type(stamps) is not list or len(stamps) != len(tags):
+                raise CorruptEntryError("bad stamps")
+            if type(epoch) is not int:
+                raise CorruptEntryError("bad epoch")
             if tags:
                 for tag in tags:
                     if type(tag) is not str:
                         raise CorruptEntryError("bad tags")
+                for stamp in stamps:
+                    if type(stamp) is not int:
+                        raise CorruptEntryError("bad stamps")
                 tags = tuple(tags)
+                stamps = tuple(stamps)
             else:
-                tags = ()
-            return _new_entry(Entry, (value, created_at, expires_at, tags))  # type: ignore[no-any-return]
+                tags = stamps = ()
+            return _new_entry(Entry, (value, created_at, expires_at, tags, stamps, epoch))  # type: ignore[no-any-return]
         except CorruptEntryError:
             raise
         except Exception as exc:  # anything msgpack, an ext decoder or a bomb can raise

@@ -5,7 +5,10 @@ new one, so new code never reads bytes laid out differently)::
 
     ns:v1:d:{K}       entry of user key K         (data_key)
     ns:v1:l:{K}       lease for that entry        (lease_key; same Cluster slot as data_key)
-    ns:v1:t:{T}       state of tag T              (tag_key)
+    ns:v1:g:{K}       keys that depend on K       (dependents_key; same slot as data_key)
+    ns:v1:t:{T}       version of tag T            (tag_key)
+    ns:v1:s:{T}       keys written with tag T     (tag_members_key; same slot as tag_key)
+    ns:v1:r:{T}:X     members being reclaimed     (tag_reclaim_key; X names the invalidation)
     ns:v1:m:{ns}:NAME namespace-level value       (meta_key; all of a namespace in one slot)
     ns:v1:bus         invalidation channel        (channel)
 
@@ -39,6 +42,7 @@ __all__ = [
     "MAX_NAMESPACE_LENGTH",
     "KeyMaker",
     "KeySpace",
+    "fnmatch_glob",
     "glob_match",
     "make_key",
     "validate_key",
@@ -109,7 +113,18 @@ class KeySpace:
     do not check again, as they are on the L2 path.
     """
 
-    __slots__ = ("_channel", "_data", "_lease", "_meta", "_tag", "namespace")
+    __slots__ = (
+        "_channel",
+        "_data",
+        "_dependents",
+        "_entry_prefix",
+        "_lease",
+        "_members",
+        "_meta",
+        "_reclaim",
+        "_tag",
+        "namespace",
+    )
 
     def __init__(self, namespace: str) -> None:
         if not isinstance(namespace, str):
@@ -124,6 +139,10 @@ class KeySpace:
         self._data = base + "d:{"
         self._lease = base + "l:{"
         self._tag = base + "t:{"
+        self._members = base + "s:{"
+        self._reclaim = base + "r:{"
+        self._dependents = base + "g:{"
+        self._entry_prefix = base  # data and lease keys: base + "d:{" / "l:{"
         self._meta = f"{base}m:{{{namespace}}}:"
         self._channel = base + "bus"
 
@@ -141,6 +160,36 @@ class KeySpace:
     def tag_key(self, tag: str) -> str:
         """The Redis key holding the state of ``tag``."""
         return self._tag + _hash_tag_body(tag) + "}"
+
+    def tag_members_key(self, tag: str) -> str:
+        """The Redis set of keys written with ``tag`` since its last invalidation."""
+        return self._members + _hash_tag_body(tag) + "}"
+
+    def tag_reclaim_key(self, tag: str, suffix: str) -> str:
+        """Where the members of ``tag`` go when an invalidation (named by a unique
+        ``suffix``) moves them aside to be deleted in chunks; same slot as
+        :meth:`tag_members_key`, so a RENAME moves them in O(1)."""
+        return f"{self._reclaim}{_hash_tag_body(tag)}}}:{suffix}"
+
+    def dependents_key(self, key: str) -> str:
+        """The Redis set of keys that depend on ``key`` (same slot as its data key)."""
+        return self._dependents + _hash_tag_body(key) + "}"
+
+    def entry_pattern(self, glob: str) -> str:
+        """Like :meth:`pattern`, but matching the lease keys as well as the data keys (a
+        pattern invalidation revokes the leases of loads in flight too)."""
+        return self._entry_prefix + "[dl]:" + self.pattern(glob)[len(self._data) - 1 :]
+
+    def entry_owner(self, redis_key: Union[str, bytes]) -> Optional[str]:
+        """The user key of a data or lease key (as :meth:`user_key`); ``None`` otherwise."""
+        if isinstance(redis_key, bytes):
+            try:
+                redis_key = redis_key.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if redis_key.startswith(self._lease):
+            redis_key = self._data + redis_key[len(self._lease) :]
+        return self.user_key(redis_key)
 
     def meta_key(self, name: str) -> str:
         """A namespace-level key (e.g. ``"epoch"``); ``name`` is from ``[A-Za-z0-9_.-]``."""
@@ -301,6 +350,30 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
 def glob_match(glob: str, key: str) -> bool:
     """Whether ``key`` matches the Redis-syntax ``glob`` (on characters, not bytes)."""
     return _glob_regex(glob).fullmatch(key) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def fnmatch_glob(glob: str) -> str:
+    """An ``fnmatch`` pattern (the L1's ``invalidate_matching`` syntax) matching every key
+    the Redis-syntax ``glob`` matches: exact, except that a ``[...]`` class holding a
+    character ``fnmatch`` treats specially widens to ``?`` (invalidating more is safe)."""
+    out: list[str] = []
+    for token in _parse_glob(glob):
+        kind = token[0]
+        if kind == "lit":
+            out.extend(f"[{c}]" if c in "*?[" else c for c in token[1])
+        elif kind == "any":
+            out.append("*")
+        elif kind == "one":
+            out.append("?")
+        else:
+            negated, ranges = token[1], token[2]
+            if not ranges or any(c in "]!-\\^[" for pair in ranges for c in pair):
+                out.append("?")
+            else:
+                body = "".join(lo if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+                out.append(f"[{'!' if negated else ''}{body}]")
+    return "".join(out)
 
 
 # -- decorator keys ------------------------------------------------------------------------

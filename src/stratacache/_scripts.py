@@ -58,3 +58,52 @@ if taken then
 end
 return {value, 0}
 """
+
+# -- invalidation --------------------------------------------------------------------------
+
+# KEYS: data, lease, dependents. Invalidate one entry (value gone, lease revoked) and
+# return {1 if a value existed, the keys that depend on it} in the same round trip, so a
+# key without dependents costs nothing more than a delete.
+INVALIDATE_KEY = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+return {n, redis.call('SMEMBERS', KEYS[3])}
+"""
+
+# Raise a version (a tag's, or the namespace epoch) to a value it never had: at least the
+# server clock in microseconds, and above the old value. After a version key is lost
+# (eviction, FLUSHALL of that node) it can never come back to a value an old entry was
+# stamped with, which a plain INCR from 0 would. string.format keeps all 16 digits.
+_BUMP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now > v then v = now else v = v + 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', v))
+"""
+
+# KEYS: version. Returns the new version.
+BUMP_VERSION = _BUMP + "return v\n"
+
+# KEYS: version, members, reclaim. Invalidate a tag in O(1): raise its version (entries
+# stamped with the old one are misses from now on) and move its member set aside to be
+# deleted in chunks (RENAME within one slot is O(1); new writes start a fresh set).
+# Returns {new version, number of keys registered under the tag}.
+BUMP_TAG = (
+    _BUMP
+    + """
+local n = redis.call('SCARD', KEYS[2])
+if n > 0 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+return {v, n}
+"""
+)
+
+# KEYS: members. ARGV: px, key... Register keys under a tag; the set lives at least as
+# long as its longest-lived member (a set without expiry gets one).
+TAG_ADD = """
+redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+local ttl = redis.call('PTTL', KEYS[1])
+local px = tonumber(ARGV[1])
+if ttl == -1 or ttl < px then redis.call('PEXPIRE', KEYS[1], px) end
+return 1
+"""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._invalidation import InvalidationStats
 
 _SAMPLES = 4096  # latency samples kept per series: recent behaviour, bounded memory
 
@@ -55,6 +58,8 @@ class CacheStats:
     bus_reconnects: int = 0
     bus_unhealthy_seconds: float = 0.0
     bus_lag: LatencySummary = field(default_factory=LatencySummary)
+    # invalidation strategies: by type, latency, failures, cascades, queues, reclaim
+    invalidation: InvalidationStats | None = None
 
     @property
     def hit_rate(self) -> float:

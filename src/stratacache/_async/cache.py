@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -42,7 +43,8 @@ from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, ne
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
 from .._errors import RedisUnavailableError
-from .._keys import KeyMaker, KeySpace, validate_key, validate_tag
+from .._invalidation import AuditRecord, DeadLetter, InvalidationRule, InvalidationSettings
+from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
 from .._options import CacheSettings, Duration, to_seconds
 from .._primitives import (
@@ -58,7 +60,9 @@ from .._primitives import (
 )
 from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
+from .._tags import TagVersions, expand_tags
 from .bus import AsyncInvalidationBus
+from .invalidator import AsyncInvalidator, LocalEffects
 from .redis_tier import AsyncRedisTier
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,6 +115,18 @@ class AsyncCache:
         bus_unhealthy: ``"bypass_l1"`` (default): while the bus is unhealthy, L1 is kept
             empty and reads go to L2 and the loader; ``"serve_l1"``: keep serving L1
             (each entry is still bounded by ``l1_max_ttl``), availability over freshness.
+        failover: a second Redis (URL or client, same kinds as ``redis``) that every
+            invalidation also goes to, with its own breaker, retry queue and bus; either
+            Redis failing alone is tolerated and counted.
+        retry_attempts: tries of a failed invalidation before it becomes a dead letter.
+        retry_backoff: pause before the first retry; it doubles up to
+            ``retry_backoff_max``.
+        retry_queue_size: invalidations waiting for a retry, per Redis; past it, an epoch
+            bump (every entry a miss, every L1 flushed) covers what could not be queued.
+        dead_letter_size: dead letters kept, per Redis; past it, an epoch bump as well.
+        audit_maxlen: approximate length bound of the audit stream in Redis (``0``: off).
+        reclaim_chunk: keys deleted per step when an invalidated tag's keys are reclaimed.
+        instance: this instance's name in the audit stream (default: host:pid).
     """
 
     def __init__(
@@ -138,6 +154,15 @@ class AsyncCache:
         heartbeat_timeout: Duration = 1.0,
         bus_batch_window: Duration = 0.001,
         bus_unhealthy: UnhealthyPolicy = "bypass_l1",
+        failover: Any = None,
+        retry_attempts: int = 5,
+        retry_backoff: Duration = 0.1,
+        retry_backoff_max: Duration = 30.0,
+        retry_queue_size: int = 10_000,
+        dead_letter_size: int = 10_000,
+        audit_maxlen: int = 10_000,
+        reclaim_chunk: int = 1000,
+        instance: str | None = None,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -171,10 +196,36 @@ class AsyncCache:
             self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
         )
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
+        self._invalidation_settings = InvalidationSettings(
+            retry_attempts=retry_attempts,
+            retry_backoff=retry_backoff,  # type: ignore[arg-type]
+            retry_backoff_max=retry_backoff_max,  # type: ignore[arg-type]
+            retry_queue_size=retry_queue_size,
+            dead_letter_size=dead_letter_size,
+            audit_maxlen=audit_maxlen,
+            reclaim_chunk=reclaim_chunk,
+            batch_window=self.settings.bus_batch_window,
+        )
+        if instance is not None and (not isinstance(instance, str) or not instance):
+            raise ValueError("instance must be a non-empty str")
+        self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self._versions = TagVersions()
         self._tier = self._make_tier(redis, cluster)
         if self.settings.bus and self._tier is None:
             raise ValueError("bus=True needs redis")
+        if failover is not None and self._tier is None:
+            raise ValueError("failover needs redis")
+        # the failover Redis has a breaker of its own: its outage must not open the primary's
+        self._failover_breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+        )
+        self._failover = (
+            None
+            if failover is None
+            else self._make_tier(failover, cluster, breaker=self._failover_breaker)
+        )
         self._bus = self._make_bus()
+        self._invalidator = self._make_invalidator()
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
@@ -205,11 +256,66 @@ class AsyncCache:
             heartbeat_timeout=self.settings.heartbeat_timeout,
         )
 
+    def _make_invalidator(self) -> AsyncInvalidator:
+        return AsyncInvalidator(
+            keys=self._keys,
+            local=LocalEffects(
+                keys=self._drop_local_keys,
+                tags=self._drop_local_tags,
+                pattern=self._drop_local_pattern,
+                clear=self._drop_local_all,
+            ),
+            versions=self._versions,
+            primary=self._tier,
+            failover=self._failover,
+            publish=self._publish,
+            settings=self._invalidation_settings,
+            instance=self._instance,
+            timer=time.monotonic,
+            clock=self._clock,
+        )
+
     def _flush_l1(self) -> None:
+        # messages may have been missed: the tag versions seen so far are suspect too
+        self._versions.clear()
         self._l1.clear()
 
     def _apply_bus_message(self, message: BusMessage) -> None:
+        if message.action is Action.INVALIDATE_TAGS:
+            self._versions.drop(message.args)
+        elif message.action is Action.CLEAR:
+            self._versions.clear()
         apply_to_l1(self._l1, message)
+        if self._stale is not None:
+            apply_to_l1(self._stale, message)
+
+    # what an invalidation does to this process (the invalidator's LocalEffects)
+
+    def _drop_local_keys(self, keys: Iterable[str]) -> int:
+        removed = 0
+        for key in keys:
+            removed += self._l1.invalidate(key)
+            if self._stale is not None:
+                self._stale.invalidate(key)
+        return removed
+
+    def _drop_local_tags(self, tags: Iterable[str]) -> int:
+        tags = tuple(tags)
+        if self._stale is not None:
+            self._stale.invalidate_tags(tags)
+        return self._l1.invalidate_tags(tags)
+
+    def _drop_local_pattern(self, glob: str) -> int:
+        pattern = fnmatch_glob(glob)
+        if self._stale is not None:
+            self._stale.invalidate_matching(pattern)
+        return self._l1.invalidate_matching(pattern)
+
+    def _drop_local_all(self) -> None:
+        self._versions.clear()
+        self._l1.clear()
+        if self._stale is not None:
+            self._stale.clear()
 
     def _after_fork_in_child(self) -> None:
         """A fresh L1, fresh connections and a bus of its own: no thread, task or socket
@@ -226,10 +332,18 @@ class AsyncCache:
         self._breaker = CircuitBreaker(
             self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
         )
+        self._failover_breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+        )
         if self._tier is not None:
             self._tier.use_breaker(self._breaker)
             async_forget_connections(self._tier.client)
+        if self._failover is not None:
+            self._failover.use_breaker(self._failover_breaker)
+            async_forget_connections(self._failover.client)
+        self._versions.clear()
         self._bus = self._make_bus()
+        self._invalidator = self._make_invalidator()
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
@@ -244,7 +358,9 @@ class AsyncCache:
         if self._bus is not None:
             await self._bus.publish(action, args)
 
-    def _make_tier(self, redis: Any, cluster: bool) -> AsyncRedisTier | None:
+    def _make_tier(
+        self, redis: Any, cluster: bool, breaker: CircuitBreaker | None = None
+    ) -> AsyncRedisTier | None:
         if redis is None:
             return None
         owns = isinstance(redis, str)
@@ -265,7 +381,9 @@ class AsyncCache:
                 f"{c.__module__}.{c.__qualname__}" for c in (AsyncRedis, AsyncRedisCluster)
             )
             raise TypeError(f"redis must be None, a URL, or a {kinds}, not {type(redis).__name__}")
-        return AsyncRedisTier(client, self._keys, self._breaker, self._counters, owns_client=owns)
+        return AsyncRedisTier(
+            client, self._keys, breaker or self._breaker, self._counters, owns_client=owns
+        )
 
     # -- reads --------------------------------------------------------------------------
 
@@ -322,15 +440,31 @@ class AsyncCache:
         # The per-key work of _read_l2/_install, inlined: this loop is most of the cost
         # of a get_many beyond the MGET itself.
         decode = self._codec.decode
-        now = self._clock()
-        hits = 0
-        for key, ticket, blob in zip(missing, tickets, blobs):
+        entries: list[Entry | None] = []
+        unsure: list[int] = []  # entries whose tag versions must be read from Redis
+        check = self._versions.check if self._versions_trusted() else None
+        for key, blob in zip(missing, blobs):
             entry = None
             if blob is not None:
                 try:
                     entry = decode(key, blob)
                 except Exception:
                     self._counters.decode_errors += 1
+                else:
+                    ok = None if check is None else check(entry)
+                    if ok is None:
+                        unsure.append(len(entries))
+                    elif not ok:
+                        entry = None
+            entries.append(entry)
+        if unsure:
+            verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
+            for i, ok in zip(unsure, verdicts):
+                if not ok:
+                    entries[i] = None
+        now = self._clock()
+        hits = 0
+        for key, ticket, entry in zip(missing, tickets, entries):
             if entry is None:
                 l1.release(ticket, key)
                 continue
@@ -420,23 +554,30 @@ class AsyncCache:
                 self._install(ticket, key, entry.value, entry)
                 return entry.value
             self._counters.l2_misses += 1
+            # the tag versions *before* the loader reads: an invalidation of a tag while
+            # it loads makes this entry stale at birth (a miss for every reader)
+            stamps = await self._stamps(tags) if token is not None else None
             value, is_stale = await self._load(key, loader, stale)
             if is_stale:
                 return value
             ttl_s = self._ttl_for(value, ttl)
             if ttl_s == 0:
                 return value
-            now = self._clock()
-            blob = (
-                self._codec.encode(key, value, created_at=now, expires_at=now + ttl_s, tags=tags)
-                if self._tier is not None
-                else b""
-            )
-            if token is not None:
+            if token is not None and stamps is not None:
                 assert self._tier is not None
+                now = self._clock()
+                blob = self._codec.encode(
+                    key,
+                    value,
+                    created_at=now,
+                    expires_at=now + ttl_s,
+                    tags=tags,
+                    stamps=stamps[0],
+                    epoch=stamps[1],
+                )
                 try:
                     stored = await self._tier.write_if_lease(
-                        key, token, blob, self.settings.physical_ttl(ttl_s)
+                        key, token, blob, self.settings.physical_ttl(ttl_s), tags
                     )
                 except RedisUnavailableError:
                     stored = True  # unknown outcome; nothing says the lease was revoked
@@ -532,16 +673,29 @@ class AsyncCache:
         validate_key(key)
         tag_tuple = self._tags(tags)
         ttl_s = self._positive_ttl(ttl)
-        now = self._clock()
-        blob = self._codec.encode(
-            key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
-        )
+        stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
         if self._tier is not None:
             await self._bus_started()
-            try:
-                await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s))
-            except RedisUnavailableError:
-                pass
+            stamps = await self._stamps(tag_tuple)  # a read: nothing is written before encode
+        now = self._clock()
+        blob = self._codec.encode(
+            key,
+            value,
+            created_at=now,
+            expires_at=now + ttl_s,
+            tags=tag_tuple,
+            stamps=None if stamps is None else stamps[0],
+            epoch=0 if stamps is None else stamps[1],
+        )
+        if self._tier is not None:
+            self._invalidator.forget_key_retries((key,))
+            if stamps is not None:
+                try:
+                    await self._tier.write(
+                        key, blob, self.settings.physical_ttl(ttl_s), tag_tuple
+                    )
+                except RedisUnavailableError:
+                    pass
             await self._publish(Action.INVALIDATE_KEYS, (key,))
         self._write_l1(key, value, ttl_s, tag_tuple)
 
@@ -551,22 +705,39 @@ class AsyncCache:
         """Store several values (one pipeline); all are encoded before any is written."""
         tag_tuple = self._tags(tags)
         ttl_s = self._positive_ttl(ttl)
+        for key in mapping:
+            validate_key(key)
+        stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
+        if self._tier is not None and mapping:
+            await self._bus_started()
+            stamps = await self._stamps(tag_tuple)
         now = self._clock()
+        stamp_tags, epoch = stamps if stamps is not None else (None, 0)
+        # every value is encoded before anything is written: one bad value writes nothing
         blobs = [
             (
-                validate_key(key),
+                key,
                 self._codec.encode(
-                    key, value, created_at=now, expires_at=now + ttl_s, tags=tag_tuple
+                    key,
+                    value,
+                    created_at=now,
+                    expires_at=now + ttl_s,
+                    tags=tag_tuple,
+                    stamps=stamp_tags,
+                    epoch=epoch,
                 ),
             )
             for key, value in mapping.items()
         ]
         if self._tier is not None and blobs:
-            await self._bus_started()
-            try:
-                await self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s))
-            except RedisUnavailableError:
-                pass
+            self._invalidator.forget_key_retries(mapping)
+            if stamps is not None:
+                try:
+                    await self._tier.write_many(
+                        blobs, self.settings.physical_ttl(ttl_s), tag_tuple
+                    )
+                except RedisUnavailableError:
+                    pass
             await self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
         for key, value in mapping.items():
             self._write_l1(key, value, ttl_s, tag_tuple)
@@ -592,6 +763,8 @@ class AsyncCache:
                 existed = await self._tier.delete(key) or existed
             except RedisUnavailableError:
                 pass
+            # again: a fill in this process that read L2 before the delete is refused
+            self._l1.invalidate(key)
             await self._publish(Action.INVALIDATE_KEYS, (key,))
         return existed
 
@@ -611,6 +784,8 @@ class AsyncCache:
         try:
             blob = await self._tier.get(key)
             entry = self._decode(key, blob)
+            if entry is not None:
+                entry = await self._valid(entry)
             if entry is None:
                 return False
             now = self._clock()
@@ -620,6 +795,8 @@ class AsyncCache:
                 created_at=entry.created_at,
                 expires_at=now + ttl_s,
                 tags=entry.tags,
+                stamps=entry.stamps,
+                epoch=entry.epoch,
             )
             assert blob is not None
             touched = await self._tier.replace_if_unchanged(
@@ -632,6 +809,125 @@ class AsyncCache:
         if touched:
             await self._publish(Action.INVALIDATE_KEYS, (key,))
         return touched
+
+    # -- invalidation strategies (see invalidator.py) --------------------------------------
+
+    async def invalidate(self, key: str, reason: str | None = None) -> int:
+        """Invalidate ``key`` everywhere: L1 here, L2 (and its lease), every other
+        instance's L1 through the bus; then, transitively, every key that depends on it
+        (:meth:`add_dependency`), and the rules it triggers (:meth:`add_rule`).
+
+        Returns how many entries were removed (the key and its dependents). A Redis
+        failure is not raised: the invalidation is retried in the background (see
+        :meth:`dead_letters`). ``reason`` goes to the audit stream.
+        """
+        validate_key(key)
+        await self._bus_started()
+        return await self._invalidator.invalidate_keys([key], self._reason(reason))
+
+    async def invalidate_related(self, key: str, reason: str | None = None) -> int:
+        """Invalidate ``key`` and everything that depends on it, transitively (the seed's
+        ``InvalidateRelated``; :meth:`invalidate` cascades the same way). A dependency
+        cycle ends the cascade where it closes and is counted (``cycles_detected``)."""
+        validate_key(key)
+        await self._bus_started()
+        return await self._invalidator.invalidate_keys(
+            [key], self._reason(reason), kind="related"
+        )
+
+    async def invalidate_tag(self, tag: str, reason: str | None = None) -> int:
+        """Invalidate every entry tagged ``tag`` or a tag below it (``product`` reaches
+        ``product:42``); tag names are literal, never patterns.
+
+        Effective at once and O(1) whatever the number of keys: the tag's version is
+        raised and entries stamped with an older one are misses; their L2 keys are then
+        deleted in the background, in bounded chunks. Returns the number of keys written
+        with the tag since its last invalidation (some may have expired since).
+        """
+        return await self.invalidate_tags(tag, reason=reason)
+
+    async def invalidate_tags(self, *tags: str, reason: str | None = None) -> int:
+        """:meth:`invalidate_tag` for several tags: one pipeline and one bus message."""
+        checked = [validate_tag(tag) for tag in tags]
+        if not checked:
+            return 0
+        await self._bus_started()
+        return await self._invalidator.invalidate_tags(checked, self._reason(reason))
+
+    async def invalidate_pattern(self, glob: str, reason: str | None = None) -> int:
+        """Invalidate every key matching ``glob`` (Redis syntax: ``*``, ``?``, ``[...]``,
+        ``\\x``): L1 here and everywhere at once, L2 by a chunked ``SCAN`` + ``UNLINK`` on
+        every master (loads in flight lose their lease too). Returns the number of L2
+        entries removed (L1's count without Redis). Keys longer than the hashing
+        threshold (see ``KeySpace``) cannot be matched in L2."""
+        validate_key(glob)
+        await self._bus_started()
+        return await self._invalidator.invalidate_pattern(glob, self._reason(reason))
+
+    async def invalidate_all(self, reason: str | None = None) -> None:
+        """Make every entry of the namespace a miss, on every instance, in O(1) (the
+        namespace epoch is raised; every L1 is flushed)."""
+        await self._bus_started()
+        await self._invalidator.bump_epoch(self._reason(reason))
+
+    async def add_dependency(self, key: str, *depends_on: str) -> None:
+        """Record (in Redis) that ``key`` is derived from each of ``depends_on``: whenever
+        one of them is invalidated, so is ``key`` (and what depends on ``key``)."""
+        validate_key(key)
+        parents = [validate_key(parent) for parent in depends_on]
+        if not parents:
+            raise ValueError("add_dependency needs at least one key to depend on")
+        if self._tier is None:
+            raise ValueError("dependencies are kept in Redis: this cache has none")
+        await self._invalidator.add_dependency(key, parents)
+
+    async def remove_dependency(self, key: str, *depends_on: str) -> None:
+        """Forget that ``key`` depends on each of ``depends_on``."""
+        validate_key(key)
+        parents = [validate_key(parent) for parent in depends_on]
+        if self._tier is None:
+            raise ValueError("dependencies are kept in Redis: this cache has none")
+        await self._invalidator.remove_dependency(key, parents)
+
+    def add_rule(self, rule: InvalidationRule) -> None:
+        """Add an invalidation rule: invalidating a key that matches ``rule.trigger``
+        (via :meth:`invalidate`, :meth:`invalidate_related` or another rule) also
+        invalidates its targets, now and again after ``rule.delay`` if it is set. Rules
+        live in this instance."""
+        self._invalidator.add_rule(rule)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Invalidations that failed every retry (and those still waiting at close)."""
+        return self._invalidator.dead_letters()
+
+    async def replay_dead_letters(self) -> int:
+        """Apply every dead letter again; returns how many succeeded (the others go back
+        to the retry queue)."""
+        return await self._invalidator.replay_dead_letters()
+
+    async def audit_log(self, count: int = 100) -> list[AuditRecord]:
+        """The newest ``count`` records of the audit stream (every instance's), newest
+        first: instance, action, target, count, time and reason of each invalidation."""
+        if type(count) is not int or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        try:
+            return await self._invalidator.audit_log(count)
+        except RedisUnavailableError:
+            return []
+
+    async def keys_for_tag(self, tag: str) -> list[str]:
+        """The keys written with ``tag`` (or a tag below it) since its last invalidation
+        (the seed's ``TagStore.GetKeysByTag``; some may have expired since)."""
+        validate_tag(tag)
+        if self._tier is None:
+            return sorted(k for k in self._l1.keys_for_tag(tag) if isinstance(k, str))
+        return await self._tier.tag_members(tag)
+
+    @staticmethod
+    def _reason(reason: str | None) -> str | None:
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+        return reason
 
     # -- decorator ------------------------------------------------------------------------
 
@@ -727,6 +1023,7 @@ class AsyncCache:
             breaker_opened=self._breaker.opened,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
+            invalidation=self._invalidator.stats(),
             **bus_fields,
         )
 
@@ -741,11 +1038,15 @@ class AsyncCache:
         return self._tier.client if self._tier is not None else None
 
     async def close(self) -> None:
-        """Stop the bus's listener, and close the Redis client if the cache created it."""
+        """Stop the background work (delayed invalidations run now; retries still waiting
+        become dead letters), stop the bus, and close the Redis clients the cache created."""
+        await self._invalidator.aclose()
         if self._bus is not None:
             await self._bus.aclose()
         if self._tier is not None:
             await self._tier.aclose()
+        if self._failover is not None:
+            await self._failover.aclose()
 
     async def __aenter__(self) -> AsyncCache:
         return self
@@ -763,7 +1064,62 @@ class AsyncCache:
             blob = await self._tier.get(key)
         except RedisUnavailableError:
             return None
-        return self._decode(key, blob)
+        entry = self._decode(key, blob)
+        return None if entry is None else await self._valid(entry)
+
+    # -- tag versions (see stratacache._tags) ---------------------------------------------
+
+    def _versions_trusted(self) -> bool:
+        """The version table is only used while the bus (which keeps it current) is healthy."""
+        bus = self._bus
+        return bus is not None and bus.state.healthy
+
+    async def _valid(self, entry: Entry) -> Entry | None:
+        """``entry`` if none of its tags was invalidated (nor the epoch raised) since it
+        was written, else None (a miss)."""
+        if self._versions_trusted():
+            ok = self._versions.check(entry)
+            if ok is not None:
+                return entry if ok else None
+        return entry if (await self._check_versions([entry]))[0] else None
+
+    async def _check_versions(self, entries: list[Entry]) -> list[bool]:
+        """Check entries against versions read from Redis now (one round trip); all
+        invalid if Redis cannot say."""
+        assert self._tier is not None
+        names: dict[str | None, None] = {None: None}
+        for entry in entries:
+            names.update(dict.fromkeys(entry.tags))
+        generation = self._versions.generation
+        try:
+            current = await self._tier.fetch_versions(list(names))
+        except RedisUnavailableError:
+            return [False] * len(entries)
+        if self._versions_trusted():
+            self._versions.store(generation, current)
+        return [
+            entry.epoch == current[None]
+            and all(current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps))
+            for entry in entries
+        ]
+
+    async def _stamps(self, tags: tuple[str, ...]) -> tuple[tuple[int, ...], int] | None:
+        """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
+        if Redis cannot say (the entry is then not written to L2)."""
+        trusted = self._versions_trusted()
+        if trusted:
+            known = self._versions.stamps(tags)
+            if known is not None:
+                return known
+        assert self._tier is not None
+        generation = self._versions.generation
+        try:
+            current = await self._tier.fetch_versions([None, *tags])
+        except RedisUnavailableError:
+            return None
+        if trusted:
+            self._versions.store(generation, current)
+        return tuple(current[tag] for tag in tags), current[None]
 
     def _decode(self, key: str, blob: bytes | None, *, count: bool = True) -> Entry | None:
         """The entry in ``blob``, or None; undecodable bytes are a miss (and counted once
@@ -817,9 +1173,10 @@ class AsyncCache:
 
     @staticmethod
     def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+        """Validated tags with their ancestors (``a:b`` also carries ``a``)."""
         if isinstance(tags, str):
             raise TypeError("tags must be an iterable of str, not a single str")
-        return tuple(validate_tag(tag) for tag in tags)
+        return expand_tags(validate_tag(tag) for tag in tags)
 
 
 # Caches that must reset themselves in a forked child (gunicorn --preload, multiprocessing

@@ -12,9 +12,9 @@ cache builds from a URL get ``redis_timeout``) and no call is retried in a loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
@@ -23,10 +23,14 @@ from .._errors import RedisUnavailableError
 from .._keys import KeySpace
 from .._primitives import RedisCluster, close_client
 from .._scripts import (
+    BUMP_TAG,
+    BUMP_VERSION,
     DELETE,
+    INVALIDATE_KEY,
     READ_OR_LEASE,
     RELEASE_LEASE,
     REPLACE_IF_UNCHANGED,
+    TAG_ADD,
     WRITE,
     WRITE_IF_LEASE,
 )
@@ -34,6 +38,10 @@ from .._stats import Counters
 
 # OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
 _REDIS_FAILURES = (RedisError, OSError)
+
+
+_MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limit)
+AuditFields = Mapping[str, Any]
 
 
 def _px(seconds: float) -> int:
@@ -66,6 +74,7 @@ class RedisTier:
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
+        self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
     def use_breaker(self, breaker: CircuitBreaker) -> None:
         """Replace the breaker (a forked child starts with a fresh one)."""
@@ -105,12 +114,21 @@ class RedisTier:
             return self._call(self.client.mget_nonatomic, data_keys)  # type: ignore[no-any-return]
         return self._call(self.client.mget, data_keys)  # type: ignore[no-any-return]
 
-    def write(self, key: str, blob: bytes, ttl: float) -> None:
-        """Store ``blob`` for ``ttl`` seconds and revoke any lease on ``key``."""
+    def write(self, key: str, blob: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
+        """Store ``blob`` for ``ttl`` seconds, revoke any lease on ``key``, and register the
+        key under each of ``tags`` (for the tags' background reclaim)."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        self._call(self._write, keys=keys, args=[blob, _px(ttl)])
+        if not tags:
+            self._call(self._write, keys=keys, args=[blob, _px(ttl)])
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
+        self._add_members(pipe, tags, [key], ttl)
+        self._call(pipe.execute)
 
-    def write_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+    def write_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: float, tags: Sequence[str] = ()
+    ) -> None:
         """Store several blobs in one pipeline, each revoking its key's lease first."""
         pipe = self.client.pipeline(transaction=False)
         px = _px(ttl)
@@ -118,7 +136,18 @@ class RedisTier:
             # revoke first: a lease holder's fill can then no longer land after our write
             pipe.delete(self._keys.lease_key(key))
             pipe.set(self._keys.data_key(key), blob, px=px)
+        self._add_members(pipe, tags, [key for key, _ in items], ttl)
         self._call(pipe.execute)
+
+    def _add_members(self, pipe: Any, tags: Sequence[str], keys: list[str], ttl: float) -> None:
+        # the member sets outlive the entries a little: a reclaim must still find them
+        px = _px(ttl) + 60_000
+        for tag in tags:
+            members = self._keys.tag_members_key(tag)
+            for start in range(0, len(keys), _MEMBERS_PER_CALL):
+                pipe.execute_command(
+                    "EVAL", TAG_ADD, 1, members, px, *keys[start : start + _MEMBERS_PER_CALL]
+                )
 
     def delete(self, key: str) -> bool:
         """Delete the entry and revoke its lease; True if an entry existed."""
@@ -138,14 +167,173 @@ class RedisTier:
         blob, taken = self._call(self._read_or_lease, keys=keys, args=[token, _px(ttl)])
         return (blob or None), (token if taken else None)
 
-    def write_if_lease(self, key: str, token: bytes, blob: bytes, ttl: float) -> bool:
+    def write_if_lease(
+        self, key: str, token: bytes, blob: bytes, ttl: float, tags: Sequence[str] = ()
+    ) -> bool:
         """The lease holder's fill: stored only if the lease is still ``token``."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        return bool(self._call(self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)]))
+        if not tags:
+            return bool(
+                self._call(self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)])
+            )
+        # a refused fill registers the key under its tags too: harmless (a reclaim of a
+        # key that is not there deletes nothing)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
+        self._add_members(pipe, tags, [key], ttl)
+        results = self._call(pipe.execute)
+        return bool(results[0])
 
     def release_lease(self, key: str, token: bytes) -> None:
         """Give back a lease that will not be used."""
         self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
+
+    # -- invalidation (see _invalidation.py and invalidator.py) ---------------------------
+
+    def fetch_versions(self, names: Sequence[Optional[str]]) -> dict[Optional[str], int]:
+        """Current versions of tags (``None``: the namespace epoch); 0 if never raised."""
+        redis_keys = [
+            self._keys.meta_key("epoch") if name is None else self._keys.tag_key(name)
+            for name in names
+        ]
+        if self._cluster:
+            raw = self._call(self.client.mget_nonatomic, redis_keys)
+        else:
+            raw = self._call(self.client.mget, redis_keys)
+        return {name: int(value) if value else 0 for name, value in zip(names, raw)}
+
+    def invalidate_keys(
+        self, keys: Sequence[str], audit: Iterable[AuditFields] = ()
+    ) -> list[tuple[bool, list[str]]]:
+        """Delete entries and revoke their leases, in one pipeline; for each key, whether
+        a value existed and the keys that depend on it."""
+        pipe = self.client.pipeline(transaction=False)
+        ks = self._keys
+        for key in keys:
+            pipe.execute_command(
+                "EVAL",
+                INVALIDATE_KEY,
+                3,
+                ks.data_key(key),
+                ks.lease_key(key),
+                ks.dependents_key(key),
+            )
+        self._add_audit(pipe, audit)
+        results = self._call(pipe.execute)
+        return [
+            (bool(existed), [m.decode("utf-8", "surrogatepass") for m in members])
+            for existed, members in results[: len(keys)]
+        ]
+
+    def bump_tags(
+        self, tags: Sequence[str], audit: Iterable[AuditFields] = ()
+    ) -> list[tuple[int, int, str]]:
+        """Invalidate tags in O(1) each (one pipeline): for each, its new version, the
+        number of keys registered under it, and where those keys wait to be reclaimed."""
+        pipe = self.client.pipeline(transaction=False)
+        ks = self._keys
+        reclaim_keys = []
+        for tag in tags:
+            reclaim = ks.tag_reclaim_key(tag, os.urandom(6).hex())
+            reclaim_keys.append(reclaim)
+            pipe.execute_command(
+                "EVAL", BUMP_TAG, 3, ks.tag_key(tag), ks.tag_members_key(tag), reclaim
+            )
+        self._add_audit(pipe, audit)
+        results = self._call(pipe.execute)
+        return [
+            (int(version), int(count), reclaim)
+            for (version, count), reclaim in zip(results[: len(tags)], reclaim_keys)
+        ]
+
+    def bump_epoch(self, audit: Iterable[AuditFields] = ()) -> int:
+        """Raise the namespace epoch: every entry written before it becomes a miss."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", BUMP_VERSION, 1, self._keys.meta_key("epoch"))
+        self._add_audit(pipe, audit)
+        results = self._call(pipe.execute)
+        return int(results[0])
+
+    def scan_step(
+        self, pattern: str, cursors: dict[str, int] | None
+    ) -> tuple[dict[str, int], list[bytes]]:
+        """One bounded SCAN step over every master: ``cursors`` (``None`` to start) maps
+        node names to their cursors; returns the remaining cursors and the keys seen."""
+        count = 1000
+        if not self._cluster:
+            cursor = 0 if cursors is None else cursors[""]
+            cursor, found = self._call(self.client.scan, cursor, match=pattern, count=count)
+            return ({"": int(cursor)} if int(cursor) else {}), list(found)
+        if cursors is None:
+            by_node, found = self._call(self.client.scan, match=pattern, count=count)
+            return {name: c for name, c in by_node.items() if c}, list(found)
+        keys: list[bytes] = []
+        left: dict[str, int] = {}
+        for name, cursor in cursors.items():
+            node = self.client.get_node(node_name=name)
+            by_node, found = self._call(
+                self.client.scan, cursor=cursor, match=pattern, count=count, target_nodes=node
+            )
+            keys.extend(found)
+            if by_node[name]:
+                left[name] = by_node[name]
+        return left, keys
+
+    def unlink(self, redis_keys: Sequence[Any]) -> int:
+        """UNLINK raw Redis keys (split by slot on a cluster); how many existed."""
+        if not redis_keys:
+            return 0
+        return int(self._call(self.client.unlink, *redis_keys))
+
+    def reclaim_step(self, reclaim_key: str, count: int) -> int:
+        """Delete up to ``count`` keys of an invalidated tag (SPOP + UNLINK, each bounded);
+        how many were taken (0: the tag is fully reclaimed)."""
+        members = self._call(self.client.spop, reclaim_key, count)
+        if not members:
+            return 0
+        ks = self._keys
+        data_keys = [ks.data_key(m.decode("utf-8", "surrogatepass")) for m in members]
+        self.unlink(data_keys)
+        return len(members)
+
+    def tag_members(self, tag: str) -> list[str]:
+        """The keys registered under ``tag`` since its last invalidation (some may have
+        expired since)."""
+        members = self._call(self.client.smembers, self._keys.tag_members_key(tag))
+        return sorted(m.decode("utf-8", "surrogatepass") for m in members)
+
+    def add_dependents(self, depends_on: Sequence[str], key: str) -> None:
+        """Record that ``key`` depends on each of ``depends_on``."""
+        pipe = self.client.pipeline(transaction=False)
+        for parent in depends_on:
+            pipe.sadd(self._keys.dependents_key(parent), key)
+        self._call(pipe.execute)
+
+    def remove_dependents(self, depends_on: Sequence[str], key: str) -> None:
+        """Forget that ``key`` depends on each of ``depends_on``."""
+        pipe = self.client.pipeline(transaction=False)
+        for parent in depends_on:
+            pipe.srem(self._keys.dependents_key(parent), key)
+        self._call(pipe.execute)
+
+    def _add_audit(self, pipe: Any, records: Iterable[AuditFields]) -> None:
+        if self.audit_maxlen:
+            stream = self._keys.meta_key("audit")
+            for fields in records:
+                pipe.xadd(stream, dict(fields), maxlen=self.audit_maxlen, approximate=True)
+
+    def audit(self, records: Iterable[AuditFields]) -> None:
+        """Append records to the audit stream (length-bounded, ``MAXLEN ~``)."""
+        pipe = self.client.pipeline(transaction=False)
+        self._add_audit(pipe, records)
+        if len(pipe):
+            self._call(pipe.execute)
+
+    def audit_log(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The newest ``count`` audit records, newest first."""
+        return self._call(  # type: ignore[no-any-return]
+            self.client.xrevrange, self._keys.meta_key("audit"), count=count
+        )
 
     def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
         """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).

@@ -1,0 +1,607 @@
+"""The invalidator: invalidation by key (with dependency cascades), tag, pattern, rule
+and epoch, on the primary Redis and an optional failover one, with retries, dead letters,
+background reclaim of invalidated tags, and the audit stream.
+
+The bookkeeping without I/O (rules, queues, cycle search, metrics) is in
+``stratacache._invalidation``; the tag-version scheme is explained in ``stratacache._tags``.
+This module does the I/O, and one background worker (a task here, a thread in the
+generated sync twin) runs what is not done in the caller's call: retries with backoff,
+delayed invalidations, the chunked reclaim of invalidated tags, and audit writes.
+
+Order of effects, for every kind: the local L1 first (this process stops serving the old
+value at once), then Redis, then the local L1 again (a fill that read Redis before the
+Redis step landed is refused by the L1's ticket guard), then one bus message so that
+every other instance drops its copies. A Redis step that fails is retried later; its bus
+message is sent again when the retry succeeds.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Optional
+
+from .._bus import BusPublisherState, new_source_id
+from .._bus_messages import Action
+from .._errors import RedisUnavailableError
+from .._invalidation import (
+    EPOCH,
+    FAILOVER,
+    KEY,
+    MAX_RULE_DEPTH,
+    PATTERN,
+    PRIMARY,
+    TAG,
+    AuditRecord,
+    DeadLetter,
+    DelayQueue,
+    InvalidationCounters,
+    InvalidationRule,
+    InvalidationSettings,
+    InvalidationStats,
+    Op,
+    RetryQueue,
+    find_cycles,
+    is_glob,
+)
+from .._keys import KeySpace, glob_match
+from .._primitives import AsyncEvent, AsyncWorker, async_call_loader, async_wait_event
+from .._tags import EPOCH as EPOCH_VERSION
+from .._tags import TagVersions
+from .redis_tier import AsyncRedisTier
+
+logger = logging.getLogger("stratacache.invalidation")
+
+_IDLE_WAIT = 1.0  # longest the worker sleeps with nothing due (it is woken for new work)
+_STOP_TIMEOUT = 5.0
+_MAX_CASCADE = 100_000  # keys one dependency cascade may reach (a runaway graph stops here)
+_AUDIT_BUFFER = 10_000  # audit records waiting for the worker; beyond, counted as failures
+
+
+@dataclass
+class LocalEffects:
+    """What an invalidation does to this process's L1 (and fail-safe copy): provided by
+    the cache, since they touch its tiers and its tag-version table."""
+
+    keys: Callable[[Sequence[str]], int]
+    tags: Callable[[Sequence[str]], int]
+    pattern: Callable[[str], int]
+    clear: Callable[[], None]
+
+
+class _Target:
+    """One Redis that invalidations go to, with its retry queue and reclaim backlog."""
+
+    def __init__(self, name: str, tier: AsyncRedisTier, queue: RetryQueue) -> None:
+        self.name = name
+        self.tier = tier
+        self.queue = queue
+        self.reclaim: collections.deque[str] = collections.deque()
+
+
+class AsyncInvalidator:
+    """Carries out a cache's invalidations (see the module notes)."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeySpace,
+        local: LocalEffects,
+        versions: TagVersions,
+        primary: Optional[AsyncRedisTier],
+        failover: Optional[AsyncRedisTier],
+        publish: Callable[[Action, Iterable[str]], Any],  # the cache's bus publish
+        settings: InvalidationSettings,
+        instance: str,
+        timer: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._local = local
+        self._versions = versions
+        self._publish_primary = publish
+        self.settings = settings
+        self.instance = instance
+        self._timer = timer
+        self._clock = clock
+        self._targets: list[_Target] = []
+        for name, tier in ((PRIMARY, primary), (FAILOVER, failover)):
+            if tier is not None:
+                tier.audit_maxlen = settings.audit_maxlen
+                queue = RetryQueue(
+                    name,
+                    attempts=settings.retry_attempts,
+                    backoff=settings.retry_backoff,
+                    backoff_max=settings.retry_backoff_max,
+                    maxsize=settings.retry_queue_size,
+                    dead_letter_size=settings.dead_letter_size,
+                )
+                self._targets.append(_Target(name, tier, queue))
+        # the failover Redis has a bus of its own: its instances hear our invalidations
+        # from a source id whose sequence numbers only count what is sent there
+        self._failover_outbox = BusPublisherState(new_source_id(), time.time)
+        self._rules: list[InvalidationRule] = []
+        self._delayed = DelayQueue()
+        self._audit: collections.deque[dict[str, Any]] = collections.deque()
+        self.counters = InvalidationCounters()
+        self._worker: Optional[AsyncWorker] = None
+        self._wake = AsyncEvent()
+        self._stopping = False
+
+    # -- public operations (called by the cache) -------------------------------------------
+
+    def add_rule(self, rule: InvalidationRule) -> None:
+        """Add a rule (see :class:`InvalidationRule`)."""
+        if not isinstance(rule, InvalidationRule):
+            raise TypeError(f"expected an InvalidationRule, not {type(rule).__name__}")
+        self._rules.append(rule)
+
+    @property
+    def rules(self) -> list[InvalidationRule]:
+        """The rules, in the order they were added."""
+        return list(self._rules)
+
+    async def invalidate_keys(
+        self, keys: Sequence[str], reason: Optional[str], *, kind: str = "key"
+    ) -> int:
+        """Invalidate ``keys`` and, transitively, every key that depends on them; fire the
+        rules they trigger. Returns how many keys were removed from L1 or L2."""
+        start = perf_counter()
+        self.counters.by_type[kind] += 1
+        removed = await self._cascade(list(dict.fromkeys(keys)), reason, fire_rules=True)
+        self.counters.latency.record(perf_counter() - start)
+        self._record_audit(kind, ",".join(keys), removed, reason)
+        return removed
+
+    async def invalidate_tags(self, tags: Sequence[str], reason: Optional[str]) -> int:
+        """Invalidate every entry carrying one of ``tags`` or a tag below one of them
+        (O(1) per tag); returns the number of keys registered under them (L1's count
+        without Redis)."""
+        start = perf_counter()
+        tags = list(dict.fromkeys(tags))
+        self.counters.by_type["tag"] += 1
+        count = self._local.tags(tags)
+        for target in self._targets:
+            registered = await self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
+            if target.name == PRIMARY and registered is not None:
+                count = registered
+        self._local.tags(tags)
+        self.counters.latency.record(perf_counter() - start)
+        self._record_audit("tag", ",".join(tags), count, reason)
+        return count
+
+    async def invalidate_pattern(self, glob: str, reason: Optional[str]) -> int:
+        """Invalidate every key matching the Redis-style ``glob``: L1 at once, L2 by a
+        chunked SCAN + UNLINK on every master; the number of L2 entries removed (L1's
+        count without Redis)."""
+        start = perf_counter()
+        self.counters.by_type["pattern"] += 1
+        count = self._local.pattern(glob)
+        for target in self._targets:
+            removed = await self._apply_pattern(target, Op(PATTERN, glob, reason))
+            if target.name == PRIMARY and removed is not None:
+                count = removed
+        self._local.pattern(glob)
+        self.counters.latency.record(perf_counter() - start)
+        self._record_audit("pattern", glob, count, reason)
+        return count
+
+    async def add_dependency(self, key: str, depends_on: Sequence[str]) -> None:
+        """Record that ``key`` must be invalidated whenever one of ``depends_on`` is.
+
+        Raises :class:`RedisUnavailableError` if the primary Redis cannot record it (a
+        dependency that silently did not exist would leave stale data behind later)."""
+        for target in self._targets:
+            try:
+                await target.tier.add_dependents(depends_on, key)
+            except RedisUnavailableError:
+                self.counters.failures[target.name] += 1
+                if target.name == PRIMARY:
+                    raise
+
+    async def remove_dependency(self, key: str, depends_on: Sequence[str]) -> None:
+        """Forget that ``key`` depends on ``depends_on``."""
+        for target in self._targets:
+            try:
+                await target.tier.remove_dependents(depends_on, key)
+            except RedisUnavailableError:
+                self.counters.failures[target.name] += 1
+                if target.name == PRIMARY:
+                    raise
+
+    async def bump_epoch(self, reason: Optional[str]) -> None:
+        """Make every entry of the namespace a miss, everywhere (O(1))."""
+        self._local.clear()
+        self.counters.by_type["epoch"] += 1
+        for target in self._targets:
+            await self._apply_epoch(target, Op(EPOCH, "", reason))
+        self._local.clear()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Invalidations that failed every retry, oldest first (primary, then failover)."""
+        return [letter for t in self._targets for letter in t.queue.dead_letters()]
+
+    async def replay_dead_letters(self) -> int:
+        """Try every dead letter again now; the number applied. One that fails again
+        goes back to the retry queue with a fresh set of attempts."""
+        applied = 0
+        for target in self._targets:
+            for letter in target.queue.take_dead_letters():
+                op = Op(letter.kind, letter.target, letter.reason)
+                if await self._apply_one(target, op, attempts=0):
+                    applied += 1
+        return applied
+
+    async def audit_log(self, count: int) -> list[AuditRecord]:
+        """The newest ``count`` audit records of the primary Redis, newest first."""
+        await self._flush_audit()
+        if not self._targets:
+            return []
+        rows = await self._targets[0].tier.audit_log(count)
+        out = []
+        for entry_id, fields in rows:
+            f = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+            out.append(
+                AuditRecord(
+                    id=entry_id.decode(),
+                    instance=f.get("instance", ""),
+                    action=f.get("action", ""),
+                    target=f.get("target", ""),
+                    count=int(f.get("count", "0")),
+                    time=float(f.get("time", "0")),
+                    reason=f.get("reason") or None,
+                )
+            )
+        return out
+
+    def forget_key_retries(self, keys: Iterable[str]) -> None:
+        """A write of these keys is newer than any waiting invalidation of them: a late
+        retry must not delete the new value."""
+        for target in self._targets:
+            if len(target.queue):
+                for key in keys:
+                    target.queue.discard(KEY, key)
+
+    def stats(self) -> InvalidationStats:
+        """A snapshot of the invalidation metrics."""
+        c = self.counters
+        return InvalidationStats(
+            invalidations=dict(c.by_type),
+            keys_invalidated=c.keys_invalidated,
+            latency=c.latency.summary(),
+            failures=dict(c.failures),
+            cascade_depth=c.cascade_depth.summary(),
+            cycles_detected=c.cycles_detected,
+            queue_size=sum(len(t.queue) for t in self._targets) + len(self._delayed),
+            dead_letters=sum(len(t.queue.dead_letters()) for t in self._targets),
+            epoch_bumps=c.epoch_bumps,
+            reclaimed_keys=c.reclaimed_keys,
+            reclaim_pending=sum(len(t.reclaim) for t in self._targets),
+            audit_failures=c.audit_failures,
+        )
+
+    # -- cascades and rules ----------------------------------------------------------------
+
+    async def _cascade(
+        self, roots: list[str], reason: Optional[str], *, fire_rules: bool, depth: int = 0
+    ) -> int:
+        removed = self._local.keys(roots)
+        reached: dict[str, None] = dict.fromkeys(roots)
+        for target in self._targets:
+            result = await self._apply_keys(target, [Op(KEY, k, reason) for k in roots])
+            if result is not None:
+                count, visited = result
+                if target.name == PRIMARY:
+                    removed = max(removed, count)
+                reached.update(dict.fromkeys(visited))
+        if fire_rules and self._rules and depth < MAX_RULE_DEPTH:
+            await self._fire_rules(list(reached), reason, depth)
+        return removed
+
+    async def _fire_rules(self, keys: list[str], reason: Optional[str], depth: int) -> None:
+        for key in keys:
+            for rule in self._rules:
+                fields = rule.match(key)
+                if fields is None:
+                    continue
+                if rule.condition is not None and not await async_call_loader(
+                    functools.partial(rule.condition, key)
+                ):
+                    continue
+                self.counters.by_type["rule"] += 1
+                targets = rule.render(fields)
+                ops = [Op(PATTERN if is_glob(t) else KEY, t, reason) for t in targets]
+                await self._run_now(ops, fire_rules=True, depth=depth + 1)
+                if rule.delay_seconds > 0:
+                    self._delayed.schedule(self._timer() + rule.delay_seconds, ops)
+                    self._ensure_worker()
+
+    async def _run_now(self, ops: list[Op], *, fire_rules: bool, depth: int) -> None:
+        keys = [op.target for op in ops if op.kind == KEY]
+        if keys:
+            await self._cascade(keys, ops[0].reason, fire_rules=fire_rules, depth=depth)
+        for op in ops:
+            if op.kind == PATTERN:
+                self._local.pattern(op.target)
+                for target in self._targets:
+                    await self._apply_pattern(target, op)
+                self._local.pattern(op.target)
+            elif op.kind == TAG:
+                self._local.tags([op.target])
+                for target in self._targets:
+                    await self._apply_tags(target, [op])
+                self._local.tags([op.target])
+
+    # -- one Redis ---------------------------------------------------------------------------
+
+    async def _apply_keys(
+        self, target: _Target, ops: list[Op], attempts: int = 0
+    ) -> Optional[tuple[int, list[str]]]:
+        """The dependency cascade from ``ops``' keys on one Redis, a pipeline per level:
+        (entries removed, every key reached); ``None`` if it failed (retry queued)."""
+        frontier = [op.target for op in ops]
+        reached: dict[str, None] = dict.fromkeys(frontier)
+        edges: dict[str, list[str]] = {}
+        removed = 0
+        depth = 0
+        revisited = False
+        while frontier:
+            try:
+                results = await target.tier.invalidate_keys(frontier)
+            except RedisUnavailableError as exc:
+                self._failed(target, [Op(KEY, k, ops[0].reason) for k in frontier], exc, attempts)
+                if depth == 0:
+                    return None
+                break  # the keys reached so far are done; the rest is retried from here
+            await self._announce(target, Action.INVALIDATE_KEYS, frontier)
+            following: list[str] = []
+            for key, (existed, dependents) in zip(frontier, results):
+                removed += existed
+                if dependents:
+                    edges[key] = dependents
+                for child in dependents:
+                    if child in reached:
+                        revisited = True
+                    elif len(reached) < _MAX_CASCADE:
+                        reached[child] = None
+                        following.append(child)
+            if following:
+                depth += 1
+                self._local.keys(following)
+            frontier = following
+        self._local.keys(list(reached))
+        self.counters.keys_invalidated += removed
+        if target.name == PRIMARY:
+            self.counters.cascade_depth.record(depth)
+            if depth:
+                self.counters.by_type["related"] += len(reached) - len(ops)
+            if revisited:
+                cycles = find_cycles(edges, [op.target for op in ops])
+                if cycles:
+                    self.counters.cycles_detected += len(cycles)
+                    logger.warning("dependency cycles while invalidating: %r", cycles[:5])
+        return removed, list(reached)
+
+    async def _apply_tags(self, target: _Target, ops: list[Op], attempts: int = 0) -> Optional[int]:
+        tags = [op.target for op in ops]
+        try:
+            results = await target.tier.bump_tags(tags)
+        except RedisUnavailableError as exc:
+            self._failed(target, ops, exc, attempts)
+            return None
+        if target.name == PRIMARY:
+            self._versions.raise_to({tag: version for tag, (version, _, _) in zip(tags, results)})
+        for _, count, reclaim in results:
+            if count:
+                target.reclaim.append(reclaim)
+        if target.reclaim:
+            self._ensure_worker()
+        await self._announce(target, Action.INVALIDATE_TAGS, tags)
+        return sum(count for _, count, _ in results)
+
+    async def _apply_pattern(self, target: _Target, op: Op, attempts: int = 0) -> Optional[int]:
+        pattern = self._keys.entry_pattern(op.target)
+        data_prefix = self._keys.data_key("x")[:-3]  # "ns:v1:d:{"
+        removed = 0
+        cursors: Optional[dict[str, int]] = None
+        try:
+            while True:
+                cursors, found = await target.tier.scan_step(pattern, cursors)
+                doomed = []
+                for redis_key in found:
+                    owner = self._keys.entry_owner(redis_key)
+                    if owner is not None and glob_match(op.target, owner):
+                        doomed.append(redis_key)
+                        if redis_key.startswith(data_prefix.encode()):
+                            removed += 1
+                await target.tier.unlink(doomed)
+                if not cursors:
+                    break
+        except RedisUnavailableError as exc:
+            self._failed(target, [op], exc, attempts)
+            return None
+        self.counters.keys_invalidated += removed
+        await self._announce(target, Action.INVALIDATE_MATCHING, [op.target])
+        return removed
+
+    async def _apply_epoch(self, target: _Target, op: Op, attempts: int = 0) -> bool:
+        try:
+            version = await target.tier.bump_epoch()
+        except RedisUnavailableError as exc:
+            self._failed(target, [op], exc, attempts)
+            return False
+        self.counters.epoch_bumps += 1
+        if target.name == PRIMARY:
+            self._versions.raise_to({EPOCH_VERSION: version})
+        covered = target.queue.covered_by_epoch()
+        if covered:
+            logger.warning(
+                "epoch bump on the %s Redis covers %d queued invalidations", target.name, covered
+            )
+        await self._announce(target, Action.CLEAR, ())
+        self._record_audit("epoch", "*", covered, op.reason)
+        return True
+
+    async def _apply_one(self, target: _Target, op: Op, attempts: int) -> bool:
+        if op.kind == KEY:
+            return await self._apply_keys(target, [op], attempts) is not None
+        if op.kind == TAG:
+            return await self._apply_tags(target, [op], attempts) is not None
+        if op.kind == PATTERN:
+            return await self._apply_pattern(target, op, attempts) is not None
+        return await self._apply_epoch(target, op, attempts)
+
+    async def _announce(self, target: _Target, action: Action, args: Iterable[str]) -> None:
+        """The bus message of an applied invalidation, on that Redis's bus."""
+        if target.name == PRIMARY:
+            await self._publish_primary(action, args)
+            return
+        for payload in self._failover_outbox.encode_all(action, args):
+            try:
+                await target.tier.publish(self._keys.channel(), payload)
+            except RedisUnavailableError:
+                pass  # a gap at the failover's listeners: they flush, the safe outcome
+
+    def _failed(
+        self, target: _Target, ops: Sequence[Op], exc: BaseException, attempts: int
+    ) -> None:
+        self.counters.failures[target.name] += 1
+        now, wall = self._timer(), self._clock()
+        for op in ops:
+            target.queue.failed(op, str(exc), now, wall, attempts + 1)
+        self._ensure_worker()
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def _record_audit(self, action: str, target: str, count: int, reason: Optional[str]) -> None:
+        if not self.settings.audit_maxlen or not self._targets:
+            return
+        if len(self._audit) >= _AUDIT_BUFFER:
+            self.counters.audit_failures += 1
+            return
+        self._audit.append(
+            {
+                "instance": self.instance,
+                "action": action,
+                "target": target[:1024],
+                "count": count,
+                "time": repr(self._clock()),
+                "reason": reason or "",
+            }
+        )
+        self._ensure_worker()
+
+    async def _flush_audit(self) -> None:
+        if not self._audit or not self._targets:
+            return
+        batch: list[dict[str, Any]] = []
+        while self._audit and len(batch) < 1000:
+            batch.append(self._audit.popleft())
+        try:
+            await self._targets[0].tier.audit(batch)
+        except RedisUnavailableError:
+            # put them back (oldest first) unless the buffer filled up meanwhile
+            room = _AUDIT_BUFFER - len(self._audit)
+            self._audit.extendleft(reversed(batch[:room]))
+            self.counters.audit_failures += max(0, len(batch) - room)
+
+    # -- the background worker -------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None and not self._stopping and self._targets:
+            self._worker = AsyncWorker(self._work, "stratacache-invalidator")
+        self._wake.set()
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self._work_once()
+            except Exception:  # pragma: no cover - never let the loop die (bug guard)
+                logger.exception("invalidation worker step failed")
+                busy = False
+            if self._stopping:
+                break
+            if busy:
+                await async_wait_event(self._wake, 0)  # let callers in between chunks
+            else:
+                await async_wait_event(self._wake, self._idle_wait())
+            self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        dues = [t.queue.next_due() for t in self._targets] + [self._delayed.next_due()]
+        pending = [d for d in dues if d is not None]
+        if self._audit:
+            return self.settings.batch_window
+        if not pending:
+            return _IDLE_WAIT
+        return max(0.0, min(min(pending) - self._timer(), _IDLE_WAIT))
+
+    async def _work_once(self) -> bool:
+        """One round: owed epoch bumps, due retries, due delayed invalidations, the audit
+        buffer, and one chunk of reclaim per Redis. True if reclaim work remains."""
+        now = self._timer()
+        for target in self._targets:
+            if target.queue.epoch_owed and not await self._apply_epoch(
+                target, Op(EPOCH, "", "retry queue overflow")
+            ):
+                continue
+            due = target.queue.take_due(now)
+            if due:
+                self.counters.by_type["retry"] += len(due)
+            for op, attempts in due:
+                await self._apply_one(target, op, attempts)
+        delayed = self._delayed.take_due(now, self.settings.batch_window)
+        if delayed:
+            self.counters.by_type["delayed"] += len(delayed)
+            await self._run_now(delayed, fire_rules=False, depth=MAX_RULE_DEPTH)
+        await self._flush_audit()
+        busy = False
+        for target in self._targets:
+            if target.reclaim:
+                busy = await self._reclaim_chunk(target) or busy
+        return busy
+
+    async def _reclaim_chunk(self, target: _Target) -> bool:
+        """Delete one chunk of an invalidated tag's keys; True if more remain."""
+        reclaim_key = target.reclaim[0]
+        try:
+            taken = await target.tier.reclaim_step(reclaim_key, self.settings.reclaim_chunk)
+        except RedisUnavailableError:
+            return False  # the keys are logically invalid already; try again later
+        if target.name == PRIMARY:
+            self.counters.reclaimed_keys += taken
+        if taken == 0:
+            target.reclaim.popleft()
+        return bool(target.reclaim)
+
+    async def reclaim_now(self) -> None:
+        """Run every pending reclaim to its end in the caller (tests, benchmarks)."""
+        for target in self._targets:
+            while target.reclaim:
+                await self._reclaim_chunk(target)
+
+    async def aclose(self) -> None:
+        """Stop the worker. Delayed invalidations run now (early rather than never); what
+        still waits for a retry becomes a dead letter, and is logged."""
+        self._stopping = True
+        self._wake.set()
+        if self._worker is not None:
+            await self._worker.stop(_STOP_TIMEOUT)
+            self._worker = None
+        delayed = self._delayed.take_all()
+        if delayed:
+            await self._run_now(delayed, fire_rules=False, depth=MAX_RULE_DEPTH)
+        await self._flush_audit()
+        for target in self._targets:
+            left = target.queue.give_up()
+            if left:
+                logger.warning(
+                    "closing with %d invalidations of the %s Redis undelivered (dead letters)",
+                    left,
+                    target.name,
+                )
