@@ -26,6 +26,7 @@ from stratacache._keys import (
     glob_match,
     make_key,
     validate_key,
+    validate_lock_name,
     validate_tag,
 )
 
@@ -41,20 +42,20 @@ def slot(redis_key: str) -> int:
 # -- validation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 def test_valid_keys_are_returned(validate: Any) -> None:
     for key in ("a", "user:{42}", "%", "x" * MAX_KEY_LENGTH, "é\x00\n\t", "🔑", " "):
         assert validate(key) == key
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 @pytest.mark.parametrize("bad", [b"key", 1, None, ("a",), 1.5])
 def test_non_str_keys_are_a_type_error(validate: Any, bad: Any) -> None:
     with pytest.raises(TypeError, match="must be a str"):
         validate(bad)
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 @pytest.mark.parametrize(
     ("bad", "message"),
     [("", "empty"), ("x" * (MAX_KEY_LENGTH + 1), "limit"), ("a\ud800b", "surrogate")],

@@ -47,6 +47,7 @@ __all__ = [
     "glob_match",
     "make_key",
     "validate_key",
+    "validate_lock_name",
     "validate_tag",
 ]
 
@@ -97,6 +98,11 @@ def validate_key(key: object) -> str:
 def validate_tag(tag: object) -> str:
     """``tag`` as a plain ``str`` if it is a usable tag (same rules as keys; tags are literal)."""
     return _validate_str(tag, "tag")
+
+
+def validate_lock_name(name: object) -> str:
+    """``name`` as a plain ``str`` if it is a usable lock name (same rules as keys)."""
+    return _validate_str(name, "lock name")
 
 
 def _hash_tag_body(key: str) -> str:
