@@ -25,7 +25,7 @@ from stratacache._primitives import (
     async_no_retry,
     async_sleep,
 )
-from stratacache.testing._servers import free_port
+from stratacache.testing import free_port
 
 from concurrency import AsyncTask, FakeClock, async_until
 

@@ -27,7 +27,7 @@ from stratacache._primitives import (
     no_retry,
     sleep,
 )
-from stratacache.testing._servers import free_port
+from stratacache.testing import free_port
 
 from concurrency import Task, FakeClock, until
 
