@@ -26,6 +26,7 @@ from stratacache._keys import (
     glob_match,
     make_key,
     validate_key,
+    validate_lock_name,
     validate_tag,
 )
 
@@ -41,20 +42,20 @@ def slot(redis_key: str) -> int:
 # -- validation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 def test_valid_keys_are_returned(validate: Any) -> None:
     for key in ("a", "user:{42}", "%", "x" * MAX_KEY_LENGTH, "é\x00\n\t", "🔑", " "):
         assert validate(key) == key
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 @pytest.mark.parametrize("bad", [b"key", 1, None, ("a",), 1.5])
 def test_non_str_keys_are_a_type_error(validate: Any, bad: Any) -> None:
     with pytest.raises(TypeError, match="must be a str"):
         validate(bad)
 
 
-@pytest.mark.parametrize("validate", [validate_key, validate_tag])
+@pytest.mark.parametrize("validate", [validate_key, validate_tag, validate_lock_name])
 @pytest.mark.parametrize(
     ("bad", "message"),
     [("", "empty"), ("x" * (MAX_KEY_LENGTH + 1), "limit"), ("a\ud800b", "surrogate")],
@@ -86,6 +87,9 @@ def test_layout() -> None:
     assert space.lease_key("user:1") == "app:v1:l:{user:1}"
     assert space.tag_key("team:7") == "app:v1:t:{team:7}"
     assert space.meta_key("epoch") == "app:v1:m:{app}:epoch"
+    assert space.fence_key("user:1") == "app:v1:f:{user:1}"
+    assert space.lock_key("job:7") == "app:v1:k:{job:7}"
+    assert space.fence_counter_key("job:7") == "app:v1:c:{job:7}"
     assert space.channel() == "app:v1:bus"
     assert repr(space) == "KeySpace('app')"
 
@@ -129,7 +133,10 @@ def test_layout_is_injective_on_small_keys_exhaustively() -> None:
                 for kind, redis_key in (
                     ("d", space.data_key(key)),
                     ("l", space.lease_key(key)),
+                    ("f", space.fence_key(key)),
                     ("t", space.tag_key(key)),
+                    ("k", space.lock_key(key)),
+                    ("c", space.fence_counter_key(key)),
                 ):
                     assert redis_key not in seen, (redis_key, seen.get(redis_key))
                     seen[redis_key] = (namespace, kind + key)
@@ -163,6 +170,49 @@ def test_data_and_lease_keys_share_a_slot_for_hashed_and_braced_keys() -> None:
     # the slot is decided by the user key, not by the namespace
     assert slot(space.data_key("k")) == slot("k")
     assert slot(KeySpace("other").data_key("k")) == slot("k")
+
+
+@given(key=any_keys)
+def test_fence_and_lock_keys_share_a_slot_with_their_partners(key: str) -> None:
+    space = KeySpace("app")
+    # a fenced write touches data, lease and fence key; an acquisition lock and counter
+    assert slot(space.fence_key(key)) == slot(space.data_key(key))
+    assert slot(space.lock_key(key)) == slot(space.fence_counter_key(key))
+
+
+def test_fence_and_lock_keys_share_a_slot_for_hashed_and_braced_names() -> None:
+    space = KeySpace("app")
+    for key in ("{x}", "}{", "{}", "a{b}", "x" * 1000, "{" * 300):
+        assert slot(space.fence_key(key)) == slot(space.data_key(key)) == slot(space.lease_key(key))
+        assert slot(space.lock_key(key)) == slot(space.fence_counter_key(key))
+    assert space.lock_key("x" * 1000) != space.lock_key("x" * 1001)
+    assert re.fullmatch(r"app:v1:k:\{%h[0-9a-f]{64}\}", space.lock_key("x" * 1000))
+
+
+@given(a=any_keys, b=any_keys)
+def test_new_key_kinds_are_injective_and_distinct_from_the_others(a: str, b: str) -> None:
+    space = KeySpace("app")
+
+    def kinds(key: str) -> dict[str, str]:
+        return {
+            "d": space.data_key(key),
+            "l": space.lease_key(key),
+            "f": space.fence_key(key),
+            "t": space.tag_key(key),
+            "k": space.lock_key(key),
+            "c": space.fence_counter_key(key),
+        }
+
+    left, right = kinds(a), kinds(b)
+    assert len(set(left.values())) == len(left)  # one name, six distinct Redis keys
+    for kind in ("f", "k", "c"):
+        for other, redis_key in right.items():
+            same = kind == other and a == b
+            assert (left[kind] == redis_key) == same, (kind, other, a, b)
+    # none of them is mistaken for a data key (pattern invalidation reads data keys only)
+    assert space.user_key(left["f"]) is None
+    assert space.user_key(left["k"]) is None
+    assert space.user_key(left["c"]) is None
 
 
 def test_long_keys_are_hashed() -> None:

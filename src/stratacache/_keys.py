@@ -6,18 +6,23 @@ new one, so new code never reads bytes laid out differently)::
     ns:v1:d:{K}       entry of user key K         (data_key)
     ns:v1:l:{K}       lease for that entry        (lease_key; same Cluster slot as data_key)
     ns:v1:g:{K}       keys that depend on K       (dependents_key; same slot as data_key)
+    ns:v1:f:{K}       highest fencing token       (fence_key; same Cluster slot as data_key)
+                      a fenced write to K carried
     ns:v1:t:{T}       version of tag T            (tag_key)
     ns:v1:s:{T}       keys written with tag T     (tag_members_key; same slot as tag_key)
     ns:v1:r:{T}:X     members being reclaimed     (tag_reclaim_key; X names the invalidation)
+    ns:v1:k:{N}       distributed lock named N    (lock_key)
+    ns:v1:c:{N}       fencing-token counter of N  (fence_counter_key; same slot as lock_key)
     ns:v1:m:{ns}:NAME namespace-level value       (meta_key; all of a namespace in one slot)
     ns:v1:bus         invalidation channel        (channel)
 
-``K`` / ``T`` is the user key / tag with ``%``, ``{`` and ``}`` percent-escaped (``%25``,
-``%7B``, ``%7D``), so it can sit inside a Redis Cluster hash tag and the mapping stays
-injective. When the escaped form is longer than :data:`HASH_THRESHOLD` it is replaced by
-``%h`` + the SHA-256 hex of the key; ``%h`` never occurs in an escaped key, so a hashed
-form never equals a plain one. Namespaces are restricted to ``[A-Za-z0-9_.-]`` (no ``:``,
-no braces, no glob characters), which makes ``(namespace, key) -> Redis key`` injective.
+``K`` / ``T`` / ``N`` is the user key / tag / lock name with ``%``, ``{`` and ``}``
+percent-escaped (``%25``, ``%7B``, ``%7D``), so it can sit inside a Redis Cluster hash tag
+and the mapping stays injective. When the escaped form is longer than
+:data:`HASH_THRESHOLD` it is replaced by ``%h`` + the SHA-256 hex of the key; ``%h`` never
+occurs in an escaped key, so a hashed form never equals a plain one. Namespaces are
+restricted to ``[A-Za-z0-9_.-]`` (no ``:``, no braces, no glob characters), which makes
+``(namespace, kind, key) -> Redis key`` injective.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "glob_match",
     "make_key",
     "validate_key",
+    "validate_lock_name",
     "validate_tag",
 ]
 
@@ -98,6 +104,11 @@ def validate_tag(tag: object) -> str:
     return _validate_str(tag, "tag")
 
 
+def validate_lock_name(name: object) -> str:
+    """``name`` as a plain ``str`` if it is a usable lock name (same rules as keys)."""
+    return _validate_str(name, "lock name")
+
+
 def _hash_tag_body(key: str) -> str:
     """The injective, brace-free form of ``key`` that goes inside ``{...}``."""
     body = key.translate(_ESCAPES) if ("%" in key or "{" in key or "}" in key) else key
@@ -115,10 +126,13 @@ class KeySpace:
 
     __slots__ = (
         "_channel",
+        "_counter",
         "_data",
         "_dependents",
         "_entry_prefix",
+        "_fence",
         "_lease",
+        "_lock",
         "_members",
         "_meta",
         "_reclaim",
@@ -143,6 +157,9 @@ class KeySpace:
         self._reclaim = base + "r:{"
         self._dependents = base + "g:{"
         self._entry_prefix = base  # data and lease keys: base + "d:{" / "l:{"
+        self._fence = base + "f:{"
+        self._lock = base + "k:{"
+        self._counter = base + "c:{"
         self._meta = f"{base}m:{{{namespace}}}:"
         self._channel = base + "bus"
 
@@ -156,6 +173,21 @@ class KeySpace:
     def lease_key(self, key: str) -> str:
         """The Redis key of the lease on ``key``; in the same Cluster slot as its data key."""
         return self._lease + _hash_tag_body(key) + "}"
+
+    def fence_key(self, key: str) -> str:
+        """The Redis key holding the highest fencing token written to ``key``; in the same
+        Cluster slot as its data key (a fenced write checks and sets both in one script)."""
+        return self._fence + _hash_tag_body(key) + "}"
+
+    def lock_key(self, name: str) -> str:
+        """The Redis key of the distributed lock ``name`` (validated like a cache key)."""
+        return self._lock + _hash_tag_body(name) + "}"
+
+    def fence_counter_key(self, name: str) -> str:
+        """The Redis key counting acquisitions of lock ``name`` (its fencing tokens); in the
+        same Cluster slot as :meth:`lock_key` (acquiring sets one and increments the other
+        in one script)."""
+        return self._counter + _hash_tag_body(name) + "}"
 
     def tag_key(self, tag: str) -> str:
         """The Redis key holding the state of ``tag``."""
