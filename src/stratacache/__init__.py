@@ -8,21 +8,33 @@ and never let a late fill write stale data. See the README for a tour.
 from __future__ import annotations
 
 from ._async.cache import AsyncCache
+from ._async.lock import AsyncDistributedLock
 from ._breaker import BreakerState, CircuitBreaker
 from ._codec import Codec, Entry, TypeRegistry, register_dataclass, register_type
 from ._errors import (
     CorruptEntryError,
+    FencingTokenRejected,
     InvalidKeyError,
+    LockError,
+    LockLost,
+    LockTimeout,
     RedisUnavailableError,
     SerializationError,
     StratacacheError,
     ValueTooLargeError,
+)
+from ._invalidation import (
+    AuditRecord,
+    DeadLetter,
+    InvalidationRule,
+    InvalidationStats,
 )
 from ._keys import KeySpace, make_key
 from ._l1 import L1
 from ._sentinel import MISSING
 from ._stats import CacheStats, LatencySummary
 from ._sync.cache import Cache
+from ._sync.lock import DistributedLock
 
 __version__ = "0.1.0"
 
@@ -30,16 +42,26 @@ __all__ = [
     "L1",
     "MISSING",
     "AsyncCache",
+    "AsyncDistributedLock",
+    "AuditRecord",
     "BreakerState",
     "Cache",
     "CacheStats",
     "CircuitBreaker",
     "Codec",
     "CorruptEntryError",
+    "DeadLetter",
+    "DistributedLock",
     "Entry",
+    "FencingTokenRejected",
     "InvalidKeyError",
+    "InvalidationRule",
+    "InvalidationStats",
     "KeySpace",
     "LatencySummary",
+    "LockError",
+    "LockLost",
+    "LockTimeout",
     "RedisUnavailableError",
     "SerializationError",
     "StratacacheError",

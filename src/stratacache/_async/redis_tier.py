@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
+from .._lock_scripts import WRITE_FENCED
 from .._primitives import AsyncRedisCluster, async_close_client
 from .._scripts import (
     BUMP_TAG,
@@ -123,6 +124,19 @@ class AsyncRedisTier:
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
         await self._call(pipe.execute)
+
+    async def write_fenced(
+        self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
+    ) -> bool:
+        """Store ``blob`` only if no write to ``key`` carried a fencing token above
+        ``token``; False if refused (a newer lock holder wrote already)."""
+        ks = self._keys
+        pipe = self.client.pipeline(transaction=False)
+        keys = [ks.data_key(key), ks.lease_key(key), ks.fence_key(key)]
+        pipe.execute_command("EVAL", WRITE_FENCED, 3, *keys, token, blob, _px(ttl))
+        self._add_members(pipe, tags, [key], ttl)
+        results = await self._call(pipe.execute)
+        return bool(results[0])
 
     async def write_many(
         self, items: Sequence[tuple[str, bytes]], ttl: float, tags: Sequence[str] = ()

@@ -44,7 +44,7 @@ from .._breaker import CircuitBreaker
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
-from .._errors import RedisUnavailableError
+from .._errors import FencingTokenRejected, RedisUnavailableError
 from .._invalidation import AuditRecord, DeadLetter, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
@@ -65,6 +65,7 @@ from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import InvalidationBus
 from .invalidator import Invalidator, LocalEffects
+from .lock import DistributedLock
 from .redis_tier import RedisTier
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -664,17 +665,33 @@ class Cache:
     # -- writes -------------------------------------------------------------------------
 
     def set(
-        self, key: str, value: Any, ttl: Duration | None = None, tags: Iterable[str] = ()
+        self,
+        key: str,
+        value: Any,
+        ttl: Duration | None = None,
+        tags: Iterable[str] = (),
+        *,
+        fence: int | None = None,
     ) -> None:
         """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``).
 
         The value is encoded first: an unsupported value raises ``SerializationError``
         (a ``TypeError``) before anything is written. A Redis fault is counted, not
         raised; L1 still holds the new value.
+
+        ``fence``: the fencing token of a :meth:`lock` held while computing ``value``.
+        The write is refused with :class:`FencingTokenRejected` if a write to ``key``
+        already carried a higher token (a newer holder), and a Redis fault is raised as
+        :class:`RedisUnavailableError`: a fenced write either lands or says why not.
         """
         validate_key(key)
         tag_tuple = self._tags(tags)
         ttl_s = self._positive_ttl(ttl)
+        if fence is not None:
+            if type(fence) is not int or fence < 0:
+                raise TypeError(f"fence must be a non-negative int token, got {fence!r}")
+            if self._tier is None:
+                raise ValueError("fenced writes need redis")
         stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
         if self._tier is not None:
             self._bus_started()
@@ -691,7 +708,16 @@ class Cache:
         )
         if self._tier is not None:
             self._invalidator.forget_key_retries((key,))
-            if stamps is not None:
+            if fence is not None:
+                if stamps is None:
+                    raise RedisUnavailableError("tag versions unavailable: fenced write not made")
+                physical = self.settings.physical_ttl(ttl_s)
+                if not self._tier.write_fenced(key, blob, physical, fence, tag_tuple):
+                    raise FencingTokenRejected(
+                        f"write to {key!r} with fencing token {fence} refused: a newer "
+                        "lock holder has written it"
+                    )
+            elif stamps is not None:
                 try:
                     self._tier.write(
                         key, blob, self.settings.physical_ttl(ttl_s), tag_tuple
@@ -924,6 +950,34 @@ class Cache:
         if self._tier is None:
             return sorted(k for k in self._l1.keys_for_tag(tag) if isinstance(k, str))
         return self._tier.tag_members(tag)
+
+    def lock(
+        self,
+        name: str,
+        ttl: Duration = 10.0,
+        auto_extend: bool = True,
+        blocking_timeout: Duration | None = None,
+    ) -> DistributedLock:
+        """A distributed lock in this cache's Redis (use it with ``async with`` / ``with``).
+
+        Acquiring gives a fencing token (``lock.token``) that increases with every
+        acquisition; pass it to ``set(..., fence=lock.token)`` so that a holder that was
+        paused past its lease cannot overwrite a newer holder's write. With
+        ``auto_extend`` the lease is renewed every ``ttl / 3``; a holder whose renewal
+        fails gets :class:`LockLost` (from ``lock.check()`` and when the block ends).
+        ``blocking_timeout``: how long to wait for the lock (``None``: forever) before
+        :class:`LockTimeout`.
+        """
+        if self._tier is None:
+            raise ValueError("locks live in Redis: this cache has none")
+        return DistributedLock(
+            self._tier.client,
+            self._keys,
+            name,
+            ttl=ttl,
+            auto_extend=auto_extend,
+            blocking_timeout=blocking_timeout,
+        )
 
     @staticmethod
     def _reason(reason: str | None) -> str | None:

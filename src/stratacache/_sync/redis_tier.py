@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
+from .._lock_scripts import WRITE_FENCED
 from .._primitives import RedisCluster, close_client
 from .._scripts import (
     BUMP_TAG,
@@ -125,6 +126,19 @@ class RedisTier:
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
         self._call(pipe.execute)
+
+    def write_fenced(
+        self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
+    ) -> bool:
+        """Store ``blob`` only if no write to ``key`` carried a fencing token above
+        ``token``; False if refused (a newer lock holder wrote already)."""
+        ks = self._keys
+        pipe = self.client.pipeline(transaction=False)
+        keys = [ks.data_key(key), ks.lease_key(key), ks.fence_key(key)]
+        pipe.execute_command("EVAL", WRITE_FENCED, 3, *keys, token, blob, _px(ttl))
+        self._add_members(pipe, tags, [key], ttl)
+        results = self._call(pipe.execute)
+        return bool(results[0])
 
     def write_many(
         self, items: Sequence[tuple[str, bytes]], ttl: float, tags: Sequence[str] = ()
