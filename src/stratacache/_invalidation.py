@@ -428,8 +428,10 @@ class InvalidationStats:
     Prometheus metrics."""
 
     invalidations: dict[str, int] = field(default_factory=dict)
-    """Invalidations by type: key, related (keys reached through dependencies), tag,
-    pattern, rule, delayed, retry, epoch."""
+    """Invalidations by type: the calls of ``invalidate`` (key), ``invalidate_related``,
+    ``invalidate_tag(s)``, ``invalidate_pattern`` and ``invalidate_all`` (epoch); keys
+    reached through dependencies (cascaded); rules fired; delayed invalidations and
+    retries run."""
     keys_invalidated: int = 0
     """Keys removed from L2 (dependency cascades and patterns included)."""
     latency: LatencySummary = field(default_factory=LatencySummary)
@@ -455,7 +457,18 @@ class InvalidationCounters:
 
     def __init__(self) -> None:
         self.by_type: dict[str, int] = dict.fromkeys(
-            ("key", "related", "tag", "pattern", "rule", "delayed", "retry", "epoch"), 0
+            (
+                "key",
+                "related",
+                "cascaded",
+                "tag",
+                "pattern",
+                "rule",
+                "delayed",
+                "retry",
+                "epoch",
+            ),
+            0,
         )
         self.keys_invalidated = 0
         self.latency = LatencyRecorder()

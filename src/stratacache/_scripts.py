@@ -107,3 +107,18 @@ local px = tonumber(ARGV[1])
 if ttl == -1 or ttl < px then redis.call('PEXPIRE', KEYS[1], px) end
 return 1
 """
+
+# KEYS: reclaim, members. ARGV: count. Take up to ``count`` keys of an invalidated tag
+# and return {how many were taken, the ones to delete}: a key written with the tag again
+# since the invalidation is in the new member set, and its new value is left alone.
+RECLAIM_POP = """
+local popped = redis.call('SPOP', KEYS[1], ARGV[1])
+local doomed = {}
+if #popped > 0 then
+  local present = redis.call('SMISMEMBER', KEYS[2], unpack(popped))
+  for i = 1, #popped do
+    if present[i] == 0 then doomed[#doomed + 1] = popped[i] end
+  end
+end
+return {#popped, doomed}
+"""

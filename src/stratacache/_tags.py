@@ -22,6 +22,11 @@ all (each L2 read with tags fetches the versions it needs). A fetch that overlap
 drop is used once but not remembered (:attr:`TagVersions.generation`), so a version read
 before an invalidation can never be stored after the bus has announced it.
 
+A writer stamps a new entry with the versions *it* knows. A write made on one instance
+while another invalidates the tag, before the bus message arrives (about a millisecond),
+is therefore stamped with the old version and read as a miss: the race costs a reload,
+never a stale read.
+
 Hierarchy: a tag ``a:b:c`` also carries ``a`` and ``a:b`` (:func:`expand_tags`), so
 invalidating ``product`` reaches entries tagged ``product:42``. Tag names are literal:
 glob characters in a tag are just characters.

@@ -616,6 +616,8 @@ class AsyncCache:
             except RedisUnavailableError:
                 return None
             entry = self._decode(key, blob, count=False)
+            if entry is not None:
+                entry = await self._valid(entry)  # a tag may have been invalidated since
             if entry is not None and not self._expired(entry):
                 if token is not None:
                     await self._give_back_lease(key, token)

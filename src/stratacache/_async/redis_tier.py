@@ -27,6 +27,7 @@ from .._scripts import (
     DELETE,
     INVALIDATE_KEY,
     READ_OR_LEASE,
+    RECLAIM_POP,
     RELEASE_LEASE,
     REPLACE_IF_UNCHANGED,
     TAG_ADD,
@@ -73,6 +74,7 @@ class AsyncRedisTier:
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
+        self._reclaim_pop = client.register_script(RECLAIM_POP)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
     def use_breaker(self, breaker: CircuitBreaker) -> None:
@@ -297,16 +299,15 @@ class AsyncRedisTier:
             return 0
         return int(await self._call(self.client.unlink, *redis_keys))
 
-    async def reclaim_step(self, reclaim_key: str, count: int) -> int:
-        """Delete up to ``count`` keys of an invalidated tag (SPOP + UNLINK, each bounded);
-        how many were taken (0: the tag is fully reclaimed)."""
-        members = await self._call(self.client.spop, reclaim_key, count)
-        if not members:
-            return 0
+    async def reclaim_step(self, tag: str, reclaim_key: str, count: int) -> int:
+        """Delete up to ``count`` keys of an invalidated tag (SPOP + UNLINK, each bounded;
+        keys written with the tag again since are kept); how many were taken (0: the tag
+        is fully reclaimed)."""
         ks = self._keys
-        data_keys = [ks.data_key(m.decode("utf-8", "surrogatepass")) for m in members]
-        await self.unlink(data_keys)
-        return len(members)
+        keys = [reclaim_key, ks.tag_members_key(tag)]
+        taken, doomed = await self._call(self._reclaim_pop, keys=keys, args=[count])
+        await self.unlink([ks.data_key(m.decode("utf-8", "surrogatepass")) for m in doomed])
+        return int(taken)
 
     async def tag_members(self, tag: str) -> list[str]:
         """The keys registered under ``tag`` since its last invalidation (some may have

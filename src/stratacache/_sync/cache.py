@@ -618,6 +618,8 @@ class Cache:
             except RedisUnavailableError:
                 return None
             entry = self._decode(key, blob, count=False)
+            if entry is not None:
+                entry = self._valid(entry)  # a tag may have been invalidated since
             if entry is not None and not self._expired(entry):
                 if token is not None:
                     self._give_back_lease(key, token)

@@ -10,6 +10,11 @@ This module does the I/O, and one background worker (a task here, a thread in th
 generated sync twin) runs what is not done in the caller's call: retries with backoff,
 delayed invalidations, the chunked reclaim of invalidated tags, and audit writes.
 
+Reclaim: the keys registered under an invalidated tag are taken from Redis in chunks
+(``RECLAIM_POP``), skipping any key written with the tag again since the invalidation,
+and UNLINKed. A key rewritten in the single round trip between those two steps loses its
+new value: that costs one miss, never a stale read (its stamp would be current).
+
 Order of effects, for every kind: the local L1 first (this process stops serving the old
 value at once), then Redis, then the local L1 again (a fill that read Redis before the
 Redis step landed is refused by the L1's ticket guard), then one bus message so that
@@ -52,7 +57,13 @@ from .._invalidation import (
     is_glob,
 )
 from .._keys import KeySpace, glob_match
-from .._primitives import Event, Worker, call_loader, wait_event
+from .._primitives import (
+    Event,
+    Lock,
+    Worker,
+    call_loader,
+    wait_event,
+)
 from .._tags import EPOCH as EPOCH_VERSION
 from .._tags import TagVersions
 from .redis_tier import RedisTier
@@ -83,7 +94,7 @@ class _Target:
         self.name = name
         self.tier = tier
         self.queue = queue
-        self.reclaim: collections.deque[str] = collections.deque()
+        self.reclaim: collections.deque[tuple[str, str]] = collections.deque()  # tag, set
 
 
 class Invalidator:
@@ -130,6 +141,7 @@ class Invalidator:
         self._rules: list[InvalidationRule] = []
         self._delayed = DelayQueue()
         self._audit: collections.deque[dict[str, Any]] = collections.deque()
+        self._audit_lock = Lock()
         self.counters = InvalidationCounters()
         self._worker: Optional[Worker] = None
         self._wake = Event()
@@ -381,7 +393,7 @@ class Invalidator:
         if target.name == PRIMARY:
             self.counters.cascade_depth.record(depth)
             if depth:
-                self.counters.by_type["related"] += len(reached) - len(ops)
+                self.counters.by_type["cascaded"] += len(reached) - len(ops)
             if revisited:
                 cycles = find_cycles(edges, [op.target for op in ops])
                 if cycles:
@@ -398,9 +410,9 @@ class Invalidator:
             return None
         if target.name == PRIMARY:
             self._versions.raise_to({tag: version for tag, (version, _, _) in zip(tags, results)})
-        for _, count, reclaim in results:
+        for tag, (_, count, reclaim) in zip(tags, results):
             if count:
-                target.reclaim.append(reclaim)
+                target.reclaim.append((tag, reclaim))
         if target.reclaim:
             self._ensure_worker()
         self._announce(target, Action.INVALIDATE_TAGS, tags)
@@ -501,16 +513,19 @@ class Invalidator:
     def _flush_audit(self) -> None:
         if not self._audit or not self._targets:
             return
-        batch: list[dict[str, Any]] = []
-        while self._audit and len(batch) < 1000:
-            batch.append(self._audit.popleft())
-        try:
-            self._targets[0].tier.audit(batch)
-        except RedisUnavailableError:
-            # put them back (oldest first) unless the buffer filled up meanwhile
-            room = _AUDIT_BUFFER - len(self._audit)
-            self._audit.extendleft(reversed(batch[:room]))
-            self.counters.audit_failures += max(0, len(batch) - room)
+        with self._audit_lock:  # one writer at a time keeps the stream in order
+            while self._audit:
+                batch: list[dict[str, Any]] = []
+                while self._audit and len(batch) < 1000:
+                    batch.append(self._audit.popleft())
+                try:
+                    self._targets[0].tier.audit(batch)
+                except RedisUnavailableError:
+                    # put them back (oldest first) unless the buffer filled up meanwhile
+                    room = _AUDIT_BUFFER - len(self._audit)
+                    self._audit.extendleft(reversed(batch[:room]))
+                    self.counters.audit_failures += max(0, len(batch) - room)
+                    return
 
     # -- the background worker -------------------------------------------------------------------
 
@@ -570,9 +585,9 @@ class Invalidator:
 
     def _reclaim_chunk(self, target: _Target) -> bool:
         """Delete one chunk of an invalidated tag's keys; True if more remain."""
-        reclaim_key = target.reclaim[0]
+        tag, reclaim_key = target.reclaim[0]
         try:
-            taken = target.tier.reclaim_step(reclaim_key, self.settings.reclaim_chunk)
+            taken = target.tier.reclaim_step(tag, reclaim_key, self.settings.reclaim_chunk)
         except RedisUnavailableError:
             return False  # the keys are logically invalid already; try again later
         if target.name == PRIMARY:
