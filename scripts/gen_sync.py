@@ -51,7 +51,7 @@ REPLACEMENTS = {
     "async_call_loader": "call_loader",
     "async_bind_fast_get": "bind_fast_get",
     "async_bind_fast_cached": "bind_fast_cached",
-    "async_no_retry": "no_retry",
+    "async_reconnect_once": "reconnect_once",
     "async_close_client": "close_client",
     "async_wait_for": "wait_for",
     "aclose": "close",

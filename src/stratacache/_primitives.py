@@ -21,6 +21,7 @@ import redis.asyncio.retry
 import redis.cluster
 import redis.retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError
 
 T = TypeVar("T")
 
@@ -32,14 +33,19 @@ Redis = redis.Redis
 RedisCluster = redis.cluster.RedisCluster
 
 
-def async_no_retry() -> redis.asyncio.retry.Retry:
-    """A retry policy of zero retries for an asyncio client (the breaker decides instead)."""
-    return redis.asyncio.retry.Retry(NoBackoff(), 0)
+# One immediate retry, on a connection error only: a pooled connection that died with a
+# restarted server fails on first use, and a fresh one is the fix. Timeouts are not retried
+# (each call keeps its time budget); everything else is the circuit breaker's business.
 
 
-def no_retry() -> redis.retry.Retry:
-    """A retry policy of zero retries for a sync client (the breaker decides instead)."""
-    return redis.retry.Retry(NoBackoff(), 0)
+def async_reconnect_once() -> redis.asyncio.retry.Retry:
+    """The retry policy of clients the cache builds (asyncio): see the notes above."""
+    return redis.asyncio.retry.Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+
+
+def reconnect_once() -> redis.retry.Retry:
+    """The retry policy of clients the cache builds (sync): see the notes above."""
+    return redis.retry.Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
 
 
 def async_bind_fast_get(l1: Any, fallback: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -282,7 +288,7 @@ __all__ = [
     "async_call_loader",
     "async_close_client",
     "async_forget_connections",
-    "async_no_retry",
+    "async_reconnect_once",
     "async_shard_client",
     "async_sleep",
     "async_wait_event",
@@ -291,7 +297,7 @@ __all__ = [
     "call_loader",
     "close_client",
     "forget_connections",
-    "no_retry",
+    "reconnect_once",
     "shard_client",
     "sleep",
     "wait_event",

@@ -22,7 +22,7 @@ from stratacache._primitives import (
     AsyncRedis,
     AsyncRedisCluster,
     async_close_client,
-    async_no_retry,
+    async_reconnect_once,
     async_sleep,
 )
 from stratacache.testing import free_port
@@ -47,7 +47,7 @@ async def connect(target: tuple[str, bool]):
         if cluster:
             client = AsyncRedisCluster.from_url(url, **options)
         else:
-            client = AsyncRedis.from_url(url, retry=async_no_retry(), **options)
+            client = AsyncRedis.from_url(url, retry=async_reconnect_once(), **options)
         opened.append(client)
         return client
 
@@ -94,7 +94,7 @@ async def test_bad_arguments_are_rejected_before_any_io(
 ) -> None:
     # nothing listens on this port: any I/O would raise ConnectionError, not these
     dead = AsyncRedis(
-        host="127.0.0.1", port=free_port(), retry=async_no_retry(), socket_connect_timeout=0.2
+        host="127.0.0.1", port=free_port(), retry=async_reconnect_once(), socket_connect_timeout=0.2
     )
     arguments: dict[str, object] = {"client": dead, "keyspace": KEYS, "name": NAME, **bad}
     try:
@@ -325,8 +325,8 @@ async def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_f
     # lease (the server is frozen), a second client takes the lock, and the first one's
     # late write is refused by the fence.
     server = redis_server_factory()
-    holder_client = AsyncRedis.from_url(server.url, socket_timeout=0.1, retry=async_no_retry())
-    other_client = AsyncRedis.from_url(server.url, socket_timeout=5, retry=async_no_retry())
+    holder_client = AsyncRedis.from_url(server.url, socket_timeout=0.1, retry=async_reconnect_once())
+    other_client = AsyncRedis.from_url(server.url, socket_timeout=5, retry=async_reconnect_once())
     try:
         write = other_client.register_script(WRITE_FENCED)
         holder = AsyncDistributedLock(holder_client, KEYS, NAME, ttl=0.3)
@@ -359,7 +359,7 @@ async def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_f
 
 async def test_redis_failures_surface_as_redis_unavailable(redis_server_factory) -> None:
     server = redis_server_factory()
-    client = AsyncRedis.from_url(server.url, socket_timeout=0.5, retry=async_no_retry())
+    client = AsyncRedis.from_url(server.url, socket_timeout=0.5, retry=async_reconnect_once())
     try:
         lock = AsyncDistributedLock(client, KEYS, NAME, ttl=5)
         short = AsyncDistributedLock(client, KEYS, "short", ttl=0.3)

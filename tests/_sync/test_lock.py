@@ -24,7 +24,7 @@ from stratacache._primitives import (
     Redis,
     RedisCluster,
     close_client,
-    no_retry,
+    reconnect_once,
     sleep,
 )
 from stratacache.testing import free_port
@@ -49,7 +49,7 @@ def connect(target: tuple[str, bool]):
         if cluster:
             client = RedisCluster.from_url(url, **options)
         else:
-            client = Redis.from_url(url, retry=no_retry(), **options)
+            client = Redis.from_url(url, retry=reconnect_once(), **options)
         opened.append(client)
         return client
 
@@ -96,7 +96,7 @@ def test_bad_arguments_are_rejected_before_any_io(
 ) -> None:
     # nothing listens on this port: any I/O would raise ConnectionError, not these
     dead = Redis(
-        host="127.0.0.1", port=free_port(), retry=no_retry(), socket_connect_timeout=0.2
+        host="127.0.0.1", port=free_port(), retry=reconnect_once(), socket_connect_timeout=0.2
     )
     arguments: dict[str, object] = {"client": dead, "keyspace": KEYS, "name": NAME, **bad}
     try:
@@ -327,8 +327,8 @@ def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_factory
     # lease (the server is frozen), a second client takes the lock, and the first one's
     # late write is refused by the fence.
     server = redis_server_factory()
-    holder_client = Redis.from_url(server.url, socket_timeout=0.1, retry=no_retry())
-    other_client = Redis.from_url(server.url, socket_timeout=5, retry=no_retry())
+    holder_client = Redis.from_url(server.url, socket_timeout=0.1, retry=reconnect_once())
+    other_client = Redis.from_url(server.url, socket_timeout=5, retry=reconnect_once())
     try:
         write = other_client.register_script(WRITE_FENCED)
         holder = DistributedLock(holder_client, KEYS, NAME, ttl=0.3)
@@ -361,7 +361,7 @@ def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_factory
 
 def test_redis_failures_surface_as_redis_unavailable(redis_server_factory) -> None:
     server = redis_server_factory()
-    client = Redis.from_url(server.url, socket_timeout=0.5, retry=no_retry())
+    client = Redis.from_url(server.url, socket_timeout=0.5, retry=reconnect_once())
     try:
         lock = DistributedLock(client, KEYS, NAME, ttl=5)
         short = DistributedLock(client, KEYS, "short", ttl=0.3)

@@ -55,7 +55,7 @@ from .._primitives import (
     async_bind_fast_get,
     async_call_loader,
     async_forget_connections,
-    async_no_retry,
+    async_reconnect_once,
     async_sleep,
 )
 from .._sentinel import MISSING
@@ -374,7 +374,7 @@ class AsyncCache:
             if cluster:
                 client: Any = AsyncRedisCluster.from_url(redis, **options)
             else:
-                client = AsyncRedis.from_url(redis, retry=async_no_retry(), **options)
+                client = AsyncRedis.from_url(redis, retry=async_reconnect_once(), **options)
         elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):
             client = redis
         else:

@@ -57,7 +57,7 @@ from .._primitives import (
     bind_fast_get,
     call_loader,
     forget_connections,
-    no_retry,
+    reconnect_once,
     sleep,
 )
 from .._sentinel import MISSING
@@ -376,7 +376,7 @@ class Cache:
             if cluster:
                 client: Any = RedisCluster.from_url(redis, **options)
             else:
-                client = Redis.from_url(redis, retry=no_retry(), **options)
+                client = Redis.from_url(redis, retry=reconnect_once(), **options)
         elif isinstance(redis, (Redis, RedisCluster)):
             client = redis
         else:

@@ -142,8 +142,10 @@ class Invalidator:
         self._delayed = DelayQueue()
         self._audit: collections.deque[dict[str, Any]] = collections.deque()
         self._audit_lock = Lock()
+        self._audit_failing = False
         self.counters = InvalidationCounters()
         self._worker: Optional[Worker] = None
+        self._retrying = 0  # taken from a retry queue, being applied now
         self._wake = Event()
         self._stopping = False
 
@@ -241,8 +243,9 @@ class Invalidator:
         return [letter for t in self._targets for letter in t.queue.dead_letters()]
 
     def replay_dead_letters(self) -> int:
-        """Try every dead letter again now; the number applied. One that fails again
-        goes back to the retry queue with a fresh set of attempts."""
+        """Try every dead letter again now; the number applied now. One that fails again
+        (Redis still down, or its breaker not yet closed) goes back to the retry queue
+        with a fresh set of attempts."""
         applied = 0
         for target in self._targets:
             for letter in target.queue.take_dead_letters():
@@ -291,7 +294,9 @@ class Invalidator:
             failures=dict(c.failures),
             cascade_depth=c.cascade_depth.summary(),
             cycles_detected=c.cycles_detected,
-            queue_size=sum(len(t.queue) for t in self._targets) + len(self._delayed),
+            queue_size=(
+                sum(len(t.queue) for t in self._targets) + len(self._delayed) + self._retrying
+            ),
             dead_letters=sum(len(t.queue.dead_letters()) for t in self._targets),
             epoch_bumps=c.epoch_bumps,
             reclaimed_keys=c.reclaimed_keys,
@@ -368,9 +373,10 @@ class Invalidator:
             try:
                 results = target.tier.invalidate_keys(frontier)
             except RedisUnavailableError as exc:
-                self._failed(target, [Op(KEY, k, ops[0].reason) for k in frontier], exc, attempts)
                 if depth == 0:
+                    self._failed(target, ops, exc, attempts)
                     return None
+                self._failed(target, [Op(KEY, k, ops[0].reason) for k in frontier], exc, 0)
                 break  # the keys reached so far are done; the rest is retried from here
             self._announce(target, Action.INVALIDATE_KEYS, frontier)
             following: list[str] = []
@@ -461,6 +467,21 @@ class Invalidator:
         self._record_audit("epoch", "*", covered, op.reason)
         return True
 
+    def _retry(self, target: _Target, due: list[tuple[Op, int]]) -> None:
+        """Apply due retries: keys and tags with the same number of tries as one batch
+        (one pipeline), patterns and epoch bumps one by one."""
+        batches: dict[tuple[str, int], list[Op]] = {}
+        for op, attempts in due:
+            if op.kind in (KEY, TAG):
+                batches.setdefault((op.kind, attempts), []).append(op)
+            else:
+                self._apply_one(target, op, attempts)
+        for (kind, attempts), ops in batches.items():
+            if kind == KEY:
+                self._apply_keys(target, ops, attempts)
+            else:
+                self._apply_tags(target, ops, attempts)
+
     def _apply_one(self, target: _Target, op: Op, attempts: int) -> bool:
         if op.kind == KEY:
             return self._apply_keys(target, [op], attempts) is not None
@@ -520,7 +541,9 @@ class Invalidator:
                     batch.append(self._audit.popleft())
                 try:
                     self._targets[0].tier.audit(batch)
+                    self._audit_failing = False
                 except RedisUnavailableError:
+                    self._audit_failing = True
                     # put them back (oldest first) unless the buffer filled up meanwhile
                     room = _AUDIT_BUFFER - len(self._audit)
                     self._audit.extendleft(reversed(batch[:room]))
@@ -553,7 +576,8 @@ class Invalidator:
         dues = [t.queue.next_due() for t in self._targets] + [self._delayed.next_due()]
         pending = [d for d in dues if d is not None]
         if self._audit:
-            return self.settings.batch_window
+            # a batch window to gather records; a backoff while Redis refuses them
+            return self.settings.retry_backoff if self._audit_failing else self.settings.batch_window
         if not pending:
             return _IDLE_WAIT
         return max(0.0, min(min(pending) - self._timer(), _IDLE_WAIT))
@@ -570,8 +594,11 @@ class Invalidator:
             due = target.queue.take_due(now)
             if due:
                 self.counters.by_type["retry"] += len(due)
-            for op, attempts in due:
-                self._apply_one(target, op, attempts)
+                self._retrying += len(due)
+                try:
+                    self._retry(target, due)
+                finally:
+                    self._retrying -= len(due)
         delayed = self._delayed.take_due(now, self.settings.batch_window)
         if delayed:
             self.counters.by_type["delayed"] += len(delayed)
