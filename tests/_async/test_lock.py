@@ -325,7 +325,9 @@ async def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_f
     # lease (the server is frozen), a second client takes the lock, and the first one's
     # late write is refused by the fence.
     server = redis_server_factory()
-    holder_client = AsyncRedis.from_url(server.url, socket_timeout=0.1, retry=async_reconnect_once())
+    holder_client = AsyncRedis.from_url(
+        server.url, socket_timeout=0.1, retry=async_reconnect_once()
+    )
     other_client = AsyncRedis.from_url(server.url, socket_timeout=5, retry=async_reconnect_once())
     try:
         write = other_client.register_script(WRITE_FENCED)

@@ -327,7 +327,9 @@ def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_factory
     # lease (the server is frozen), a second client takes the lock, and the first one's
     # late write is refused by the fence.
     server = redis_server_factory()
-    holder_client = Redis.from_url(server.url, socket_timeout=0.1, retry=reconnect_once())
+    holder_client = Redis.from_url(
+        server.url, socket_timeout=0.1, retry=reconnect_once()
+    )
     other_client = Redis.from_url(server.url, socket_timeout=5, retry=reconnect_once())
     try:
         write = other_client.register_script(WRITE_FENCED)

@@ -577,7 +577,9 @@ class Invalidator:
         pending = [d for d in dues if d is not None]
         if self._audit:
             # a batch window to gather records; a backoff while Redis refuses them
-            return self.settings.retry_backoff if self._audit_failing else self.settings.batch_window
+            return (
+                self.settings.retry_backoff if self._audit_failing else self.settings.batch_window
+            )
         if not pending:
             return _IDLE_WAIT
         return max(0.0, min(min(pending) - self._timer(), _IDLE_WAIT))
