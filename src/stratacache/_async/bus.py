@@ -182,7 +182,12 @@ class AsyncInvalidationBus:
                 message = await pubsub.get_message(timeout=self._poll)
                 healthy = self.state.check_health()
                 if message is not None:
-                    confirmed = self._handle(message) or confirmed
+                    subscribed = self._handle(message)
+                    if subscribed and confirmed:
+                        # redis-py reconnected and re-subscribed by itself (the client's
+                        # reconnect-once policy): a renewal all the same
+                        self.reconnects += 1
+                    confirmed = subscribed or confirmed
                 elif not healthy and self.state.silent_for(opened) > 3 * self._timeout:
                     # subscribed but deaf (half-open socket?): renew the subscription
                     raise _Resubscribe("no heartbeat heard")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class AsyncInvalidator:
         self.counters = InvalidationCounters()
         self._worker: Optional[AsyncWorker] = None
         self._retrying = 0  # taken from a retry queue, being applied now
+        self._worker_lock = threading.Lock()
         self._wake = AsyncEvent()
         self._stopping = False
 
@@ -552,7 +554,9 @@ class AsyncInvalidator:
 
     def _ensure_worker(self) -> None:
         if self._worker is None and not self._stopping and self._targets:
-            self._worker = AsyncWorker(self._work, "stratacache-invalidator")
+            with self._worker_lock:  # two threads of a sync cache: one worker
+                if self._worker is None:
+                    self._worker = AsyncWorker(self._work, "stratacache-invalidator")
         self._wake.set()
 
     async def _work(self) -> None:

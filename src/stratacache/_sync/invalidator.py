@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class Invalidator:
         self.counters = InvalidationCounters()
         self._worker: Optional[Worker] = None
         self._retrying = 0  # taken from a retry queue, being applied now
+        self._worker_lock = threading.Lock()
         self._wake = Event()
         self._stopping = False
 
@@ -554,7 +556,9 @@ class Invalidator:
 
     def _ensure_worker(self) -> None:
         if self._worker is None and not self._stopping and self._targets:
-            self._worker = Worker(self._work, "stratacache-invalidator")
+            with self._worker_lock:  # two threads of a sync cache: one worker
+                if self._worker is None:
+                    self._worker = Worker(self._work, "stratacache-invalidator")
         self._wake.set()
 
     def _work(self) -> None:
