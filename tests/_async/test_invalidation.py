@@ -494,12 +494,15 @@ async def test_l1_only_caches_invalidate_locally() -> None:
     try:
         await cache.set("a:1", 1, tags=["grp:x"])
         await cache.set("a:2", 2)
-        cache.add_rule(InvalidationRule("a:{n}", ["b:{n}"]))
+        cache.add_rule(InvalidationRule("a:{n}", ["b:{n}"], delay=0.05))
         await cache.set("b:2", 2)
         assert await cache.invalidate_tag("grp") == 1
         assert await cache.get("a:1", MISSING) is MISSING
         assert await cache.invalidate("a:2") == 1
         assert await cache.get("b:2", MISSING) is MISSING
+        await cache.set("b:2", "refilled")
+        await async_until(lambda: cache.l1.peek("b:2", MISSING) is MISSING, DEADLINE)
+        assert cache.stats().invalidation.invalidations["delayed"] == 1
         await cache.set("c:1", 1)
         assert await cache.invalidate_pattern("c:*") == 1
         with pytest.raises(ValueError, match="Redis"):

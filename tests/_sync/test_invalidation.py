@@ -496,12 +496,15 @@ def test_l1_only_caches_invalidate_locally() -> None:
     try:
         cache.set("a:1", 1, tags=["grp:x"])
         cache.set("a:2", 2)
-        cache.add_rule(InvalidationRule("a:{n}", ["b:{n}"]))
+        cache.add_rule(InvalidationRule("a:{n}", ["b:{n}"], delay=0.05))
         cache.set("b:2", 2)
         assert cache.invalidate_tag("grp") == 1
         assert cache.get("a:1", MISSING) is MISSING
         assert cache.invalidate("a:2") == 1
         assert cache.get("b:2", MISSING) is MISSING
+        cache.set("b:2", "refilled")
+        until(lambda: cache.l1.peek("b:2", MISSING) is MISSING, DEADLINE)
+        assert cache.stats().invalidation.invalidations["delayed"] == 1
         cache.set("c:1", 1)
         assert cache.invalidate_pattern("c:*") == 1
         with pytest.raises(ValueError, match="Redis"):

@@ -555,7 +555,7 @@ class Invalidator:
     # -- the background worker -------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is None and not self._stopping and self._targets:
+        if self._worker is None and not self._stopping:
             with self._worker_lock:  # two threads of a sync cache: one worker
                 if self._worker is None:
                     self._worker = Worker(self._work, "stratacache-invalidator")
