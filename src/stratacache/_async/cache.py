@@ -193,9 +193,7 @@ class AsyncCache:
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
         self._counters = Counters()
-        self._breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._breaker = self._new_breaker()
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
         self._invalidation_settings = InvalidationSettings(
             retry_attempts=retry_attempts,
@@ -217,9 +215,7 @@ class AsyncCache:
         if failover is not None and self._tier is None:
             raise ValueError("failover needs redis")
         # the failover Redis has a breaker of its own: its outage must not open the primary's
-        self._failover_breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._failover_breaker = self._new_breaker()
         self._failover = (
             None
             if failover is None
@@ -255,6 +251,11 @@ class AsyncCache:
             BusPublisherState(source, time.time),
             batch_window=self.settings.bus_batch_window,
             heartbeat_timeout=self.settings.heartbeat_timeout,
+        )
+
+    def _new_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
         )
 
     def _make_invalidator(self) -> AsyncInvalidator:
@@ -330,12 +331,8 @@ class AsyncCache:
             self._stale.reset()
         self._flights = {}
         # a lock held by one of the parent's threads at the fork would never be released
-        self._breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
-        self._failover_breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._breaker = self._new_breaker()
+        self._failover_breaker = self._new_breaker()
         if self._tier is not None:
             self._tier.use_breaker(self._breaker)
             async_forget_connections(self._tier.client)

@@ -195,9 +195,7 @@ class Cache:
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
         self._counters = Counters()
-        self._breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._breaker = self._new_breaker()
         self._flights: dict[str, ResultSlot[Any]] = {}
         self._invalidation_settings = InvalidationSettings(
             retry_attempts=retry_attempts,
@@ -219,9 +217,7 @@ class Cache:
         if failover is not None and self._tier is None:
             raise ValueError("failover needs redis")
         # the failover Redis has a breaker of its own: its outage must not open the primary's
-        self._failover_breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._failover_breaker = self._new_breaker()
         self._failover = (
             None
             if failover is None
@@ -257,6 +253,11 @@ class Cache:
             BusPublisherState(source, time.time),
             batch_window=self.settings.bus_batch_window,
             heartbeat_timeout=self.settings.heartbeat_timeout,
+        )
+
+    def _new_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
         )
 
     def _make_invalidator(self) -> Invalidator:
@@ -332,12 +333,8 @@ class Cache:
             self._stale.reset()
         self._flights = {}
         # a lock held by one of the parent's threads at the fork would never be released
-        self._breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
-        self._failover_breaker = CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
-        )
+        self._breaker = self._new_breaker()
+        self._failover_breaker = self._new_breaker()
         if self._tier is not None:
             self._tier.use_breaker(self._breaker)
             forget_connections(self._tier.client)

@@ -214,19 +214,18 @@ class Invalidator:
 
         Raises :class:`RedisUnavailableError` if the primary Redis cannot record it (a
         dependency that silently did not exist would leave stale data behind later)."""
-        for target in self._targets:
-            try:
-                target.tier.add_dependents(depends_on, key)
-            except RedisUnavailableError:
-                self.counters.failures[target.name] += 1
-                if target.name == PRIMARY:
-                    raise
+        self._on_the_graph("add_dependents", key, depends_on)
 
     def remove_dependency(self, key: str, depends_on: Sequence[str]) -> None:
         """Forget that ``key`` depends on ``depends_on``."""
+        self._on_the_graph("remove_dependents", key, depends_on)
+
+    def _on_the_graph(self, method: str, key: str, depends_on: Sequence[str]) -> None:
+        """Change the dependency graph on every Redis; only the primary's failure raises
+        (the failover's is counted: its graph then misses an edge)."""
         for target in self._targets:
             try:
-                target.tier.remove_dependents(depends_on, key)
+                getattr(target.tier, method)(depends_on, key)
             except RedisUnavailableError:
                 self.counters.failures[target.name] += 1
                 if target.name == PRIMARY:
@@ -428,7 +427,7 @@ class Invalidator:
 
     def _apply_pattern(self, target: _Target, op: Op, attempts: int = 0) -> Optional[int]:
         pattern = self._keys.entry_pattern(op.target)
-        data_prefix = self._keys.data_key("x")[:-3]  # "ns:v1:d:{"
+        data_prefix = self._keys.data_key("x")[:-3].encode()  # b"ns:v1:d:" (not leases)
         removed = 0
         cursors: Optional[dict[str, int]] = None
         try:
@@ -439,7 +438,7 @@ class Invalidator:
                     owner = self._keys.entry_owner(redis_key)
                     if owner is not None and glob_match(op.target, owner):
                         doomed.append(redis_key)
-                        if redis_key.startswith(data_prefix.encode()):
+                        if redis_key.startswith(data_prefix):
                             removed += 1
                 target.tier.unlink(doomed)
                 if not cursors:
