@@ -53,6 +53,7 @@ FAILOVER = "failover"
 
 _FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _GLOB_CHARS = re.compile(r"(?<!\\)[*?\[]")
+MAX_RECLAIM_CHUNK = 5000
 MAX_RULE_DEPTH = 16  # rules triggering rules: a bound, so a loop of rules always ends
 
 
@@ -74,6 +75,8 @@ class InvalidationSettings:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.reclaim_chunk > MAX_RECLAIM_CHUNK:  # Lua's unpack() has a stack limit
+            raise ValueError(f"reclaim_chunk must be at most {MAX_RECLAIM_CHUNK}")
         if type(self.audit_maxlen) is not int or self.audit_maxlen < 0:
             raise ValueError(f"audit_maxlen must be an int >= 0, got {self.audit_maxlen!r}")
         object.__setattr__(

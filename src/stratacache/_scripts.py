@@ -98,8 +98,9 @@ return {v, n}
 """
 )
 
-# KEYS: members. ARGV: px, key... Register keys under a tag; the set lives at least as
-# long as its longest-lived member (a set without expiry gets one).
+# KEYS: members. ARGV: px, data key... Register entries under a tag (by their data keys,
+# so a reclaim needs no key building); the set lives at least as long as its longest-lived
+# member (a set without expiry gets one).
 TAG_ADD = """
 redis.call('SADD', KEYS[1], unpack(ARGV, 2))
 local ttl = redis.call('PTTL', KEYS[1])
@@ -108,9 +109,10 @@ if ttl == -1 or ttl < px then redis.call('PEXPIRE', KEYS[1], px) end
 return 1
 """
 
-# KEYS: reclaim, members. ARGV: count. Take up to ``count`` keys of an invalidated tag
-# and return {how many were taken, the ones to delete}: a key written with the tag again
-# since the invalidation is in the new member set, and its new value is left alone.
+# KEYS: reclaim, members. ARGV: count. Take up to ``count`` data keys of an invalidated
+# tag and return {how many were taken, the ones to delete}: a key written with the tag
+# again since the invalidation is in the new member set, and its new value is left alone.
+# (Redis Cluster: the data keys live in other slots, so the client deletes them.)
 RECLAIM_POP = """
 local popped = redis.call('SPOP', KEYS[1], ARGV[1])
 local doomed = {}
@@ -121,4 +123,20 @@ if #popped > 0 then
   end
 end
 return {#popped, doomed}
+"""
+
+# KEYS: reclaim, members. ARGV: count. RECLAIM_POP and the UNLINK in one step, for a
+# standalone server only: the data keys it deletes are not declared (they cannot be known
+# in advance), which a single server allows and a cluster does not. One round trip per
+# chunk, no per-key work in the client; ``count`` bounds how long Redis is busy.
+RECLAIM = """
+local popped = redis.call('SPOP', KEYS[1], ARGV[1])
+if #popped == 0 then return 0 end
+local present = redis.call('SMISMEMBER', KEYS[2], unpack(popped))
+local doomed = {}
+for i = 1, #popped do
+  if present[i] == 0 then doomed[#doomed + 1] = popped[i] end
+end
+if #doomed > 0 then redis.call('UNLINK', unpack(doomed)) end
+return #popped
 """

@@ -27,6 +27,7 @@ from .._scripts import (
     DELETE,
     INVALIDATE_KEY,
     READ_OR_LEASE,
+    RECLAIM,
     RECLAIM_POP,
     RELEASE_LEASE,
     REPLACE_IF_UNCHANGED,
@@ -75,6 +76,7 @@ class AsyncRedisTier:
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
         self._reclaim_pop = client.register_script(RECLAIM_POP)
+        self._reclaim = client.register_script(RECLAIM)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
     def use_breaker(self, breaker: CircuitBreaker) -> None:
@@ -154,14 +156,16 @@ class AsyncRedisTier:
         await self._call(pipe.execute)
 
     def _add_members(self, pipe: Any, tags: Sequence[str], keys: list[str], ttl: float) -> None:
+        if not tags:
+            return
         # the member sets outlive the entries a little: a reclaim must still find them
         px = _px(ttl) + 60_000
+        data_keys = [self._keys.data_key(key) for key in keys]
         for tag in tags:
             members = self._keys.tag_members_key(tag)
-            for start in range(0, len(keys), _MEMBERS_PER_CALL):
-                pipe.execute_command(
-                    "EVAL", TAG_ADD, 1, members, px, *keys[start : start + _MEMBERS_PER_CALL]
-                )
+            for start in range(0, len(data_keys), _MEMBERS_PER_CALL):
+                chunk = data_keys[start : start + _MEMBERS_PER_CALL]
+                pipe.execute_command("EVAL", TAG_ADD, 1, members, px, *chunk)
 
     async def delete(self, key: str) -> bool:
         """Delete the entry and revoke its lease; True if an entry existed."""
@@ -303,17 +307,19 @@ class AsyncRedisTier:
         """Delete up to ``count`` keys of an invalidated tag (SPOP + UNLINK, each bounded;
         keys written with the tag again since are kept); how many were taken (0: the tag
         is fully reclaimed)."""
-        ks = self._keys
-        keys = [reclaim_key, ks.tag_members_key(tag)]
+        keys = [reclaim_key, self._keys.tag_members_key(tag)]
+        if not self._cluster:
+            return int(await self._call(self._reclaim, keys=keys, args=[count]))
         taken, doomed = await self._call(self._reclaim_pop, keys=keys, args=[count])
-        await self.unlink([ks.data_key(m.decode("utf-8", "surrogatepass")) for m in doomed])
+        await self.unlink(doomed)
         return int(taken)
 
     async def tag_members(self, tag: str) -> list[str]:
         """The keys registered under ``tag`` since its last invalidation (some may have
-        expired since)."""
+        expired since; keys stored hashed, see ``KeySpace``, cannot be listed)."""
         members = await self._call(self.client.smembers, self._keys.tag_members_key(tag))
-        return sorted(m.decode("utf-8", "surrogatepass") for m in members)
+        keys = (self._keys.user_key(m) for m in members)
+        return sorted(key for key in keys if key is not None)
 
     async def add_dependents(self, depends_on: Sequence[str], key: str) -> None:
         """Record that ``key`` depends on each of ``depends_on``."""
