@@ -46,7 +46,6 @@ KEY = "key"
 TAG = "tag"
 PATTERN = "pattern"
 EPOCH = "epoch"
-KINDS = (KEY, TAG, PATTERN, EPOCH)
 
 PRIMARY = "primary"
 FAILOVER = "failover"

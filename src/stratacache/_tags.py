@@ -95,13 +95,6 @@ class TagVersions:
                 return False
         return True
 
-    def unknown(self, tags: Iterable[str]) -> list[Optional[str]]:
-        """The names among ``tags`` (and the epoch) whose version is not known here."""
-        known = self._known
-        missing: list[Optional[str]] = [EPOCH] if EPOCH not in known else []
-        missing.extend(tag for tag in tags if tag not in known)
-        return missing
-
     def stamps(self, tags: Sequence[str]) -> Optional[tuple[tuple[int, ...], int]]:
         """The versions of ``tags`` and the epoch, or ``None`` if one is unknown."""
         known = self._known
@@ -147,6 +140,3 @@ class TagVersions:
         with self._lock:
             self.generation += 1
             self._known.clear()
-
-    def __len__(self) -> int:
-        return len(self._known)

@@ -98,6 +98,17 @@ async def physically_gone(raw, keys: list[str]) -> bool:
     return True
 
 
+def paused_loader(loading: AsyncEvent, release: AsyncEvent):
+    """A loader that reads "old", then waits (as if slow) until ``release`` is set."""
+
+    async def load() -> str:
+        loading.set()
+        await async_wait_event(release)
+        return "old"
+
+    return load
+
+
 # -- tags -------------------------------------------------------------------------------------
 
 
@@ -194,11 +205,7 @@ async def test_tag_names_are_literal(trio) -> None:
 async def test_an_entry_filled_while_its_tag_is_invalidated_is_stale_at_birth(trio) -> None:
     a, b, c = trio
     loading, release = AsyncEvent(), AsyncEvent()
-
-    async def slow_loader() -> str:
-        loading.set()
-        await async_wait_event(release)
-        return "old"
+    slow_loader = paused_loader(loading, release)
 
     task = AsyncTask(lambda: a.get_or_set("row", slow_loader, tags=["rows"]))
     await async_wait_event(loading)
@@ -255,11 +262,7 @@ async def test_pattern_uses_redis_glob_rules_on_both_tiers(trio) -> None:
 async def test_pattern_invalidation_revokes_leases_of_loads_in_flight(trio) -> None:
     a, b, c = trio
     loading, release = AsyncEvent(), AsyncEvent()
-
-    async def slow_loader() -> str:
-        loading.set()
-        await async_wait_event(release)
-        return "old"
+    slow_loader = paused_loader(loading, release)
 
     task = AsyncTask(lambda: a.get_or_set("feed:7", slow_loader))
     await async_wait_event(loading)

@@ -100,6 +100,17 @@ def physically_gone(raw, keys: list[str]) -> bool:
     return True
 
 
+def paused_loader(loading: Event, release: Event):
+    """A loader that reads "old", then waits (as if slow) until ``release`` is set."""
+
+    def load() -> str:
+        loading.set()
+        wait_event(release)
+        return "old"
+
+    return load
+
+
 # -- tags -------------------------------------------------------------------------------------
 
 
@@ -196,11 +207,7 @@ def test_tag_names_are_literal(trio) -> None:
 def test_an_entry_filled_while_its_tag_is_invalidated_is_stale_at_birth(trio) -> None:
     a, b, c = trio
     loading, release = Event(), Event()
-
-    def slow_loader() -> str:
-        loading.set()
-        wait_event(release)
-        return "old"
+    slow_loader = paused_loader(loading, release)
 
     task = Task(lambda: a.get_or_set("row", slow_loader, tags=["rows"]))
     wait_event(loading)
@@ -257,11 +264,7 @@ def test_pattern_uses_redis_glob_rules_on_both_tiers(trio) -> None:
 def test_pattern_invalidation_revokes_leases_of_loads_in_flight(trio) -> None:
     a, b, c = trio
     loading, release = Event(), Event()
-
-    def slow_loader() -> str:
-        loading.set()
-        wait_event(release)
-        return "old"
+    slow_loader = paused_loader(loading, release)
 
     task = Task(lambda: a.get_or_set("feed:7", slow_loader))
     wait_event(loading)

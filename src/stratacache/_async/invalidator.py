@@ -157,11 +157,6 @@ class AsyncInvalidator:
             raise TypeError(f"expected an InvalidationRule, not {type(rule).__name__}")
         self._rules.append(rule)
 
-    @property
-    def rules(self) -> list[InvalidationRule]:
-        """The rules, in the order they were added."""
-        return list(self._rules)
-
     async def invalidate_keys(
         self, keys: Sequence[str], reason: Optional[str], *, kind: str = "key"
     ) -> int:
@@ -340,6 +335,7 @@ class AsyncInvalidator:
                     self._ensure_worker()
 
     async def _run_now(self, ops: list[Op], *, fire_rules: bool, depth: int) -> None:
+        """Rule targets (keys and patterns), now: the keys as one cascade."""
         keys = [op.target for op in ops if op.kind == KEY]
         if keys:
             await self._cascade(keys, ops[0].reason, fire_rules=fire_rules, depth=depth)
@@ -349,11 +345,6 @@ class AsyncInvalidator:
                 for target in self._targets:
                     await self._apply_pattern(target, op)
                 self._local.pattern(op.target)
-            elif op.kind == TAG:
-                self._local.tags([op.target])
-                for target in self._targets:
-                    await self._apply_tags(target, [op])
-                self._local.tags([op.target])
 
     # -- one Redis ---------------------------------------------------------------------------
 

@@ -159,11 +159,6 @@ class Invalidator:
             raise TypeError(f"expected an InvalidationRule, not {type(rule).__name__}")
         self._rules.append(rule)
 
-    @property
-    def rules(self) -> list[InvalidationRule]:
-        """The rules, in the order they were added."""
-        return list(self._rules)
-
     def invalidate_keys(
         self, keys: Sequence[str], reason: Optional[str], *, kind: str = "key"
     ) -> int:
@@ -342,6 +337,7 @@ class Invalidator:
                     self._ensure_worker()
 
     def _run_now(self, ops: list[Op], *, fire_rules: bool, depth: int) -> None:
+        """Rule targets (keys and patterns), now: the keys as one cascade."""
         keys = [op.target for op in ops if op.kind == KEY]
         if keys:
             self._cascade(keys, ops[0].reason, fire_rules=fire_rules, depth=depth)
@@ -351,11 +347,6 @@ class Invalidator:
                 for target in self._targets:
                     self._apply_pattern(target, op)
                 self._local.pattern(op.target)
-            elif op.kind == TAG:
-                self._local.tags([op.target])
-                for target in self._targets:
-                    self._apply_tags(target, [op])
-                self._local.tags([op.target])
 
     # -- one Redis ---------------------------------------------------------------------------
 
