@@ -64,6 +64,7 @@ bench: setup
 	taskset -c 1 $(PY) -m pytest -p no:cacheprovider benchmarks -o python_files='bench_*.py' --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 	taskset -c 1 $(PY) benchmarks/l1_report.py
 	taskset -c 1 $(PY) benchmarks/bus_report.py
+	taskset -c 1 $(PY) benchmarks/tag_report.py
 
 sync: $(STAMP)
 	$(PY) scripts/gen_sync.py
