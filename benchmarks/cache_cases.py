@@ -38,6 +38,8 @@ def close_resources(loop: asyncio.AbstractEventLoop) -> None:
         _sync_resources.pop().close()
     while _async_resources:
         loop.run_until_complete(_async_resources.pop().aclose())
+
+
 VALUE = {"id": 42, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
 KEY = "user:42"
 

@@ -65,12 +65,11 @@ GOAL_EFFECTIVE_MS = 5.0
 GOAL_RATE = 500_000.0
 GOAL_STALL_MS = 10.0
 
-# The seed's Lua version (naive b). Our member sets hold user keys, so the script builds
-# each data key with the namespace prefix (ARGV[1]); the keys written here need no escaping.
+# The seed's Lua version (naive b); our member sets hold the data keys themselves.
 SEED_LUA = """
 local keys = redis.call('SMEMBERS', KEYS[1])
 for i = 1, #keys do
-  redis.call('DEL', ARGV[1] .. keys[i] .. '}')
+  redis.call('DEL', keys[i])
 end
 redis.call('DEL', KEYS[1])
 return #keys
@@ -284,9 +283,9 @@ def phase_ours(url: str, admin: redis.Redis, watch: StallWatch, chunk: int) -> R
                 raise RuntimeError("the second instance still serves the invalidated key")
             time.sleep(POLL)
         seen_by_reader = perf_counter() - start
-        # the invalidation itself adds two keys (the tag's version, the audit stream) and
-        # renames the member set, which goes when its last member is taken
-        target = before - N + 2
+        # the invalidation adds two keys (the tag's version, the audit stream); the member
+        # set it moved aside is deleted with the last chunk
+        target = before - N + 1
         deadline = time.monotonic() + 600
         while writer.stats().invalidation.reclaim_pending or admin.dbsize() > target:
             if time.monotonic() > deadline:
@@ -333,7 +332,7 @@ def phase_naive_loop(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     start = perf_counter()
     members = admin.smembers(keys.tag_members_key(TAG))
     listed = perf_counter() - start
-    data_keys = [keys.data_key(m.decode()) for m in members]
+    data_keys = list(members)
     t = perf_counter()
     for data_key in data_keys[:NAIVE_DEL_SAMPLE]:
         admin.delete(data_key)
@@ -363,7 +362,7 @@ def phase_naive_lua(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     gc.collect()
     watch.reset()
     start = perf_counter()
-    deleted = script(keys=[keys.tag_members_key(TAG)], args=[DATA_PREFIX])
+    deleted = script(keys=[keys.tag_members_key(TAG)])
     elapsed = perf_counter() - start
     stalls = watch.read()
     if deleted != N or admin.dbsize() > 1:

@@ -98,9 +98,7 @@ def bus_reader(
         cache.close()
 
 
-def bus_watcher(
-    url: str, cluster: bool, key: str, rounds: int, barrier: Any, results: Any
-) -> None:
+def bus_watcher(url: str, cluster: bool, key: str, rounds: int, barrier: Any, results: Any) -> None:
     """Serve ``key`` continuously; note when each new version (1..rounds) is first served."""
     cache = Cache(url, cluster=cluster, namespace=BUS_NS, redis_timeout=2.0)
     try:

@@ -270,6 +270,7 @@ def shard_client(cluster: Any, channel: str) -> redis.Redis:
         redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
     )
 
+
 __all__ = [
     "AsyncEvent",
     "AsyncLock",

@@ -109,34 +109,43 @@ if ttl == -1 or ttl < px then redis.call('PEXPIRE', KEYS[1], px) end
 return 1
 """
 
-# KEYS: reclaim, members. ARGV: count. Take up to ``count`` data keys of an invalidated
-# tag and return {how many were taken, the ones to delete}: a key written with the tag
-# again since the invalidation is in the new member set, and its new value is left alone.
-# (Redis Cluster: the data keys live in other slots, so the client deletes them.)
-RECLAIM_POP = """
-local popped = redis.call('SPOP', KEYS[1], ARGV[1])
-local doomed = {}
-if #popped > 0 then
-  local present = redis.call('SMISMEMBER', KEYS[2], unpack(popped))
-  for i = 1, #popped do
-    if present[i] == 0 then doomed[#doomed + 1] = popped[i] end
+# KEYS: reclaim, members. ARGV: cursor, count. One step of an SSCAN walk over the member
+# set an invalidation moved aside (read only: no SPOP rehashing a shrinking set; the set
+# itself is UNLINKed, so freed off the main thread, when the walk ends). ``doomed`` is
+# what was scanned minus the keys written with the tag again since the invalidation (they
+# are in the new member set, and their new values are left alone); the check is skipped
+# while no new member set exists. Lists go to unpack() in slices: Lua's stack is bounded.
+_RECLAIM_SCAN = """
+local r = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local scanned = r[2]
+local doomed = scanned
+if #scanned > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  doomed = {}
+  for i = 1, #scanned, 1000 do
+    local last = math.min(i + 999, #scanned)
+    local present = redis.call('SMISMEMBER', KEYS[2], unpack(scanned, i, last))
+    for j = 1, #present do
+      if present[j] == 0 then doomed[#doomed + 1] = scanned[i + j - 1] end
+    end
   end
 end
-return {#popped, doomed}
+if r[1] == '0' then redis.call('UNLINK', KEYS[1]) end
 """
 
-# KEYS: reclaim, members. ARGV: count. RECLAIM_POP and the UNLINK in one step, for a
-# standalone server only: the data keys it deletes are not declared (they cannot be known
-# in advance), which a single server allows and a cluster does not. One round trip per
-# chunk, no per-key work in the client; ``count`` bounds how long Redis is busy.
-RECLAIM = """
-local popped = redis.call('SPOP', KEYS[1], ARGV[1])
-if #popped == 0 then return 0 end
-local present = redis.call('SMISMEMBER', KEYS[2], unpack(popped))
-local doomed = {}
-for i = 1, #popped do
-  if present[i] == 0 then doomed[#doomed + 1] = popped[i] end
+# Redis Cluster: returns {next cursor, number scanned, doomed}; the data keys live in other
+# slots than the member set, so the client deletes them.
+RECLAIM_SCAN = _RECLAIM_SCAN + "return {r[1], #scanned, doomed}\n"
+
+# A standalone server: the UNLINK in the same step, so no per-key work in the client and no
+# window in which a key written again could be deleted. The data keys are not declared
+# (they cannot be known in advance), which a single server allows and a cluster does not.
+# Returns {next cursor, number scanned}; ``count`` bounds how long Redis is busy.
+RECLAIM = (
+    _RECLAIM_SCAN
+    + """
+for i = 1, #doomed, 1000 do
+  redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, #doomed)))
 end
-if #doomed > 0 then redis.call('UNLINK', unpack(doomed)) end
-return #popped
+return {r[1], #scanned}
 """
+)

@@ -18,10 +18,11 @@ from stratacache import (
     InvalidationRule,
     InvalidKeyError,
 )
+from stratacache._async.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedis, AsyncRedisCluster
 
-from concurrency import AsyncEvent, AsyncTask, async_until, async_wait_event
+from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
 
 NS = "inv"
 DEADLINE = 5.0
@@ -172,6 +173,37 @@ async def test_a_key_written_again_after_its_tag_was_invalidated_survives_the_re
     assert await physically_gone(raw, keys[10:])
     for key in keys[:10]:
         assert await b.get(key) == 2
+
+
+async def test_the_reclaim_starts_after_a_delay_and_walks_the_tag_in_chunks(
+    target: tuple[str, bool], trio, raw
+) -> None:
+    a, _, _ = trio
+    clock = FakeClock()
+    chunked = make(target, reclaim_chunk=10)
+    chunked._invalidator._timer = clock  # the worker's own time
+    try:
+        await chunked._bus_started()
+        keys = [f"bulk:{i}" for i in range(250)]
+        await a.set_many({key: 1 for key in keys}, tags=["bulk"])
+        assert await chunked.invalidate_tag("bulk") == 250
+        # not yet due: the other instances' reads of the new version go first
+        assert not await chunked._invalidator._work_once()
+        assert chunked.stats().invalidation.reclaim_pending == 1
+        assert await raw.exists(*(KeySpace(NS).data_key(k) for k in keys[:5])) == 5
+
+        await settled([a, chunked])
+        await a.set_many({key: 2 for key in keys[:20]}, tags=["bulk"])
+        clock.advance(RECLAIM_DELAY)
+        await async_until(lambda: chunked.stats().invalidation.reclaim_pending == 0, DEADLINE)
+        assert chunked.stats().invalidation.reclaimed_keys == 250
+        assert await physically_gone(raw, keys[20:])
+        assert await chunked.get_many(keys[:20]) == {key: 2 for key in keys[:20]}
+        # the member set the invalidation moved aside is deleted with the last chunk
+        moved_aside = [k async for k in raw.scan_iter(match=f"{NS}:v1:r:*")]
+        assert moved_aside == []
+    finally:
+        await chunked.close()
 
 
 async def test_tags_are_hierarchical(trio) -> None:

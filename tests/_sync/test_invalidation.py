@@ -20,10 +20,11 @@ from stratacache import (
     InvalidationRule,
     InvalidKeyError,
 )
+from stratacache._sync.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
 from stratacache._primitives import Redis, RedisCluster
 
-from concurrency import Event, Task, until, wait_event
+from concurrency import Event, Task, FakeClock, until, wait_event
 
 NS = "inv"
 DEADLINE = 5.0
@@ -174,6 +175,37 @@ def test_a_key_written_again_after_its_tag_was_invalidated_survives_the_reclaim(
     assert physically_gone(raw, keys[10:])
     for key in keys[:10]:
         assert b.get(key) == 2
+
+
+def test_the_reclaim_starts_after_a_delay_and_walks_the_tag_in_chunks(
+    target: tuple[str, bool], trio, raw
+) -> None:
+    a, _, _ = trio
+    clock = FakeClock()
+    chunked = make(target, reclaim_chunk=10)
+    chunked._invalidator._timer = clock  # the worker's own time
+    try:
+        chunked._bus_started()
+        keys = [f"bulk:{i}" for i in range(250)]
+        a.set_many({key: 1 for key in keys}, tags=["bulk"])
+        assert chunked.invalidate_tag("bulk") == 250
+        # not yet due: the other instances' reads of the new version go first
+        assert not chunked._invalidator._work_once()
+        assert chunked.stats().invalidation.reclaim_pending == 1
+        assert raw.exists(*(KeySpace(NS).data_key(k) for k in keys[:5])) == 5
+
+        settled([a, chunked])
+        a.set_many({key: 2 for key in keys[:20]}, tags=["bulk"])
+        clock.advance(RECLAIM_DELAY)
+        until(lambda: chunked.stats().invalidation.reclaim_pending == 0, DEADLINE)
+        assert chunked.stats().invalidation.reclaimed_keys == 250
+        assert physically_gone(raw, keys[20:])
+        assert chunked.get_many(keys[:20]) == {key: 2 for key in keys[:20]}
+        # the member set the invalidation moved aside is deleted with the last chunk
+        moved_aside = [k for k in raw.scan_iter(match=f"{NS}:v1:r:*")]
+        assert moved_aside == []
+    finally:
+        chunked.close()
 
 
 def test_tags_are_hierarchical(trio) -> None:

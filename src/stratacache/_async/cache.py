@@ -716,9 +716,7 @@ class AsyncCache:
                     )
             elif stamps is not None:
                 try:
-                    await self._tier.write(
-                        key, blob, self.settings.physical_ttl(ttl_s), tag_tuple
-                    )
+                    await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s), tag_tuple)
                 except RedisUnavailableError:
                     pass
             await self._publish(Action.INVALIDATE_KEYS, (key,))
@@ -758,9 +756,7 @@ class AsyncCache:
             self._invalidator.forget_key_retries(mapping)
             if stamps is not None:
                 try:
-                    await self._tier.write_many(
-                        blobs, self.settings.physical_ttl(ttl_s), tag_tuple
-                    )
+                    await self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s), tag_tuple)
                 except RedisUnavailableError:
                     pass
             await self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
@@ -856,9 +852,7 @@ class AsyncCache:
         cycle ends the cascade where it closes and is counted (``cycles_detected``)."""
         validate_key(key)
         await self._bus_started()
-        return await self._invalidator.invalidate_keys(
-            [key], self._reason(reason), kind="related"
-        )
+        return await self._invalidator.invalidate_keys([key], self._reason(reason), kind="related")
 
     async def invalidate_tag(self, tag: str, reason: str | None = None) -> int:
         """Invalidate every entry tagged ``tag`` or a tag below it (``product`` reaches

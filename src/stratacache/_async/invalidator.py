@@ -8,10 +8,13 @@ This module does the I/O, and one background worker (a task here, a thread in th
 generated sync twin) runs what is not done in the caller's call: retries with backoff,
 delayed invalidations, the chunked reclaim of invalidated tags, and audit writes.
 
-Reclaim: the keys registered under an invalidated tag are taken from Redis in chunks
-(``RECLAIM_POP``), skipping any key written with the tag again since the invalidation,
-and UNLINKed. A key rewritten in the single round trip between those two steps loses its
-new value: that costs one miss, never a stale read (its stamp would be current).
+Reclaim: the keys registered under an invalidated tag are deleted in chunks, one Lua
+step each (SSCAN over the moved-aside member set, UNLINK), skipping any key written with
+the tag again since the invalidation. It starts ``RECLAIM_DELAY`` after the invalidation,
+so that the other instances' reads of the new versions and the reloads that follow an
+invalidation are not queued behind it. On a cluster the client UNLINKs each chunk (the
+keys are in other slots): a key rewritten in that one round trip loses its new value,
+which costs one miss, never a stale read (its stamp would be current).
 
 Order of effects, for every kind: the local L1 first (this process stops serving the old
 value at once), then Redis, then the local L1 again (a fill that read Redis before the
@@ -69,6 +72,7 @@ from .redis_tier import AsyncRedisTier
 
 logger = logging.getLogger("stratacache.invalidation")
 
+RECLAIM_DELAY = 0.02  # seconds between a tag's invalidation and the start of its reclaim
 _IDLE_WAIT = 1.0  # longest the worker sleeps with nothing due (it is woken for new work)
 _STOP_TIMEOUT = 5.0
 _MAX_CASCADE = 100_000  # keys one dependency cascade may reach (a runaway graph stops here)
@@ -86,6 +90,16 @@ class LocalEffects:
     clear: Callable[[], None]
 
 
+@dataclass
+class _Reclaim:
+    """An invalidated tag whose keys are still to be deleted."""
+
+    tag: str
+    key: str  # the member set moved aside by the invalidation
+    due: float  # timer value before which it does not start
+    cursor: int = 0  # of the SSCAN walk over ``key``
+
+
 class _Target:
     """One Redis that invalidations go to, with its retry queue and reclaim backlog."""
 
@@ -93,7 +107,7 @@ class _Target:
         self.name = name
         self.tier = tier
         self.queue = queue
-        self.reclaim: collections.deque[tuple[str, str]] = collections.deque()  # tag, set
+        self.reclaim: collections.deque[_Reclaim] = collections.deque()  # oldest first
 
 
 class AsyncInvalidator:
@@ -406,9 +420,10 @@ class AsyncInvalidator:
             return None
         if target.name == PRIMARY:
             self._versions.raise_to({tag: version for tag, (version, _, _) in zip(tags, results)})
+        due = self._timer() + RECLAIM_DELAY
         for tag, (_, count, reclaim) in zip(tags, results):
             if count:
-                target.reclaim.append((tag, reclaim))
+                target.reclaim.append(_Reclaim(tag, reclaim, due))
         if target.reclaim:
             self._ensure_worker()
         await self._announce(target, Action.INVALIDATE_TAGS, tags)
@@ -566,6 +581,7 @@ class AsyncInvalidator:
 
     def _idle_wait(self) -> float:
         dues = [t.queue.next_due() for t in self._targets] + [self._delayed.next_due()]
+        dues += [t.reclaim[0].due for t in self._targets if t.reclaim]
         pending = [d for d in dues if d is not None]
         if self._audit:
             # a batch window to gather records; a backoff while Redis refuses them
@@ -578,7 +594,7 @@ class AsyncInvalidator:
 
     async def _work_once(self) -> bool:
         """One round: owed epoch bumps, due retries, due delayed invalidations, the audit
-        buffer, and one chunk of reclaim per Redis. True if reclaim work remains."""
+        buffer, and one chunk of due reclaim per Redis. True if more reclaim is due now."""
         now = self._timer()
         for target in self._targets:
             if target.queue.epoch_owed and not await self._apply_epoch(
@@ -600,25 +616,29 @@ class AsyncInvalidator:
         await self._flush_audit()
         busy = False
         for target in self._targets:
-            if target.reclaim:
-                busy = await self._reclaim_chunk(target) or busy
+            if not (target.reclaim and target.reclaim[0].due <= now):
+                continue
+            try:
+                await self._reclaim_chunk(target)
+            except RedisUnavailableError:
+                continue  # the keys are logically invalid already; try again later
+            busy = busy or bool(target.reclaim and target.reclaim[0].due <= self._timer())
         return busy
 
-    async def _reclaim_chunk(self, target: _Target) -> bool:
-        """Delete one chunk of an invalidated tag's keys; True if more remain."""
-        tag, reclaim_key = target.reclaim[0]
-        try:
-            taken = await target.tier.reclaim_step(tag, reclaim_key, self.settings.reclaim_chunk)
-        except RedisUnavailableError:
-            return False  # the keys are logically invalid already; try again later
+    async def _reclaim_chunk(self, target: _Target) -> None:
+        """Delete one chunk of the oldest invalidated tag's keys."""
+        job = target.reclaim[0]
+        job.cursor, scanned = await target.tier.reclaim_step(
+            job.tag, job.key, job.cursor, self.settings.reclaim_chunk
+        )
         if target.name == PRIMARY:
-            self.counters.reclaimed_keys += taken
-        if taken == 0:
+            self.counters.reclaimed_keys += scanned
+        if job.cursor == 0:
             target.reclaim.popleft()
-        return bool(target.reclaim)
 
     async def reclaim_now(self) -> None:
-        """Run every pending reclaim to its end in the caller (tests, benchmarks)."""
+        """Run every pending reclaim to its end in the caller, without waiting for it to
+        be due (tests, benchmarks)."""
         for target in self._targets:
             while target.reclaim:
                 await self._reclaim_chunk(target)

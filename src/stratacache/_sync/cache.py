@@ -718,9 +718,7 @@ class Cache:
                     )
             elif stamps is not None:
                 try:
-                    self._tier.write(
-                        key, blob, self.settings.physical_ttl(ttl_s), tag_tuple
-                    )
+                    self._tier.write(key, blob, self.settings.physical_ttl(ttl_s), tag_tuple)
                 except RedisUnavailableError:
                     pass
             self._publish(Action.INVALIDATE_KEYS, (key,))
@@ -760,9 +758,7 @@ class Cache:
             self._invalidator.forget_key_retries(mapping)
             if stamps is not None:
                 try:
-                    self._tier.write_many(
-                        blobs, self.settings.physical_ttl(ttl_s), tag_tuple
-                    )
+                    self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s), tag_tuple)
                 except RedisUnavailableError:
                     pass
             self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
@@ -858,9 +854,7 @@ class Cache:
         cycle ends the cascade where it closes and is counted (``cycles_detected``)."""
         validate_key(key)
         self._bus_started()
-        return self._invalidator.invalidate_keys(
-            [key], self._reason(reason), kind="related"
-        )
+        return self._invalidator.invalidate_keys([key], self._reason(reason), kind="related")
 
     def invalidate_tag(self, tag: str, reason: str | None = None) -> int:
         """Invalidate every entry tagged ``tag`` or a tag below it (``product`` reaches

@@ -30,7 +30,7 @@ from .._scripts import (
     INVALIDATE_KEY,
     READ_OR_LEASE,
     RECLAIM,
-    RECLAIM_POP,
+    RECLAIM_SCAN,
     RELEASE_LEASE,
     REPLACE_IF_UNCHANGED,
     TAG_ADD,
@@ -77,7 +77,7 @@ class RedisTier:
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
-        self._reclaim_pop = client.register_script(RECLAIM_POP)
+        self._reclaim_scan = client.register_script(RECLAIM_SCAN)
         self._reclaim = client.register_script(RECLAIM)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
@@ -305,16 +305,24 @@ class RedisTier:
             return 0
         return int(self._call(self.client.unlink, *redis_keys))
 
-    def reclaim_step(self, tag: str, reclaim_key: str, count: int) -> int:
-        """Delete up to ``count`` keys of an invalidated tag (SPOP + UNLINK, each bounded;
-        keys written with the tag again since are kept); how many were taken (0: the tag
-        is fully reclaimed)."""
+    def reclaim_step(
+        self, tag: str, reclaim_key: str, cursor: int, count: int
+    ) -> tuple[int, int]:
+        """One step of deleting an invalidated tag's keys: about ``count`` of them from
+        ``cursor`` on (SSCAN + UNLINK; keys written with the tag again since are kept).
+        Returns (next cursor, keys scanned); a next cursor of 0 ends the walk, and the
+        moved-aside member set is deleted with it."""
         keys = [reclaim_key, self._keys.tag_members_key(tag)]
         if not self._cluster:
-            return int(self._call(self._reclaim, keys=keys, args=[count]))
-        taken, doomed = self._call(self._reclaim_pop, keys=keys, args=[count])
+            following, scanned = self._call(self._reclaim, keys=keys, args=[cursor, count])
+            return int(following), int(scanned)
+        following, scanned, doomed = self._call(
+            self._reclaim_scan, keys=keys, args=[cursor, count]
+        )
+        # if this fails the step is retried from the same cursor; after the last step the
+        # set is gone already, and these keys are left to their ttl (misses already)
         self.unlink(doomed)
-        return int(taken)
+        return int(following), int(scanned)
 
     def tag_members(self, tag: str) -> list[str]:
         """The keys registered under ``tag`` since its last invalidation (some may have
