@@ -31,13 +31,13 @@ ROUNDS = 15
 NS = "benchtags"
 TAG = "bench"
 KEYS = KeySpace(NS)
-DATA_PREFIX = KEYS.data_key("x")[:-2]  # "benchtags:v1:d:{"
 MEMBERS = KEYS.tag_members_key(TAG)
 
+# the seed's script; the member sets hold the data keys themselves
 SEED_LUA = """
 local keys = redis.call('SMEMBERS', KEYS[1])
 for i = 1, #keys do
-  redis.call('DEL', ARGV[1] .. keys[i] .. '}')
+  redis.call('DEL', keys[i])
 end
 redis.call('DEL', KEYS[1])
 return #keys
@@ -83,7 +83,7 @@ def _raw_del_pipeline(client: redis.Redis) -> None:
     members = client.smembers(MEMBERS)
     pipe = client.pipeline(transaction=False)
     for member in members:
-        pipe.delete(DATA_PREFIX + member.decode() + "}")
+        pipe.delete(member)
     pipe.delete(MEMBERS)
     pipe.execute()
 
@@ -109,7 +109,7 @@ def _cases(cache: Cache, client: redis.Redis) -> dict[str, tuple[Setup, Target]]
         ),
         "seed Lua SMEMBERS + DEL": (
             write,
-            lambda: script(keys=[MEMBERS], args=[DATA_PREFIX]),
+            lambda: script(keys=[MEMBERS]),
         ),
         "stratacache invalidate_tag (call; reclaim in background)": (write, invalidate),
         "stratacache invalidate_tag (call), empty L1": (write_then_clear_l1, invalidate),

@@ -352,9 +352,9 @@ class AsyncCache:
         if bus is not None and not bus.started:
             await bus.start()
 
-    async def _publish(self, action: Action, args: Iterable[str]) -> None:
+    async def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
         if self._bus is not None:
-            await self._bus.publish(action, args)
+            await self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
         self, redis: Any, cluster: bool, breaker: CircuitBreaker | None = None

@@ -19,8 +19,12 @@ which costs one miss, never a stale read (its stamp would be current).
 Order of effects, for every kind: the local L1 first (this process stops serving the old
 value at once), then Redis, then the local L1 again (a fill that read Redis before the
 Redis step landed is refused by the L1's ticket guard), then one bus message so that
-every other instance drops its copies. A Redis step that fails is retried later; its bus
-message is sent again when the retry succeeds.
+every other instance drops its copies. Tags differ: their local drop costs as much as
+the entries this L1 holds under them (up to the whole L1: milliseconds), so Redis comes
+first, then the bus message, sent from the call rather than batched, so the other
+instances are not kept waiting for it, then the local L1, once (the ticket guard still
+refuses a fill that read Redis before the new version). A Redis step that fails is
+retried later; its bus message is sent again when the retry succeeds.
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ class AsyncInvalidator:
         versions: TagVersions,
         primary: Optional[AsyncRedisTier],
         failover: Optional[AsyncRedisTier],
-        publish: Callable[[Action, Iterable[str]], Any],  # the cache's bus publish
+        publish: Callable[[Action, Iterable[str], bool], Any],  # the bus's; bool: unbatched
         settings: InvalidationSettings,
         instance: str,
         timer: Callable[[], float] = time.monotonic,
@@ -190,12 +194,13 @@ class AsyncInvalidator:
         start = perf_counter()
         tags = list(dict.fromkeys(tags))
         self.counters.by_type["tag"] += 1
-        count = self._local.tags(tags)
+        registered: Optional[int] = None
         for target in self._targets:
-            registered = await self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
-            if target.name == PRIMARY and registered is not None:
-                count = registered
-        self._local.tags(tags)
+            applied = await self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
+            if target.name == PRIMARY:
+                registered = applied
+        dropped = self._local.tags(tags)
+        count = dropped if registered is None else registered
         self.counters.latency.record(perf_counter() - start)
         self._record_audit("tag", ",".join(tags), count, reason)
         return count
@@ -426,7 +431,7 @@ class AsyncInvalidator:
                 target.reclaim.append(_Reclaim(tag, reclaim, due))
         if target.reclaim:
             self._ensure_worker()
-        await self._announce(target, Action.INVALIDATE_TAGS, tags)
+        await self._announce(target, Action.INVALIDATE_TAGS, tags, at_once=True)
         return sum(count for _, count, _ in results)
 
     async def _apply_pattern(self, target: _Target, op: Op, attempts: int = 0) -> Optional[int]:
@@ -496,10 +501,13 @@ class AsyncInvalidator:
             return await self._apply_pattern(target, op, attempts) is not None
         return await self._apply_epoch(target, op, attempts)
 
-    async def _announce(self, target: _Target, action: Action, args: Iterable[str]) -> None:
-        """The bus message of an applied invalidation, on that Redis's bus."""
+    async def _announce(
+        self, target: _Target, action: Action, args: Iterable[str], *, at_once: bool = False
+    ) -> None:
+        """The bus message of an applied invalidation, on that Redis's bus (the primary's
+        may be batched with others unless ``at_once``; the failover's never is)."""
         if target.name == PRIMARY:
-            await self._publish_primary(action, args)
+            await self._publish_primary(action, args, at_once)
             return
         for payload in self._failover_outbox.encode_all(action, args):
             try:
@@ -626,14 +634,19 @@ class AsyncInvalidator:
         return busy
 
     async def _reclaim_chunk(self, target: _Target) -> None:
-        """Delete one chunk of the oldest invalidated tag's keys."""
-        job = target.reclaim[0]
+        """Delete one chunk of the oldest invalidated tag's keys. ``reclaim_now`` may run
+        beside the worker: a step taken twice is harmless (the same keys are deleted
+        again), a job is only removed by whoever sees it end."""
+        try:
+            job = target.reclaim[0]
+        except IndexError:
+            return
         job.cursor, scanned = await target.tier.reclaim_step(
             job.tag, job.key, job.cursor, self.settings.reclaim_chunk
         )
         if target.name == PRIMARY:
             self.counters.reclaimed_keys += scanned
-        if job.cursor == 0:
+        if job.cursor == 0 and target.reclaim and target.reclaim[0] is job:
             target.reclaim.popleft()
 
     async def reclaim_now(self) -> None:

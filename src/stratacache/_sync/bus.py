@@ -101,11 +101,13 @@ class InvalidationBus:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish(self, action: Action, args: Iterable[str] = ()) -> None:
+    def publish(
+        self, action: Action, args: Iterable[str] = (), *, at_once: bool = False
+    ) -> None:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
         the bus is quiet, else with the others of the same ``batch_window`` as one message;
-        with no window, sent before this returns."""
-        if self._window > 0:
+        with no window or ``at_once``, sent before this returns."""
+        if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
                 self._wake.set()
             return

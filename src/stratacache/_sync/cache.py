@@ -354,9 +354,9 @@ class Cache:
         if bus is not None and not bus.started:
             bus.start()
 
-    def _publish(self, action: Action, args: Iterable[str]) -> None:
+    def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
         if self._bus is not None:
-            self._bus.publish(action, args)
+            self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
         self, redis: Any, cluster: bool, breaker: CircuitBreaker | None = None

@@ -21,8 +21,12 @@ which costs one miss, never a stale read (its stamp would be current).
 Order of effects, for every kind: the local L1 first (this process stops serving the old
 value at once), then Redis, then the local L1 again (a fill that read Redis before the
 Redis step landed is refused by the L1's ticket guard), then one bus message so that
-every other instance drops its copies. A Redis step that fails is retried later; its bus
-message is sent again when the retry succeeds.
+every other instance drops its copies. Tags differ: their local drop costs as much as
+the entries this L1 holds under them (up to the whole L1: milliseconds), so Redis comes
+first, then the bus message, sent from the call rather than batched, so the other
+instances are not kept waiting for it, then the local L1, once (the ticket guard still
+refuses a fill that read Redis before the new version). A Redis step that fails is
+retried later; its bus message is sent again when the retry succeeds.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ class Invalidator:
         versions: TagVersions,
         primary: Optional[RedisTier],
         failover: Optional[RedisTier],
-        publish: Callable[[Action, Iterable[str]], Any],  # the cache's bus publish
+        publish: Callable[[Action, Iterable[str], bool], Any],  # the bus's; bool: unbatched
         settings: InvalidationSettings,
         instance: str,
         timer: Callable[[], float] = time.monotonic,
@@ -192,12 +196,13 @@ class Invalidator:
         start = perf_counter()
         tags = list(dict.fromkeys(tags))
         self.counters.by_type["tag"] += 1
-        count = self._local.tags(tags)
+        registered: Optional[int] = None
         for target in self._targets:
-            registered = self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
-            if target.name == PRIMARY and registered is not None:
-                count = registered
-        self._local.tags(tags)
+            applied = self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
+            if target.name == PRIMARY:
+                registered = applied
+        dropped = self._local.tags(tags)
+        count = dropped if registered is None else registered
         self.counters.latency.record(perf_counter() - start)
         self._record_audit("tag", ",".join(tags), count, reason)
         return count
@@ -428,7 +433,7 @@ class Invalidator:
                 target.reclaim.append(_Reclaim(tag, reclaim, due))
         if target.reclaim:
             self._ensure_worker()
-        self._announce(target, Action.INVALIDATE_TAGS, tags)
+        self._announce(target, Action.INVALIDATE_TAGS, tags, at_once=True)
         return sum(count for _, count, _ in results)
 
     def _apply_pattern(self, target: _Target, op: Op, attempts: int = 0) -> Optional[int]:
@@ -498,10 +503,13 @@ class Invalidator:
             return self._apply_pattern(target, op, attempts) is not None
         return self._apply_epoch(target, op, attempts)
 
-    def _announce(self, target: _Target, action: Action, args: Iterable[str]) -> None:
-        """The bus message of an applied invalidation, on that Redis's bus."""
+    def _announce(
+        self, target: _Target, action: Action, args: Iterable[str], *, at_once: bool = False
+    ) -> None:
+        """The bus message of an applied invalidation, on that Redis's bus (the primary's
+        may be batched with others unless ``at_once``; the failover's never is)."""
         if target.name == PRIMARY:
-            self._publish_primary(action, args)
+            self._publish_primary(action, args, at_once)
             return
         for payload in self._failover_outbox.encode_all(action, args):
             try:
@@ -628,14 +636,19 @@ class Invalidator:
         return busy
 
     def _reclaim_chunk(self, target: _Target) -> None:
-        """Delete one chunk of the oldest invalidated tag's keys."""
-        job = target.reclaim[0]
+        """Delete one chunk of the oldest invalidated tag's keys. ``reclaim_now`` may run
+        beside the worker: a step taken twice is harmless (the same keys are deleted
+        again), a job is only removed by whoever sees it end."""
+        try:
+            job = target.reclaim[0]
+        except IndexError:
+            return
         job.cursor, scanned = target.tier.reclaim_step(
             job.tag, job.key, job.cursor, self.settings.reclaim_chunk
         )
         if target.name == PRIMARY:
             self.counters.reclaimed_keys += scanned
-        if job.cursor == 0:
+        if job.cursor == 0 and target.reclaim and target.reclaim[0] is job:
             target.reclaim.popleft()
 
     def reclaim_now(self) -> None:
