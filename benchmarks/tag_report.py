@@ -142,10 +142,12 @@ class Probe:
 # -- the second instance -------------------------------------------------------------------
 
 
-def _second_instance(url: str, conn: Any) -> None:
+def _second_instance(url: str, cpu: Optional[int], conn: Any) -> None:
     """Another process's cache: holds the sampled keys in its L1; on "watch", reads one of
     them in a loop until it is a miss and sends back when (``perf_counter`` is the system's
     monotonic clock, comparable across processes) and which sampled keys it still serves."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     cache = fresh_cache(url)
     try:
         wait_bus_healthy(cache)
@@ -171,12 +173,18 @@ def _second_instance(url: str, conn: Any) -> None:
 
 
 class SecondInstance:
-    """The second instance's process seen from the report (same CPUs as the report)."""
+    """The second instance's process seen from the report. It runs on a CPU the report is
+    not pinned to when there is one, as another instance would run on another machine:
+    polling every 0.1 ms on the writer's CPU would slow the writer's call down (each
+    wake-up preempts it) more than it measures anything; across CPUs its wake-ups pay the
+    cross-CPU cost instead, which only makes its figure worse."""
 
     def __init__(self, url: str) -> None:
+        spare = sorted(set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0))
+        self.cpu = spare[0] if spare else None
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_second_instance, args=(url, child), daemon=True)
+        self._proc = ctx.Process(target=_second_instance, args=(url, self.cpu, child), daemon=True)
         self._proc.start()
         self._expect("ready")
 
