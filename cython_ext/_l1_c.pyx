@@ -543,10 +543,12 @@ cdef class L1:
         with cython.critical_section(self):
             for tag in tagt:
                 self._bump_tag(tag)
-                keys = self._tags.get(tag)
+                # Detach the tag's whole index first: each node's _remove then skips it
+                # (one dict deletion less per node, and no copy to iterate over).
+                keys = self._tags.pop(tag, None)
                 if keys is None:
                     continue
-                for node in list(keys.values()):
+                for node in keys.values():
                     self._bump_key(node.key)
                     count += self._remove_for_invalidation(node, now)
                     removed.append(node)
@@ -829,7 +831,10 @@ cdef class L1:
             self._heap_remove(node.heap_index)
             node.heap_index = -1
         for tag in node.tags:
-            keys = <dict>self._tags[tag]
+            found = PyDict_GetItemWithError(self._tags, tag)
+            if found is NULL:
+                continue  # detached by invalidate_tags, which is removing this node
+            keys = <dict>found
             PyDict_DelItem(keys, node.key)
             if not keys:
                 PyDict_DelItem(self._tags, tag)

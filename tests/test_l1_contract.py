@@ -491,6 +491,18 @@ def test_invalidate_tags_counts_each_entry_once(l1_impl: Any) -> None:
     assert cache.invalidations == 2
 
 
+def test_invalidating_one_tag_updates_the_index_of_the_others(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("a", 1, tags=("x", "y"))
+    cache.set("b", 2, tags=("y",))
+    assert cache.invalidate_tag("x") == 1
+    cache.set("a", 3, tags=("x",))  # back under x only
+    assert cache.invalidate_tag("y") == 1  # b; "a" is no longer under y
+    assert cache.keys() == ["a"]
+    assert cache.invalidate_tag("x") == 1
+    assert len(cache) == 0
+
+
 def test_tags_of(l1_impl: Any, clock: FakeClock) -> None:
     cache = l1_impl(10, timer=clock)
     cache.set("a", 1, tags=["x", "y", "x"])
