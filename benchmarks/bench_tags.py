@@ -25,6 +25,7 @@ import redis
 from stratacache import Cache
 from stratacache._keys import KeySpace
 from stratacache.testing import RedisServerProcess
+from tag_report import SEED_LUA
 
 N = 10_000
 ROUNDS = 15
@@ -33,15 +34,6 @@ TAG = "bench"
 KEYS = KeySpace(NS)
 MEMBERS = KEYS.tag_members_key(TAG)
 
-# the seed's script; the member sets hold the data keys themselves
-SEED_LUA = """
-local keys = redis.call('SMEMBERS', KEYS[1])
-for i = 1, #keys do
-  redis.call('DEL', keys[i])
-end
-redis.call('DEL', KEYS[1])
-return #keys
-"""
 
 Setup = Callable[[], None]
 Target = Callable[[], Any]

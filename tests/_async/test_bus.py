@@ -14,7 +14,7 @@ import pytest
 from stratacache import MISSING, AsyncCache
 from stratacache._bus_messages import Action, BusMessage, encode_message
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedis, AsyncRedisCluster
+from stratacache._primitives import AsyncRedisCluster
 
 from concurrency import async_until
 
@@ -34,14 +34,6 @@ async def pair(target: tuple[str, bool]):
     yield a, b
     await a.close()
     await b.close()
-
-
-@pytest.fixture
-async def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = AsyncRedisCluster.from_url(url) if cluster else AsyncRedis.from_url(url)
-    yield client
-    await client.aclose()
 
 
 async def publish_raw(raw, payload: bytes) -> None:

@@ -19,7 +19,7 @@ from stratacache import (
     SerializationError,
 )
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedis, AsyncRedisCluster, async_sleep
+from stratacache._primitives import AsyncRedisCluster, async_sleep
 
 from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
 
@@ -37,14 +37,6 @@ class Pickled:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-async def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = AsyncRedisCluster.from_url(url) if cluster else AsyncRedis.from_url(url)
-    yield client
-    await client.aclose()
 
 
 def make(target: tuple[str, bool], clock: FakeClock | None = None, **options: object) -> AsyncCache:

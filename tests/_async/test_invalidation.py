@@ -20,7 +20,6 @@ from stratacache import (
 )
 from stratacache._async.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedis, AsyncRedisCluster
 
 from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
 
@@ -42,14 +41,6 @@ async def trio(target: tuple[str, bool]):
     yield caches
     for cache in caches:
         await cache.close()
-
-
-@pytest.fixture
-async def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = AsyncRedisCluster.from_url(url) if cluster else AsyncRedis.from_url(url)
-    yield client
-    await client.aclose()
 
 
 async def settled(caches: list[AsyncCache]) -> None:

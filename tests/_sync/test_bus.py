@@ -16,7 +16,7 @@ import pytest
 from stratacache import MISSING, Cache
 from stratacache._bus_messages import Action, BusMessage, encode_message
 from stratacache._keys import KeySpace
-from stratacache._primitives import Redis, RedisCluster
+from stratacache._primitives import RedisCluster
 
 from concurrency import until
 
@@ -36,14 +36,6 @@ def pair(target: tuple[str, bool]):
     yield a, b
     a.close()
     b.close()
-
-
-@pytest.fixture
-def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
-    yield client
-    client.close()
 
 
 def publish_raw(raw, payload: bytes) -> None:

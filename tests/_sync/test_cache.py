@@ -21,7 +21,7 @@ from stratacache import (
     SerializationError,
 )
 from stratacache._keys import KeySpace
-from stratacache._primitives import Redis, RedisCluster, sleep
+from stratacache._primitives import RedisCluster, sleep
 
 from concurrency import Event, Task, FakeClock, until, wait_event
 
@@ -39,14 +39,6 @@ class Pickled:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
-    yield client
-    client.close()
 
 
 def make(target: tuple[str, bool], clock: FakeClock | None = None, **options: object) -> Cache:

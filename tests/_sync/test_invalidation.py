@@ -22,7 +22,6 @@ from stratacache import (
 )
 from stratacache._sync.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
-from stratacache._primitives import Redis, RedisCluster
 
 from concurrency import Event, Task, FakeClock, until, wait_event
 
@@ -44,14 +43,6 @@ def trio(target: tuple[str, bool]):
     yield caches
     for cache in caches:
         cache.close()
-
-
-@pytest.fixture
-def raw(target: tuple[str, bool]):
-    url, cluster = target
-    client = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
-    yield client
-    client.close()
 
 
 def settled(caches: list[Cache]) -> None:
