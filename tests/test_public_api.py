@@ -30,6 +30,7 @@ EXPECTED = {
     "KeySpace",
     "L1",
     "LatencySummary",
+    "RedisCommandError",
     "RedisUnavailableError",
     "SerializationError",
     "StratacacheError",

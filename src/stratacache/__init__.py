@@ -18,19 +18,16 @@ from ._errors import (
     LockError,
     LockLost,
     LockTimeout,
+    RedisCommandError,
     RedisUnavailableError,
     SerializationError,
     StratacacheError,
     ValueTooLargeError,
 )
-from ._invalidation import (
-    AuditRecord,
-    DeadLetter,
-    InvalidationRule,
-    InvalidationStats,
-)
+from ._invalidation import AuditRecord, InvalidationRule, InvalidationStats
 from ._keys import KeySpace, make_key
 from ._l1 import L1
+from ._outbox import DeadLetter
 from ._sentinel import MISSING
 from ._stats import CacheStats, LatencySummary
 from ._sync.cache import Cache
@@ -62,6 +59,7 @@ __all__ = [
     "LockError",
     "LockLost",
     "LockTimeout",
+    "RedisCommandError",
     "RedisUnavailableError",
     "SerializationError",
     "StratacacheError",

@@ -3,14 +3,21 @@
 After ``threshold`` consecutive failures the breaker opens and callers skip Redis (L1
 and the loader keep serving). After ``cooldown`` seconds one probe call is let through
 (half-open); its success closes the breaker, its failure opens it for another cooldown.
+
+The transitions an operator must know about are logged on ``stratacache.breaker``: a
+WARNING when the breaker opens from closed, an INFO when it closes again with how long
+Redis was cut off (a failed probe re-opening it logs nothing: same outage).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from enum import Enum
+
+logger = logging.getLogger("stratacache.breaker")
 
 
 class BreakerState(str, Enum):
@@ -28,22 +35,33 @@ class CircuitBreaker:
         threshold: consecutive failures that open the breaker (>= 1).
         cooldown: seconds the breaker stays open before a probe is allowed (> 0).
         timer: monotonic clock in seconds (tests inject a fake one).
+        name: what it guards, for the log lines.
+        on_close: called (outside the lock) when the breaker closes after being open.
     """
 
     __slots__ = (
         "_failures",
         "_lock",
+        "_on_close",
         "_opened_at",
+        "_outage_started",
         "_probe_in_flight",
         "_state",
         "_timer",
         "cooldown",
+        "name",
         "opened",
         "threshold",
     )
 
     def __init__(
-        self, threshold: int = 5, cooldown: float = 1.0, *, timer: Callable[[], float] | None = None
+        self,
+        threshold: int = 5,
+        cooldown: float = 1.0,
+        *,
+        timer: Callable[[], float] | None = None,
+        name: str = "Redis",
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         if not isinstance(threshold, int) or threshold < 1:
             raise ValueError(f"threshold must be an int >= 1, got {threshold!r}")
@@ -57,6 +75,9 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self._outage_started = 0.0
+        self.name = name
+        self._on_close = on_close
         self.opened = 0
         """How many times the breaker has opened."""
 
@@ -87,9 +108,18 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED and self._failures == 0:
             return
         with self._lock:
+            was_open = self._state is not BreakerState.CLOSED
             self._failures = 0
             self._state = BreakerState.CLOSED
             self._probe_in_flight = False
+        if was_open:
+            logger.info(
+                "circuit breaker of the %s closed: it answers again after %.2f s",
+                self.name,
+                self._timer() - self._outage_started,
+            )
+            if self._on_close is not None:
+                self._on_close()
 
     def abandon(self) -> None:
         """An allowed call ended with no verdict (cancelled): let another probe through."""
@@ -97,11 +127,24 @@ class CircuitBreaker:
 
     def record_failure(self) -> None:
         """The call failed: count it, and open the breaker at the threshold or after a probe."""
+        opened = False
         with self._lock:
             self._failures += 1
             if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
+                if self._state is BreakerState.CLOSED:
+                    opened = True
+                    self._outage_started = self._timer()
                 if self._state is not BreakerState.OPEN:
                     self.opened += 1
                 self._state = BreakerState.OPEN
                 self._opened_at = self._timer()
                 self._probe_in_flight = False
+        if opened:
+            logger.warning(
+                "circuit breaker of the %s opened after %d consecutive failures: calls "
+                "skip it (reads fall back to L1 and the loader, writes wait in the outbox) "
+                "and one probe is let through every %.2f s",
+                self.name,
+                self.threshold,
+                self.cooldown,
+            )

@@ -76,6 +76,8 @@ class BusState:
         self._lock = threading.Lock()
         self._last_seq: OrderedDict[bytes, int] = OrderedDict()
         self.healthy = False
+        self.ever_healthy = False
+        """Set once the first heartbeat was heard (later flushes follow a deaf spell)."""
         # False only while unhealthy under "bypass_l1": the cache then writes nothing to L1
         self.l1_usable = policy == "serve_l1"
         self._last_heard: float | None = None
@@ -152,6 +154,7 @@ class BusState:
             self.flushes_heartbeat += 1
             self._flush_l1()
             self.healthy = True
+            self.ever_healthy = True
             self.l1_usable = True
 
     def check_health(self) -> bool:

@@ -36,8 +36,21 @@ class RedisUnavailableError(StratacacheError):
     """Redis did not answer (error, timeout, or circuit breaker open).
 
     Used inside the library to fall back to L1 and the loader; the cache does not raise
-    it to callers of reads.
+    it to callers of reads. Writes raise it only with ``on_write_error="raise"`` (and
+    fenced writes): the write is then queued in the outbox *and* reported.
     """
+
+    transient = True
+    """Whether trying again later may succeed (a timeout, a dropped connection, ``LOADING``,
+    ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, a failover): such a write stays pending in
+    the outbox until it is applied."""
+
+
+class RedisCommandError(RedisUnavailableError):
+    """Redis answered but refused a command for good (``NOPERM``, ``WRONGTYPE``, a script
+    error): trying again cannot help, so the operation becomes a dead letter."""
+
+    transient = False
 
 
 class LockError(StratacacheError):

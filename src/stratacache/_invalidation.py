@@ -3,18 +3,11 @@ the delay and retry queues, dead letters, cascades and their metrics.
 
 Design notes
 ------------
-* An *operation* (:class:`Op`) is what one invalidation asks of one Redis: a key (and,
-  through the dependency graph, everything depending on it), a tag, a glob pattern, or
-  the namespace epoch. Operations that fail (Redis down, timing out, breaker open) go to
-  a :class:`RetryQueue` per Redis (the primary, and the failover one if configured):
-  latest-per-target wins, backoff doubles from ``retry_backoff`` up to
-  ``retry_backoff_max``, and after ``retry_attempts`` tries an operation becomes a
-  :class:`DeadLetter` that can be listed and replayed.
-* Nothing accepted is dropped silently: when the retry queue or the dead-letter store is
-  full, an *epoch bump* is owed instead. The epoch is stamped into every entry; raising
-  it makes every L2 entry written before a miss (O(1)) and its bus message makes every
-  instance flush its L1. It covers every operation that could not be kept, so once it is
-  applied the retry queue of that Redis is emptied.
+* An *operation* (:class:`~stratacache._outbox.Op`) is what one invalidation asks of one
+  Redis: a key (and, through the dependency graph, everything depending on it), a tag, a
+  glob pattern, or the namespace epoch. One that fails waits in the outbox
+  (``stratacache._outbox``) until Redis answers again: transient errors never turn it
+  into a dead letter, and a full outbox owes an epoch bump instead.
 * Rules (:class:`InvalidationRule`) map an invalidated key to more keys or patterns,
   with ``{field}`` templating from the trigger, an optional condition and an optional
   delay (a second invalidation of the same targets later: "delayed double delete").
@@ -28,24 +21,19 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from ._keys import validate_key
 from ._options import Duration, to_seconds
+from ._outbox import Op
 from ._stats import LatencyRecorder, LatencySummary
 
 __all__ = [
     "AuditRecord",
-    "DeadLetter",
     "InvalidationRule",
     "InvalidationSettings",
     "InvalidationStats",
 ]
-
-KEY = "key"
-TAG = "tag"
-PATTERN = "pattern"
-EPOCH = "epoch"
 
 PRIMARY = "primary"
 FAILOVER = "failover"
@@ -60,17 +48,17 @@ MAX_RULE_DEPTH = 16  # rules triggering rules: a bound, so a loop of rules alway
 class InvalidationSettings:
     """The invalidation options of a cache, validated once (see ``Cache``)."""
 
-    retry_attempts: int = 5
-    retry_backoff: float = 0.1
-    retry_backoff_max: float = 30.0
-    retry_queue_size: int = 10_000
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 2.0
+    outbox_size: int = 10_000
+    close_timeout: float = 2.0
     dead_letter_size: int = 10_000
     audit_maxlen: int = 10_000
     reclaim_chunk: int = 1000
     batch_window: float = 0.001
 
     def __post_init__(self) -> None:
-        for name in ("retry_attempts", "retry_queue_size", "dead_letter_size", "reclaim_chunk"):
+        for name in ("outbox_size", "dead_letter_size", "reclaim_chunk"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -86,14 +74,7 @@ class InvalidationSettings:
             self, "retry_backoff_max", to_seconds(self.retry_backoff_max, "retry_backoff_max")
         )
         object.__setattr__(self, "batch_window", to_seconds(self.batch_window, "batch_window"))
-
-
-class Op(NamedTuple):
-    """One invalidation as sent to one Redis."""
-
-    kind: str
-    target: str
-    reason: Optional[str] = None
+        object.__setattr__(self, "close_timeout", to_seconds(self.close_timeout, "close_timeout"))
 
 
 # -- rules ------------------------------------------------------------------------------
@@ -211,147 +192,6 @@ class InvalidationRule:
 # -- queues --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """An invalidation that failed ``attempts`` times (see ``Cache.dead_letters()``)."""
-
-    kind: str
-    """``"key"``, ``"tag"``, ``"pattern"`` or ``"epoch"``."""
-    target: str
-    redis: str
-    """``"primary"`` or ``"failover"``: which Redis it could not reach."""
-    attempts: int
-    first_failed_at: float
-    """Wall-clock time of the first failure."""
-    last_error: str
-    reason: Optional[str] = None
-
-
-@dataclass
-class _Retry:
-    op: Op
-    attempts: int
-    due: float
-    first_failed_at: float
-    last_error: str
-
-
-class RetryQueue:
-    """Failed operations of one Redis waiting for another try (thread-safe)."""
-
-    def __init__(
-        self,
-        redis: str,
-        *,
-        attempts: int,
-        backoff: float,
-        backoff_max: float,
-        maxsize: int,
-        dead_letter_size: int,
-    ) -> None:
-        self.redis = redis
-        self._attempts = attempts
-        self._backoff = backoff
-        self._backoff_max = backoff_max
-        self._maxsize = maxsize
-        self._dead_max = dead_letter_size
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], _Retry] = {}
-        self._dead: list[DeadLetter] = []
-        self.epoch_owed = False
-        """An operation could not be kept: an epoch bump must be applied to this Redis."""
-        self.overflows = 0
-
-    def _delay(self, attempts: int) -> float:
-        return float(min(self._backoff_max, self._backoff * (2 ** max(0, attempts - 1))))
-
-    def failed(self, op: Op, error: str, now: float, wall: float, attempts: int = 1) -> None:
-        """Record a failed try of ``op`` (``attempts`` tries so far); the newest operation
-        on a target replaces an older one still waiting (latest-per-key wins)."""
-        with self._lock:
-            if op.kind == EPOCH:
-                self.epoch_owed = True
-                return
-            slot = (op.kind, op.target)
-            previous = self._pending.pop(slot, None)
-            if attempts >= self._attempts:
-                first = previous.first_failed_at if previous is not None else wall
-                if len(self._dead) >= self._dead_max:
-                    self.overflows += 1
-                    self.epoch_owed = True
-                    return
-                self._dead.append(
-                    DeadLetter(op.kind, op.target, self.redis, attempts, first, error, op.reason)
-                )
-                return
-            if previous is None and len(self._pending) >= self._maxsize:
-                self.overflows += 1
-                self.epoch_owed = True
-                return
-            first = previous.first_failed_at if previous is not None else wall
-            self._pending[slot] = _Retry(op, attempts, now + self._delay(attempts), first, error)
-
-    def take_due(self, now: float, limit: int = 1000) -> list[tuple[Op, int]]:
-        """Remove and return up to ``limit`` operations whose time has come, with the
-        number of tries each has had."""
-        with self._lock:
-            due = [slot for slot, r in self._pending.items() if r.due <= now][:limit]
-            return [(r.op, r.attempts) for r in (self._pending.pop(slot) for slot in due)]
-
-    def next_due(self) -> Optional[float]:
-        """When the earliest waiting operation is due (``None``: none waits)."""
-        with self._lock:
-            if self.epoch_owed:
-                return 0.0
-            return min((r.due for r in self._pending.values()), default=None)
-
-    def covered_by_epoch(self) -> int:
-        """The epoch bump was applied: every waiting operation is covered; drop them."""
-        with self._lock:
-            self.epoch_owed = False
-            dropped = len(self._pending)
-            self._pending.clear()
-            return dropped
-
-    def discard(self, kind: str, target: str) -> None:
-        """Drop a waiting operation (a newer write made it moot)."""
-        with self._lock:
-            self._pending.pop((kind, target), None)
-
-    def give_up(self) -> int:
-        """Turn every waiting operation into a dead letter (on close); how many."""
-        with self._lock:
-            waiting = list(self._pending.values())
-            self._pending.clear()
-            for r in waiting:
-                self._dead.append(
-                    DeadLetter(
-                        r.op.kind,
-                        r.op.target,
-                        self.redis,
-                        r.attempts,
-                        r.first_failed_at,
-                        r.last_error,
-                        r.op.reason,
-                    )
-                )
-            return len(waiting)
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters, oldest first."""
-        with self._lock:
-            return list(self._dead)
-
-    def take_dead_letters(self) -> list[DeadLetter]:
-        """Remove and return every dead letter (to replay them)."""
-        with self._lock:
-            dead, self._dead = self._dead, []
-            return dead
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
 class DelayQueue:
     """Invalidations scheduled for later (rule delays), earliest first (thread-safe)."""
 
@@ -445,8 +285,13 @@ class InvalidationStats:
     """Depth of dependency cascades (0: no dependents)."""
     cycles_detected: int = 0
     queue_size: int = 0
-    """Operations waiting: retries plus scheduled (delayed) invalidations."""
+    """Operations waiting: the outbox plus scheduled (delayed) invalidations."""
+    outbox_pending: int = 0
+    """Writes and invalidations accepted but not yet applied to Redis (all Redises)."""
+    outbox_applied: int = 0
+    """Pending operations applied after their first try failed, since the start."""
     dead_letters: int = 0
+    """Operations Redis refused for good (see ``Cache.dead_letters()``)."""
     epoch_bumps: int = 0
     reclaimed_keys: int = 0
     """Keys of invalidated tags deleted from L2 in the background."""

@@ -25,6 +25,13 @@ the loader without a check on the L1 hit path (the sync ``get`` is the L1's comp
 getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill goes
 through a ticket that the clear revokes, so no fill from before the flush can land after
 it. A forked child resets its L1 in place and gets fresh connections and its own listener.
+
+Writes (``write_path.py``) never lose what they accepted: a Redis step that fails leaves
+a pending operation in the outbox, applied when Redis answers again, and this instance
+does not serve the keys concerned from L2 meanwhile. After the bus was deaf (an outage,
+a lost subscription, a gap), L2 entries written before it heard again are *suspect* for
+``recovery_grace`` seconds: another instance's outbox may still be about to delete them,
+so they are reloaded (through the lease) instead of served.
 """
 
 from __future__ import annotations
@@ -36,17 +43,18 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from .._breaker import CircuitBreaker
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
-from .._errors import FencingTokenRejected, RedisUnavailableError
-from .._invalidation import AuditRecord, DeadLetter, InvalidationRule, InvalidationSettings
+from .._errors import RedisUnavailableError
+from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
 from .._options import CacheSettings, Duration, to_seconds
+from .._outbox import DeadLetter
 from .._primitives import (
     AsyncRedis,
     AsyncRedisCluster,
@@ -62,9 +70,10 @@ from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import AsyncInvalidationBus
-from .invalidator import AsyncInvalidator, LocalEffects
+from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
 from .lock import AsyncDistributedLock
 from .redis_tier import AsyncRedisTier
+from .write_path import AsyncWritePath
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,12 +128,23 @@ class AsyncCache:
         failover: a second Redis (URL or client, same kinds as ``redis``) that every
             invalidation also goes to, with its own breaker, retry queue and bus; either
             Redis failing alone is tolerated and counted.
-        retry_attempts: tries of a failed invalidation before it becomes a dead letter.
-        retry_backoff: pause before the first retry; it doubles up to
-            ``retry_backoff_max``.
-        retry_queue_size: invalidations waiting for a retry, per Redis; past it, an epoch
-            bump (every entry a miss, every L1 flushed) covers what could not be queued.
+        on_write_error: ``"queue"`` (default): a write or invalidation whose Redis step
+            fails is kept in the outbox and applied when Redis answers again, and the
+            call returns normally; ``"raise"``: it is queued all the same *and*
+            :class:`RedisUnavailableError` is raised, for code that prefers to fail the
+            request.
+        retry_backoff: pause before a pending operation is tried again while Redis
+            answers but refuses it for a while (``BUSY``, ``TRYAGAIN``...); it doubles up
+            to ``retry_backoff_max``. While Redis does not answer at all it is probed
+            every 50 ms, and everything pending is applied as soon as it answers.
+        outbox_size: operations waiting in the outbox, per Redis; past it, an epoch bump
+            (every entry a miss, every L1 flushed) covers what could not be kept.
         dead_letter_size: dead letters kept, per Redis; past it, an epoch bump as well.
+        close_timeout: how long :meth:`close` tries to apply what is still pending.
+        recovery_grace: after the bus was deaf (Redis down, subscription lost, messages
+            lost), L2 entries written before it heard again are reloaded rather than
+            served for this long: another instance may still be applying writes it
+            queued during the outage (``0``: off).
         audit_maxlen: approximate length bound of the audit stream in Redis (``0``: off).
         reclaim_chunk: keys deleted per step when an invalidated tag's keys are reclaimed
             (at most 5000; each step holds Redis for about 2-3 us per key).
@@ -157,11 +177,13 @@ class AsyncCache:
         bus_batch_window: Duration = 0.001,
         bus_unhealthy: UnhealthyPolicy = "bypass_l1",
         failover: Any = None,
-        retry_attempts: int = 5,
-        retry_backoff: Duration = 0.1,
-        retry_backoff_max: Duration = 30.0,
-        retry_queue_size: int = 10_000,
+        on_write_error: Literal["queue", "raise"] = "queue",
+        retry_backoff: Duration = 0.05,
+        retry_backoff_max: Duration = 2.0,
+        outbox_size: int = 10_000,
         dead_letter_size: int = 10_000,
+        close_timeout: Duration = 2.0,
+        recovery_grace: Duration = 0.5,
         audit_maxlen: int = 10_000,
         reclaim_chunk: int = 1000,
         instance: str | None = None,
@@ -194,20 +216,28 @@ class AsyncCache:
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
         self._counters = Counters()
-        self._breaker = self._new_breaker()
+        self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
         self._invalidation_settings = InvalidationSettings(
-            retry_attempts=retry_attempts,
             retry_backoff=retry_backoff,  # type: ignore[arg-type]
             retry_backoff_max=retry_backoff_max,  # type: ignore[arg-type]
-            retry_queue_size=retry_queue_size,
+            outbox_size=outbox_size,
             dead_letter_size=dead_letter_size,
+            close_timeout=close_timeout,  # type: ignore[arg-type]
             audit_maxlen=audit_maxlen,
             reclaim_chunk=reclaim_chunk,
             batch_window=self.settings.bus_batch_window,
         )
         if instance is not None and (not isinstance(instance, str) or not instance):
             raise ValueError("instance must be a non-empty str")
+        if on_write_error not in ("queue", "raise"):
+            raise ValueError(f"on_write_error must be 'queue' or 'raise', got {on_write_error!r}")
+        self._raise_on_write_error = on_write_error == "raise"
+        self._recovery_grace = to_seconds(recovery_grace, "recovery_grace")
+        # L2 entries created (wall clock) before _suspect_before are not served while the
+        # bus is unhealthy or until _suspect_until (monotonic); see the module notes
+        self._suspect_before = 0.0
+        self._suspect_until = 0.0
         self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._versions = TagVersions()
         self._tier = self._make_tier(redis, cluster)
@@ -216,7 +246,7 @@ class AsyncCache:
         if failover is not None and self._tier is None:
             raise ValueError("failover needs redis")
         # the failover Redis has a breaker of its own: its outage must not open the primary's
-        self._failover_breaker = self._new_breaker()
+        self._failover_breaker = self._new_breaker("failover Redis")
         self._failover = (
             None
             if failover is None
@@ -224,6 +254,7 @@ class AsyncCache:
         )
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
+        self._writes = AsyncWritePath(self)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
@@ -254,10 +285,20 @@ class AsyncCache:
             heartbeat_timeout=self.settings.heartbeat_timeout,
         )
 
-    def _new_breaker(self) -> CircuitBreaker:
+    def _new_breaker(self, name: str) -> CircuitBreaker:
         return CircuitBreaker(
-            self.settings.breaker_threshold, self.settings.breaker_cooldown, timer=self._timer
+            self.settings.breaker_threshold,
+            self.settings.breaker_cooldown,
+            timer=self._timer,
+            name=name,
+            on_close=self._redis_answers,
         )
+
+    def _redis_answers(self) -> None:
+        """Redis answered after an outage: flush the outbox now (not at its backoff)."""
+        invalidator = getattr(self, "_invalidator", None)  # None while __init__ runs
+        if invalidator is not None:
+            invalidator.redis_answers()
 
     def _make_invalidator(self) -> AsyncInvalidator:
         return AsyncInvalidator(
@@ -282,6 +323,13 @@ class AsyncCache:
         # messages may have been missed: the tag versions seen so far are suspect too
         self._versions.clear()
         self._l1.clear()
+        bus = self._bus
+        if bus is not None and bus.state.ever_healthy:
+            # not at start-up: only after the bus was deaf may another instance's outbox
+            # hold writes that L2 does not show yet
+            self._suspect_before = self._clock()
+            self._suspect_until = time.monotonic() + self._recovery_grace
+            self._redis_answers()
 
     def _apply_bus_message(self, message: BusMessage) -> None:
         if message.action is Action.INVALIDATE_TAGS:
@@ -332,8 +380,8 @@ class AsyncCache:
             self._stale.reset()
         self._flights = {}
         # a lock held by one of the parent's threads at the fork would never be released
-        self._breaker = self._new_breaker()
-        self._failover_breaker = self._new_breaker()
+        self._breaker = self._new_breaker("primary Redis")
+        self._failover_breaker = self._new_breaker("failover Redis")
         if self._tier is not None:
             self._tier.use_breaker(self._breaker)
             async_forget_connections(self._tier.client)
@@ -343,6 +391,7 @@ class AsyncCache:
         self._versions.clear()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
+        self._suspect_before = self._suspect_until = 0.0
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
@@ -450,6 +499,9 @@ class AsyncCache:
                 except Exception:
                     self._counters.decode_errors += 1
                 else:
+                    if self._withheld(key, entry):
+                        entries.append(None)
+                        continue
                     ok = None if check is None else check(entry)
                     if ok is None:
                         unsure.append(len(entries))
@@ -537,9 +589,15 @@ class AsyncCache:
         ticket_open = True
         token: bytes | None = None
         stale: Entry | None = None  # a logically expired entry: fail-safe material
+        outbox = self._invalidator.primary_outbox
+        # a key with a pending write of ours: L2 may hold the old value, so neither read
+        # it nor fill it; the loader's value goes to L1 only
+        skip_l2 = outbox is not None and outbox.active and outbox.blocks(key, tags)
         try:
-            entry = await self._read_l2(key)
-            if entry is None or self._expired(entry):
+            entry = None if skip_l2 else await self._read_l2(key)
+            if skip_l2:
+                pass
+            elif entry is None or self._expired(entry):
                 stale = entry
                 lease_state = await self._take_lease(key)
                 if not isinstance(lease_state, Entry):
@@ -598,8 +656,9 @@ class AsyncCache:
         assert self._tier is not None
         try:
             await self._tier.release_lease(key, token)
-        except RedisUnavailableError:
-            pass  # the lease expires by itself after lease_ttl
+        except RedisUnavailableError as exc:
+            if exc.transient:  # else it expires by itself after lease_ttl
+                self._invalidator.release_lease_later(key, token)
 
     async def _take_lease(self, key: str) -> bytes | Entry | None:
         """The lease token; or the entry a holder elsewhere wrote while we waited; or None
@@ -609,13 +668,19 @@ class AsyncCache:
         deadline = self._timer() + self.settings.lease_wait
         pause = _POLL_FIRST
         while True:
+            candidate = os.urandom(12)
             try:
-                blob, token = await self._tier.read_or_lease(key, self.settings.lease_ttl)
-            except RedisUnavailableError:
+                blob, taken = await self._tier.read_or_lease(
+                    key, candidate, self.settings.lease_ttl
+                )
+            except RedisUnavailableError as exc:
+                if exc.transient:
+                    self._invalidator.release_lease_later(key, candidate)
                 return None
+            token = candidate if taken else None
             entry = self._decode(key, blob, count=False)
             if entry is not None:
-                entry = await self._valid(entry)  # a tag may have been invalidated since
+                entry = await self._valid(key, entry)  # a tag may have been invalidated since
             if entry is not None and not self._expired(entry):
                 if token is not None:
                     await self._give_back_lease(key, token)
@@ -674,163 +739,36 @@ class AsyncCache:
         """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``).
 
         The value is encoded first: an unsupported value raises ``SerializationError``
-        (a ``TypeError``) before anything is written. A Redis fault is counted, not
-        raised; L1 still holds the new value.
+        (a ``TypeError``) before anything is written. If Redis cannot take the write, the
+        key is deleted there as soon as it answers again (the outbox) and, until then,
+        not read from L2 by this instance; L1 holds the new value. The call returns
+        normally unless ``on_write_error="raise"``.
 
         ``fence``: the fencing token of a :meth:`lock` held while computing ``value``.
         The write is refused with :class:`FencingTokenRejected` if a write to ``key``
         already carried a higher token (a newer holder), and a Redis fault is raised as
         :class:`RedisUnavailableError`: a fenced write either lands or says why not.
         """
-        validate_key(key)
-        tag_tuple = self._tags(tags)
-        ttl_s = self._positive_ttl(ttl)
-        if fence is not None:
-            if type(fence) is not int or fence < 0:
-                raise TypeError(f"fence must be a non-negative int token, got {fence!r}")
-            if self._tier is None:
-                raise ValueError("fenced writes need redis")
-        stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
-        if self._tier is not None:
-            await self._bus_started()
-            stamps = await self._stamps(tag_tuple)  # a read: nothing is written before encode
-        now = self._clock()
-        blob = self._codec.encode(
-            key,
-            value,
-            created_at=now,
-            expires_at=now + ttl_s,
-            tags=tag_tuple,
-            stamps=None if stamps is None else stamps[0],
-            epoch=0 if stamps is None else stamps[1],
-        )
-        if self._tier is not None:
-            self._invalidator.forget_key_retries((key,))
-            if fence is not None:
-                if stamps is None:
-                    raise RedisUnavailableError("tag versions unavailable: fenced write not made")
-                physical = self.settings.physical_ttl(ttl_s)
-                if not await self._tier.write_fenced(key, blob, physical, fence, tag_tuple):
-                    raise FencingTokenRejected(
-                        f"write to {key!r} with fencing token {fence} refused: a newer "
-                        "lock holder has written it"
-                    )
-            elif stamps is not None:
-                try:
-                    await self._tier.write(key, blob, self.settings.physical_ttl(ttl_s), tag_tuple)
-                except RedisUnavailableError:
-                    pass
-            await self._publish(Action.INVALIDATE_KEYS, (key,))
-        self._write_l1(key, value, ttl_s, tag_tuple)
+        await self._writes.set(key, value, ttl, tags, fence)
 
     async def set_many(
         self, mapping: Mapping[str, Any], ttl: Duration | None = None, tags: Iterable[str] = ()
     ) -> None:
-        """Store several values (one pipeline); all are encoded before any is written."""
-        tag_tuple = self._tags(tags)
-        ttl_s = self._positive_ttl(ttl)
-        for key in mapping:
-            validate_key(key)
-        stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
-        if self._tier is not None and mapping:
-            await self._bus_started()
-            stamps = await self._stamps(tag_tuple)
-        now = self._clock()
-        stamp_tags, epoch = stamps if stamps is not None else (None, 0)
-        # every value is encoded before anything is written: one bad value writes nothing
-        blobs = [
-            (
-                key,
-                self._codec.encode(
-                    key,
-                    value,
-                    created_at=now,
-                    expires_at=now + ttl_s,
-                    tags=tag_tuple,
-                    stamps=stamp_tags,
-                    epoch=epoch,
-                ),
-            )
-            for key, value in mapping.items()
-        ]
-        if self._tier is not None and blobs:
-            self._invalidator.forget_key_retries(mapping)
-            if stamps is not None:
-                try:
-                    await self._tier.write_many(blobs, self.settings.physical_ttl(ttl_s), tag_tuple)
-                except RedisUnavailableError:
-                    pass
-            await self._publish(Action.INVALIDATE_KEYS, [key for key, _ in blobs])
-        for key, value in mapping.items():
-            self._write_l1(key, value, ttl_s, tag_tuple)
-
-    def _write_l1(self, key: str, value: Any, ttl: float, tags: tuple[str, ...]) -> None:
-        """A direct write's L1 side (and the fail-safe copy); nothing while the bus is down."""
-        if self._l1_open():
-            self._l1.set(key, value, ttl=min(ttl, self.settings.l1_max_ttl), tags=tags)
-            if not self._l1_open():  # the bus went unhealthy meanwhile: keep L1 empty
-                self._l1.invalidate(key)
-        if self._stale is not None:
-            self._stale.set(key, value, ttl=ttl + self.settings.fail_safe_max_age, tags=tags)
+        """Store several values (one pipeline); all are encoded before any is written.
+        Redis faults are handled as for :meth:`set`."""
+        await self._writes.set_many(mapping, ttl, tags)
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed."""
-        validate_key(key)
-        existed = self._l1.invalidate(key)
-        if self._stale is not None:
-            self._stale.invalidate(key)
-        if self._tier is not None:
-            await self._bus_started()
-            try:
-                existed = await self._tier.delete(key) or existed
-            except RedisUnavailableError:
-                pass
-            # again: a fill in this process that read L2 before the delete is refused
-            self._l1.invalidate(key)
-            await self._publish(Action.INVALIDATE_KEYS, (key,))
-        return existed
+        """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed.
+
+        If Redis cannot take it, the delete waits in the outbox and is applied as soon as
+        Redis answers again; meanwhile this instance does not read ``key`` from L2."""
+        return await self._writes.delete(key)
 
     async def touch(self, key: str, ttl: Duration) -> bool:
-        """Give ``key`` a new TTL from now (the seed's SetTTL); False if it is not cached."""
-        validate_key(key)
-        ttl_s = self._positive_ttl(ttl)
-        if self._tier is None:
-            value = self._l1.peek(key, MISSING)
-            if value is MISSING:
-                return False
-            self._l1.set(
-                key, value, ttl=min(ttl_s, self.settings.l1_max_ttl), tags=self._l1.tags_of(key)
-            )
-            return True
-        await self._bus_started()
-        try:
-            blob = await self._tier.get(key)
-            entry = self._decode(key, blob)
-            if entry is not None:
-                entry = await self._valid(entry)
-            if entry is None:
-                return False
-            now = self._clock()
-            new = self._codec.encode(
-                key,
-                entry.value,
-                created_at=entry.created_at,
-                expires_at=now + ttl_s,
-                tags=entry.tags,
-                stamps=entry.stamps,
-                epoch=entry.epoch,
-            )
-            assert blob is not None
-            touched = await self._tier.replace_if_unchanged(
-                key, blob, new, self.settings.physical_ttl(ttl_s)
-            )
-        except RedisUnavailableError:
-            return False
-        # L1 refills from L2 with the new expiry on the next read, here and everywhere
-        self._l1.invalidate(key)
-        if touched:
-            await self._publish(Action.INVALIDATE_KEYS, (key,))
-        return touched
+        """Give a live ``key`` a new TTL from now (the seed's SetTTL); False if it is not
+        cached, has expired (even if fail-safe still keeps it), or Redis cannot say."""
+        return await self._writes.touch(key, ttl)
 
     # -- invalidation strategies (see invalidator.py) --------------------------------------
 
@@ -845,7 +783,9 @@ class AsyncCache:
         """
         validate_key(key)
         await self._bus_started()
-        return await self._invalidator.invalidate_keys([key], self._reason(reason))
+        return int(
+            await self._strict(self._invalidator.invalidate_keys, [key], self._reason(reason))
+        )
 
     async def invalidate_related(self, key: str, reason: str | None = None) -> int:
         """Invalidate ``key`` and everything that depends on it, transitively (the seed's
@@ -853,7 +793,11 @@ class AsyncCache:
         cycle ends the cascade where it closes and is counted (``cycles_detected``)."""
         validate_key(key)
         await self._bus_started()
-        return await self._invalidator.invalidate_keys([key], self._reason(reason), kind="related")
+        return int(
+            await self._strict(
+                self._invalidator.invalidate_keys, [key], self._reason(reason), kind="related"
+            )
+        )
 
     async def invalidate_tag(self, tag: str, reason: str | None = None) -> int:
         """Invalidate every entry tagged ``tag`` or a tag below it (``product`` reaches
@@ -872,7 +816,9 @@ class AsyncCache:
         if not checked:
             return 0
         await self._bus_started()
-        return await self._invalidator.invalidate_tags(checked, self._reason(reason))
+        return int(
+            await self._strict(self._invalidator.invalidate_tags, checked, self._reason(reason))
+        )
 
     async def invalidate_pattern(self, glob: str, reason: str | None = None) -> int:
         """Invalidate every key matching ``glob`` (Redis syntax: ``*``, ``?``, ``[...]``,
@@ -882,13 +828,15 @@ class AsyncCache:
         threshold (see ``KeySpace``) cannot be matched in L2."""
         validate_key(glob)
         await self._bus_started()
-        return await self._invalidator.invalidate_pattern(glob, self._reason(reason))
+        return int(
+            await self._strict(self._invalidator.invalidate_pattern, glob, self._reason(reason))
+        )
 
     async def invalidate_all(self, reason: str | None = None) -> None:
         """Make every entry of the namespace a miss, on every instance, in O(1) (the
         namespace epoch is raised; every L1 is flushed)."""
         await self._bus_started()
-        await self._invalidator.bump_epoch(self._reason(reason))
+        await self._strict(self._invalidator.bump_epoch, self._reason(reason))
 
     async def add_dependency(self, key: str, *depends_on: str) -> None:
         """Record (in Redis) that ``key`` is derived from each of ``depends_on``: whenever
@@ -917,12 +865,14 @@ class AsyncCache:
         self._invalidator.add_rule(rule)
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Invalidations that failed every retry (and those still waiting at close)."""
+        """Operations Redis refused for good (``NOPERM``, ``WRONGTYPE``, a script error),
+        and those still pending when :meth:`close` gave up; transient failures never
+        land here (they wait in the outbox until Redis answers)."""
         return self._invalidator.dead_letters()
 
     async def replay_dead_letters(self) -> int:
-        """Apply every dead letter again; returns how many succeeded (the others go back
-        to the retry queue)."""
+        """Apply every dead letter again; returns how many succeeded (one that fails with a
+        transient error waits in the outbox, one refused again is a dead letter again)."""
         return await self._invalidator.replay_dead_letters()
 
     async def audit_log(self, count: int = 100) -> list[AuditRecord]:
@@ -970,6 +920,22 @@ class AsyncCache:
             auto_extend=auto_extend,
             blocking_timeout=blocking_timeout,
         )
+
+    async def _strict(self, invalidation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an invalidation; with ``on_write_error="raise"``, raise the primary Redis's
+        failure once the call is over (what failed waits in the outbox all the same)."""
+        if not self._raise_on_write_error:
+            return await invalidation(*args, **kwargs)
+        token = watch_failures()
+        try:
+            result = await invalidation(*args, **kwargs)
+        finally:
+            failures = watched_failures(token)
+        if failures:
+            raise RedisUnavailableError(
+                f"{len(failures)} Redis step(s) failed; queued in the outbox: {failures[0]}"
+            ) from failures[0]
+        return result
 
     @staticmethod
     def _reason(reason: str | None) -> str | None:
@@ -1113,7 +1079,7 @@ class AsyncCache:
         except RedisUnavailableError:
             return None
         entry = self._decode(key, blob)
-        return None if entry is None else await self._valid(entry)
+        return None if entry is None else await self._valid(key, entry)
 
     # -- tag versions (see stratacache._tags) ---------------------------------------------
 
@@ -1122,9 +1088,27 @@ class AsyncCache:
         bus = self._bus
         return bus is not None and bus.state.healthy
 
-    async def _valid(self, entry: Entry) -> Entry | None:
-        """``entry`` if none of its tags was invalidated (nor the epoch raised) since it
-        was written, else None (a miss)."""
+    def _withheld(self, key: str, entry: Entry) -> bool:
+        """Whether an L2 entry must not be served now: this instance has a pending write
+        it may predate (read-your-writes), or the bus was deaf lately and it was written
+        before the bus heard again (another instance's outbox may be about to delete it).
+        Two attribute reads while neither applies."""
+        outbox = self._invalidator.primary_outbox
+        if outbox is not None and outbox.active and outbox.blocks(key, entry.tags):
+            return True
+        if entry.created_at < self._suspect_before:
+            bus = self._bus
+            return bus is not None and (
+                not bus.state.healthy or time.monotonic() < self._suspect_until
+            )
+        return False
+
+    async def _valid(self, key: str, entry: Entry) -> Entry | None:
+        """``entry`` if it may be served: not withheld (see :meth:`_withheld`), and none
+        of its tags invalidated (nor the epoch raised) since it was written; else None
+        (a miss)."""
+        if self._withheld(key, entry):
+            return None
         if self._versions_trusted():
             ok = self._versions.check(entry)
             if ok is not None:

@@ -24,12 +24,21 @@ the entries this L1 holds under them (up to the whole L1: milliseconds), so Redi
 first, then the bus message, sent from the call rather than batched, so the other
 instances are not kept waiting for it, then the local L1, once (the ticket guard still
 refuses a fill that read Redis before the new version). A Redis step that fails is
-retried later; its bus message is sent again when the retry succeeds.
+left in the outbox (``stratacache._outbox``) and applied when Redis answers again; its bus
+message is sent when it is applied.
+
+The outbox is flushed by the worker: while a Redis has pending operations and its last
+try failed, the worker probes it (``PING``, outside the circuit breaker, every
+``PROBE_INTERVAL``); the first answer makes every pending operation due at once, so they
+are applied within about one probe interval of Redis answering again. The retries go
+around the breaker too (they are background work, no caller waits for them) and close it
+when they succeed, so that the readers come back to Redis at the same moment.
 """
 
 from __future__ import annotations
 
 import collections
+import contextvars
 import functools
 import logging
 import threading
@@ -43,31 +52,27 @@ from .._bus import BusPublisherState, new_source_id
 from .._bus_messages import Action
 from .._errors import RedisUnavailableError
 from .._invalidation import (
-    EPOCH,
     FAILOVER,
-    KEY,
     MAX_RULE_DEPTH,
-    PATTERN,
     PRIMARY,
-    TAG,
     AuditRecord,
-    DeadLetter,
     DelayQueue,
     InvalidationCounters,
     InvalidationRule,
     InvalidationSettings,
     InvalidationStats,
-    Op,
-    RetryQueue,
     find_cycles,
     is_glob,
 )
 from .._keys import KeySpace, glob_match
+from .._logging import LogLimiter
+from .._outbox import EPOCH, KEY, LEASE, PATTERN, TAG, WRITE, DeadLetter, Op, Outbox
 from .._primitives import (
     AsyncEvent,
     AsyncLock,
     AsyncWorker,
     async_call_loader,
+    async_sleep,
     async_wait_event,
 )
 from .._tags import EPOCH as EPOCH_VERSION
@@ -81,6 +86,27 @@ _IDLE_WAIT = 1.0  # longest the worker sleeps with nothing due (it is woken for 
 _STOP_TIMEOUT = 5.0
 _MAX_CASCADE = 100_000  # keys one dependency cascade may reach (a runaway graph stops here)
 _AUDIT_BUFFER = 10_000  # audit records waiting for the worker; beyond, counted as failures
+PROBE_INTERVAL = 0.05  # seconds between PINGs of a Redis that has pending operations
+
+# The primary Redis's failures during one call of the cache (``on_write_error="raise"``):
+# the facade sets a list, ``_failed`` appends to it. None outside such a call.
+_CALL_FAILURES: contextvars.ContextVar[Optional[list[BaseException]]] = contextvars.ContextVar(
+    "stratacache_call_failures", default=None
+)
+
+
+def watch_failures() -> contextvars.Token[Optional[list[BaseException]]]:
+    """Start collecting the primary Redis's failures of this call (strict writes)."""
+    return _CALL_FAILURES.set([])
+
+
+def watched_failures(
+    token: contextvars.Token[Optional[list[BaseException]]],
+) -> list[BaseException]:
+    """Stop collecting (see :func:`watch_failures`); the failures seen meanwhile."""
+    failures = _CALL_FAILURES.get() or []
+    _CALL_FAILURES.reset(token)
+    return failures
 
 
 @dataclass
@@ -105,13 +131,19 @@ class _Reclaim:
 
 
 class _Target:
-    """One Redis that invalidations go to, with its retry queue and reclaim backlog."""
+    """One Redis that invalidations go to, with its outbox and reclaim backlog."""
 
-    def __init__(self, name: str, tier: AsyncRedisTier, queue: RetryQueue) -> None:
+    def __init__(self, name: str, tier: AsyncRedisTier, outbox: Outbox) -> None:
         self.name = name
         self.tier = tier
-        self.queue = queue
+        # the worker's view of the tier: around the breaker (see the module notes)
+        self.retry_tier = tier.around_breaker()
+        self.outbox = outbox
         self.reclaim: collections.deque[_Reclaim] = collections.deque()  # oldest first
+        self.reachable = True  # False from a failed try until Redis answers again
+        self.next_probe = 0.0
+        self.outage_started: Optional[float] = None  # timer value; None: no outbox backlog
+        self.applied_before = 0  # outbox.applied when the backlog began
 
 
 class AsyncInvalidator:
@@ -143,15 +175,18 @@ class AsyncInvalidator:
         for name, tier in ((PRIMARY, primary), (FAILOVER, failover)):
             if tier is not None:
                 tier.audit_maxlen = settings.audit_maxlen
-                queue = RetryQueue(
+                outbox = Outbox(
                     name,
-                    attempts=settings.retry_attempts,
                     backoff=settings.retry_backoff,
                     backoff_max=settings.retry_backoff_max,
-                    maxsize=settings.retry_queue_size,
+                    maxsize=settings.outbox_size,
                     dead_letter_size=settings.dead_letter_size,
                 )
-                self._targets.append(_Target(name, tier, queue))
+                self._targets.append(_Target(name, tier, outbox))
+        self.primary_outbox: Optional[Outbox] = (
+            self._targets[0].outbox if primary is not None else None
+        )
+        """The primary Redis's outbox (the read path asks it what it must not serve)."""
         # the failover Redis has a bus of its own: its instances hear our invalidations
         # from a source id whose sequence numbers only count what is sent there
         self._failover_outbox = BusPublisherState(new_source_id(), time.time)
@@ -162,7 +197,7 @@ class AsyncInvalidator:
         self._audit_failing = False
         self.counters = InvalidationCounters()
         self._worker: Optional[AsyncWorker] = None
-        self._retrying = 0  # taken from a retry queue, being applied now
+        self._dead_letter_log = LogLimiter(logger, interval=10.0)
         self._worker_lock = threading.Lock()
         self._wake = AsyncEvent()
         self._stopping = False
@@ -252,18 +287,18 @@ class AsyncInvalidator:
         self._local.clear()
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Invalidations that failed every retry, oldest first (primary, then failover)."""
-        return [letter for t in self._targets for letter in t.queue.dead_letters()]
+        """Operations Redis refused for good (and, after close, what was still pending),
+        oldest first (primary, then failover)."""
+        return [letter for t in self._targets for letter in t.outbox.dead_letters()]
 
     async def replay_dead_letters(self) -> int:
-        """Try every dead letter again now; the number applied now. One that fails again
-        (Redis still down, or its breaker not yet closed) goes back to the retry queue
-        with a fresh set of attempts."""
+        """Try every dead letter again now; the number applied now. One that fails with a
+        transient error waits in the outbox; one refused again is a dead letter again."""
         applied = 0
         for target in self._targets:
-            for letter in target.queue.take_dead_letters():
+            for letter in target.outbox.take_dead_letters():
                 op = Op(letter.kind, letter.target, letter.reason)
-                if await self._apply_one(target, op, attempts=0):
+                if await self._apply_one(target, op):
                     applied += 1
         return applied
 
@@ -289,13 +324,36 @@ class AsyncInvalidator:
             )
         return out
 
-    def forget_key_retries(self, keys: Iterable[str]) -> None:
-        """A write of these keys is newer than any waiting invalidation of them: a late
-        retry must not delete the new value."""
-        for target in self._targets:
-            if len(target.queue):
-                for key in keys:
-                    target.queue.discard(KEY, key)
+    # -- the write path's side of the outbox (see stratacache._outbox) ---------------------
+
+    def write_failed(self, keys: Sequence[str], exc: RedisUnavailableError) -> None:
+        """A ``set``/``delete`` of ``keys`` did not reach the primary Redis: delete them
+        there as soon as it answers (the old value must not come back)."""
+        target = self._targets[0]
+        self._failed(target, [Op(WRITE, key, "write failed") for key in keys], exc)
+
+    def write_succeeded(self, keys: Sequence[str]) -> None:
+        """A write of ``keys`` reached the primary Redis: their pending writes are moot."""
+        outbox = self.primary_outbox
+        if outbox is not None and outbox.active:
+            outbox.write_succeeded(list(keys))
+
+    def release_lease_later(self, key: str, token: bytes) -> None:
+        """A lease command timed out: it may still run (a paused server runs what was
+        sent before it stopped), leaving a lease nobody holds and every reader of the key
+        waiting ``lease_wait``. Release it (by its token) once Redis answers."""
+        target = self._targets[0]
+        error = RedisUnavailableError("lease command timed out")
+        self._failed(target, [Op(LEASE, key, None, token)], error)
+
+    def redis_answers(self) -> None:
+        """The primary Redis answered a call (its breaker closed, or the bus heard its
+        heartbeat again): apply everything pending now rather than at its backoff."""
+        for target in self._targets[:1]:
+            if target.outbox.active and not target.reachable:
+                target.reachable = True
+                target.outbox.due_now()
+                self._ensure_worker()
 
     def stats(self) -> InvalidationStats:
         """A snapshot of the invalidation metrics."""
@@ -307,10 +365,10 @@ class AsyncInvalidator:
             failures=dict(c.failures),
             cascade_depth=c.cascade_depth.summary(),
             cycles_detected=c.cycles_detected,
-            queue_size=(
-                sum(len(t.queue) for t in self._targets) + len(self._delayed) + self._retrying
-            ),
-            dead_letters=sum(len(t.queue.dead_letters()) for t in self._targets),
+            queue_size=sum(len(t.outbox) for t in self._targets) + len(self._delayed),
+            outbox_pending=sum(len(t.outbox) for t in self._targets),
+            outbox_applied=sum(t.outbox.applied for t in self._targets),
+            dead_letters=sum(len(t.outbox.dead_letters()) for t in self._targets),
             epoch_bumps=c.epoch_bumps,
             reclaimed_keys=c.reclaimed_keys,
             reclaim_pending=sum(len(t.reclaim) for t in self._targets),
@@ -368,10 +426,12 @@ class AsyncInvalidator:
     # -- one Redis ---------------------------------------------------------------------------
 
     async def _apply_keys(
-        self, target: _Target, ops: list[Op], attempts: int = 0
+        self, target: _Target, ops: list[Op], retry: bool = False
     ) -> Optional[tuple[int, list[str]]]:
         """The dependency cascade from ``ops``' keys on one Redis, a pipeline per level:
-        (entries removed, every key reached); ``None`` if it failed (retry queued)."""
+        (entries removed, every key reached); ``None`` if it failed (left in the outbox).
+        ``retry``: the ops come from the outbox (the worker's tier, done when applied)."""
+        tier = target.retry_tier if retry else target.tier
         frontier = [op.target for op in ops]
         reached: dict[str, None] = dict.fromkeys(frontier)
         edges: dict[str, list[str]] = {}
@@ -380,13 +440,15 @@ class AsyncInvalidator:
         revisited = False
         while frontier:
             try:
-                results = await target.tier.invalidate_keys(frontier)
+                results = await tier.invalidate_keys(frontier)
             except RedisUnavailableError as exc:
                 if depth == 0:
-                    self._failed(target, ops, exc, attempts)
+                    self._failed(target, ops, exc, retry)
                     return None
-                self._failed(target, [Op(KEY, k, ops[0].reason) for k in frontier], exc, 0)
+                self._failed(target, [Op(KEY, k, ops[0].reason) for k in frontier], exc)
                 break  # the keys reached so far are done; the rest is retried from here
+            if depth == 0:
+                self._applied(target, ops, retry)
             await self._announce(target, Action.INVALIDATE_KEYS, frontier)
             following: list[str] = []
             for key, (existed, dependents) in zip(frontier, results):
@@ -416,13 +478,16 @@ class AsyncInvalidator:
                     logger.warning("dependency cycles while invalidating: %r", cycles[:5])
         return removed, list(reached)
 
-    async def _apply_tags(self, target: _Target, ops: list[Op], attempts: int = 0) -> Optional[int]:
+    async def _apply_tags(
+        self, target: _Target, ops: list[Op], retry: bool = False
+    ) -> Optional[int]:
         tags = [op.target for op in ops]
         try:
-            results = await target.tier.bump_tags(tags)
+            results = await (target.retry_tier if retry else target.tier).bump_tags(tags)
         except RedisUnavailableError as exc:
-            self._failed(target, ops, exc, attempts)
+            self._failed(target, ops, exc, retry)
             return None
+        self._applied(target, ops, retry)
         if target.name == PRIMARY:
             self._versions.raise_to({tag: version for tag, (version, _, _) in zip(tags, results)})
         due = self._timer() + RECLAIM_DELAY
@@ -434,14 +499,15 @@ class AsyncInvalidator:
         await self._announce(target, Action.INVALIDATE_TAGS, tags, at_once=True)
         return sum(count for _, count, _ in results)
 
-    async def _apply_pattern(self, target: _Target, op: Op, attempts: int = 0) -> Optional[int]:
+    async def _apply_pattern(self, target: _Target, op: Op, retry: bool = False) -> Optional[int]:
         pattern = self._keys.entry_pattern(op.target)
         data_prefix = self._keys.data_key("x")[:-3].encode()  # b"ns:v1:d:" (not leases)
         removed = 0
         cursors: Optional[dict[str, int]] = None
+        tier = target.retry_tier if retry else target.tier
         try:
             while True:
-                cursors, found = await target.tier.scan_step(pattern, cursors)
+                cursors, found = await tier.scan_step(pattern, cursors)
                 doomed = []
                 for redis_key in found:
                     owner = self._keys.entry_owner(redis_key)
@@ -449,57 +515,68 @@ class AsyncInvalidator:
                         doomed.append(redis_key)
                         if redis_key.startswith(data_prefix):
                             removed += 1
-                await target.tier.unlink(doomed)
+                await tier.unlink(doomed)
                 if not cursors:
                     break
         except RedisUnavailableError as exc:
-            self._failed(target, [op], exc, attempts)
+            self._failed(target, [op], exc, retry)
             return None
+        self._applied(target, [op], retry)
         self.counters.keys_invalidated += removed
         await self._announce(target, Action.INVALIDATE_MATCHING, [op.target])
         return removed
 
-    async def _apply_epoch(self, target: _Target, op: Op, attempts: int = 0) -> bool:
+    async def _apply_epoch(self, target: _Target, op: Op, retry: bool = False) -> bool:
         try:
-            version = await target.tier.bump_epoch()
+            version = await (target.retry_tier if retry else target.tier).bump_epoch()
         except RedisUnavailableError as exc:
-            self._failed(target, [op], exc, attempts)
+            self._failed(target, [op], exc, retry)
             return False
         self.counters.epoch_bumps += 1
         if target.name == PRIMARY:
             self._versions.raise_to({EPOCH_VERSION: version})
-        covered = target.queue.covered_by_epoch()
+        covered = target.outbox.covered_by_epoch()
         if covered:
             logger.warning(
-                "epoch bump on the %s Redis covers %d queued invalidations", target.name, covered
+                "epoch bump applied to the %s Redis: it covers %d pending operations",
+                target.name,
+                covered,
             )
         await self._announce(target, Action.CLEAR, ())
         self._record_audit("epoch", "*", covered, op.reason)
         return True
 
-    async def _retry(self, target: _Target, due: list[tuple[Op, int]]) -> None:
-        """Apply due retries: keys and tags with the same number of tries as one batch
-        (one pipeline), patterns and epoch bumps one by one."""
-        batches: dict[tuple[str, int], list[Op]] = {}
-        for op, attempts in due:
-            if op.kind in (KEY, TAG):
-                batches.setdefault((op.kind, attempts), []).append(op)
+    async def _retry(self, target: _Target, due: list[Op]) -> None:
+        """Apply due operations from the outbox: keys and tags of a kind as one batch (one
+        pipeline), the others one by one."""
+        batches: dict[str, list[Op]] = {}
+        for op in due:
+            if op.kind in (KEY, WRITE, TAG):
+                batches.setdefault(TAG if op.kind == TAG else KEY, []).append(op)
             else:
-                await self._apply_one(target, op, attempts)
-        for (kind, attempts), ops in batches.items():
+                await self._apply_one(target, op, retry=True)
+        for kind, ops in batches.items():
             if kind == KEY:
-                await self._apply_keys(target, ops, attempts)
+                await self._apply_keys(target, ops, retry=True)
             else:
-                await self._apply_tags(target, ops, attempts)
+                await self._apply_tags(target, ops, retry=True)
 
-    async def _apply_one(self, target: _Target, op: Op, attempts: int) -> bool:
-        if op.kind == KEY:
-            return await self._apply_keys(target, [op], attempts) is not None
+    async def _apply_one(self, target: _Target, op: Op, retry: bool = False) -> bool:
+        if op.kind in (KEY, WRITE):
+            return await self._apply_keys(target, [op], retry) is not None
         if op.kind == TAG:
-            return await self._apply_tags(target, [op], attempts) is not None
+            return await self._apply_tags(target, [op], retry) is not None
         if op.kind == PATTERN:
-            return await self._apply_pattern(target, op, attempts) is not None
-        return await self._apply_epoch(target, op, attempts)
+            return await self._apply_pattern(target, op, retry) is not None
+        if op.kind == LEASE:
+            try:
+                await target.retry_tier.release_lease(op.target, op.token)
+            except RedisUnavailableError as exc:
+                self._failed(target, [op], exc, retry)
+                return False
+            self._applied(target, [op], retry)
+            return True
+        return await self._apply_epoch(target, op, retry)
 
     async def _announce(
         self, target: _Target, action: Action, args: Iterable[str], *, at_once: bool = False
@@ -516,13 +593,78 @@ class AsyncInvalidator:
                 pass  # a gap at the failover's listeners: they flush, the safe outcome
 
     def _failed(
-        self, target: _Target, ops: Sequence[Op], exc: BaseException, attempts: int
+        self,
+        target: _Target,
+        ops: Sequence[Op],
+        exc: RedisUnavailableError,
+        retry: bool = False,
     ) -> None:
+        """Leave ``ops`` in the outbox (or make them dead letters if Redis refused them
+        for good); a retry that failed backs off."""
         self.counters.failures[target.name] += 1
+        transient = exc.transient
+        if target.name == PRIMARY:
+            failures = _CALL_FAILURES.get()
+            if failures is not None:
+                failures.append(exc)
         now, wall = self._timer(), self._clock()
+        outbox = target.outbox
+        was_active = outbox.active
+        overflows = outbox.overflows
         for op in ops:
-            target.queue.failed(op, str(exc), now, wall, attempts + 1)
+            if retry:
+                letter = outbox.retry_failed(op, str(exc), now, transient=transient)
+            else:
+                letter = outbox.failed(op, str(exc), now, wall, transient=transient)
+            if letter is not None:
+                self._dead_letter_log.warning(
+                    "%s Redis refused %s %r for good (%s): kept as a dead letter, see "
+                    "dead_letters() and replay_dead_letters()",
+                    target.name,
+                    letter.kind,
+                    letter.target,
+                    letter.last_error,
+                )
+        if transient:
+            target.reachable = False
+            target.next_probe = min(target.next_probe, now + PROBE_INTERVAL)
+            if target.outage_started is None and outbox.active:
+                target.outage_started = now
+                target.applied_before = outbox.applied
+                if not was_active:
+                    logger.warning(
+                        "the %s Redis did not take a write (%s): it is kept in the outbox "
+                        "and applied as soon as Redis answers; reads of the keys concerned "
+                        "skip Redis until then",
+                        target.name,
+                        exc,
+                    )
+        if outbox.overflows > overflows:
+            logger.warning(
+                "the outbox of the %s Redis is full (outbox_size=%d): an epoch bump is owed "
+                "instead, which will make every entry of the namespace a miss once Redis "
+                "answers",
+                target.name,
+                self.settings.outbox_size,
+            )
         self._ensure_worker()
+
+    def _applied(self, target: _Target, ops: Sequence[Op], retry: bool) -> None:
+        """``ops`` reached Redis: done in the outbox if they came from it; Redis answers."""
+        target.reachable = True
+        if retry:
+            for op in ops:
+                target.outbox.done(op)
+        if target.outage_started is not None and not target.outbox.active:
+            applied = target.outbox.applied - target.applied_before
+            logger.info(
+                "the %s Redis answers again: %d pending operations applied, %.2f s after "
+                "the first failure",
+                target.name,
+                applied,
+                self._timer() - target.outage_started,
+            )
+            target.outage_started = None
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -573,6 +715,7 @@ class AsyncInvalidator:
         self._wake.set()
 
     async def _work(self) -> None:
+        _CALL_FAILURES.set(None)  # a task inherits its creator's context: not its failures
         while not self._stopping:
             try:
                 busy = await self._work_once()
@@ -588,7 +731,7 @@ class AsyncInvalidator:
             self._wake.clear()
 
     def _idle_wait(self) -> float:
-        dues = [t.queue.next_due() for t in self._targets] + [self._delayed.next_due()]
+        dues = [self._outbox_due(t) for t in self._targets] + [self._delayed.next_due()]
         dues += [t.reclaim[0].due for t in self._targets if t.reclaim]
         pending = [d for d in dues if d is not None]
         if self._audit:
@@ -600,23 +743,23 @@ class AsyncInvalidator:
             return _IDLE_WAIT
         return max(0.0, min(min(pending) - self._timer(), _IDLE_WAIT))
 
+    @staticmethod
+    def _outbox_due(target: _Target) -> Optional[float]:
+        """When the worker must next look at this Redis's outbox (a probe while it is
+        unreachable, else the earliest backoff)."""
+        if not target.outbox.active:
+            return None
+        if not target.reachable:
+            return target.next_probe
+        return target.outbox.next_due()
+
     async def _work_once(self) -> bool:
-        """One round: owed epoch bumps, due retries, due delayed invalidations, the audit
-        buffer, and one chunk of due reclaim per Redis. True if more reclaim is due now."""
+        """One round: the outboxes (a probe of an unreachable Redis, owed epoch bumps, due
+        operations), due delayed invalidations, the audit buffer, and one chunk of due
+        reclaim per Redis. True if more work is due now."""
         now = self._timer()
         for target in self._targets:
-            if target.queue.epoch_owed and not await self._apply_epoch(
-                target, Op(EPOCH, "", "retry queue overflow")
-            ):
-                continue
-            due = target.queue.take_due(now)
-            if due:
-                self.counters.by_type["retry"] += len(due)
-                self._retrying += len(due)
-                try:
-                    await self._retry(target, due)
-                finally:
-                    self._retrying -= len(due)
+            await self._flush_outbox(target, now)
         delayed = self._delayed.take_due(now, self.settings.batch_window)
         if delayed:
             self.counters.by_type["delayed"] += len(delayed)
@@ -632,6 +775,32 @@ class AsyncInvalidator:
                 continue  # the keys are logically invalid already; try again later
             busy = busy or bool(target.reclaim and target.reclaim[0].due <= self._timer())
         return busy
+
+    async def _flush_outbox(self, target: _Target, now: float) -> None:
+        outbox = target.outbox
+        if not outbox.active:
+            return
+        if not target.reachable:
+            if now < target.next_probe:
+                return
+            target.next_probe = now + PROBE_INTERVAL
+            if not await target.retry_tier.ping():
+                return
+            target.reachable = True
+            outbox.due_now()
+        if outbox.epoch_owed and not await self._apply_epoch(
+            target, Op(EPOCH, "", "outbox overflow"), retry=True
+        ):
+            return
+        due = outbox.take_due(self._timer())
+        if due:
+            self.counters.by_type["retry"] += len(due)
+            try:
+                await self._retry(target, due)
+            except BaseException:
+                for op in due:  # cancelled (close): back to waiting, not lost
+                    outbox.retry_failed(op, "interrupted", self._timer(), transient=True)
+                raise
 
     async def _reclaim_chunk(self, target: _Target) -> None:
         """Delete one chunk of the oldest invalidated tag's keys. ``reclaim_now`` may run
@@ -657,8 +826,9 @@ class AsyncInvalidator:
                 await self._reclaim_chunk(target)
 
     async def aclose(self) -> None:
-        """Stop the worker. Delayed invalidations run now (early rather than never); what
-        still waits for a retry becomes a dead letter, and is logged."""
+        """Stop the worker. Delayed invalidations run now (early rather than never); the
+        outbox is flushed for up to ``close_timeout`` seconds, and what is still pending
+        then becomes a dead letter, and is logged."""
         self._stopping = True
         self._wake.set()
         if self._worker is not None:
@@ -668,11 +838,19 @@ class AsyncInvalidator:
         if delayed:
             await self._run_now(delayed, fire_rules=False, depth=MAX_RULE_DEPTH)
         await self._flush_audit()
+        deadline = self._timer() + self.settings.close_timeout
         for target in self._targets:
-            left = target.queue.give_up()
-            if left:
+            target.outbox.due_now()
+            while target.outbox.active and self._timer() < deadline:
+                await self._flush_outbox(target, self._timer())
+                if target.outbox.active:
+                    await async_sleep(min(PROBE_INTERVAL, max(0.0, deadline - self._timer())))
+            left = target.outbox.give_up()
+            if left or target.outbox.epoch_owed:
                 logger.warning(
-                    "closing with %d invalidations of the %s Redis undelivered (dead letters)",
+                    "closing with %d operations for the %s Redis not applied%s (kept as "
+                    "dead letters): their keys may serve old values until their TTL",
                     left,
                     target.name,
+                    " and an epoch bump owed" if target.outbox.epoch_owed else "",
                 )

@@ -7,10 +7,16 @@ and :class:`RedisUnavailableError` is raised at once; a Redis error or timeout c
 failure and also surfaces as :class:`RedisUnavailableError`, which the cache turns into a
 fall-back (L1, loader). Time budgets come from the client's ``socket_timeout`` (clients the
 cache builds from a URL get ``redis_timeout``) and no call is retried in a loop.
+
+An error reply that trying again cannot cure (``NOPERM``, ``WRONGTYPE``, a script error)
+is raised as :class:`RedisCommandError` and does not count against the breaker: Redis
+answered. The outbox's worker uses :meth:`AsyncRedisTier.around_breaker`, a view whose
+calls are never refused by the breaker and close it when they succeed.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from time import perf_counter
@@ -18,10 +24,11 @@ from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
-from .._breaker import CircuitBreaker
-from .._errors import RedisUnavailableError
+from .._breaker import BreakerState, CircuitBreaker
+from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
+from .._outbox import is_transient
 from .._primitives import RedisCluster, close_client
 from .._scripts import (
     BUMP_TAG,
@@ -45,6 +52,11 @@ _REDIS_FAILURES = (RedisError, OSError)
 
 _MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limit)
 AuditFields = Mapping[str, Any]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` (redis-py 8's repr of its errors hides the message)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _px(seconds: float) -> int:
@@ -85,6 +97,21 @@ class RedisTier:
         """Replace the breaker (a forked child starts with a fresh one)."""
         self._breaker = breaker
 
+    def around_breaker(self) -> RedisTier:
+        """This tier (same client and scripts) for background work: its calls are never
+        refused by the breaker and their failures do not count, but a success closes it."""
+        view = copy.copy(self)
+        view._breaker = _AroundBreaker(self)  # type: ignore[assignment]
+        return view
+
+    def ping(self) -> bool:
+        """Whether Redis answers now (every master of a cluster)."""
+        try:
+            self._call(self.client.ping, _timed=False)
+        except RedisUnavailableError:
+            return False
+        return True
+
     def _call(self, fn: Any, *args: Any, _timed: bool = True, **kwargs: Any) -> Any:
         """Run one Redis call under the breaker; every failure is a RedisUnavailableError.
 
@@ -96,9 +123,12 @@ class RedisTier:
         try:
             result = fn(*args, **kwargs)
         except _REDIS_FAILURES as exc:
-            self._breaker.record_failure()
             self._counters.errors += 1
-            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
+            if not is_transient(exc):
+                self._breaker.record_success()  # it answered: the breaker is about reach
+                raise RedisCommandError(f"Redis refused the command: {_describe(exc)}") from exc
+            self._breaker.record_failure()
+            raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
         except BaseException:
             # cancelled (async) or interrupted: no verdict on Redis, but a probe must end
             self._breaker.abandon()
@@ -179,13 +209,13 @@ class RedisTier:
         keys = [self._keys.data_key(key)]
         return bool(self._call(self._replace, keys=keys, args=[old, new, _px(ttl)]))
 
-    def read_or_lease(self, key: str, ttl: float) -> tuple[bytes | None, bytes | None]:
-        """One atomic step: the entry's blob (or None), and the lease token if we took the
-        lease for ``ttl`` seconds (None if another holder has it)."""
-        token = os.urandom(12)
+    def read_or_lease(self, key: str, token: bytes, ttl: float) -> tuple[bytes | None, bool]:
+        """One atomic step: the entry's blob (or None), and whether we took the lease for
+        ``ttl`` seconds under ``token`` (False if another holder has it). The caller
+        makes the token, so that it can release a lease whose command timed out."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
         blob, taken = self._call(self._read_or_lease, keys=keys, args=[token, _px(ttl)])
-        return (blob or None), (token if taken else None)
+        return (blob or None), bool(taken)
 
     def write_if_lease(
         self, key: str, token: bytes, blob: bytes, ttl: float, tags: Sequence[str] = ()
@@ -367,20 +397,42 @@ class RedisTier:
     def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
         """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).
 
-        ``guarded=False`` (heartbeats) bypasses the breaker: a background heartbeat must
-        neither take the probe call that the cache's own traffic is owed nor be refused
-        by an open breaker, since hearing it again is how the bus learns Redis is back.
+        A publish never counts for or against the breaker: the bus's own health check
+        (hearing its heartbeats) is its judge. ``guarded=True`` only skips the publish
+        while the breaker is open (Redis is known to be down, do not wait for a timeout);
+        ``guarded=False`` (heartbeats) is sent regardless, since hearing it again is how
+        the bus learns Redis is back.
         """
         send = self.client.spublish if self._cluster else self.client.publish
-        if guarded:
-            self._call(send, channel, payload, _timed=False)
-            return
+        if guarded and self._breaker.state is BreakerState.OPEN:
+            raise RedisUnavailableError("Redis circuit breaker is open")
         try:
             send(channel, payload)
         except _REDIS_FAILURES as exc:
-            raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
+            raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
 
     def close(self) -> None:
         """Close the client if the cache created it."""
         if self._owns_client:
             close_client(self.client)
+
+
+class _AroundBreaker:
+    """The breaker of :meth:`AsyncRedisTier.around_breaker`: allows every call, ignores
+    failures, and passes successes on to the tier's real breaker (read at call time, so a
+    breaker replaced after a fork is the one closed)."""
+
+    def __init__(self, tier: RedisTier) -> None:
+        self._tier = tier
+
+    def allow(self) -> bool:
+        return True
+
+    def record_success(self) -> None:
+        self._tier._breaker.record_success()
+
+    def record_failure(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
