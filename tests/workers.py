@@ -78,7 +78,8 @@ def bus_reader(
             began = time.time()
             value = cache.get(key)
             reads += 1
-            if value < newest and began - done_at[value + 1] > allowance:
+            # None: withheld after a deaf spell (a miss, never stale)
+            if value is not None and value < newest and began - done_at[value + 1] > allowance:
                 stale += 1
             time.sleep(0.0002)
         s = cache.stats()

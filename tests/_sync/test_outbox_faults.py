@@ -336,3 +336,31 @@ def test_touch_does_not_revive_an_expired_fail_safe_entry(redis_server_factory) 
         assert a.get("k", MISSING) is MISSING
     finally:
         a.close()
+
+
+def test_after_a_deaf_spell_older_l2_entries_are_reloaded_for_the_grace(
+    redis_server_factory,
+) -> None:
+    # a gap in another instance's sequence numbers: its write may be waiting in its
+    # outbox, so what L2 holds from before the flush is reloaded, not served
+    from stratacache._bus_messages import Action, BusMessage, encode_message
+
+    server = redis_server_factory()
+    a = make(server.url, recovery_grace=60.0)
+    admin = Redis.from_url(server.url)
+    try:
+        a.set("k", "old")
+        a.get("other", None)
+        for seq in (1, 3):  # 2 was "lost"
+            message = BusMessage(b"\x07" * 16, seq, 0.0, Action.INVALIDATE_KEYS, ("x",))
+            admin.publish(KeySpace(NS).channel(), encode_message(message))
+        until(lambda: a.stats().bus_flushes_gap == 1, DEADLINE)
+        assert a.get("k", MISSING) is MISSING  # written before the flush: suspect
+        loads = a.stats().loads
+        assert a.get_or_set("k", lambda: "reloaded") == "reloaded"
+        assert a.stats().loads == loads + 1
+        a.l1.clear()
+        assert a.get("k") == "reloaded"  # written after the flush: served
+    finally:
+        admin.close()
+        a.close()
