@@ -42,7 +42,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
 import random
 import secrets
 import shutil
@@ -356,7 +355,8 @@ class ChaosReport:
             f"  longest lag behind a completed write: {self.max_stale_age:.3f} s",
             f"  final-state stale keys: {len(self.final_stale_keys)}"
             + "".join(
-                f"\n    {s['key']}: cache {s['cached']}, db {s['db']}" for s in self.final_stale_keys
+                f"\n    {s['key']}: cache {s['cached']}, db {s['db']}"
+                for s in self.final_stale_keys
             ),
             f"  exceptions raised to callers: {self.exceptions}"
             + "".join(f"\n    {e}" for e in self.exception_examples[:5]),
@@ -466,9 +466,7 @@ def _worker(
                     if error is None and type(value) is not int:
                         error = _clean(f"get_or_set: returned {value!r}, not a version")
                     version = value if error is None else -1
-                log.write(
-                    f"{kind}\t{key}\t{version}\t{start:.6f}\t{end:.6f}\t{error or ''}\n"
-                )
+                log.write(f"{kind}\t{key}\t{version}\t{start:.6f}\t{end:.6f}\t{error or ''}\n")
                 time.sleep(config.op_interval)
         summary["stats"] = cache.stats().to_dict()
     except BaseException:
@@ -524,7 +522,8 @@ class _Injector:
         if self.config.cluster:
             rc = RedisCluster.from_url(self.url, socket_timeout=_ADMIN_TIMEOUT)
             try:
-                return [(n.host, int(n.port)) for n in rc.get_primaries()]
+                primaries = rc.get_primaries()  # type: ignore[no-untyped-call]
+                return [(n.host, int(n.port)) for n in primaries]
             finally:
                 rc.close()
         client = redis.Redis.from_url(self.url)
