@@ -2,6 +2,7 @@
 #   make demo    the demo (throwaway redis-server, several worker processes)
 #   make test    lint, type-check, then the suite twice: compiled L1 and pure L1
 #   make bench   the benchmarks (pytest-benchmark) and the peer report
+#   make chaos   the consistency checker under faults (issue 11), standalone and cluster
 #   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: all demo test test-compiled test-pure lint bench sync setup redis clean
+.PHONY: all demo test test-compiled test-pure lint bench chaos sync setup redis clean
 
 all: test
 
@@ -65,6 +66,19 @@ bench: setup
 	taskset -c 1 $(PY) benchmarks/l1_report.py
 	taskset -c 1 $(PY) benchmarks/bus_report.py
 	taskset -c 1 $(PY) benchmarks/tag_report.py
+
+# Longer runs than the suite's 9 s one (~6 minutes); not pinned: workers and Redis need both
+# CPUs. Every run prints its report; the target fails if any run missed a goal.
+chaos: setup
+	@status=0; \
+	for seed in 1 2 3; do \
+	  $(PY) benchmarks/consistency_report.py --seconds 60 --seed $$seed --check || status=1; \
+	done; \
+	for seed in 1 2; do \
+	  $(PY) benchmarks/consistency_report.py --cluster --seconds 60 --seed $$seed --check || status=1; \
+	done; \
+	$(PY) benchmarks/consistency_report.py --no-faults --seconds 30 --check || status=1; \
+	exit $$status
 
 sync: $(STAMP)
 	$(PY) scripts/gen_sync.py
