@@ -305,6 +305,8 @@ class ChaosReport:
     consistent_within: dict[str, float]
     writes_skipped: int
     worker_stats: list[dict[str, Any]]
+    fault_timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Every fault injected: ``kind``, ``node``, ``start`` and ``end`` (wall clock)."""
     log_dir: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -839,6 +841,7 @@ def _report(
         reads=n_reads,
         writes=dict(Counter(op.kind for op in ops if op.kind != "read")),
         faults=dict(Counter(f.kind for f in faults)),
+        fault_timeline=[dataclasses.asdict(f) for f in faults],
         fault_seconds=fault_seconds,
         read_rates=rates,
         stale={_label(w): n for w, n in verdict.stale.items()},
