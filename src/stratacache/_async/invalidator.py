@@ -68,6 +68,7 @@ from .._primitives import (
     AsyncLock,
     AsyncWorker,
     async_call_loader,
+    async_current_loop,
     async_wait_event,
 )
 from .._tags import EPOCH as EPOCH_VERSION
@@ -162,6 +163,7 @@ class AsyncInvalidator:
         self._audit_failing = False
         self.counters = InvalidationCounters()
         self._worker: Optional[AsyncWorker] = None
+        self._worker_loop: Any = None  # the event loop it runs in (None for threads)
         self._retrying = 0  # taken from a retry queue, being applied now
         self._worker_lock = threading.Lock()
         self._wake = AsyncEvent()
@@ -566,11 +568,25 @@ class AsyncInvalidator:
     # -- the background worker -------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is None and not self._stopping:
+        worker = self._worker
+        moved = worker is not None and self._worker_loop is not async_current_loop()
+        if worker is not None and moved:
+            # a new event loop (async only): the old worker, and the event and lock it
+            # waited on, belong to the old one
+            worker.abandon()
+            self._wake = AsyncEvent()
+            self._audit_lock = AsyncLock()
+        if (worker is None or moved or not worker.alive()) and not self._stopping:
             with self._worker_lock:  # two threads of a sync cache: one worker
-                if self._worker is None:
+                if self._worker is worker:
+                    self._worker_loop = async_current_loop()
                     self._worker = AsyncWorker(self._work, "stratacache-invalidator")
         self._wake.set()
+
+    def rebind_loop(self) -> None:
+        """The cache is used from a new event loop: the worker (if one ran) runs on in it."""
+        if self._worker is not None:
+            self._ensure_worker()
 
     async def _work(self) -> None:
         while not self._stopping:

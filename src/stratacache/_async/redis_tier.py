@@ -20,7 +20,7 @@ from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
-from .._primitives import AsyncRedisCluster, async_close_client
+from .._primitives import AsyncRedisCluster, async_close_client, async_redis_call
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
@@ -92,7 +92,7 @@ class AsyncRedisTier:
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
         try:
-            result = await fn(*args, **kwargs)
+            result = await async_redis_call(fn, *args, **kwargs)
         except _REDIS_FAILURES as exc:
             self._breaker.record_failure()
             self._counters.errors += 1
@@ -374,7 +374,7 @@ class AsyncRedisTier:
             await self._call(send, channel, payload, _timed=False)
             return
         try:
-            await send(channel, payload)
+            await async_redis_call(send, channel, payload)
         except _REDIS_FAILURES as exc:
             raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
 

@@ -22,7 +22,7 @@ from .._breaker import CircuitBreaker
 from .._errors import RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
-from .._primitives import RedisCluster, close_client
+from .._primitives import RedisCluster, close_client, redis_call
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
@@ -94,7 +94,7 @@ class RedisTier:
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
         try:
-            result = fn(*args, **kwargs)
+            result = redis_call(fn, *args, **kwargs)
         except _REDIS_FAILURES as exc:
             self._breaker.record_failure()
             self._counters.errors += 1
@@ -376,7 +376,7 @@ class RedisTier:
             self._call(send, channel, payload, _timed=False)
             return
         try:
-            send(channel, payload)
+            redis_call(send, channel, payload)
         except _REDIS_FAILURES as exc:
             raise RedisUnavailableError(f"Redis call failed: {exc!r}") from exc
 
