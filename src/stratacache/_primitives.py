@@ -309,18 +309,59 @@ class Worker:
             self._thread.join(timeout)
 
 
-def async_forget_connections(client: Any) -> None:
-    """Drop (without closing) the asyncio connections and locks a client holds: in a
-    forked child they belong to the parent's sockets and event loop; after the loop they
-    were made in has ended (a second ``asyncio.run``) they can no longer be used nor
-    closed. New ones are made on demand, in the loop that needs them."""
+def _asyncio_connections(client: Any) -> list[Any]:
+    """Every connection a redis.asyncio client holds (a cluster's: on every node)."""
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        for node in client.get_nodes():
+        manager = client.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        return [conn for node in nodes for conn in node._connections]
+    pool = client.connection_pool
+    return [*pool._available_connections, *pool._in_use_connections]
+
+
+def _loop_closed(conn: Any) -> bool:
+    writer = getattr(conn, "_writer", None)
+    loop = None if writer is None else getattr(writer.transport, "_loop", None)
+    return loop is not None and loop.is_closed()
+
+
+def _drop_connection(conn: Any) -> None:
+    """Detach an asyncio connection from its socket without its event loop. If that loop
+    is closed, the socket is closed as the loop would have done (no ResourceWarning);
+    otherwise (a forked child's copy of the parent's loop) it is only detached."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None:
+        return
+    if _loop_closed(conn):
+        transport = writer.transport
+        try:
+            transport.close()  # marks it closing, then fails to schedule the rest
+        except RuntimeError:
+            pass
+        try:
+            # the rest, which the closed loop would have run: it closes the socket in a
+            # finally, whatever the protocol's callbacks do
+            transport._call_connection_lost(None)
+        except Exception:  # noqa: S110 - a dead loop's callbacks; the socket is closed
+            pass
+    conn._writer = conn._reader = None
+
+
+def async_forget_connections(client: Any) -> None:
+    """Drop the asyncio connections and locks a client holds: in a forked child they
+    belong to the parent's sockets and event loop; after the loop they were made in has
+    ended (a second ``asyncio.run``) they can no longer be used nor closed the usual way.
+    New ones are made on demand, in the loop that needs them."""
+    for conn in _asyncio_connections(client):
+        _drop_connection(conn)
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        manager = client.nodes_manager
+        for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
             node._connections.clear()
             node._free.clear()
         client._lock = None  # made on first use
         client._usage_lock = asyncio.Lock()
-        client.nodes_manager._initialize_lock = asyncio.Lock()
+        manager._initialize_lock = asyncio.Lock()
     else:
         pool = client.connection_pool
         pool.reset()
@@ -336,7 +377,10 @@ def forget_connections(client: Any) -> None:
 
 
 async def async_close_client(client: Any) -> None:
-    """Close a client and every connection it opened."""
+    """Close a client and every connection it opened (those of an event loop that has
+    ended are closed without it: closing them through it would raise)."""
+    if any(_loop_closed(conn) for conn in _asyncio_connections(client)):
+        async_forget_connections(client)
     await client.aclose()
 
 

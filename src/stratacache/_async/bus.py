@@ -50,6 +50,7 @@ class _Run:
     usable from) the event loop it started in; a new event loop gets a new run."""
 
     def __init__(self) -> None:
+        self.loop = async_current_loop()
         self.stop = AsyncEvent()
         self.wake = AsyncEvent()
         self.ready = AsyncEvent()
@@ -61,6 +62,13 @@ class _Run:
     def halt(self) -> None:
         """Ask both workers to end (they also end when cancelled)."""
         self.stopping = True
+        loop = self.loop
+        if loop is None or loop is async_current_loop():
+            self._wake_workers()
+        elif not loop.is_closed():  # its events may only be set from their own loop
+            loop.call_soon_threadsafe(self._wake_workers)
+
+    def _wake_workers(self) -> None:
         self.stop.set()
         self.wake.set()
 
@@ -166,7 +174,7 @@ class AsyncInvalidationBus:
         for worker in run.workers:
             await worker.stop(_STOP_TIMEOUT)
         run.workers = []
-        if self.started and self.outbox.pending():
+        if self.started and self.outbox.pending() and run.loop is async_current_loop():
             await self._send(self.outbox.drain())
 
     # -- publishing -----------------------------------------------------------------------
