@@ -342,7 +342,7 @@ def _drop_connection(conn: Any) -> None:
             # the rest, which the closed loop would have run: it closes the socket in a
             # finally, whatever the protocol's callbacks do
             transport._call_connection_lost(None)
-        except Exception:  # noqa: S110 - a dead loop's callbacks; the socket is closed
+        except Exception:  # a dead loop's callbacks: the socket is closed all the same
             pass
     conn._writer = conn._reader = None
 
