@@ -234,8 +234,13 @@ async def test_a_failed_heartbeat_publish_makes_the_bus_unhealthy_at_once_and_is
 
         server.resume()
         await async_until(lambda: cache.stats().bus_state == "healthy", 30.0)
-        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-        assert len(infos) == 1 and "healthy again after" in infos[0], infos
+
+        def infos() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+        # logged by the listener just after the state changed
+        await async_until(lambda: bool(infos()), DEADLINE)
+        assert len(infos()) == 1 and "healthy again after" in infos()[0], infos()
         assert await cache.get("k") == "v"
     finally:
         if server.running:

@@ -236,8 +236,13 @@ def test_a_failed_heartbeat_publish_makes_the_bus_unhealthy_at_once_and_is_logge
 
         server.resume()
         until(lambda: cache.stats().bus_state == "healthy", 30.0)
-        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-        assert len(infos) == 1 and "healthy again after" in infos[0], infos
+
+        def infos() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+        # logged by the listener just after the state changed
+        until(lambda: bool(infos()), DEADLINE)
+        assert len(infos()) == 1 and "healthy again after" in infos()[0], infos()
         assert cache.get("k") == "v"
     finally:
         if server.running:
