@@ -43,6 +43,8 @@ REPLACEMENTS = {
     "AsyncWorker": "Worker",
     "async_shard_client": "shard_client",
     "async_forget_connections": "forget_connections",
+    "async_redis_call": "redis_call",
+    "async_current_loop": "current_loop",
     "AsyncSingleFlight": "SingleFlight",
     "AsyncUserService": "UserService",
     "async_sleep": "sleep",

@@ -26,6 +26,7 @@ cache's callers; a lock guards it (no I/O is done under it).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -45,6 +46,10 @@ from ._stats import LatencyRecorder
 
 UnhealthyPolicy = Literal["bypass_l1", "serve_l1"]
 _MAX_SOURCES = 10_000  # sources remembered for gap detection (least recently heard go)
+LOG_INTERVAL = 60.0
+"""Seconds between two WARNINGs about the bus's health (the spells between are counted)."""
+
+logger = logging.getLogger("stratacache.bus")
 
 
 def new_source_id() -> bytes:
@@ -53,7 +58,13 @@ def new_source_id() -> bytes:
 
 
 class BusState:
-    """What the listener has heard: sequence tracking, health, flushes and metrics."""
+    """What the listener has heard: sequence tracking, health, flushes and metrics.
+
+    Health changes are logged on ``stratacache.bus`` (outside the lock): a WARNING when
+    the bus turns unhealthy, with why, and an INFO when it recovers, with how long it
+    lasted; at most one WARNING per ``log_interval`` seconds (the spells in between are
+    counted in the next one, and their recoveries are not logged).
+    """
 
     def __init__(
         self,
@@ -65,6 +76,8 @@ class BusState:
         policy: UnhealthyPolicy = "bypass_l1",
         timer: Callable[[], float],
         clock: Callable[[], float],
+        name: str = "",
+        log_interval: float = LOG_INTERVAL,
     ) -> None:
         self.source = source
         self._flush_l1 = flush_l1
@@ -73,6 +86,7 @@ class BusState:
         self.policy = policy
         self._timer = timer
         self._clock = clock
+        self._name = name
         self._lock = threading.Lock()
         self._last_seq: OrderedDict[bytes, int] = OrderedDict()
         self.healthy = False
@@ -83,6 +97,15 @@ class BusState:
         self._last_heard: float | None = None
         self._unhealthy_since: float | None = None  # the start-up wait is not counted
         self._unhealthy_total = 0.0
+        self.unhealthy_reason = "starting"
+        """Why the bus is (or last was) unhealthy."""
+        # workers (listener, publisher) that ended: no heartbeat heard can prove health
+        # until they are restarted
+        self._dead: set[str] = set()
+        self._log_interval = log_interval
+        self._last_warning: float | None = None
+        self._spell_logged = False
+        self._spells_unlogged = 0
         self.received = 0
         self.dropped = 0
         self.flushes_subscribe = 0
@@ -102,20 +125,36 @@ class BusState:
     def on_disconnected(self) -> None:
         """The subscription is gone: until a new one is confirmed and our heartbeat heard,
         the bus is unhealthy (messages published meanwhile are lost to us)."""
+        self._turn_unhealthy("the subscription was lost", "subscribe")
+
+    def on_publish_failed(self) -> None:
+        """A publish to Redis failed or timed out: this instance cannot reach Redis, so
+        what others publish cannot reach it either; unhealthy now rather than after
+        ``heartbeat_timeout`` of silence."""
+        self._turn_unhealthy("a publish to Redis failed", "heartbeat")
+
+    def on_worker_died(self, worker: str, why: str = "stopped") -> None:
+        """A listener or publisher ended while the bus runs (its event loop ended, an
+        uncaught error): unhealthy at once, and until :meth:`on_workers_restarted`."""
         with self._lock:
-            if not self.healthy:
-                return
-            self.healthy = False
-            self._unhealthy_since = self._timer()
-            if self.policy == "bypass_l1":
-                self.l1_usable = False
-                self.flushes_subscribe += 1
-                self._flush_l1()
+            self._dead.add(worker)
+        self._turn_unhealthy(f"the bus {worker} {why}", "subscribe")
+
+    def on_workers_restarted(self) -> None:
+        """New workers run: health can be proved again (by our next heartbeat heard)."""
+        with self._lock:
+            self._dead.clear()
+
+    @property
+    def dead_workers(self) -> frozenset[str]:
+        """The workers known to have ended (empty while the bus runs)."""
+        return frozenset(self._dead)
 
     def on_payload(self, data: object) -> None:
         """Handle one message from the channel (untrusted bytes)."""
         message = decode_message(data)
         now_wall = self._clock()
+        recovered: str | None = None
         with self._lock:
             if message is None:
                 self.dropped += 1
@@ -124,18 +163,20 @@ class BusState:
             self.lag.record(max(0.0, now_wall - message.sent_at))
             if message.source == self.source:
                 if message.action is Action.HEARTBEAT:
-                    self._heard_own_heartbeat()
-                return
-            last = self._last_seq.get(message.source)
-            self._last_seq[message.source] = message.seq
-            self._last_seq.move_to_end(message.source)
-            if len(self._last_seq) > _MAX_SOURCES:
-                self._last_seq.popitem(last=False)
-            if last is not None and message.seq != last + 1:
-                self.flushes_gap += 1
-                self._flush_l1()
-            elif message.action is not Action.HEARTBEAT:
-                self._apply(message)
+                    recovered = self._heard_own_heartbeat()
+            else:
+                last = self._last_seq.get(message.source)
+                self._last_seq[message.source] = message.seq
+                self._last_seq.move_to_end(message.source)
+                if len(self._last_seq) > _MAX_SOURCES:
+                    self._last_seq.popitem(last=False)
+                if last is not None and message.seq != last + 1:
+                    self.flushes_gap += 1
+                    self._flush_l1()
+                elif message.action is not Action.HEARTBEAT:
+                    self._apply(message)
+        if recovered is not None:
+            logger.info("%s", recovered)
 
     def last_seq_of(self, source: bytes) -> int | None:
         """The last sequence number heard from ``source`` since the last subscribe."""
@@ -144,35 +185,82 @@ class BusState:
 
     # -- health ---------------------------------------------------------------------------
 
-    def _heard_own_heartbeat(self) -> None:
+    def _heard_own_heartbeat(self) -> str | None:
+        """Lock held; the recovery line to log, if any."""
         self._last_heard = self._timer()
-        if not self.healthy:
-            # messages may have been lost while we could not hear: flush before L1 is used
-            if self._unhealthy_since is not None:
-                self._unhealthy_total += self._last_heard - self._unhealthy_since
-                self._unhealthy_since = None
-            self.flushes_heartbeat += 1
-            self._flush_l1()
-            self.healthy = True
-            self.ever_healthy = True
-            self.l1_usable = True
+        if self.healthy or self._dead:
+            return None
+        # messages may have been lost while we could not hear: flush before L1 is used
+        line = None
+        if self._unhealthy_since is not None:
+            spell = self._last_heard - self._unhealthy_since
+            self._unhealthy_total += spell
+            self._unhealthy_since = None
+            if self._spell_logged:
+                line = f"stratacache bus{self._label()} healthy again after {spell:.3f} s"
+        self.flushes_heartbeat += 1
+        self._flush_l1()
+        self.healthy = True
+        self.ever_healthy = True
+        self.l1_usable = True
+        return line
 
     def check_health(self) -> bool:
         """Mark the bus unhealthy if our own heartbeat is overdue; return ``healthy``."""
         with self._lock:
             if not self.healthy:
                 return False
-            now = self._timer()
-            if self._last_heard is not None and now - self._last_heard <= self.heartbeat_timeout:
+            if not self._overdue(self._timer()):
                 return True
+        reason = f"our own heartbeat is overdue (none heard for {self.heartbeat_timeout:g} s)"
+        return self._turn_unhealthy(reason, "heartbeat", only_if_overdue=True)
+
+    def _overdue(self, now: float) -> bool:
+        return self._last_heard is None or now - self._last_heard > self.heartbeat_timeout
+
+    def _turn_unhealthy(self, reason: str, flush: str, *, only_if_overdue: bool = False) -> bool:
+        """Healthy -> unhealthy (else nothing): under "bypass_l1", refuse L1 writes first,
+        then empty L1 (see the cache notes); log it outside the lock. Returns ``healthy``."""
+        with self._lock:
+            now = self._timer()
+            if not self.healthy or (only_if_overdue and not self._overdue(now)):
+                return self.healthy
             self.healthy = False
             self._unhealthy_since = now
+            self.unhealthy_reason = reason
             if self.policy == "bypass_l1":
-                # order matters: refuse L1 writes first, then empty it (see cache notes)
                 self.l1_usable = False
-                self.flushes_heartbeat += 1
+                if flush == "subscribe":
+                    self.flushes_subscribe += 1
+                else:
+                    self.flushes_heartbeat += 1
                 self._flush_l1()
-            return False
+            line = self._warning_line(reason, now)
+        if line is not None:
+            logger.warning("%s", line)
+        return False
+
+    def _warning_line(self, reason: str, now: float) -> str | None:
+        """Lock held: the WARNING to log for a new unhealthy spell, unless rate-limited."""
+        if self._last_warning is not None and now - self._last_warning < self._log_interval:
+            self._spells_unlogged += 1
+            self._spell_logged = False
+            return None
+        self._last_warning = now
+        self._spell_logged = True
+        effect = (
+            "L1 is bypassed (reads go to Redis or the loader)"
+            if self.policy == "bypass_l1"
+            else "L1 keeps serving (bus_unhealthy='serve_l1'), bounded by l1_max_ttl"
+        )
+        line = f"stratacache bus{self._label()} unhealthy: {reason}; {effect} until it recovers"
+        if self._spells_unlogged:
+            line += f" ({self._spells_unlogged} earlier unhealthy spells not logged)"
+            self._spells_unlogged = 0
+        return line
+
+    def _label(self) -> str:
+        return f" {self._name!r}" if self._name else ""
 
     def silent_for(self, since: float) -> float:
         """Seconds since our own heartbeat was last heard (or since ``since``, if later)."""

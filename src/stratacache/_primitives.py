@@ -186,32 +186,122 @@ def wait_event(event: threading.Event, timeout: float) -> bool:
     return event.wait(timeout)
 
 
-class AsyncWorker:
-    """A background loop as an asyncio task (started in the running loop)."""
+# -- the event loop a cache is bound to, and cancellations redis-py loses ------------------
 
-    def __init__(self, run: Callable[[], Any], name: str) -> None:
+
+def async_current_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop (None outside one): an ``AsyncCache`` whose bus was started
+    in another loop (a second ``asyncio.run``) rebinds itself to this one."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def current_loop() -> Any:
+    """Threads have no loop to rebind to: always None, so the sync cache never rebinds."""
+    return None
+
+
+def _cancels_requested() -> int:
+    task = asyncio.current_task()
+    # Task.cancelling() exists from Python 3.11; before it a lost cancellation is invisible
+    return task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
+
+
+async def async_redis_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Await one redis.asyncio call, re-raising a cancellation that it swallowed.
+
+    redis-py sends every command through ``asyncio.wait_for`` (``socket_timeout``), and
+    before Python 3.12 ``wait_for`` returns the inner result when the cancellation
+    arrives as the send completes (cpython gh-86296): the CancelledError is lost, the
+    caller carries on, and a background loop that ``asyncio.run`` cancelled at shutdown
+    never ends. The task's count of cancel requests still shows it (3.11+), so a call
+    that returns with more requests pending than it started with was cancelled.
+    """
+    before = _cancels_requested()
+    try:
+        result = await fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        if _cancels_requested() > before:  # a cancellation turned into an error
+            raise asyncio.CancelledError() from exc
+        raise
+    if _cancels_requested() > before:
+        raise asyncio.CancelledError()
+    return result
+
+
+def redis_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """One redis-py call (threads cannot be cancelled: nothing to guard)."""
+    return fn(*args, **kwargs)
+
+
+class AsyncWorker:
+    """A background loop as an asyncio task (started in the running loop).
+
+    ``on_exit`` is called when the task ends, for whatever reason (returned, raised,
+    cancelled — ``asyncio.run`` cancels it when its loop ends).
+    """
+
+    def __init__(
+        self, run: Callable[[], Any], name: str, on_exit: Callable[[], None] | None = None
+    ) -> None:
         self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(run(), name=name)
+        if on_exit is not None:
+            self._task.add_done_callback(lambda _task: on_exit())
+
+    def alive(self) -> bool:
+        """Whether the loop still runs (a task of a closed loop never will again)."""
+        return not self._task.done() and not self._task.get_loop().is_closed()
+
+    def abandon(self) -> None:
+        """Cancel the task without waiting (it may belong to another loop, which cancels
+        it when, if ever, it runs again)."""
+        task = self._task
+        loop = task.get_loop()
+        if not task.done() and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
 
     async def stop(self, timeout: float) -> None:
         """Cancel the task and wait for it (at most ``timeout`` seconds)."""
         task = self._task
-        if task.done():
+        loop = task.get_loop()
+        if task.done() or loop.is_closed():
+            return
+        if loop is not async_current_loop():
+            self.abandon()  # another loop's task (not running, or in another thread)
             return
         task.cancel()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        if task.get_loop() is running:
-            await asyncio.wait({task}, timeout=timeout)
+        await asyncio.wait({task}, timeout=timeout)
 
 
 class Worker:
-    """A background loop as a daemon thread; it ends when its loop sees the stop flag."""
+    """A background loop as a daemon thread; it ends when its loop sees the stop flag.
 
-    def __init__(self, run: Callable[[], Any], name: str) -> None:
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
+    ``on_exit`` is called in the thread when the loop ends, for whatever reason.
+    """
+
+    def __init__(
+        self, run: Callable[[], Any], name: str, on_exit: Callable[[], None] | None = None
+    ) -> None:
+        def target() -> None:
+            try:
+                run()
+            finally:
+                if on_exit is not None:
+                    on_exit()
+
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
+
+    def abandon(self) -> None:
+        """Nothing to do: a thread ends by its own stop flag."""
 
     def stop(self, timeout: float) -> None:
         """Wait for the thread to end (at most ``timeout`` seconds)."""
@@ -219,15 +309,67 @@ class Worker:
             self._thread.join(timeout)
 
 
-def async_forget_connections(client: Any) -> None:
-    """In a forked child: drop (without closing) the parent's asyncio connections, which
-    belong to the parent's sockets and event loop; new ones are opened on demand."""
+def _asyncio_connections(client: Any) -> list[Any]:
+    """Every connection a redis.asyncio client holds (a cluster's: on every node)."""
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        for node in client.get_nodes():
+        manager = client.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        return [conn for node in nodes for conn in node._connections]
+    pool = client.connection_pool
+    return [*pool._available_connections, *pool._in_use_connections]
+
+
+def _loop_closed(conn: Any) -> bool:
+    writer = getattr(conn, "_writer", None)
+    loop = None if writer is None else getattr(writer.transport, "_loop", None)
+    return loop is not None and loop.is_closed()
+
+
+def _drop_connection(conn: Any) -> None:
+    """Detach an asyncio connection from its socket without its event loop. If that loop
+    is closed, the socket is closed as the loop would have done (no ResourceWarning);
+    otherwise (a forked child's copy of the parent's loop) it is only detached."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None:
+        return
+    if _loop_closed(conn):
+        transport = writer.transport
+        try:
+            transport.close()  # marks it closing, then fails to schedule the rest
+        except RuntimeError:
+            pass
+        try:
+            # the rest, which the closed loop would have run: it closes the socket in a
+            # finally, whatever the protocol's callbacks do
+            transport._call_connection_lost(None)
+        except Exception:  # a dead loop's callbacks: the socket is closed all the same
+            pass
+    conn._writer = conn._reader = None
+
+
+def async_forget_connections(client: Any) -> None:
+    """Drop the asyncio connections and locks a client holds: in a forked child they
+    belong to the parent's sockets and event loop; after the loop they were made in has
+    ended (a second ``asyncio.run``) they can no longer be used nor closed the usual way.
+    New ones are made on demand, in the loop that needs them."""
+    for conn in _asyncio_connections(client):
+        _drop_connection(conn)
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        manager = client.nodes_manager
+        for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
             node._connections.clear()
             node._free.clear()
+        client._lock = None  # made on first use
+        client._usage_lock = asyncio.Lock()
+        manager._initialize_lock = asyncio.Lock()
     else:
-        client.connection_pool.reset()
+        pool = client.connection_pool
+        pool.reset()
+        if isinstance(getattr(pool, "_lock", None), asyncio.Lock):
+            pool._lock = asyncio.Lock()
+        for name in ("_single_conn_lock", "_usage_lock"):
+            if isinstance(getattr(client, name, None), asyncio.Lock):
+                setattr(client, name, asyncio.Lock())
 
 
 def forget_connections(client: Any) -> None:
@@ -235,7 +377,10 @@ def forget_connections(client: Any) -> None:
 
 
 async def async_close_client(client: Any) -> None:
-    """Close a client and every connection it opened."""
+    """Close a client and every connection it opened (those of an event loop that has
+    ended are closed without it: closing them through it would raise)."""
+    if any(_loop_closed(conn) for conn in _asyncio_connections(client)):
+        async_forget_connections(client)
     await client.aclose()
 
 
@@ -288,8 +433,10 @@ __all__ = [
     "async_bind_fast_get",
     "async_call_loader",
     "async_close_client",
+    "async_current_loop",
     "async_forget_connections",
     "async_reconnect_once",
+    "async_redis_call",
     "async_shard_client",
     "async_sleep",
     "async_wait_event",
@@ -297,8 +444,10 @@ __all__ = [
     "bind_fast_get",
     "call_loader",
     "close_client",
+    "current_loop",
     "forget_connections",
     "reconnect_once",
+    "redis_call",
     "shard_client",
     "sleep",
     "wait_event",

@@ -140,3 +140,12 @@ class TagVersions:
         with self._lock:
             self.generation += 1
             self._known.clear()
+
+    def reset_after_fork(self) -> None:
+        """Forget everything in a forked child, taking no lock: the parent's listener
+        thread may have held the old one at the fork, and it is never released there.
+        The lock and the table are replaced (the child has one thread until it starts
+        more, so nothing can race with this)."""
+        self._lock = threading.Lock()
+        self._known = {}
+        self.generation += 1

@@ -4,7 +4,13 @@ the generated sync twin), on the namespace's pub/sub channel.
 The bookkeeping (sequence numbers, gaps, health, batching) lives in ``stratacache._bus``
 and is shared by both halves; this module only moves bytes. See ``_bus.py`` for why each
 flush happens. Neither loop ever lets an exception out: the listener re-subscribes with a
-bounded backoff, a publish that fails is a gap that receivers answer with a flush.
+bounded backoff, a publish that fails is a gap that receivers answer with a flush (and,
+since this instance cannot reach Redis, makes its own bus unhealthy at once).
+
+Each start of the bus is a *run*: its two workers and the primitives they wait on. A
+worker that ends while its run is current (any cause: its event loop ended, an error
+that escaped) makes the bus unhealthy at once; the next call that needs the bus starts a
+new run — in the caller's event loop, which may be a new one (``asyncio.run`` again).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from .._primitives import (
     AsyncEvent,
     AsyncLock,
     AsyncWorker,
+    async_current_loop,
+    async_redis_call,
     async_shard_client,
     async_sleep,
     async_wait_event,
@@ -35,6 +43,34 @@ _STOP_TIMEOUT = 5.0
 
 class _Resubscribe(Exception):
     """The subscription ended or went silent: open a new one (and flush)."""
+
+
+class _Run:
+    """One start of the bus: its workers and the primitives they use, made in (and only
+    usable from) the event loop it started in; a new event loop gets a new run."""
+
+    def __init__(self) -> None:
+        self.loop = async_current_loop()
+        self.stop = AsyncEvent()
+        self.wake = AsyncEvent()
+        self.ready = AsyncEvent()
+        self.publish_lock = AsyncLock()
+        self.stopping = False
+        self.heartbeat_now = False
+        self.workers: list[AsyncWorker] = []
+
+    def halt(self) -> None:
+        """Ask both workers to end (they also end when cancelled)."""
+        self.stopping = True
+        loop = self.loop
+        if loop is None or loop is async_current_loop():
+            self._wake_workers()
+        elif not loop.is_closed():  # its events may only be set from their own loop
+            loop.call_soon_threadsafe(self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        self.stop.set()
+        self.wake.set()
 
 
 class AsyncInvalidationBus:
@@ -60,41 +96,85 @@ class AsyncInvalidationBus:
         self._poll = min(_POLL, self._interval)
         self._cluster = tier.cluster
         self._start_lock = threading.Lock()
-        self._publish_lock = AsyncLock()
-        self._stop = AsyncEvent()
-        self._wake = AsyncEvent()
-        self._ready = AsyncEvent()
-        self._heartbeat_now = False
+        self._run = _Run()
         self._stopping = False
-        self._workers: list[AsyncWorker] = []
         self.started = False
+        self.loop: Any = None
+        """The event loop the bus runs in (always None in the sync twin: threads)."""
         self.reconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def needs_start(self) -> bool:
+        """Whether the next call needing the bus must (re)start it: never started, started
+        in another event loop, or a worker has ended. False once closed."""
+        if self._stopping:
+            return False
+        if not self.started or self.loop is not async_current_loop():
+            return True
+        return not all(worker.alive() for worker in self._run.workers)
+
+    def check_workers(self) -> None:
+        """Mark the bus unhealthy if a worker has ended without being told to (even one
+        whose event loop was closed with it still pending, which no callback reports)."""
+        run = self._run
+        if self._stopping or run.stopping:
+            return
+        for worker, name in zip(run.workers, ("listener", "publisher")):
+            if not worker.alive():
+                self.state.on_worker_died(name)
+
     async def start(self) -> None:
-        """Start the listener and publisher; wait (at most ``heartbeat_timeout``) until the
-        bus is healthy. Until then the cache writes nothing to L1, so not waiting longer
-        is safe: a Redis that is down costs L1 hits, never freshness."""
+        """Start (or restart) the listener and publisher in the running event loop; wait
+        (at most ``heartbeat_timeout``) until the bus is healthy. Until then the cache
+        writes nothing to L1, so not waiting longer is safe: a Redis that is down costs L1
+        hits, never freshness."""
         with self._start_lock:
-            if self.started:
+            if not self.needs_start():
                 return
+            restart = self.started
+            old, run = self._run, _Run()
+            self._run = run
             self.started = True
-        self._workers = [
-            AsyncWorker(self._listen, "stratacache-bus-listener"),
-            AsyncWorker(self._publish_loop, "stratacache-bus-publisher"),
+            loop = async_current_loop()
+            moved = loop is not self.loop
+            self.loop = loop
+        if restart:
+            # deaf since the old run's end (or since its loop stopped running): unhealthy
+            # (L1 flushed) before anything else, until the new run hears our heartbeat
+            why = "was started in another event loop" if moved else "stopped"
+            self.state.on_worker_died("listener", why)
+            old.halt()
+            for worker in old.workers:
+                await worker.stop(_STOP_TIMEOUT)
+            self.state.on_workers_restarted()
+        run.workers = [
+            AsyncWorker(
+                lambda: self._listen(run),
+                "stratacache-bus-listener",
+                lambda: self._worker_ended(run, "listener"),
+            ),
+            AsyncWorker(
+                lambda: self._publish_loop(run),
+                "stratacache-bus-publisher",
+                lambda: self._worker_ended(run, "publisher"),
+            ),
         ]
-        await async_wait_event(self._ready, self._timeout)
+        await async_wait_event(run.ready, self._timeout)
+
+    def _worker_ended(self, run: _Run, name: str) -> None:
+        if not (run.stopping or self._stopping) and run is self._run:
+            self.state.on_worker_died(name)
 
     async def aclose(self) -> None:
         """Stop both loops and send what is still batched (best effort)."""
         self._stopping = True
-        self._stop.set()
-        self._wake.set()
-        for worker in self._workers:
+        run = self._run
+        run.halt()
+        for worker in run.workers:
             await worker.stop(_STOP_TIMEOUT)
-        self._workers = []
-        if self.started and self.outbox.pending():
+        run.workers = []
+        if self.started and self.outbox.pending() and run.loop is async_current_loop():
             await self._send(self.outbox.drain())
 
     # -- publishing -----------------------------------------------------------------------
@@ -105,65 +185,77 @@ class AsyncInvalidationBus:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
         the bus is quiet, else with the others of the same ``batch_window`` as one message;
         with no window or ``at_once``, sent before this returns."""
+        run = self._run
         if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
-                self._wake.set()
+                run.wake.set()
             return
-        async with self._publish_lock:
+        async with run.publish_lock:
             await self._send(self.outbox.encode_all(action, args))
 
-    async def _send(self, payloads: list[bytes], *, guarded: bool = True) -> None:
+    async def _send(self, payloads: list[bytes], *, guarded: bool = True) -> bool:
+        """Publish each payload; False if a call to Redis failed (not merely refused by
+        the open breaker)."""
+        reached = True
         for payload in payloads:
             try:
                 await self._tier.publish(self._channel, payload, guarded=guarded)
-            except RedisUnavailableError:
-                continue  # its sequence number is used: receivers see a gap and flush
+            except RedisUnavailableError as exc:
+                # its sequence number is used: receivers see a gap and flush
+                reached = reached and exc.__cause__ is None
+                continue
             self.outbox.sent += 1
+        return reached
 
-    async def _publish_loop(self) -> None:
+    async def _publish_loop(self, run: _Run) -> None:
         next_heartbeat = time.monotonic()
-        while not self._stopping:
-            await async_wait_event(self._wake, max(0.0, next_heartbeat - time.monotonic()))
-            self._wake.clear()
-            if self._stopping:
+        while not run.stopping:
+            await async_wait_event(run.wake, max(0.0, next_heartbeat - time.monotonic()))
+            run.wake.clear()
+            if run.stopping:
                 break
             try:
-                async with self._publish_lock:
+                async with run.publish_lock:
                     batch = self.outbox.drain()
-                    await self._send(batch)
+                    reached = await self._send(batch)
                     now = time.monotonic()
-                    if self._heartbeat_now or now >= next_heartbeat:
-                        self._heartbeat_now = False
+                    if run.heartbeat_now or now >= next_heartbeat:
+                        run.heartbeat_now = False
                         next_heartbeat = now + self._interval
                         heartbeat = self.outbox.encode(Action.HEARTBEAT)
-                        await self._send([heartbeat], guarded=False)
+                        reached = await self._send([heartbeat], guarded=False) and reached
+                if not reached:
+                    # Redis is out of our reach, so others' messages are out of reach too:
+                    # no need to wait for heartbeat_timeout of silence to know it
+                    self.state.on_publish_failed()
                 self.state.check_health()
                 if batch and self._window > 0:
                     # Leading-edge batching: a write on a quiet bus goes out at once; what
                     # arrives in the next window (a burst) goes out as one message.
                     await async_sleep(self._window)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
-                await async_wait_event(self._stop, self._interval)
+                await async_wait_event(run.stop, self._interval)
 
     # -- listening ------------------------------------------------------------------------
 
-    async def _listen(self) -> None:
+    async def _listen(self, run: _Run) -> None:
         pause = _RECONNECT_FIRST
-        while not self._stopping:
+        while not run.stopping:
             subscribed = False
             try:
-                subscribed = await self._listen_once()
+                subscribed = await self._listen_once(run)
             except Exception:  # a dropped or refused connection, a timeout: try again
                 self.reconnects += 1
-            self.state.on_disconnected()
-            if self._stopping:
+            if run is self._run:  # (a superseded run's listener has nothing to report)
+                self.state.on_disconnected()
+            if run.stopping:
                 break
             if subscribed:
                 pause = _RECONNECT_FIRST
-            await async_wait_event(self._stop, pause)
+            await async_wait_event(run.stop, pause)
             pause = min(pause * 2, _RECONNECT_MAX)
 
-    async def _listen_once(self) -> bool:
+    async def _listen_once(self, run: _Run) -> bool:
         """Subscribe and handle messages until stopped or the subscription fails.
 
         Returns (or raises) when the subscription must be renewed; True if it had been
@@ -176,15 +268,15 @@ class AsyncInvalidationBus:
         confirmed = False
         try:
             if self._cluster:
-                await pubsub.ssubscribe(self._channel)
+                await async_redis_call(pubsub.ssubscribe, self._channel)
             else:
-                await pubsub.subscribe(self._channel)
+                await async_redis_call(pubsub.subscribe, self._channel)
             opened = time.monotonic()
-            while not self._stopping:
-                message = await pubsub.get_message(timeout=self._poll)
+            while not run.stopping:
+                message = await async_redis_call(pubsub.get_message, timeout=self._poll)
                 healthy = self.state.check_health()
                 if message is not None:
-                    subscribed = self._handle(message)
+                    subscribed = self._handle(message, run)
                     if subscribed and confirmed:
                         # redis-py reconnected and re-subscribed by itself (the client's
                         # reconnect-once policy): a renewal all the same
@@ -206,18 +298,18 @@ class AsyncInvalidationBus:
                 if client is not None:
                     await client.aclose()
 
-    def _handle(self, message: dict[str, Any]) -> bool:
+    def _handle(self, message: dict[str, Any], run: _Run) -> bool:
         """Apply one pub/sub message; True if it confirmed a subscription."""
         kind = message["type"]
         if kind in ("message", "smessage"):
             self.state.on_payload(message["data"])
-            if self.state.healthy and not self._ready.is_set():
-                self._ready.set()
+            if self.state.healthy and not run.ready.is_set():
+                run.ready.set()
             return False
         if kind in ("subscribe", "ssubscribe"):
             self.state.on_subscribed()
-            self._heartbeat_now = True  # hear ourselves as soon as possible
-            self._wake.set()
+            run.heartbeat_now = True  # hear ourselves as soon as possible
+            run.wake.set()
             return True
         if kind in ("unsubscribe", "sunsubscribe"):
             # Redis ends shard subscriptions when the slot moves: renew on its new owner

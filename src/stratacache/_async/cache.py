@@ -62,6 +62,7 @@ from .._primitives import (
     async_bind_fast_cached,
     async_bind_fast_get,
     async_call_loader,
+    async_current_loop,
     async_forget_connections,
     async_reconnect_once,
     async_sleep,
@@ -275,6 +276,7 @@ class AsyncCache:
             policy=self.settings.bus_unhealthy,
             timer=time.monotonic,
             clock=time.time,
+            name=self._keys.channel(),
         )
         return AsyncInvalidationBus(
             self._tier,
@@ -388,7 +390,8 @@ class AsyncCache:
         if self._failover is not None:
             self._failover.use_breaker(self._failover_breaker)
             async_forget_connections(self._failover.client)
-        self._versions.clear()
+        # not clear(): its lock may be held by the parent's listener thread at the fork
+        self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
         self._suspect_before = self._suspect_until = 0.0
@@ -399,8 +402,22 @@ class AsyncCache:
 
     async def _bus_started(self) -> None:
         bus = self._bus
-        if bus is not None and not bus.started:
-            await bus.start()
+        if bus is not None and bus.needs_start():
+            await self._start_bus(bus)
+
+    async def _start_bus(self, bus: AsyncInvalidationBus) -> None:
+        """Start the bus; restart it if a worker ended; rebind the cache to a new event
+        loop (async only: a second ``asyncio.run``), whose first loop took the bus's tasks
+        and every connection with it."""
+        if bus.started and bus.loop is not async_current_loop():
+            # deaf since the old loop ended: nothing kept from then may be served
+            self._flush_l1()
+            self._flights = {}
+            for tier in (self._tier, self._failover):
+                if tier is not None:
+                    async_forget_connections(tier.client)
+            self._invalidator.rebind_loop()
+        await bus.start()
 
     async def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
         if self._bus is not None:
@@ -1004,6 +1021,7 @@ class AsyncCache:
         if bus is None:
             bus_fields: dict[str, Any] = {}
         else:
+            bus.check_workers()  # a worker that ended is never reported healthy
             state = bus.state
             bus_fields = {
                 "bus_state": (

@@ -72,6 +72,7 @@ from .._primitives import (
     AsyncLock,
     AsyncWorker,
     async_call_loader,
+    async_current_loop,
     async_sleep,
     async_wait_event,
 )
@@ -198,6 +199,7 @@ class AsyncInvalidator:
         self.counters = InvalidationCounters()
         self._worker: Optional[AsyncWorker] = None
         self._dead_letter_log = LogLimiter(logger, interval=10.0)
+        self._worker_loop: Any = None  # the event loop it runs in (None for threads)
         self._worker_lock = threading.Lock()
         self._wake = AsyncEvent()
         self._stopping = False
@@ -708,11 +710,25 @@ class AsyncInvalidator:
     # -- the background worker -------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is None and not self._stopping:
+        worker = self._worker
+        moved = worker is not None and self._worker_loop is not async_current_loop()
+        if worker is not None and moved:
+            # a new event loop (async only): the old worker, and the event and lock it
+            # waited on, belong to the old one
+            worker.abandon()
+            self._wake = AsyncEvent()
+            self._audit_lock = AsyncLock()
+        if (worker is None or moved or not worker.alive()) and not self._stopping:
             with self._worker_lock:  # two threads of a sync cache: one worker
-                if self._worker is None:
+                if self._worker is worker:
+                    self._worker_loop = async_current_loop()
                     self._worker = AsyncWorker(self._work, "stratacache-invalidator")
         self._wake.set()
+
+    def rebind_loop(self) -> None:
+        """The cache is used from a new event loop: the worker (if one ran) runs on in it."""
+        if self._worker is not None:
+            self._ensure_worker()
 
     async def _work(self) -> None:
         _CALL_FAILURES.set(None)  # a task inherits its creator's context: not its failures

@@ -27,7 +27,7 @@ from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
 from .._outbox import is_transient
-from .._primitives import AsyncRedisCluster, async_close_client
+from .._primitives import AsyncRedisCluster, async_close_client, async_redis_call
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
@@ -119,7 +119,7 @@ class AsyncRedisTier:
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
         try:
-            result = await fn(*args, **kwargs)
+            result = await async_redis_call(fn, *args, **kwargs)
         except _REDIS_FAILURES as exc:
             self._counters.errors += 1
             if not is_transient(exc):
@@ -405,7 +405,7 @@ class AsyncRedisTier:
         if guarded and self._breaker.state is BreakerState.OPEN:
             raise RedisUnavailableError("Redis circuit breaker is open")
         try:
-            await send(channel, payload)
+            await async_redis_call(send, channel, payload)
         except _REDIS_FAILURES as exc:
             raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
 

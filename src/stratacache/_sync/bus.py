@@ -6,7 +6,13 @@ the generated sync twin), on the namespace's pub/sub channel.
 The bookkeeping (sequence numbers, gaps, health, batching) lives in ``stratacache._bus``
 and is shared by both halves; this module only moves bytes. See ``_bus.py`` for why each
 flush happens. Neither loop ever lets an exception out: the listener re-subscribes with a
-bounded backoff, a publish that fails is a gap that receivers answer with a flush.
+bounded backoff, a publish that fails is a gap that receivers answer with a flush (and,
+since this instance cannot reach Redis, makes its own bus unhealthy at once).
+
+Each start of the bus is a *run*: its two workers and the primitives they wait on. A
+worker that ends while its run is current (any cause: its event loop ended, an error
+that escaped) makes the bus unhealthy at once; the next call that needs the bus starts a
+new run — in the caller's event loop, which may be a new one (``asyncio.run`` again).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .._primitives import (
     Event,
     Lock,
     Worker,
+    current_loop,
+    redis_call,
     shard_client,
     sleep,
     wait_event,
@@ -37,6 +45,34 @@ _STOP_TIMEOUT = 5.0
 
 class _Resubscribe(Exception):
     """The subscription ended or went silent: open a new one (and flush)."""
+
+
+class _Run:
+    """One start of the bus: its workers and the primitives they use, made in (and only
+    usable from) the event loop it started in; a new event loop gets a new run."""
+
+    def __init__(self) -> None:
+        self.loop = current_loop()
+        self.stop = Event()
+        self.wake = Event()
+        self.ready = Event()
+        self.publish_lock = Lock()
+        self.stopping = False
+        self.heartbeat_now = False
+        self.workers: list[Worker] = []
+
+    def halt(self) -> None:
+        """Ask both workers to end (they also end when cancelled)."""
+        self.stopping = True
+        loop = self.loop
+        if loop is None or loop is current_loop():
+            self._wake_workers()
+        elif not loop.is_closed():  # its events may only be set from their own loop
+            loop.call_soon_threadsafe(self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        self.stop.set()
+        self.wake.set()
 
 
 class InvalidationBus:
@@ -62,41 +98,85 @@ class InvalidationBus:
         self._poll = min(_POLL, self._interval)
         self._cluster = tier.cluster
         self._start_lock = threading.Lock()
-        self._publish_lock = Lock()
-        self._stop = Event()
-        self._wake = Event()
-        self._ready = Event()
-        self._heartbeat_now = False
+        self._run = _Run()
         self._stopping = False
-        self._workers: list[Worker] = []
         self.started = False
+        self.loop: Any = None
+        """The event loop the bus runs in (always None in the sync twin: threads)."""
         self.reconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def needs_start(self) -> bool:
+        """Whether the next call needing the bus must (re)start it: never started, started
+        in another event loop, or a worker has ended. False once closed."""
+        if self._stopping:
+            return False
+        if not self.started or self.loop is not current_loop():
+            return True
+        return not all(worker.alive() for worker in self._run.workers)
+
+    def check_workers(self) -> None:
+        """Mark the bus unhealthy if a worker has ended without being told to (even one
+        whose event loop was closed with it still pending, which no callback reports)."""
+        run = self._run
+        if self._stopping or run.stopping:
+            return
+        for worker, name in zip(run.workers, ("listener", "publisher")):
+            if not worker.alive():
+                self.state.on_worker_died(name)
+
     def start(self) -> None:
-        """Start the listener and publisher; wait (at most ``heartbeat_timeout``) until the
-        bus is healthy. Until then the cache writes nothing to L1, so not waiting longer
-        is safe: a Redis that is down costs L1 hits, never freshness."""
+        """Start (or restart) the listener and publisher in the running event loop; wait
+        (at most ``heartbeat_timeout``) until the bus is healthy. Until then the cache
+        writes nothing to L1, so not waiting longer is safe: a Redis that is down costs L1
+        hits, never freshness."""
         with self._start_lock:
-            if self.started:
+            if not self.needs_start():
                 return
+            restart = self.started
+            old, run = self._run, _Run()
+            self._run = run
             self.started = True
-        self._workers = [
-            Worker(self._listen, "stratacache-bus-listener"),
-            Worker(self._publish_loop, "stratacache-bus-publisher"),
+            loop = current_loop()
+            moved = loop is not self.loop
+            self.loop = loop
+        if restart:
+            # deaf since the old run's end (or since its loop stopped running): unhealthy
+            # (L1 flushed) before anything else, until the new run hears our heartbeat
+            why = "was started in another event loop" if moved else "stopped"
+            self.state.on_worker_died("listener", why)
+            old.halt()
+            for worker in old.workers:
+                worker.stop(_STOP_TIMEOUT)
+            self.state.on_workers_restarted()
+        run.workers = [
+            Worker(
+                lambda: self._listen(run),
+                "stratacache-bus-listener",
+                lambda: self._worker_ended(run, "listener"),
+            ),
+            Worker(
+                lambda: self._publish_loop(run),
+                "stratacache-bus-publisher",
+                lambda: self._worker_ended(run, "publisher"),
+            ),
         ]
-        wait_event(self._ready, self._timeout)
+        wait_event(run.ready, self._timeout)
+
+    def _worker_ended(self, run: _Run, name: str) -> None:
+        if not (run.stopping or self._stopping) and run is self._run:
+            self.state.on_worker_died(name)
 
     def close(self) -> None:
         """Stop both loops and send what is still batched (best effort)."""
         self._stopping = True
-        self._stop.set()
-        self._wake.set()
-        for worker in self._workers:
+        run = self._run
+        run.halt()
+        for worker in run.workers:
             worker.stop(_STOP_TIMEOUT)
-        self._workers = []
-        if self.started and self.outbox.pending():
+        run.workers = []
+        if self.started and self.outbox.pending() and run.loop is current_loop():
             self._send(self.outbox.drain())
 
     # -- publishing -----------------------------------------------------------------------
@@ -107,65 +187,77 @@ class InvalidationBus:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
         the bus is quiet, else with the others of the same ``batch_window`` as one message;
         with no window or ``at_once``, sent before this returns."""
+        run = self._run
         if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
-                self._wake.set()
+                run.wake.set()
             return
-        with self._publish_lock:
+        with run.publish_lock:
             self._send(self.outbox.encode_all(action, args))
 
-    def _send(self, payloads: list[bytes], *, guarded: bool = True) -> None:
+    def _send(self, payloads: list[bytes], *, guarded: bool = True) -> bool:
+        """Publish each payload; False if a call to Redis failed (not merely refused by
+        the open breaker)."""
+        reached = True
         for payload in payloads:
             try:
                 self._tier.publish(self._channel, payload, guarded=guarded)
-            except RedisUnavailableError:
-                continue  # its sequence number is used: receivers see a gap and flush
+            except RedisUnavailableError as exc:
+                # its sequence number is used: receivers see a gap and flush
+                reached = reached and exc.__cause__ is None
+                continue
             self.outbox.sent += 1
+        return reached
 
-    def _publish_loop(self) -> None:
+    def _publish_loop(self, run: _Run) -> None:
         next_heartbeat = time.monotonic()
-        while not self._stopping:
-            wait_event(self._wake, max(0.0, next_heartbeat - time.monotonic()))
-            self._wake.clear()
-            if self._stopping:
+        while not run.stopping:
+            wait_event(run.wake, max(0.0, next_heartbeat - time.monotonic()))
+            run.wake.clear()
+            if run.stopping:
                 break
             try:
-                with self._publish_lock:
+                with run.publish_lock:
                     batch = self.outbox.drain()
-                    self._send(batch)
+                    reached = self._send(batch)
                     now = time.monotonic()
-                    if self._heartbeat_now or now >= next_heartbeat:
-                        self._heartbeat_now = False
+                    if run.heartbeat_now or now >= next_heartbeat:
+                        run.heartbeat_now = False
                         next_heartbeat = now + self._interval
                         heartbeat = self.outbox.encode(Action.HEARTBEAT)
-                        self._send([heartbeat], guarded=False)
+                        reached = self._send([heartbeat], guarded=False) and reached
+                if not reached:
+                    # Redis is out of our reach, so others' messages are out of reach too:
+                    # no need to wait for heartbeat_timeout of silence to know it
+                    self.state.on_publish_failed()
                 self.state.check_health()
                 if batch and self._window > 0:
                     # Leading-edge batching: a write on a quiet bus goes out at once; what
                     # arrives in the next window (a burst) goes out as one message.
                     sleep(self._window)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
-                wait_event(self._stop, self._interval)
+                wait_event(run.stop, self._interval)
 
     # -- listening ------------------------------------------------------------------------
 
-    def _listen(self) -> None:
+    def _listen(self, run: _Run) -> None:
         pause = _RECONNECT_FIRST
-        while not self._stopping:
+        while not run.stopping:
             subscribed = False
             try:
-                subscribed = self._listen_once()
+                subscribed = self._listen_once(run)
             except Exception:  # a dropped or refused connection, a timeout: try again
                 self.reconnects += 1
-            self.state.on_disconnected()
-            if self._stopping:
+            if run is self._run:  # (a superseded run's listener has nothing to report)
+                self.state.on_disconnected()
+            if run.stopping:
                 break
             if subscribed:
                 pause = _RECONNECT_FIRST
-            wait_event(self._stop, pause)
+            wait_event(run.stop, pause)
             pause = min(pause * 2, _RECONNECT_MAX)
 
-    def _listen_once(self) -> bool:
+    def _listen_once(self, run: _Run) -> bool:
         """Subscribe and handle messages until stopped or the subscription fails.
 
         Returns (or raises) when the subscription must be renewed; True if it had been
@@ -178,15 +270,15 @@ class InvalidationBus:
         confirmed = False
         try:
             if self._cluster:
-                pubsub.ssubscribe(self._channel)
+                redis_call(pubsub.ssubscribe, self._channel)
             else:
-                pubsub.subscribe(self._channel)
+                redis_call(pubsub.subscribe, self._channel)
             opened = time.monotonic()
-            while not self._stopping:
-                message = pubsub.get_message(timeout=self._poll)
+            while not run.stopping:
+                message = redis_call(pubsub.get_message, timeout=self._poll)
                 healthy = self.state.check_health()
                 if message is not None:
-                    subscribed = self._handle(message)
+                    subscribed = self._handle(message, run)
                     if subscribed and confirmed:
                         # redis-py reconnected and re-subscribed by itself (the client's
                         # reconnect-once policy): a renewal all the same
@@ -208,18 +300,18 @@ class InvalidationBus:
                 if client is not None:
                     client.close()
 
-    def _handle(self, message: dict[str, Any]) -> bool:
+    def _handle(self, message: dict[str, Any], run: _Run) -> bool:
         """Apply one pub/sub message; True if it confirmed a subscription."""
         kind = message["type"]
         if kind in ("message", "smessage"):
             self.state.on_payload(message["data"])
-            if self.state.healthy and not self._ready.is_set():
-                self._ready.set()
+            if self.state.healthy and not run.ready.is_set():
+                run.ready.set()
             return False
         if kind in ("subscribe", "ssubscribe"):
             self.state.on_subscribed()
-            self._heartbeat_now = True  # hear ourselves as soon as possible
-            self._wake.set()
+            run.heartbeat_now = True  # hear ourselves as soon as possible
+            run.wake.set()
             return True
         if kind in ("unsubscribe", "sunsubscribe"):
             # Redis ends shard subscriptions when the slot moves: renew on its new owner

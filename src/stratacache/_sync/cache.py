@@ -64,6 +64,7 @@ from .._primitives import (
     bind_fast_cached,
     bind_fast_get,
     call_loader,
+    current_loop,
     forget_connections,
     reconnect_once,
     sleep,
@@ -277,6 +278,7 @@ class Cache:
             policy=self.settings.bus_unhealthy,
             timer=time.monotonic,
             clock=time.time,
+            name=self._keys.channel(),
         )
         return InvalidationBus(
             self._tier,
@@ -390,7 +392,8 @@ class Cache:
         if self._failover is not None:
             self._failover.use_breaker(self._failover_breaker)
             forget_connections(self._failover.client)
-        self._versions.clear()
+        # not clear(): its lock may be held by the parent's listener thread at the fork
+        self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
         self._suspect_before = self._suspect_until = 0.0
@@ -401,8 +404,22 @@ class Cache:
 
     def _bus_started(self) -> None:
         bus = self._bus
-        if bus is not None and not bus.started:
-            bus.start()
+        if bus is not None and bus.needs_start():
+            self._start_bus(bus)
+
+    def _start_bus(self, bus: InvalidationBus) -> None:
+        """Start the bus; restart it if a worker ended; rebind the cache to a new event
+        loop (async only: a second ``asyncio.run``), whose first loop took the bus's tasks
+        and every connection with it."""
+        if bus.started and bus.loop is not current_loop():
+            # deaf since the old loop ended: nothing kept from then may be served
+            self._flush_l1()
+            self._flights = {}
+            for tier in (self._tier, self._failover):
+                if tier is not None:
+                    forget_connections(tier.client)
+            self._invalidator.rebind_loop()
+        bus.start()
 
     def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
         if self._bus is not None:
@@ -1006,6 +1023,7 @@ class Cache:
         if bus is None:
             bus_fields: dict[str, Any] = {}
         else:
+            bus.check_workers()  # a worker that ended is never reported healthy
             state = bus.state
             bus_fields = {
                 "bus_state": (

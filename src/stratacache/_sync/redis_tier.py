@@ -29,7 +29,7 @@ from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
 from .._outbox import is_transient
-from .._primitives import RedisCluster, close_client
+from .._primitives import RedisCluster, close_client, redis_call
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
@@ -121,7 +121,7 @@ class RedisTier:
             raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
         try:
-            result = fn(*args, **kwargs)
+            result = redis_call(fn, *args, **kwargs)
         except _REDIS_FAILURES as exc:
             self._counters.errors += 1
             if not is_transient(exc):
@@ -407,7 +407,7 @@ class RedisTier:
         if guarded and self._breaker.state is BreakerState.OPEN:
             raise RedisUnavailableError("Redis circuit breaker is open")
         try:
-            send(channel, payload)
+            redis_call(send, channel, payload)
         except _REDIS_FAILURES as exc:
             raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
 
