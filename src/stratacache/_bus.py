@@ -133,6 +133,11 @@ class BusState:
         ``heartbeat_timeout`` of silence."""
         self._turn_unhealthy("a publish to Redis failed", "heartbeat")
 
+    def on_probe_failed(self) -> None:
+        """Redis did not answer the prober's PING in time (a paused or unreachable
+        server): unhealthy now, since others' invalidations cannot reach us either."""
+        self._turn_unhealthy("Redis did not answer a PING", "heartbeat")
+
     def on_worker_died(self, worker: str, why: str = "stopped") -> None:
         """A listener or publisher ended while the bus runs (its event loop ended, an
         uncaught error): unhealthy at once, and until :meth:`on_workers_restarted`."""

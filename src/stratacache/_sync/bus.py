@@ -9,7 +9,18 @@ flush happens. Neither loop ever lets an exception out: the listener re-subscrib
 bounded backoff, a publish that fails is a gap that receivers answer with a flush (and,
 since this instance cannot reach Redis, makes its own bus unhealthy at once).
 
-Each start of the bus is a *run*: its two workers and the primitives they wait on. A
+A third worker, the *prober*, PINGs Redis (every master of a cluster) every
+``PROBE_INTERVAL`` outside the circuit breaker. Heartbeats prove that the subscription
+hears, but a heartbeat every ``heartbeat_timeout / 4`` is slow to notice a paused server,
+and meanwhile L1 keeps serving values that other instances may be changing (their writes
+wait in their outboxes). A PING that is not answered within the client's timeout makes
+the bus unhealthy at once (L1 flushed and bypassed); the first answer after that asks for
+a heartbeat now, so the bus recovers as soon as it hears it, and closes the breaker, so
+that reads and the outbox come back to Redis at the same moment. A PING costs Redis one
+command per instance and interval, and fans out to nobody (a heartbeat fans out to every
+instance of the namespace).
+
+Each start of the bus is a *run*: its workers and the primitives they wait on. A
 worker that ends while its run is current (any cause: its event loop ended, an error
 that escaped) makes the bus unhealthy at once; the next call that needs the bus starts a
 new run — in the caller's event loop, which may be a new one (``asyncio.run`` again).
@@ -41,6 +52,8 @@ _POLL = 0.05  # longest a listener waits for a message before it looks at its he
 _RECONNECT_FIRST = 0.05  # first pause before re-subscribing after a failure (seconds)
 _RECONNECT_MAX = 2.0  # bounded backoff
 _STOP_TIMEOUT = 5.0
+PROBE_INTERVAL = 0.05  # seconds between the prober's PINGs
+_WORKERS = ("listener", "publisher", "prober")
 
 
 class _Resubscribe(Exception):
@@ -89,6 +102,8 @@ class InvalidationBus:
         heartbeat_timeout: float,
     ) -> None:
         self._tier = tier
+        # the prober's view: never refused by the breaker, and closes it when Redis answers
+        self._probe_tier = tier.around_breaker()
         self._channel = channel
         self.state = state
         self.outbox = outbox
@@ -122,7 +137,7 @@ class InvalidationBus:
         run = self._run
         if self._stopping or run.stopping:
             return
-        for worker, name in zip(run.workers, ("listener", "publisher")):
+        for worker, name in zip(run.workers, _WORKERS):
             if not worker.alive():
                 self.state.on_worker_died(name)
 
@@ -160,6 +175,11 @@ class InvalidationBus:
                 lambda: self._publish_loop(run),
                 "stratacache-bus-publisher",
                 lambda: self._worker_ended(run, "publisher"),
+            ),
+            Worker(
+                lambda: self._probe_loop(run),
+                "stratacache-bus-prober",
+                lambda: self._worker_ended(run, "prober"),
             ),
         ]
         wait_event(run.ready, self._timeout)
@@ -237,6 +257,23 @@ class InvalidationBus:
                     sleep(self._window)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 wait_event(run.stop, self._interval)
+
+    def _probe_loop(self, run: _Run) -> None:
+        answered = True
+        while not run.stopping:
+            try:
+                if self._probe_tier.ping():
+                    if not answered:
+                        # back: hear ourselves now rather than at the next heartbeat
+                        run.heartbeat_now = True
+                        run.wake.set()
+                    answered = True
+                else:
+                    answered = False
+                    self.state.on_probe_failed()
+            except Exception:  # pragma: no cover - never let the loop die (bug guard)
+                pass
+            wait_event(run.stop, PROBE_INTERVAL)
 
     # -- listening ------------------------------------------------------------------------
 
