@@ -42,11 +42,14 @@ from typing import NamedTuple, Optional
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    ClusterError,
     ConnectionError,
+    ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
     TimeoutError,
+    TryAgainError,
 )
 
 from ._keys import glob_match
@@ -79,7 +82,18 @@ def is_transient(exc: BaseException) -> bool:
     """Whether a Redis error may go away by itself (see the module notes)."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
         return False  # a wrong password or ACL: an operator must act
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError, RedisClusterException)):
+    if isinstance(
+        exc,
+        (
+            ConnectionError,  # BusyLoadingError (LOADING) too
+            TimeoutError,
+            OSError,
+            ClusterError,  # ClusterDownError, MasterDownError: redis-py rewrites their text
+            RedisClusterException,  # a slot not covered while the cluster reshards
+            TryAgainError,
+            ReadOnlyError,  # a failover in progress
+        ),
+    ):
         return True
     if isinstance(exc, ResponseError):
         message = str(exc)
