@@ -77,7 +77,6 @@ def test_the_control_run_without_faults_finds_nothing_stale(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 11: outbox not merged yet", strict=False)
 def test_nothing_is_stale_after_faults(
     redis_server_factory: Callable[..., RedisServerProcess],
 ) -> None:
