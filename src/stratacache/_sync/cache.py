@@ -992,13 +992,25 @@ class Cache:
         ``key`` is a template such as ``"user:{user_id}"`` (fields are parameter names),
         a callable taking the function's arguments and returning the key, or ``None``
         for a key built injectively from the function's name and arguments. The wrapper
-        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments.
+        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments
+        (and ``.cache_key(*args, **kwargs)``); for a method, pass the instance or class
+        first, as the wrapper receives it.
+
+        Methods: the default key cannot tell instances apart, so a function whose first
+        parameter is ``self`` is refused with ``TypeError`` at decoration unless ``key``
+        is given — a template naming what identifies the instance
+        (``key="repo:{self.region}:{item_id}"``) or a callable. A classmethod's ``cls``
+        is part of the default key (as the class's qualified name: subclasses do not
+        share entries); a staticmethod is keyed like a function. The decorator may sit
+        above or below ``@staticmethod`` / ``@classmethod``.
         """
         tag_tuple = self._tags(tags)
         if ttl is not None:
             self._positive_ttl(ttl)
 
         def decorate(fn: F) -> F:
+            if isinstance(fn, (staticmethod, classmethod)):
+                return cast(F, type(fn)(decorate(fn.__func__)))
             make_key = KeyMaker(fn, key)
 
             def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
