@@ -120,7 +120,7 @@ async def test_a_classmethod_of_a_class_made_in_a_function_asks_for_a_key(
         async def make(cls, n: int):
             return n
 
-    with pytest.raises(TypeError, match="defined inside a function.*key="):
+    with pytest.raises(TypeError, match=r"defined inside a function.*key="):
         await Local.make(1)
 
 
