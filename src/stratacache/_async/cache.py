@@ -427,57 +427,62 @@ class AsyncCache:
             return found
         await self._bus_started()
         missing = list(dict.fromkeys(missing))
-        tickets = [l1.ticket(key) for key in missing]
+        # Every ticket goes back exactly once (installed or released), however the call
+        # ends: a cancellation at either await, or an error, releases what is left here.
+        outstanding: dict[str, int] = {}
         try:
-            blobs = await self._tier.get_many(missing)
-        except RedisUnavailableError:
-            blobs = [None] * len(missing)
-        except BaseException:
-            for key, ticket in zip(missing, tickets):
-                l1.release(ticket, key)
-            raise
-        # The per-key work of _read_l2/_install, inlined: this loop is most of the cost
-        # of a get_many beyond the MGET itself.
-        decode = self._codec.decode
-        entries: list[Entry | None] = []
-        unsure: list[int] = []  # entries whose tag versions must be read from Redis
-        check = self._versions.check if self._versions_trusted() else None
-        for key, blob in zip(missing, blobs):
-            entry = None
-            if blob is not None:
-                try:
-                    entry = decode(key, blob)
-                except Exception:
-                    self._counters.decode_errors += 1
+            for key in missing:
+                outstanding[key] = l1.ticket(key)
+            try:
+                blobs = await self._tier.get_many(missing)
+            except RedisUnavailableError:
+                blobs = [None] * len(missing)
+            # The per-key work of _read_l2/_install, inlined: this loop is most of the
+            # cost of a get_many beyond the MGET itself.
+            decode = self._codec.decode
+            entries: list[Entry | None] = []
+            unsure: list[int] = []  # entries whose tag versions must be read from Redis
+            check = self._versions.check if self._versions_trusted() else None
+            for key, blob in zip(missing, blobs):
+                entry = None
+                if blob is not None:
+                    try:
+                        entry = decode(key, blob)
+                    except Exception:
+                        self._counters.decode_errors += 1
+                    else:
+                        ok = None if check is None else check(entry)
+                        if ok is None:
+                            unsure.append(len(entries))
+                        elif not ok:
+                            entry = None
+                entries.append(entry)
+            if unsure:
+                verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
+                for i, ok in zip(unsure, verdicts):
+                    if not ok:
+                        entries[i] = None
+            now = self._clock()
+            hits = 0
+            for key, entry in zip(missing, entries):
+                ticket = outstanding.pop(key)
+                if entry is None:
+                    l1.release(ticket, key)
+                    continue
+                expires_at = entry.expires_at
+                if expires_at is None:
+                    remaining = self.settings.l1_max_ttl
+                elif expires_at > now:
+                    remaining = expires_at - now
                 else:
-                    ok = None if check is None else check(entry)
-                    if ok is None:
-                        unsure.append(len(entries))
-                    elif not ok:
-                        entry = None
-            entries.append(entry)
-        if unsure:
-            verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
-            for i, ok in zip(unsure, verdicts):
-                if not ok:
-                    entries[i] = None
-        now = self._clock()
-        hits = 0
-        for key, ticket, entry in zip(missing, tickets, entries):
-            if entry is None:
+                    l1.release(ticket, key)
+                    continue
+                hits += 1
+                self._install_value(ticket, key, entry.value, remaining, entry.tags)
+                found[key] = entry.value
+        finally:
+            for key, ticket in outstanding.items():
                 l1.release(ticket, key)
-                continue
-            expires_at = entry.expires_at
-            if expires_at is None:
-                remaining = self.settings.l1_max_ttl
-            elif expires_at > now:
-                remaining = expires_at - now
-            else:
-                l1.release(ticket, key)
-                continue
-            hits += 1
-            self._install_value(ticket, key, entry.value, remaining, entry.tags)
-            found[key] = entry.value
         self._counters.l2_hits += hits
         self._counters.l2_misses += len(missing) - hits
         return found
@@ -527,7 +532,9 @@ class AsyncCache:
                 slot.set_result(value)
                 return value
             finally:
-                del self._flights[key]
+                # ours unless a fork reset the map meanwhile: never drop another flight
+                if self._flights.get(key) is slot:
+                    del self._flights[key]
 
     async def _fill(
         self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
@@ -613,15 +620,22 @@ class AsyncCache:
                 blob, token = await self._tier.read_or_lease(key, self.settings.lease_ttl)
             except RedisUnavailableError:
                 return None
-            entry = self._decode(key, blob, count=False)
-            if entry is not None:
-                entry = await self._valid(entry)  # a tag may have been invalidated since
-            if entry is not None and not self._expired(entry):
+            # A token we do not hand to the caller is given back on every way out (a
+            # cancellation in _valid included): a lease without a holder would make
+            # every reader of the key wait lease_wait for nothing.
+            handed_over = False
+            try:
+                entry = self._decode(key, blob, count=False)
+                if entry is not None:
+                    entry = await self._valid(entry)  # a tag may have been invalidated since
+                if entry is not None and not self._expired(entry):
+                    return entry
                 if token is not None:
+                    handed_over = True
+                    return token
+            finally:
+                if token is not None and not handed_over:
                     await self._give_back_lease(key, token)
-                return entry
-            if token is not None:
-                return token
             if pause == _POLL_FIRST:
                 self._counters.lease_waits += 1
             if self._timer() >= deadline:
