@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import itertools
 import re
 import uuid
@@ -542,18 +543,78 @@ def test_unsupported_arguments_ask_for_key() -> None:
         maker((1, [1, {"x": object()}]), {})
 
 
-def test_self_and_cls_are_left_out() -> None:
-    class Service:
-        def get(self, user_id: int) -> None: ...
+def test_methods_taking_self_need_a_key() -> None:
+    class Repo:
+        def __init__(self, region: str) -> None:
+            self.region = region
 
+        def load(self, item_id: int) -> None: ...
+
+    with pytest.raises(TypeError, match=r"Repo\.load takes self.*key="):
+        KeyMaker(Repo.load)
+    with pytest.raises(TypeError, match="key="):
+        make_key(Repo.load, (Repo("us"), 1), {})
+    maker = KeyMaker(Repo.load, "repo:{self.region}:{item_id}")
+    assert maker((Repo("us"), 1), {}) == "repo:us:1"
+    assert maker((Repo("eu"), 1), {}) == "repo:eu:1"
+    by_callable = KeyMaker(Repo.load, lambda self, item_id: f"{self.region}/{item_id}")
+    assert by_callable((Repo("eu"), 1), {}) == "eu/1"
+
+
+def test_classes_defined_in_functions_have_no_default_key() -> None:
+    class Base:
         @classmethod
         def build(cls, n: int) -> None: ...
 
-    maker = KeyMaker(Service.get)
-    assert maker((Service(), 1), {}) == maker((Service(), 1), {})
-    assert maker((Service(), 1), {}).endswith(":(1,)")
-    cls_maker = KeyMaker(Service.__dict__["build"].__func__)
-    assert cls_maker((Service, 2), {}).endswith(":(2,)")
+        @staticmethod
+        def parse(text: str) -> None: ...
+
+    class Sub(Base):
+        pass
+
+    maker = KeyMaker(Base.__dict__["build"].__func__)
+    # classes made inside a function share a qualified name: no identity, no key
+    assert "<locals>" in Sub.__qualname__
+    with pytest.raises(TypeError, match="defined inside a function"):
+        maker((Sub, 2), {})
+    assert KeyMaker(Base.parse)(("x",), {}).endswith(".parse:('x',)")
+
+
+class _Shape:
+    """Module-level classes have a stable qualified name."""
+
+    @classmethod
+    def unit(cls, n: int) -> None: ...
+
+
+class _Square(_Shape):
+    pass
+
+
+def test_module_level_classes_get_stable_keys() -> None:
+    maker = KeyMaker(_Shape.__dict__["unit"].__func__)
+    assert maker((_Shape, 1), {}) == f"{__name__}._Shape.unit:(<class {__name__}._Shape>, 1)"
+    assert maker((_Square, 1), {}) == f"{__name__}._Shape.unit:(<class {__name__}._Square>, 1)"
+    assert maker((_Square, 1), {}) != maker((_Shape, 1), {})  # subclasses may answer apart
+    assert maker.skip == 0
+
+
+def test_callables_without_a_name_of_their_own_need_a_key() -> None:
+    class Loader:
+        def __init__(self, region: str) -> None:
+            self.region = region
+
+        def __call__(self, item_id: int) -> None: ...
+
+        def load(self, item_id: int) -> None: ...
+
+    for func in (Loader("us"), Loader("us").load, functools.partial(f, 1), _Shape.unit):
+        with pytest.raises(TypeError, match="key="):
+            KeyMaker(func)
+    # the prefix is what tells this partial apart: its bound arguments are not in the key
+    assert KeyMaker(functools.partial(f, 1), prefix="p")((3,), {}) == "p:(3,)"
+    assert KeyMaker(Loader("us").load, "l:{item_id}")((3,), {}) == "l:3"
+    assert KeyMaker(dict.fromkeys)((1,), {})  # a builtin bound to a class names itself
 
 
 def test_long_argument_lists_are_hashed() -> None:
@@ -642,16 +703,18 @@ def test_memo_never_confuses_equal_values_of_different_types() -> None:
     assert all(type(args[0]) in (int, str) for args in maker._memo)
 
 
-def test_memo_is_bounded_and_skips_self() -> None:
+def test_memo_is_bounded_and_skips_self_when_the_template_does_not_name_it() -> None:
     class Service:
         def get(self, n: int) -> None: ...
 
-    maker = KeyMaker(Service.get)
+    maker = KeyMaker(Service.get, "n:{n}")
+    assert maker.skip == 1
     for n in range(5000):
-        assert maker((Service(), n), {}).endswith(f":({n},)")
+        assert maker((Service(), n), {}) == f"n:{n}"
     assert maker._memo is not None
     assert 0 < len(maker._memo) <= 4096
     assert all(len(args) == 1 for args in maker._memo)
+    assert KeyMaker(Service.get, "{self}:{n}").skip == 0
 
 
 def test_no_memo_when_the_key_may_change_for_the_same_arguments() -> None:
@@ -664,5 +727,13 @@ def test_no_memo_when_the_key_may_change_for_the_same_arguments() -> None:
     class Account:
         def get(self, day: str) -> None: ...
 
-    assert KeyMaker(Account.get, "{self}:{day}")._memo is None
-    assert KeyMaker(Account.get)._memo is not None
+    # the instance is part of the key: the memo stays (it only takes str/int tuples, and
+    # the instance is neither) but is never used for these calls
+    maker = KeyMaker(Account.get, "{self.day}:{day}")
+    assert maker.skip == 0
+    account = Account()
+    account.day = "x"  # type: ignore[attr-defined]
+    assert maker((account, "mon"), {}) == "x:mon"
+    account.day = "y"  # type: ignore[attr-defined]
+    assert maker((account, "mon"), {}) == "y:mon"
+    assert not maker._memo

@@ -10,6 +10,7 @@ import pytest
 
 from stratacache import Cache
 
+from concurrency import until
 from user_service import Database, User, UserService
 
 
@@ -35,19 +36,32 @@ def test_first_access_misses_second_hits_hit_rate_50_percent(service: UserServic
 
 def test_ten_concurrent_requests_make_one_db_query(service: UserService) -> None:
     bob = service.create_user("Bob", "bob@example.com")
-    service.db.query_delay = 0.2  # a slow query, so that every request arrives during it
-    start = threading.Barrier(10)
+    # The query is held until all ten requests have arrived (one loading, nine waiting
+    # on it), rather than made slow and hoped long enough on a busy machine.
+    query_started, release_query = threading.Event(), threading.Event()
+    read_user = service.db.get_user
+
+    def held_query(user_id: int) -> User | None:
+        query_started.set()
+        assert release_query.wait(30), "the query was never released"
+        return read_user(user_id)
+
+    service.db.get_user = held_query  # type: ignore[method-assign]
     results: list[User | None] = []
 
     def request() -> None:
-        start.wait()
         results.append(service.get_user(bob.id))
 
     threads = [threading.Thread(target=request) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        assert query_started.wait(30)
+        until(lambda: service.get_metrics()["coalesced"] == 9)
+    finally:
+        release_query.set()
+        for t in threads:
+            t.join(30)
     assert results == [bob] * 10
     assert service.db.queries == 1
     assert service.get_metrics()["coalesced"] == 9

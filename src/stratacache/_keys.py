@@ -449,6 +449,8 @@ def _encode_arg(value: Any, name: str) -> str:
         return f"frozenset({{{', '.join(items)}}})" if items else "frozenset()"
     if isinstance(value, enum.Enum):
         return f"<{cls.__module__}.{cls.__qualname__}.{value.name}>"
+    if isinstance(value, type):
+        return _encode_class(value, name)
     if cls is _dt.datetime or cls is _dt.time:
         offset = value.utcoffset()
         if value.tzinfo is not None and offset is not None:
@@ -471,6 +473,43 @@ def _encode_arg(value: Any, name: str) -> str:
         "str, bytes, enums, date/time types, UUID, Decimal and tuples, lists, dicts and sets "
         "of them; pass key= (a template such as 'item:{item_id}' or a callable) instead"
     )
+
+
+def _encode_class(value: type, name: str) -> str:
+    """A class as its qualified name: the same in every process, unlike its ``id``."""
+    qualname = getattr(value, "__qualname__", "")
+    if not qualname or "<locals>" in qualname:
+        # two classes made by one function share a qualified name: not an identity
+        raise TypeError(
+            f"cannot build a cache key from argument {name!r}: class {qualname or value!r} "
+            "is defined inside a function, so its name does not identify it; "
+            "pass key= (a template or a callable) instead"
+        )
+    return f"<class {value.__module__}.{qualname}>"
+
+
+def _refuse_self(func: Callable[..., Any], first: Optional[str]) -> None:
+    """``TypeError`` for a method whose default key could not tell instances apart."""
+    name = getattr(func, "__qualname__", None) or repr(func)
+    if first == "self":
+        raise TypeError(
+            f"{name} takes self: a default cache key cannot tell instances apart (their "
+            "entries would be served to each other); pass key=, a template naming what "
+            "identifies the instance (key='repo:{self.region}:{item_id}') or a callable "
+            "taking the method's arguments"
+        )
+
+
+def _names_itself(func: Callable[..., Any]) -> bool:
+    """Whether ``module.qualname`` of ``func`` names it alone (not, say, every partial)."""
+    if (
+        inspect.ismethod(func)  # its __qualname__ is its function's: shared by instances
+        or isinstance(func, functools.partial)
+        or not hasattr(func, "__qualname__")
+    ):
+        return False
+    owner = getattr(func, "__self__", None)  # builtin methods: bound to a module or class
+    return owner is None or inspect.ismodule(owner) or isinstance(owner, type)
 
 
 def _template_fields(template: str) -> set[str]:
@@ -496,15 +535,20 @@ class KeyMaker:
     + the bound arguments, in signature order and with defaults applied, written as the
     Python literal of a tuple (dicts and sets sorted): ``f(1, b=2)``, ``f(1, 2)`` and
     ``f(a=1)`` with ``b=2`` default share a key; ``1``, ``1.0``, ``True`` and ``"1"`` do
-    not. A first parameter named ``self`` or ``cls`` is left out, so all instances share
-    entries (use a template with ``{self.id}`` otherwise). When the key would be longer
-    than :data:`MAX_KEY_LENGTH`, the argument part is replaced by ``#`` + its SHA-256.
+    not. A class argument (``cls`` of a classmethod) is written as its qualified name, so
+    a subclass gets entries of its own. Default keys are refused (``TypeError``, at
+    construction) where they could not tell callers apart: a function whose first
+    parameter is ``self`` (instances would share entries: use a template naming what
+    identifies the instance, ``"{self.id}:{day}"``, or a callable), a bound method, and
+    callables with no name of their own (a ``functools.partial``, a callable object)
+    unless ``prefix`` is given. When the key would be longer than
+    :data:`MAX_KEY_LENGTH`, the argument part is replaced by ``#`` + its SHA-256.
 
     Speed (this is on the decorated hit path): calls whose arguments are all exact ``str``
     / ``int`` are answered from a per-maker memo (argument tuple -> key, at most 4096
     entries, cleared when full); keyword arguments are folded into positions without
     ``inspect`` when every parameter is positional-or-keyword. Key functions, mutable
-    defaults and templates over ``self`` are never memoized.
+    defaults and calls with an instance or class in the key are never memoized.
     """
 
     __slots__ = (
@@ -546,7 +590,16 @@ class KeyMaker:
         self._signature = signature
         params = list(signature.parameters.values()) if signature is not None else []
         self._names = tuple(p.name for p in params)
-        self._skip = int(bool(params) and params[0].name in ("self", "cls"))
+        first = params[0].name if params and params[0].kind in _POSITIONAL else None
+        if template is None:
+            _refuse_self(func, first)
+        # The memo may leave out the instance only when the key cannot depend on it: a
+        # template that does not name it. A default key keeps ``cls`` (as its name).
+        self._skip = int(
+            first in ("self", "cls")
+            and isinstance(template, str)
+            and first not in _template_fields(template)
+        )
         self._positional = signature is not None and all(p.kind in _POSITIONAL for p in params)
         self._n_params = len(params)
         defaults = [p.default for p in params if p.default is not inspect.Parameter.empty]
@@ -563,6 +616,13 @@ class KeyMaker:
                     f"parameters of {getattr(func, '__qualname__', func)!r}"
                 )
         if prefix is None:
+            if template is None and not _names_itself(func):
+                raise TypeError(
+                    f"cannot build default cache keys for {func!r}: its name does not tell "
+                    "it apart from other callables of its kind (a bound method, a "
+                    "partial, a callable object), so they would share entries; decorate "
+                    "the function itself, or pass key= (or prefix=)"
+                )
             module = getattr(func, "__module__", None) or "?"
             prefix = f"{module}.{getattr(func, '__qualname__', type(func).__qualname__)}"
         elif not isinstance(prefix, str) or not prefix:
@@ -573,10 +633,8 @@ class KeyMaker:
         # The memo maps argument tuples to keys; it is only sound when the key depends on
         # nothing but the arguments: not for key functions, not with mutable defaults,
         # and (for templates) not when the skipped self/cls could appear in the template.
-        memoizable = (
-            not callable(template)
-            and all(type(value) in _REPR_TYPES for value in defaults)
-            and not (self._skip and self._template is not None)
+        memoizable = not callable(template) and all(
+            type(value) in _REPR_TYPES for value in defaults
         )
         self._memo: Optional[dict[tuple[Any, ...], str]] = {} if memoizable else None
         # keyword arguments are folded into positions without inspect when every
@@ -603,7 +661,8 @@ class KeyMaker:
 
     @property
     def skip(self) -> int:
-        """Leading arguments left out of keys and memo tuples: 1 for ``self``/``cls``."""
+        """Leading arguments left out of memo tuples: 1 for a ``self``/``cls`` that the
+        key template does not name, else 0."""
         return self._skip
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -640,9 +640,9 @@ async def test_cached_decorator_on_a_method(cache: AsyncCache) -> None:
         def __init__(self, id: int) -> None:
             self.id = id
 
-        @cache.cached()
+        @cache.cached(key="rate:{day}")
         async def rate(self, day: str):
-            """Shared by all accounts: self is not part of the default key."""
+            """Shared by all accounts: the key does not name self."""
             calls.append(("rate", self.id, day))
             return f"rate-{day}"
 
@@ -664,7 +664,7 @@ async def test_cached_decorator_on_a_method(cache: AsyncCache) -> None:
     assert await Account.balance.invalidate(a, "mon") is True
     assert await a.balance("mon") == 100
     assert calls[-1] == ("balance", 1, "mon")
-    assert Account.rate.__doc__ == "Shared by all accounts: self is not part of the default key."
+    assert Account.rate.__doc__ == "Shared by all accounts: the key does not name self."
 
 
 async def test_cached_decorator_looks_like_the_function(cache: AsyncCache) -> None:

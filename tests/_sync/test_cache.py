@@ -642,9 +642,9 @@ def test_cached_decorator_on_a_method(cache: Cache) -> None:
         def __init__(self, id: int) -> None:
             self.id = id
 
-        @cache.cached()
+        @cache.cached(key="rate:{day}")
         def rate(self, day: str):
-            """Shared by all accounts: self is not part of the default key."""
+            """Shared by all accounts: the key does not name self."""
             calls.append(("rate", self.id, day))
             return f"rate-{day}"
 
@@ -666,7 +666,7 @@ def test_cached_decorator_on_a_method(cache: Cache) -> None:
     assert Account.balance.invalidate(a, "mon") is True
     assert a.balance("mon") == 100
     assert calls[-1] == ("balance", 1, "mon")
-    assert Account.rate.__doc__ == "Shared by all accounts: self is not part of the default key."
+    assert Account.rate.__doc__ == "Shared by all accounts: the key does not name self."
 
 
 def test_cached_decorator_looks_like_the_function(cache: Cache) -> None:

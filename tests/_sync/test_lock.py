@@ -4,7 +4,7 @@
 faults on private servers). DistributedLock runs the generated twin of this file, with
 threads where this one has tasks.
 
-Lease lengths are short (0.2-0.5 s) so that waiting for a lease to run out stays cheap;
+Lease lengths are short (0.2-2 s) so that waiting for a lease to run out stays cheap;
 every other wait polls or waits for an event.
 """
 
@@ -177,11 +177,20 @@ def test_blocking_acquire_waits_for_a_release_and_times_out(
     holder = make_lock(connect(), ttl=5)
     holder.acquire()
 
-    impatient = make_lock(connect(), ttl=5, blocking_timeout=0.1)
-    start = time.monotonic()
+    # a clock that moves 10 ms per read: the timeout is reached after a known number of
+    # attempts, however slowly this machine runs them (each pause is real but short)
+    ticks = FakeClock()
+
+    def ticking() -> float:
+        ticks.advance(0.01)
+        return ticks()
+
+    impatient = make_lock(connect(), ttl=5, blocking_timeout=0.1, timer=ticking)
+    start = ticks()
     with pytest.raises(LockTimeout, match=r"within 0\.1 s"):
         impatient.acquire()
-    assert 0.1 <= time.monotonic() - start < 2.0
+    assert ticks() - start > 0.1  # it kept trying for the whole timeout, by its clock
+    assert not impatient.held
 
     reads: list[float] = []
 
@@ -276,20 +285,26 @@ def test_check_follows_the_local_clock(target: tuple[str, bool], connect) -> Non
 
 def test_auto_extension_keeps_a_short_lease_alive(target: tuple[str, bool], connect) -> None:
     raw = connect()
-    lock = make_lock(connect(), ttl=0.3)
-    contender = make_lock(connect(), ttl=0.3, blocking_timeout=0)
+    # Two seconds: the worker renews every 2/3 s, so a scheduling stall of more than a
+    # second on a busy machine is tolerated; the test waits on renewals, not on a duration.
+    lock = make_lock(connect(), ttl=2)
+    contender = make_lock(connect(), ttl=2, blocking_timeout=0)
     with lock:
         token = lock.token
-        held_until = time.monotonic() + 1.2  # four leases long
-        checks = 0
-        while time.monotonic() < held_until:
-            assert 0 < raw.pttl(LOCK_KEY) <= 300
+        renewals = 0
+        last = raw.pttl(LOCK_KEY)
+        deadline = time.monotonic() + 30
+        while renewals < 3:  # three renewals, a third of the ttl apart: it outlived its ttl
+            assert time.monotonic() < deadline, f"{renewals} renewals seen"
+            pttl = raw.pttl(LOCK_KEY)
+            assert 0 < pttl <= 2000  # never gone, never longer than one lease
+            if pttl > last:  # only an extension moves the expiry later
+                renewals += 1
+            last = pttl
             with pytest.raises(LockTimeout):
                 contender.acquire()
             lock.check()
-            checks += 1
-            sleep(0.05)  # holding the lock is the point: real time passes
-        assert checks >= 5
+            sleep(0.05)
         assert lock.held and lock.token == token
     assert not lock.lost
     assert raw.exists(LOCK_KEY) == 0
@@ -340,10 +355,12 @@ def test_a_holder_whose_extension_cannot_run_loses_the_lock(redis_server_factory
                 old_token = holder.token
                 server.pause()
                 try:
-                    until(lambda: holder.lost, 5)  # the local clock says so
-                    # and past the server's expiry too; meanwhile the worker's extensions
-                    # time out until the lease has run out, and it marks the lock lost
-                    sleep(0.3)
+                    until(lambda: holder.lost, 30)  # the local clock says so
+                    # the worker's extensions time out until the lease has run out; then
+                    # it marks the lock lost itself (before check() could)
+                    lease = holder._lease
+                    assert lease is not None
+                    until(lambda: bool(lease.reason), 30)
                 finally:
                     server.resume()
                 with pytest.raises(LockLost, match="did not confirm an extension"):

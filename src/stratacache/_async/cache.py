@@ -493,60 +493,65 @@ class AsyncCache:
             return found
         await self._bus_started()
         missing = list(dict.fromkeys(missing))
-        tickets = [l1.ticket(key) for key in missing]
+        # Every ticket goes back exactly once (installed or released), however the call
+        # ends: a cancellation at either await, or an error, releases what is left here.
+        outstanding: dict[str, int] = {}
         try:
-            blobs = await self._tier.get_many(missing)
-        except RedisUnavailableError:
-            blobs = [None] * len(missing)
-        except BaseException:
-            for key, ticket in zip(missing, tickets):
-                l1.release(ticket, key)
-            raise
-        # The per-key work of _read_l2/_install, inlined: this loop is most of the cost
-        # of a get_many beyond the MGET itself.
-        decode = self._codec.decode
-        entries: list[Entry | None] = []
-        unsure: list[int] = []  # entries whose tag versions must be read from Redis
-        check = self._versions.check if self._versions_trusted() else None
-        for key, blob in zip(missing, blobs):
-            entry = None
-            if blob is not None:
-                try:
-                    entry = decode(key, blob)
-                except Exception:
-                    self._counters.decode_errors += 1
+            for key in missing:
+                outstanding[key] = l1.ticket(key)
+            try:
+                blobs = await self._tier.get_many(missing)
+            except RedisUnavailableError:
+                blobs = [None] * len(missing)
+            # The per-key work of _read_l2/_install, inlined: this loop is most of the
+            # cost of a get_many beyond the MGET itself.
+            decode = self._codec.decode
+            entries: list[Entry | None] = []
+            unsure: list[int] = []  # entries whose tag versions must be read from Redis
+            check = self._versions.check if self._versions_trusted() else None
+            for key, blob in zip(missing, blobs):
+                entry = None
+                if blob is not None:
+                    try:
+                        entry = decode(key, blob)
+                    except Exception:
+                        self._counters.decode_errors += 1
+                    else:
+                        if self._withheld(key, entry):
+                            entries.append(None)
+                            continue
+                        ok = None if check is None else check(entry)
+                        if ok is None:
+                            unsure.append(len(entries))
+                        elif not ok:
+                            entry = None
+                entries.append(entry)
+            if unsure:
+                verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
+                for i, ok in zip(unsure, verdicts):
+                    if not ok:
+                        entries[i] = None
+            now = self._clock()
+            hits = 0
+            for key, entry in zip(missing, entries):
+                ticket = outstanding.pop(key)
+                if entry is None:
+                    l1.release(ticket, key)
+                    continue
+                expires_at = entry.expires_at
+                if expires_at is None:
+                    remaining = self.settings.l1_max_ttl
+                elif expires_at > now:
+                    remaining = expires_at - now
                 else:
-                    if self._withheld(key, entry):
-                        entries.append(None)
-                        continue
-                    ok = None if check is None else check(entry)
-                    if ok is None:
-                        unsure.append(len(entries))
-                    elif not ok:
-                        entry = None
-            entries.append(entry)
-        if unsure:
-            verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
-            for i, ok in zip(unsure, verdicts):
-                if not ok:
-                    entries[i] = None
-        now = self._clock()
-        hits = 0
-        for key, ticket, entry in zip(missing, tickets, entries):
-            if entry is None:
+                    l1.release(ticket, key)
+                    continue
+                hits += 1
+                self._install_value(ticket, key, entry.value, remaining, entry.tags)
+                found[key] = entry.value
+        finally:
+            for key, ticket in outstanding.items():
                 l1.release(ticket, key)
-                continue
-            expires_at = entry.expires_at
-            if expires_at is None:
-                remaining = self.settings.l1_max_ttl
-            elif expires_at > now:
-                remaining = expires_at - now
-            else:
-                l1.release(ticket, key)
-                continue
-            hits += 1
-            self._install_value(ticket, key, entry.value, remaining, entry.tags)
-            found[key] = entry.value
         self._counters.l2_hits += hits
         self._counters.l2_misses += len(missing) - hits
         return found
@@ -596,7 +601,9 @@ class AsyncCache:
                 slot.set_result(value)
                 return value
             finally:
-                del self._flights[key]
+                # ours unless a fork reset the map meanwhile: never drop another flight
+                if self._flights.get(key) is slot:
+                    del self._flights[key]
 
     async def _fill(
         self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
@@ -694,16 +701,27 @@ class AsyncCache:
                 if exc.transient:
                     self._invalidator.release_lease_later(key, candidate)
                 return None
+            except BaseException:
+                # cancelled with the command perhaps sent: it may still take the lease
+                self._invalidator.release_lease_later(key, candidate, unreachable=False)
+                raise
             token = candidate if taken else None
-            entry = self._decode(key, blob, count=False)
-            if entry is not None:
-                entry = await self._valid(key, entry)  # a tag may have been invalidated since
-            if entry is not None and not self._expired(entry):
+            # A token we do not hand to the caller is given back on every way out (a
+            # cancellation in _valid included): a lease without a holder would make
+            # every reader of the key wait lease_wait for nothing.
+            handed_over = False
+            try:
+                entry = self._decode(key, blob, count=False)
+                if entry is not None:
+                    entry = await self._valid(key, entry)  # a tag may have been invalidated since
+                if entry is not None and not self._expired(entry):
+                    return entry
                 if token is not None:
+                    handed_over = True
+                    return token
+            finally:
+                if token is not None and not handed_over:
                     await self._give_back_lease(key, token)
-                return entry
-            if token is not None:
-                return token
             if pause == _POLL_FIRST:
                 self._counters.lease_waits += 1
             if self._timer() >= deadline:
@@ -973,13 +991,25 @@ class AsyncCache:
         ``key`` is a template such as ``"user:{user_id}"`` (fields are parameter names),
         a callable taking the function's arguments and returning the key, or ``None``
         for a key built injectively from the function's name and arguments. The wrapper
-        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments.
+        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments
+        (and ``.cache_key(*args, **kwargs)``); for a method, pass the instance or class
+        first, as the wrapper receives it.
+
+        Methods: the default key cannot tell instances apart, so a function whose first
+        parameter is ``self`` is refused with ``TypeError`` at decoration unless ``key``
+        is given — a template naming what identifies the instance
+        (``key="repo:{self.region}:{item_id}"``) or a callable. A classmethod's ``cls``
+        is part of the default key (as the class's qualified name: subclasses do not
+        share entries); a staticmethod is keyed like a function. The decorator may sit
+        above or below ``@staticmethod`` / ``@classmethod``.
         """
         tag_tuple = self._tags(tags)
         if ttl is not None:
             self._positive_ttl(ttl)
 
         def decorate(fn: F) -> F:
+            if isinstance(fn, (staticmethod, classmethod)):
+                return cast(F, type(fn)(decorate(fn.__func__)))
             make_key = KeyMaker(fn, key)
 
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

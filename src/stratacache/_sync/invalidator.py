@@ -90,6 +90,14 @@ _STOP_TIMEOUT = 5.0
 _MAX_CASCADE = 100_000  # keys one dependency cascade may reach (a runaway graph stops here)
 _AUDIT_BUFFER = 10_000  # audit records waiting for the worker; beyond, counted as failures
 PROBE_INTERVAL = 0.05  # seconds between PINGs of a Redis that has pending operations
+_DESCRIBE = {
+    WRITE: "a write",
+    KEY: "an invalidation",
+    TAG: "a tag invalidation",
+    PATTERN: "a pattern invalidation",
+    EPOCH: "an epoch bump",
+    LEASE: "a lease release",
+}
 
 # The primary Redis's failures during one call of the cache (``on_write_error="raise"``):
 # the facade sets a list, ``_failed`` appends to it. None outside such a call.
@@ -342,13 +350,19 @@ class Invalidator:
         if outbox is not None and outbox.active:
             outbox.write_succeeded(list(keys))
 
-    def release_lease_later(self, key: str, token: bytes) -> None:
-        """A lease command timed out: it may still run (a paused server runs what was
-        sent before it stopped), leaving a lease nobody holds and every reader of the key
-        waiting ``lease_wait``. Release it (by its token) once Redis answers."""
+    def release_lease_later(self, key: str, token: bytes, *, unreachable: bool = True) -> None:
+        """A lease command timed out (or was cancelled): it may still run (a paused server
+        runs what was sent before it stopped), leaving a lease nobody holds and every
+        reader of the key waiting ``lease_wait``. Release it (by its token) once Redis
+        answers; at once if nothing says Redis is unreachable."""
         target = self._targets[0]
-        error = RedisUnavailableError("lease command timed out")
-        self._failed(target, [Op(LEASE, key, None, token)], error)
+        op = Op(LEASE, key, None, token)
+        if unreachable:
+            self._failed(target, [op], RedisUnavailableError("lease command timed out"))
+            return
+        target.outbox.failed(op, "lease command interrupted", self._timer(), self._clock())
+        target.outbox.due_now()
+        self._ensure_worker()
 
     def redis_answers(self) -> None:
         """The primary Redis answered a call (its breaker closed, or the bus heard its
@@ -637,10 +651,11 @@ class Invalidator:
                 target.applied_before = outbox.applied
                 if not was_active:
                     logger.warning(
-                        "the %s Redis did not take a write (%s): it is kept in the outbox "
-                        "and applied as soon as Redis answers; reads of the keys concerned "
+                        "the %s Redis did not take %s (%s): it is kept in the outbox and "
+                        "applied as soon as Redis answers; reads of the keys concerned "
                         "skip Redis until then",
                         target.name,
+                        _DESCRIBE.get(ops[0].kind, "an operation") if ops else "an operation",
                         exc,
                     )
         if outbox.overflows > overflows:
