@@ -60,7 +60,7 @@ def test_a_second_event_loop_rebinds_the_cache_and_serves_the_new_value(
         try:
             assert await cache.get("k") == 2
             await async_until(lambda: cache.stats().bus_state == "healthy", DEADLINE)
-            assert len(bus_tasks()) == 2  # listener and publisher, in this loop
+            assert len(bus_tasks()) == 3  # listener, publisher and prober, in this loop
             await cache.get("k")
             assert cache.l1.peek("k") == 2
             # the new listener hears the others, and the cache's writes reach them
@@ -118,7 +118,7 @@ def test_a_loop_closed_under_a_running_bus_is_never_reported_healthy(redis_url: 
     gc.collect()
 
 
-@pytest.mark.parametrize("worker", ["listener", "publisher"])
+@pytest.mark.parametrize("worker", ["listener", "publisher", "prober"])
 async def test_a_dead_bus_task_makes_the_bus_unhealthy_at_once_and_is_restarted(
     redis_url: str, worker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -143,6 +143,7 @@ async def test_a_dead_bus_task_makes_the_bus_unhealthy_at_once_and_is_restarted(
         await async_until(lambda: cache.stats().bus_state == "healthy", DEADLINE)
         assert sorted(t.get_name() for t in bus_tasks()) == [
             "stratacache-bus-listener",
+            "stratacache-bus-prober",
             "stratacache-bus-publisher",
         ]
         assert await cache.get("k") == 1
@@ -169,3 +170,15 @@ async def test_no_cancellation_of_a_bus_task_is_lost_at_any_point(redis_url: str
             assert not pending, (steps, [t.get_name() for t in pending])
         finally:
             await cache.close()
+
+
+def test_a_cache_used_in_one_loop_can_be_closed_from_another(target: tuple[str, bool]) -> None:
+    cache = make(target)
+
+    async def use() -> None:
+        await cache.set("k", 1)
+        await cache.invalidate("k")  # starts the invalidator's worker in this loop
+
+    asyncio.run(use())
+    asyncio.run(cache.close())  # the first loop, its tasks and its events are gone
+    assert cache.dead_letters() == []

@@ -31,8 +31,8 @@ DEADLINE = 10.0
 def bus_thread(cache: Cache, name: str) -> threading.Thread:
     """The cache's own listener or publisher thread."""
     assert cache._bus is not None
-    listener, publisher = cache._bus._run.workers
-    thread: threading.Thread = (listener if name == "listener" else publisher)._thread
+    workers = dict(zip(("listener", "publisher", "prober"), cache._bus._run.workers))
+    thread: threading.Thread = workers[name]._thread
     assert thread.name == f"stratacache-bus-{name}"
     return thread
 
@@ -57,7 +57,7 @@ def kill_thread(thread: threading.Thread, poke: Callable[[], object]) -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.parametrize("worker", ["listener", "publisher"])
+@pytest.mark.parametrize("worker", ["listener", "publisher", "prober"])
 def test_a_dead_bus_thread_makes_the_bus_unhealthy_at_once_and_is_restarted(
     redis_url: str, worker: str, caplog: pytest.LogCaptureFixture
 ) -> None:

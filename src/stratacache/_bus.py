@@ -99,6 +99,10 @@ class BusState:
         self._unhealthy_total = 0.0
         self.unhealthy_reason = "starting"
         """Why the bus is (or last was) unhealthy."""
+        self.redis_trouble = False
+        """Whether the current (or last) deaf spell, or a gap, may come from Redis being
+        out of reach of some instance (not from this process's own workers ending): then
+        another instance may hold writes in its outbox that L2 does not show yet."""
         # workers (listener, publisher) that ended: no heartbeat heard can prove health
         # until they are restarted
         self._dead: set[str] = set()
@@ -143,7 +147,7 @@ class BusState:
         uncaught error): unhealthy at once, and until :meth:`on_workers_restarted`."""
         with self._lock:
             self._dead.add(worker)
-        self._turn_unhealthy(f"the bus {worker} {why}", "subscribe")
+        self._turn_unhealthy(f"the bus {worker} {why}", "subscribe", redis_trouble=False)
 
     def on_workers_restarted(self) -> None:
         """New workers run: health can be proved again (by our next heartbeat heard)."""
@@ -177,6 +181,7 @@ class BusState:
                     self._last_seq.popitem(last=False)
                 if last is not None and message.seq != last + 1:
                     self.flushes_gap += 1
+                    self.redis_trouble = True  # its write may have failed with the message
                     self._flush_l1()
                 elif message.action is not Action.HEARTBEAT:
                     self._apply(message)
@@ -223,7 +228,14 @@ class BusState:
     def _overdue(self, now: float) -> bool:
         return self._last_heard is None or now - self._last_heard > self.heartbeat_timeout
 
-    def _turn_unhealthy(self, reason: str, flush: str, *, only_if_overdue: bool = False) -> bool:
+    def _turn_unhealthy(
+        self,
+        reason: str,
+        flush: str,
+        *,
+        only_if_overdue: bool = False,
+        redis_trouble: bool = True,
+    ) -> bool:
         """Healthy -> unhealthy (else nothing): under "bypass_l1", refuse L1 writes first,
         then empty L1 (see the cache notes); log it outside the lock. Returns ``healthy``."""
         with self._lock:
@@ -233,6 +245,7 @@ class BusState:
             self.healthy = False
             self._unhealthy_since = now
             self.unhealthy_reason = reason
+            self.redis_trouble = redis_trouble
             if self.policy == "bypass_l1":
                 self.l1_usable = False
                 if flush == "subscribe":

@@ -326,9 +326,10 @@ class AsyncCache:
         self._versions.clear()
         self._l1.clear()
         bus = self._bus
-        if bus is not None and bus.state.ever_healthy:
-            # not at start-up: only after the bus was deaf may another instance's outbox
-            # hold writes that L2 does not show yet
+        if bus is not None and bus.state.ever_healthy and bus.state.redis_trouble:
+            # not at start-up, nor after our own workers ended: only when Redis may have
+            # been out of someone's reach may another instance's outbox hold writes that
+            # L2 does not show yet
             self._suspect_before = self._clock()
             self._suspect_until = time.monotonic() + self._recovery_grace
             self._redis_answers()
@@ -410,8 +411,10 @@ class AsyncCache:
         loop (async only: a second ``asyncio.run``), whose first loop took the bus's tasks
         and every connection with it."""
         if bus.started and bus.loop is not async_current_loop():
-            # deaf since the old loop ended: nothing kept from then may be served
-            self._flush_l1()
+            # deaf since the old loop ended: nothing kept from then may be served (L2 is
+            # not suspect for it: no Redis trouble is known)
+            self._versions.clear()
+            self._l1.clear()
             self._flights = {}
             for tier in (self._tier, self._failover):
                 if tier is not None:

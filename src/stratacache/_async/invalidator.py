@@ -724,15 +724,21 @@ class AsyncInvalidator:
 
     # -- the background worker -------------------------------------------------------------------
 
+    def _leave_old_loop(self) -> bool:
+        """Async only: if the worker ran in another event loop (an earlier ``asyncio.run``),
+        drop it and the event and lock it waited on, which belong to that loop. True if
+        it did."""
+        worker = self._worker
+        if worker is None or self._worker_loop is async_current_loop():
+            return False
+        worker.abandon()
+        self._wake = AsyncEvent()
+        self._audit_lock = AsyncLock()
+        return True
+
     def _ensure_worker(self) -> None:
         worker = self._worker
-        moved = worker is not None and self._worker_loop is not async_current_loop()
-        if worker is not None and moved:
-            # a new event loop (async only): the old worker, and the event and lock it
-            # waited on, belong to the old one
-            worker.abandon()
-            self._wake = AsyncEvent()
-            self._audit_lock = AsyncLock()
+        moved = self._leave_old_loop()
         if (worker is None or moved or not worker.alive()) and not self._stopping:
             with self._worker_lock:  # two threads of a sync cache: one worker
                 if self._worker is worker:
@@ -861,6 +867,8 @@ class AsyncInvalidator:
         outbox is flushed for up to ``close_timeout`` seconds, and what is still pending
         then becomes a dead letter, and is logged."""
         self._stopping = True
+        if self._leave_old_loop():
+            self._worker = None  # closed from a new event loop: the old one took it
         self._wake.set()
         if self._worker is not None:
             await self._worker.stop(_STOP_TIMEOUT)

@@ -726,15 +726,21 @@ class Invalidator:
 
     # -- the background worker -------------------------------------------------------------------
 
+    def _leave_old_loop(self) -> bool:
+        """Async only: if the worker ran in another event loop (an earlier ``asyncio.run``),
+        drop it and the event and lock it waited on, which belong to that loop. True if
+        it did."""
+        worker = self._worker
+        if worker is None or self._worker_loop is current_loop():
+            return False
+        worker.abandon()
+        self._wake = Event()
+        self._audit_lock = Lock()
+        return True
+
     def _ensure_worker(self) -> None:
         worker = self._worker
-        moved = worker is not None and self._worker_loop is not current_loop()
-        if worker is not None and moved:
-            # a new event loop (async only): the old worker, and the event and lock it
-            # waited on, belong to the old one
-            worker.abandon()
-            self._wake = Event()
-            self._audit_lock = Lock()
+        moved = self._leave_old_loop()
         if (worker is None or moved or not worker.alive()) and not self._stopping:
             with self._worker_lock:  # two threads of a sync cache: one worker
                 if self._worker is worker:
@@ -863,6 +869,8 @@ class Invalidator:
         outbox is flushed for up to ``close_timeout`` seconds, and what is still pending
         then becomes a dead letter, and is logged."""
         self._stopping = True
+        if self._leave_old_loop():
+            self._worker = None  # closed from a new event loop: the old one took it
         self._wake.set()
         if self._worker is not None:
             self._worker.stop(_STOP_TIMEOUT)
