@@ -80,7 +80,7 @@ async def test_the_bus_tasks_stop_when_cancelled_as_asyncio_run_does(redis_url: 
             assert await cache.get("k") == 1
             await asyncio.sleep(0.01)
         tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("stratacache-bus")]
-        assert len(tasks) == 2
+        assert len(tasks) == 3  # listener, publisher, prober
         for task in tasks:
             task.cancel()
         _, pending = await asyncio.wait(tasks, timeout=5)
