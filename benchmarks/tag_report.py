@@ -3,6 +3,7 @@ naive versions, from one run.
 
     taskset -c 1 python benchmarks/tag_report.py           # ~6 minutes
     taskset -c 1 python benchmarks/tag_report.py --quick   # chunk 1000 only, ~2 minutes
+    taskset -c 1 python benchmarks/tag_report.py --quick --keys 200000   # a smaller tag
 
 Starts its own redis-server (no persistence; it inherits the CPU pinning, so client and
 server share one CPU, as in the other reports). Every phase starts from ``FLUSHALL`` and
@@ -37,6 +38,7 @@ import gc
 import multiprocessing
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -49,7 +51,9 @@ from stratacache import Cache, _l1
 from stratacache._keys import KeySpace
 from stratacache.testing import RedisServerProcess
 
-N = 1_000_000
+# the processes the report spawns read the size from the environment (set by --keys)
+_KEYS_ENV = "STRATACACHE_TAG_REPORT_KEYS"
+N = int(os.environ.get(_KEYS_ENV, "1000000"))
 WRITE_CHUNK = 10_000  # keys per set_many call while populating
 SAMPLE = 1_000  # keys the second instance holds in its L1
 NAIVE_DEL_SAMPLE = 100_000  # keys deleted one round trip at a time by naive (a)
@@ -455,7 +459,7 @@ def _met(ok: bool) -> str:
 
 def print_table(rows: list[Row], probe_floor_ms: float) -> None:
     print(
-        "\n| approach | effective (ms) | call (ms) | 1M deleted after (s) | reclaim (keys/s) "
+        f"\n| approach | effective (ms) | call (ms) | {N:,} deleted after (s) | reclaim (keys/s) "
         "| LATENCY max (ms) | SLOWLOG max (ms) | probe max RTT (ms) | populate (s) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -504,7 +508,13 @@ def print_table(rows: list[Row], probe_floor_ms: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="reclaim_chunk 1000 only")
+    parser.add_argument("--keys", type=int, help=f"keys under the tag (default {N:,})")
     args = parser.parse_args()
+    if args.keys is not None and args.keys != N:
+        if args.keys < NAIVE_DEL_SAMPLE or args.keys % SAMPLE:
+            parser.error(f"--keys must be a multiple of {SAMPLE} and >= {NAIVE_DEL_SAMPLE:,}")
+        os.environ[_KEYS_ENV] = str(args.keys)
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # the constants read it again
     chunks = (1000,) if args.quick else (1000, 500, 5000)
 
     print(f"L1 implementation: {_l1.L1.__module__}")
