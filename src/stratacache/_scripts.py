@@ -166,17 +166,26 @@ redis.call('ZADD', KEYS[1], unpack(args))
     + "return 1\n"
 )
 
-# KEYS: reclaim, members. ARGV: cursor, count. One step of a ZSCAN walk over the member
-# set an invalidation moved aside (read only: no ZPOP reordering a shrinking set; the set
-# itself is UNLINKed, so freed off the main thread, when the walk ends). ``doomed`` is
-# what was scanned minus the keys written with the tag again since the invalidation (they
-# are in the new member set, and their new values are left alone); the check is skipped
-# while no new member set exists. Lists go to unpack() in slices: Lua's stack is bounded.
-_RECLAIM_SCAN = """
-local r = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local flat = r[2]
-local scanned = {}
-for i = 1, #flat, 2 do scanned[#scanned + 1] = flat[i] end
+# KEYS: reclaim, members. ARGV: cursor, count. One step of a walk over the member set an
+# invalidation moved aside, by rank: the set is private to the walk (nothing else writes
+# it), so ranks are stable and ``ZRANGE start stop`` is O(log n + count) with no score
+# formatting (ZSCAN spends about as much again turning scores into strings) and no
+# rehashing (a ZPOP/ZREM walk would shrink the set under it). The cursor is the next rank;
+# 0 starts the walk, past the members whose entries have expired already (the lowest
+# scores), and 0 ends it, when the set itself is UNLINKed (freed off the main thread).
+# ``doomed`` is what was read minus the keys written with the tag again since the
+# invalidation (they are in the new member set, and their new values are left alone); the
+# check is skipped while no new member set exists. Lists go to unpack() in slices: Lua's
+# stack is bounded.
+_RECLAIM_SCAN = (
+    _NOW_MS
+    + """
+local start = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+if start == 0 then start = redis.call('ZCOUNT', KEYS[1], '-inf', now) end
+local scanned = redis.call('ZRANGE', KEYS[1], start, start + count - 1)
+local following = start + #scanned
+if #scanned < count then following = 0 end
 local doomed = scanned
 if #scanned > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   doomed = {}
@@ -188,12 +197,13 @@ if #scanned > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
     end
   end
 end
-if r[1] == '0' then redis.call('UNLINK', KEYS[1]) end
+if following == 0 then redis.call('UNLINK', KEYS[1]) end
 """
+)
 
 # Redis Cluster: returns {next cursor, number scanned, doomed}; the data keys live in other
 # slots than the member set, so the client deletes them.
-RECLAIM_SCAN = _RECLAIM_SCAN + "return {r[1], #scanned, doomed}\n"
+RECLAIM_SCAN = _RECLAIM_SCAN + "return {following, #scanned, doomed}\n"
 
 # A standalone server: the UNLINK in the same step, so no per-key work in the client and no
 # window in which a key written again could be deleted. The data keys are not declared
@@ -205,6 +215,6 @@ RECLAIM = (
 for i = 1, #doomed, 1000 do
   redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, #doomed)))
 end
-return {r[1], #scanned}
+return {following, #scanned}
 """
 )

@@ -314,7 +314,7 @@ class AsyncRedisTier:
         self, tag: str, reclaim_key: str, cursor: int, count: int
     ) -> tuple[int, int]:
         """One step of deleting an invalidated tag's keys: about ``count`` of them from
-        ``cursor`` on (ZSCAN + UNLINK; keys written with the tag again since are kept).
+        ``cursor`` on (ZRANGE by rank + UNLINK; keys written with the tag again since are kept).
         Returns (next cursor, keys scanned); a next cursor of 0 ends the walk, and the
         moved-aside member set is deleted with it."""
         keys = [reclaim_key, self._keys.tag_members_key(tag)]

@@ -11,7 +11,7 @@ generated sync twin) runs what is not done in the caller's call: retries with ba
 delayed invalidations, the chunked reclaim of invalidated tags, and audit writes.
 
 Reclaim: the keys registered under an invalidated tag are deleted in chunks, one Lua
-step each (ZSCAN over the moved-aside member set, UNLINK), skipping any key written with
+step each (a ZRANGE by rank over the moved-aside member set, UNLINK), skipping any key written with
 the tag again since the invalidation. It starts ``RECLAIM_DELAY`` after the invalidation,
 so that the other instances' reads of the new versions and the reloads that follow an
 invalidation are not queued behind it. On a cluster the client UNLINKs each chunk (the
@@ -103,7 +103,7 @@ class _Reclaim:
     tag: str
     key: str  # the member set moved aside by the invalidation
     due: float  # timer value before which it does not start
-    cursor: int = 0  # of the SSCAN walk over ``key``
+    cursor: int = 0  # of the walk over ``key`` (a rank; 0: not started)
 
 
 class _Target:
