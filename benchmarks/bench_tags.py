@@ -76,7 +76,7 @@ def _raw_del_pipeline(client: redis.Redis) -> None:
     members = client.zrange(MEMBERS, 0, -1)
     pipe = client.pipeline(transaction=False)
     for member in members:
-        pipe.delete(member)
+        pipe.delete(KEYS.member_data_key(member))
     pipe.delete(MEMBERS)
     pipe.execute()
 
@@ -102,7 +102,7 @@ def _cases(cache: Cache, client: redis.Redis) -> dict[str, tuple[Setup, Target]]
         ),
         "seed Lua SMEMBERS + DEL": (
             write,
-            lambda: script(keys=[MEMBERS]),
+            lambda: script(keys=[MEMBERS], args=[KEYS.data_key_prefix()]),
         ),
         "stratacache invalidate_tag (call; reclaim in background)": (write, invalidate),
         "stratacache invalidate_tag (call), empty L1": (write_then_clear_l1, invalidate),

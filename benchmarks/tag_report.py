@@ -70,12 +70,13 @@ GOAL_EFFECTIVE_MS = 5.0
 GOAL_RATE = 500_000.0
 GOAL_STALL_MS = 10.0
 
-# The seed's Lua version (naive b); our member sets hold the data keys themselves, in a
-# sorted set (scored by expiry), so the seed's SMEMBERS is a ZRANGE of the whole set here.
+# The seed's Lua version (naive b). Our member sets are sorted sets (scored by expiry) of
+# the inside of the data keys' braces (ARGV[1] is what comes before), so the seed's
+# SMEMBERS is a ZRANGE of the whole set here, and each key is rebuilt as the reclaim does.
 SEED_LUA = """
 local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 for i = 1, #keys do
-  redis.call('DEL', keys[i])
+  redis.call('DEL', ARGV[1] .. keys[i] .. '}')
 end
 redis.call('DEL', KEYS[1])
 return #keys
@@ -404,7 +405,7 @@ def phase_naive_loop(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     start = perf_counter()
     members = admin.zrange(keys.tag_members_key(TAG), 0, -1)
     listed = perf_counter() - start
-    data_keys = list(members)
+    data_keys = [keys.member_data_key(m) for m in members]
     t = perf_counter()
     for data_key in data_keys[:NAIVE_DEL_SAMPLE]:
         admin.delete(data_key)
@@ -434,7 +435,7 @@ def phase_naive_lua(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     gc.collect()
     watch.reset()
     start = perf_counter()
-    deleted = script(keys=[keys.tag_members_key(TAG)])
+    deleted = script(keys=[keys.tag_members_key(TAG)], args=[keys.data_key_prefix()])
     elapsed = perf_counter() - start
     stalls = watch.read()
     if deleted != N or admin.dbsize() > 1:

@@ -9,7 +9,8 @@ new one, so new code never reads bytes laid out differently)::
     ns:v1:f:{K}       highest fencing token       (fence_key; same Cluster slot as data_key)
                       a fenced write to K carried
     ns:v1:t:{T}       version of tag T            (tag_key)
-    ns:v1:z:{T}       keys written with tag T     (tag_members_key; same slot as tag_key)
+    ns:v1:z:{T}       keys written with tag T, as (tag_members_key; same slot as tag_key)
+                      the K of their data keys
     ns:v1:r:{T}:X     members being reclaimed     (tag_reclaim_key; X names the invalidation)
     ns:v1:k:{N}       distributed lock named N    (lock_key)
     ns:v1:c:{N}       fencing-token counter of N  (fence_counter_key; same slot as lock_key)
@@ -203,6 +204,21 @@ class KeySpace:
         """The Redis sorted set of keys written with ``tag`` since its last invalidation,
         scored by when their entries expire."""
         return self._members + _hash_tag_body(tag) + "}"
+
+    def tag_member(self, key: str) -> str:
+        """What the member set of a tag holds for ``key``: the inside of its data key's
+        braces (shorter than the whole data key: members cost memory per write and tag)."""
+        return _hash_tag_body(key)
+
+    def member_data_key(self, member: Union[str, bytes]) -> str:
+        """The data key of a tag member (see :meth:`tag_member`)."""
+        if isinstance(member, bytes):
+            member = member.decode("utf-8", "surrogatepass")
+        return self._data + member + "}"
+
+    def data_key_prefix(self) -> str:
+        """What every data key starts with (``member_data_key`` adds the member and ``}``)."""
+        return self._data
 
     def tag_reclaim_key(self, tag: str, suffix: str) -> str:
         """Where the members of ``tag`` go when an invalidation (named by a unique

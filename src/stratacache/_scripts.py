@@ -147,8 +147,8 @@ return {v, live}
 """
 )
 
-# KEYS: members. ARGV: px, data key... Register entries under a tag (by their data keys,
-# so a reclaim needs no key building), each scored with when its entry expires.
+# KEYS: members. ARGV: px, member... Register entries under a tag (by the inside of their
+# data keys' braces, ``KeySpace.tag_member``), each scored with when its entry expires.
 TAG_ADD = (
     _NOW_MS
     + """
@@ -166,17 +166,17 @@ redis.call('ZADD', KEYS[1], unpack(args))
     + "return 1\n"
 )
 
-# KEYS: reclaim, members. ARGV: cursor, count. One step of a walk over the member set an
-# invalidation moved aside, by rank: the set is private to the walk (nothing else writes
-# it), so ranks are stable and ``ZRANGE start stop`` is O(log n + count) with no score
-# formatting (ZSCAN spends about as much again turning scores into strings) and no
-# rehashing (a ZPOP/ZREM walk would shrink the set under it). The cursor is the next rank;
-# 0 starts the walk, past the members whose entries have expired already (the lowest
-# scores), and 0 ends it, when the set itself is UNLINKed (freed off the main thread).
-# ``doomed`` is what was read minus the keys written with the tag again since the
-# invalidation (they are in the new member set, and their new values are left alone); the
-# check is skipped while no new member set exists. Lists go to unpack() in slices: Lua's
-# stack is bounded.
+# KEYS: reclaim, members. ARGV: cursor, count, data key prefix. One step of a walk over
+# the member set an invalidation moved aside, by rank: the set is private to the walk
+# (nothing else writes it), so ranks are stable and ``ZRANGE start stop`` is O(log n +
+# count) with no score formatting (ZSCAN spends about as much again turning scores into
+# strings) and no rehashing (a ZPOP/ZREM walk would shrink the set under it). The cursor
+# is the next rank; 0 starts the walk, past the members whose entries have expired
+# already (the lowest scores), and 0 ends it, when the set itself is UNLINKed (freed off
+# the main thread). ``doomed`` is what was read minus the keys written with the tag again
+# since the invalidation (they are in the new member set, and their new values are left
+# alone); the check is skipped while no new member set exists. Lists go to unpack() in
+# slices: Lua's stack is bounded.
 _RECLAIM_SCAN = (
     _NOW_MS
     + """
@@ -201,8 +201,8 @@ if following == 0 then redis.call('UNLINK', KEYS[1]) end
 """
 )
 
-# Redis Cluster: returns {next cursor, number scanned, doomed}; the data keys live in other
-# slots than the member set, so the client deletes them.
+# Redis Cluster: returns {next cursor, number scanned, doomed members}; the data keys live
+# in other slots than the member set, so the client deletes them.
 RECLAIM_SCAN = _RECLAIM_SCAN + "return {following, #scanned, doomed}\n"
 
 # A standalone server: the UNLINK in the same step, so no per-key work in the client and no
@@ -212,8 +212,11 @@ RECLAIM_SCAN = _RECLAIM_SCAN + "return {following, #scanned, doomed}\n"
 RECLAIM = (
     _RECLAIM_SCAN
     + """
+local prefix = ARGV[3]
 for i = 1, #doomed, 1000 do
-  redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, #doomed)))
+  local data = {}
+  for j = i, math.min(i + 999, #doomed) do data[#data + 1] = prefix .. doomed[j] .. '}' end
+  redis.call('UNLINK', unpack(data))
 end
 return {following, #scanned}
 """

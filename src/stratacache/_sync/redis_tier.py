@@ -169,11 +169,11 @@ class RedisTier:
         # the index: invalidating the tag still makes it a miss (its stamp is then out of
         # date), and the reclaim leaves its bytes to its own expiry.
         px = _px(ttl)
-        data_keys = [self._keys.data_key(key) for key in keys]
+        names = [self._keys.tag_member(key) for key in keys]
         for tag in tags:
             members = self._keys.tag_members_key(tag)
-            for start in range(0, len(data_keys), _MEMBERS_PER_CALL):
-                chunk = data_keys[start : start + _MEMBERS_PER_CALL]
+            for start in range(0, len(names), _MEMBERS_PER_CALL):
+                chunk = names[start : start + _MEMBERS_PER_CALL]
                 pipe.execute_command("EVAL", TAG_ADD, 1, members, px, *chunk)
 
     def delete(self, key: str) -> bool:
@@ -319,16 +319,16 @@ class RedisTier:
         ``cursor`` on (ZRANGE by rank + UNLINK; keys written with the tag again since are kept).
         Returns (next cursor, keys scanned); a next cursor of 0 ends the walk, and the
         moved-aside member set is deleted with it."""
-        keys = [reclaim_key, self._keys.tag_members_key(tag)]
+        ks = self._keys
+        keys = [reclaim_key, ks.tag_members_key(tag)]
+        args = [cursor, count, ks.data_key_prefix()]
         if not self._cluster:
-            following, scanned = self._call(self._reclaim, keys=keys, args=[cursor, count])
+            following, scanned = self._call(self._reclaim, keys=keys, args=args)
             return int(following), int(scanned)
-        following, scanned, doomed = self._call(
-            self._reclaim_scan, keys=keys, args=[cursor, count]
-        )
+        following, scanned, doomed = self._call(self._reclaim_scan, keys=keys, args=args)
         # if this fails the step is retried from the same cursor; after the last step the
         # set is gone already, and these keys are left to their ttl (misses already)
-        self.unlink(doomed)
+        self.unlink([ks.member_data_key(member) for member in doomed])
         return int(following), int(scanned)
 
     def tag_members(self, tag: str) -> list[str]:
@@ -339,7 +339,7 @@ class RedisTier:
         members = self._call(
             self.client.zrangebyscore, self._keys.tag_members_key(tag), live, "+inf"
         )
-        keys = (self._keys.user_key(m) for m in members)
+        keys = (self._keys.user_key(self._keys.member_data_key(m)) for m in members)
         return sorted(key for key in keys if key is not None)
 
     def add_dependents(self, depends_on: Sequence[str], key: str, ttl: float) -> None:
