@@ -113,6 +113,16 @@ redis.call('ZADD', KEYS[1], 'GT', now + px, ARGV[2])
     + "return 1\n"
 )
 
+# KEYS: dependents. ARGV: key. Forget that ``key`` depends on the owner of the set; the
+# set now lives as long as its longest-lived remaining edge (an empty set is gone).
+DEPENDENT_REMOVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then return 0 end
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 1
+"""
+
 # Raise a version (a tag's, or the namespace epoch) to a value it never had: at least the
 # server clock in microseconds, and above the old value. After a version key is lost
 # (eviction, FLUSHALL of that node) it can never come back to a value an old entry was

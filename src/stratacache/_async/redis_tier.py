@@ -27,6 +27,7 @@ from .._scripts import (
     BUMP_VERSION,
     DELETE,
     DEPENDENT_ADD,
+    DEPENDENT_REMOVE,
     INVALIDATE_KEY,
     READ_OR_LEASE,
     RECLAIM,
@@ -359,7 +360,8 @@ class AsyncRedisTier:
         """Forget that ``key`` depends on each of ``depends_on``."""
         pipe = self.client.pipeline(transaction=False)
         for parent in depends_on:
-            pipe.zrem(self._keys.dependents_key(parent), key)
+            edges = self._keys.dependents_key(parent)
+            pipe.execute_command("EVAL", DEPENDENT_REMOVE, 1, edges, key)
         await self._call(pipe.execute)
 
     def _add_audit(self, pipe: Any, records: Iterable[AuditFields]) -> None:

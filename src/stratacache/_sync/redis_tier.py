@@ -29,6 +29,7 @@ from .._scripts import (
     BUMP_VERSION,
     DELETE,
     DEPENDENT_ADD,
+    DEPENDENT_REMOVE,
     INVALIDATE_KEY,
     READ_OR_LEASE,
     RECLAIM,
@@ -361,7 +362,8 @@ class RedisTier:
         """Forget that ``key`` depends on each of ``depends_on``."""
         pipe = self.client.pipeline(transaction=False)
         for parent in depends_on:
-            pipe.zrem(self._keys.dependents_key(parent), key)
+            edges = self._keys.dependents_key(parent)
+            pipe.execute_command("EVAL", DEPENDENT_REMOVE, 1, edges, key)
         self._call(pipe.execute)
 
     def _add_audit(self, pipe: Any, records: Iterable[AuditFields]) -> None:
