@@ -5,6 +5,7 @@ Run with ``make bench`` (pinned to one CPU). Each round starts from a freshly wr
 
 * raw redis-py: ``SMEMBERS``, then one pipeline of ``DEL`` per data key (the baseline);
 * the seed's Lua script: ``SMEMBERS`` + ``DEL`` of every key in one ``EVAL``;
+  (our member sets are sorted sets: ``SMEMBERS`` is a ``ZRANGE`` of the whole set here)
 * ``Cache.invalidate_tag``: the version bump and member-set ``RENAME`` (O(1) in Redis),
   the bus message, and dropping the tag from the writer's own L1, which holds the 10,000
   entries it just wrote (the ``empty L1`` row shows the call without that part). The keys
@@ -68,14 +69,14 @@ def _write_tag(cache: Cache, client: redis.Redis) -> None:
             raise TimeoutError("reclaim did not finish")
         time.sleep(0.001)
     cache.set_many(MAPPING, tags=[TAG])
-    assert client.scard(MEMBERS) == N
+    assert client.zcard(MEMBERS) == N
 
 
 def _raw_del_pipeline(client: redis.Redis) -> None:
-    members = client.smembers(MEMBERS)
+    members = client.zrange(MEMBERS, 0, -1)
     pipe = client.pipeline(transaction=False)
     for member in members:
-        pipe.delete(member)
+        pipe.delete(KEYS.member_data_key(member))
     pipe.delete(MEMBERS)
     pipe.execute()
 
@@ -101,7 +102,7 @@ def _cases(cache: Cache, client: redis.Redis) -> dict[str, tuple[Setup, Target]]
         ),
         "seed Lua SMEMBERS + DEL": (
             write,
-            lambda: script(keys=[MEMBERS]),
+            lambda: script(keys=[MEMBERS], args=[KEYS.data_key_prefix()]),
         ),
         "stratacache invalidate_tag (call; reclaim in background)": (write, invalidate),
         "stratacache invalidate_tag (call), empty L1": (write_then_clear_l1, invalidate),
@@ -121,4 +122,4 @@ CASE_NAMES = [
 def test_invalidate_tag(benchmark, cache: Cache, client: redis.Redis, name: str) -> None:
     setup, target = _cases(cache, client)[name]
     benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    assert client.scard(MEMBERS) == 0
+    assert client.zcard(MEMBERS) == 0

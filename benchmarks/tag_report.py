@@ -3,6 +3,7 @@ naive versions, from one run.
 
     taskset -c 1 python benchmarks/tag_report.py           # ~6 minutes
     taskset -c 1 python benchmarks/tag_report.py --quick   # chunk 1000 only, ~2 minutes
+    taskset -c 1 python benchmarks/tag_report.py --quick --keys 200000   # a smaller tag
 
 Starts its own redis-server (no persistence; it inherits the CPU pinning, so client and
 server share one CPU, as in the other reports). Every phase starts from ``FLUSHALL`` and
@@ -14,11 +15,12 @@ the bytes and member-set entries the cache writes), then:
   sampled keys in its L1, reading one of them in a loop) returns a miss for it; the
   time until the background reclaim is over (``reclaim_pending == 0`` and ``DBSIZE`` down
   by 1M), for ``reclaim_chunk`` 1000 (the default), 500 and 5000.
-* **naive (a)**, the seed's "disaster 2": ``SMEMBERS`` of the whole tag, then one ``DEL``
-  round trip per key (without the seed's 1 ms sleep per key). ``SMEMBERS`` runs on the
+* **naive (a)**, the seed's "disaster 2": ``SMEMBERS`` (``ZRANGE``: our member sets are
+  sorted sets) of the whole tag, then one ``DEL``
+  round trip per key (without the seed's 1 ms sleep per key). The listing runs on the
   full 1M set; the ``DEL`` loop on the first 100,000 members only (all 1M would add about
   80 s and say nothing new): its rate, and its 1M time, are extrapolated.
-* **naive (b)**, the seed's Lua script: ``SMEMBERS`` + ``DEL`` of every key in one
+* **naive (b)**, the seed's Lua script: ``SMEMBERS`` (``ZRANGE``) + ``DEL`` of every key in one
   ``EVAL``. Redis serves nobody else until it returns: its stall is its duration.
 
 Stalls, reset before each phase and read after it: Redis's own latency monitor
@@ -37,6 +39,7 @@ import gc
 import multiprocessing
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -49,7 +52,9 @@ from stratacache import Cache, _l1
 from stratacache._keys import KeySpace
 from stratacache.testing import RedisServerProcess
 
-N = 1_000_000
+# the processes the report spawns read the size from the environment (set by --keys)
+_KEYS_ENV = "STRATACACHE_TAG_REPORT_KEYS"
+N = int(os.environ.get(_KEYS_ENV, "1000000"))
 WRITE_CHUNK = 10_000  # keys per set_many call while populating
 SAMPLE = 1_000  # keys the second instance holds in its L1
 NAIVE_DEL_SAMPLE = 100_000  # keys deleted one round trip at a time by naive (a)
@@ -65,11 +70,13 @@ GOAL_EFFECTIVE_MS = 5.0
 GOAL_RATE = 500_000.0
 GOAL_STALL_MS = 10.0
 
-# The seed's Lua version (naive b); our member sets hold the data keys themselves.
+# The seed's Lua version (naive b). Our member sets are sorted sets (scored by expiry) of
+# the inside of the data keys' braces (ARGV[1] is what comes before), so the seed's
+# SMEMBERS is a ZRANGE of the whole set here, and each key is rebuilt as the reclaim does.
 SEED_LUA = """
-local keys = redis.call('SMEMBERS', KEYS[1])
+local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 for i = 1, #keys do
-  redis.call('DEL', keys[i])
+  redis.call('DEL', ARGV[1] .. keys[i] .. '}')
 end
 redis.call('DEL', KEYS[1])
 return #keys
@@ -292,7 +299,7 @@ def populate(cache: Cache, admin: redis.Redis, keys: KeySpace) -> float:
         cache.set_many(mapping, ttl=TTL, tags=[TAG])
         spent += perf_counter() - t
     # set_many counts a Redis fault instead of raising it: check that everything landed
-    members = admin.scard(keys.tag_members_key(TAG))
+    members = admin.zcard(keys.tag_members_key(TAG))
     if members != N or admin.dbsize() < N:
         raise RuntimeError(f"population incomplete: {members} members, {admin.dbsize()} keys")
     return spent
@@ -396,9 +403,9 @@ def phase_naive_loop(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     gc.collect()
     watch.reset()
     start = perf_counter()
-    members = admin.smembers(keys.tag_members_key(TAG))
+    members = admin.zrange(keys.tag_members_key(TAG), 0, -1)
     listed = perf_counter() - start
-    data_keys = list(members)
+    data_keys = [keys.member_data_key(m) for m in members]
     t = perf_counter()
     for data_key in data_keys[:NAIVE_DEL_SAMPLE]:
         admin.delete(data_key)
@@ -407,7 +414,7 @@ def phase_naive_loop(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     rate = NAIVE_DEL_SAMPLE / looped
     total = listed + N / rate  # the loop over all 1M keys, extrapolated
     return Row(
-        name="naive (a): SMEMBERS + DEL per key",
+        name="naive (a): ZRANGE (seed: SMEMBERS) + DEL per key",
         effective_ms=total * 1000,
         effective_note="last key gone (extrapolated)",
         call_ms=None,
@@ -415,7 +422,7 @@ def phase_naive_loop(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
         rate=N / total,
         stalls=stalls,
         populate_s=populate_s,
-        note=f"SMEMBERS {listed * 1000:.0f} ms; DEL loop timed on {NAIVE_DEL_SAMPLE:,} keys",
+        note=f"ZRANGE {listed * 1000:.0f} ms; DEL loop timed on {NAIVE_DEL_SAMPLE:,} keys",
     )
 
 
@@ -428,13 +435,13 @@ def phase_naive_lua(url: str, admin: redis.Redis, watch: StallWatch) -> Row:
     gc.collect()
     watch.reset()
     start = perf_counter()
-    deleted = script(keys=[keys.tag_members_key(TAG)])
+    deleted = script(keys=[keys.tag_members_key(TAG)], args=[keys.data_key_prefix()])
     elapsed = perf_counter() - start
     stalls = watch.read()
     if deleted != N or admin.dbsize() > 1:
         raise RuntimeError(f"the Lua script deleted {deleted}; {admin.dbsize()} keys left")
     return Row(
-        name="naive (b): one Lua SMEMBERS + DEL",
+        name="naive (b): one Lua ZRANGE (seed: SMEMBERS) + DEL",
         effective_ms=elapsed * 1000,
         effective_note="script returns",
         call_ms=elapsed * 1000,
@@ -455,7 +462,7 @@ def _met(ok: bool) -> str:
 
 def print_table(rows: list[Row], probe_floor_ms: float) -> None:
     print(
-        "\n| approach | effective (ms) | call (ms) | 1M deleted after (s) | reclaim (keys/s) "
+        f"\n| approach | effective (ms) | call (ms) | {N:,} deleted after (s) | reclaim (keys/s) "
         "| LATENCY max (ms) | SLOWLOG max (ms) | probe max RTT (ms) | populate (s) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -504,7 +511,13 @@ def print_table(rows: list[Row], probe_floor_ms: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="reclaim_chunk 1000 only")
+    parser.add_argument("--keys", type=int, help=f"keys under the tag (default {N:,})")
     args = parser.parse_args()
+    if args.keys is not None and args.keys != N:
+        if args.keys < NAIVE_DEL_SAMPLE or args.keys % SAMPLE:
+            parser.error(f"--keys must be a multiple of {SAMPLE} and >= {NAIVE_DEL_SAMPLE:,}")
+        os.environ[_KEYS_ENV] = str(args.keys)
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # the constants read it again
     chunks = (1000,) if args.quick else (1000, 500, 5000)
 
     print(f"L1 implementation: {_l1.L1.__module__}")

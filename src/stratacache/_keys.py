@@ -5,16 +5,23 @@ new one, so new code never reads bytes laid out differently)::
 
     ns:v1:d:{K}       entry of user key K         (data_key)
     ns:v1:l:{K}       lease for that entry        (lease_key; same Cluster slot as data_key)
-    ns:v1:g:{K}       keys that depend on K       (dependents_key; same slot as data_key)
+    ns:v1:e:{K}       keys that depend on K       (dependents_key; same slot as data_key)
     ns:v1:f:{K}       highest fencing token       (fence_key; same Cluster slot as data_key)
                       a fenced write to K carried
     ns:v1:t:{T}       version of tag T            (tag_key)
-    ns:v1:s:{T}       keys written with tag T     (tag_members_key; same slot as tag_key)
+    ns:v1:z:{T}       keys written with tag T, as (tag_members_key; same slot as tag_key)
+                      the K of their data keys
     ns:v1:r:{T}:X     members being reclaimed     (tag_reclaim_key; X names the invalidation)
     ns:v1:k:{N}       distributed lock named N    (lock_key)
     ns:v1:c:{N}       fencing-token counter of N  (fence_counter_key; same slot as lock_key)
     ns:v1:m:{ns}:NAME namespace-level value       (meta_key; all of a namespace in one slot)
     ns:v1:bus         invalidation channel        (channel)
+
+The two indexes (``e``, ``z``) are sorted sets scored by when each member expires; they
+were plain sets under ``g`` and ``s`` before, and took new letters rather than a new
+layout version, so that data, versions and the bus stay shared with older instances
+while no command meets a key of the other type (old ``s`` sets expire by themselves;
+old ``g`` sets, which had no expiry, can be deleted by hand).
 
 ``K`` / ``T`` / ``N`` is the user key / tag / lock name with ``%``, ``{`` and ``}``
 percent-escaped (``%25``, ``%7B``, ``%7D``), so it can sit inside a Redis Cluster hash tag
@@ -153,9 +160,9 @@ class KeySpace:
         self._data = base + "d:{"
         self._lease = base + "l:{"
         self._tag = base + "t:{"
-        self._members = base + "s:{"
+        self._members = base + "z:{"
         self._reclaim = base + "r:{"
-        self._dependents = base + "g:{"
+        self._dependents = base + "e:{"
         self._entry_prefix = base  # data and lease keys: base + "d:{" / "l:{"
         self._fence = base + "f:{"
         self._lock = base + "k:{"
@@ -194,8 +201,24 @@ class KeySpace:
         return self._tag + _hash_tag_body(tag) + "}"
 
     def tag_members_key(self, tag: str) -> str:
-        """The Redis set of keys written with ``tag`` since its last invalidation."""
+        """The Redis sorted set of keys written with ``tag`` since its last invalidation,
+        scored by when their entries expire."""
         return self._members + _hash_tag_body(tag) + "}"
+
+    def tag_member(self, key: str) -> str:
+        """What the member set of a tag holds for ``key``: the inside of its data key's
+        braces (shorter than the whole data key: members cost memory per write and tag)."""
+        return _hash_tag_body(key)
+
+    def member_data_key(self, member: Union[str, bytes]) -> str:
+        """The data key of a tag member (see :meth:`tag_member`)."""
+        if isinstance(member, bytes):
+            member = member.decode("utf-8", "surrogatepass")
+        return self._data + member + "}"
+
+    def data_key_prefix(self) -> str:
+        """What every data key starts with (``member_data_key`` adds the member and ``}``)."""
+        return self._data
 
     def tag_reclaim_key(self, tag: str, suffix: str) -> str:
         """Where the members of ``tag`` go when an invalidation (named by a unique
@@ -204,7 +227,8 @@ class KeySpace:
         return f"{self._reclaim}{_hash_tag_body(tag)}}}:{suffix}"
 
     def dependents_key(self, key: str) -> str:
-        """The Redis set of keys that depend on ``key`` (same slot as its data key)."""
+        """The Redis sorted set of keys that depend on ``key`` (same slot as its data key),
+        scored by when each dependency expires."""
         return self._dependents + _hash_tag_body(key) + "}"
 
     def entry_pattern(self, glob: str) -> str:

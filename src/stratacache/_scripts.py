@@ -1,5 +1,6 @@
 """Lua scripts of the Redis tier. Each touches one entry's data key and lease key, which
-share a hash tag and therefore a Redis Cluster slot (see ``KeySpace``)."""
+share a hash tag and therefore a Redis Cluster slot (see ``KeySpace``), or one tag's keys
+(same slot too); only ``RECLAIM`` reaches other keys, and only on a standalone server."""
 
 from __future__ import annotations
 
@@ -60,14 +61,66 @@ return {value, 0}
 """
 
 # -- invalidation --------------------------------------------------------------------------
+#
+# Index sets (a tag's members, a key's dependents) are sorted sets scored by when what they
+# point at expires (Redis server clock, ms), so they never outgrow what is alive: every add
+# also removes a bounded number of expired members (``_TRIM``: at least as many as it adds,
+# so the expired part shrinks while the set is written and cannot grow), and the set itself
+# expires with its longest-lived member (when writes stop, it goes as a whole).
+
+# Sets ``now``: the server clock in milliseconds (the clock the entries expire by).
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Needs ``now``, ``added``, ``px``: drop up to 2 * added + 100 expired members of KEYS[1]
+# (the lowest scores: ZCOUNT is O(log n), the removal O(log n + removed)), and make the set
+# live at least ``px`` more. ZREMRANGEBYSCORE has no LIMIT; the ranks of the expired
+# members are 0 .. stale - 1, so a bounded ZREMRANGEBYRANK does the same.
+_TRIM = """
+local stale = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+if stale > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, math.min(stale, 2 * added + 100) - 1)
+end
+if redis.call('PTTL', KEYS[1]) < px then redis.call('PEXPIRE', KEYS[1], px) end
+"""
 
 # KEYS: data, lease, dependents. Invalidate one entry (value gone, lease revoked) and
 # return {1 if a value existed, the keys that depend on it} in the same round trip, so a
-# key without dependents costs nothing more than a delete.
-INVALIDATE_KEY = """
+# key without dependents costs nothing more than a delete. An edge whose dependent has
+# expired is not followed (see DEPENDENT_ADD).
+INVALIDATE_KEY = (
+    _NOW_MS
+    + """
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
-return {n, redis.call('SMEMBERS', KEYS[3])}
+local live = '(' .. string.format('%.0f', now)
+return {n, redis.call('ZRANGE', KEYS[3], live, '+inf', 'BYSCORE')}
+"""
+)
+
+# KEYS: dependents. ARGV: px, key. Record that ``key`` depends on the owner of the set for
+# ``px`` ms from now (an edge declared again keeps the later of its two expiries).
+DEPENDENT_ADD = (
+    _NOW_MS
+    + """
+local px = tonumber(ARGV[1])
+local added = 1
+redis.call('ZADD', KEYS[1], 'GT', now + px, ARGV[2])
+"""
+    + _TRIM
+    + "return 1\n"
+)
+
+# KEYS: dependents. ARGV: key. Forget that ``key`` depends on the owner of the set; the
+# set now lives as long as its longest-lived remaining edge (an empty set is gone).
+DEPENDENT_REMOVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then return 0 end
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 1
 """
 
 # Raise a version (a tag's, or the namespace epoch) to a value it never had: at least the
@@ -87,54 +140,80 @@ BUMP_VERSION = _BUMP + "return v\n"
 
 # KEYS: version, members, reclaim. Invalidate a tag in O(1): raise its version (entries
 # stamped with the old one are misses from now on) and move its member set aside to be
-# deleted in chunks (RENAME within one slot is O(1); new writes start a fresh set).
-# Returns {new version, number of keys registered under the tag}.
+# deleted in chunks (RENAME within one slot is O(1); new writes start a fresh set); a set
+# whose members have all expired has nothing to reclaim and is dropped instead.
+# Returns {new version, number of live keys registered under the tag}.
 BUMP_TAG = (
     _BUMP
     + """
-local n = redis.call('SCARD', KEYS[2])
-if n > 0 then redis.call('RENAME', KEYS[2], KEYS[3]) end
-return {v, n}
+local expired = string.format('%.0f', math.floor(now / 1000))
+local live = redis.call('ZCOUNT', KEYS[2], '(' .. expired, '+inf')
+if live > 0 then
+  redis.call('RENAME', KEYS[2], KEYS[3])
+else
+  redis.call('UNLINK', KEYS[2])
+end
+return {v, live}
 """
 )
 
-# KEYS: members. ARGV: px, data key... Register entries under a tag (by their data keys,
-# so a reclaim needs no key building); the set lives at least as long as its longest-lived
-# member (a set without expiry gets one).
-TAG_ADD = """
-redis.call('SADD', KEYS[1], unpack(ARGV, 2))
-local ttl = redis.call('PTTL', KEYS[1])
+# KEYS: members. ARGV: px, member... Register entries under a tag (by the inside of their
+# data keys' braces, ``KeySpace.tag_member``), each scored with when its entry expires.
+TAG_ADD = (
+    _NOW_MS
+    + """
 local px = tonumber(ARGV[1])
-if ttl == -1 or ttl < px then redis.call('PEXPIRE', KEYS[1], px) end
-return 1
+local expiry = now + px
+local added = #ARGV - 1
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = expiry
+  args[#args + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[1], unpack(args))
 """
+    + _TRIM
+    + "return 1\n"
+)
 
-# KEYS: reclaim, members. ARGV: cursor, count. One step of an SSCAN walk over the member
-# set an invalidation moved aside (read only: no SPOP rehashing a shrinking set; the set
-# itself is UNLINKed, so freed off the main thread, when the walk ends). ``doomed`` is
-# what was scanned minus the keys written with the tag again since the invalidation (they
-# are in the new member set, and their new values are left alone); the check is skipped
-# while no new member set exists. Lists go to unpack() in slices: Lua's stack is bounded.
-_RECLAIM_SCAN = """
-local r = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local scanned = r[2]
+# KEYS: reclaim, members. ARGV: cursor, count, data key prefix. One step of a walk over
+# the member set an invalidation moved aside, by rank: the set is private to the walk
+# (nothing else writes it), so ranks are stable and ``ZRANGE start stop`` is O(log n +
+# count) with no score formatting (ZSCAN spends about as much again turning scores into
+# strings) and no rehashing (a ZPOP/ZREM walk would shrink the set under it). The cursor
+# is the next rank; 0 starts the walk, past the members whose entries have expired
+# already (the lowest scores), and 0 ends it, when the set itself is UNLINKed (freed off
+# the main thread). ``doomed`` is what was read minus the keys written with the tag again
+# since the invalidation (they are in the new member set, and their new values are left
+# alone); the check is skipped while no new member set exists. Lists go to unpack() in
+# slices: Lua's stack is bounded.
+_RECLAIM_SCAN = (
+    _NOW_MS
+    + """
+local start = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+if start == 0 then start = redis.call('ZCOUNT', KEYS[1], '-inf', now) end
+local scanned = redis.call('ZRANGE', KEYS[1], start, start + count - 1)
+local following = start + #scanned
+if #scanned < count then following = 0 end
 local doomed = scanned
 if #scanned > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   doomed = {}
   for i = 1, #scanned, 1000 do
     local last = math.min(i + 999, #scanned)
-    local present = redis.call('SMISMEMBER', KEYS[2], unpack(scanned, i, last))
-    for j = 1, #present do
-      if present[j] == 0 then doomed[#doomed + 1] = scanned[i + j - 1] end
+    local scores = redis.call('ZMSCORE', KEYS[2], unpack(scanned, i, last))
+    for j = 1, last - i + 1 do
+      if not scores[j] then doomed[#doomed + 1] = scanned[i + j - 1] end
     end
   end
 end
-if r[1] == '0' then redis.call('UNLINK', KEYS[1]) end
+if following == 0 then redis.call('UNLINK', KEYS[1]) end
 """
+)
 
-# Redis Cluster: returns {next cursor, number scanned, doomed}; the data keys live in other
-# slots than the member set, so the client deletes them.
-RECLAIM_SCAN = _RECLAIM_SCAN + "return {r[1], #scanned, doomed}\n"
+# Redis Cluster: returns {next cursor, number scanned, doomed members}; the data keys live
+# in other slots than the member set, so the client deletes them.
+RECLAIM_SCAN = _RECLAIM_SCAN + "return {following, #scanned, doomed}\n"
 
 # A standalone server: the UNLINK in the same step, so no per-key work in the client and no
 # window in which a key written again could be deleted. The data keys are not declared
@@ -143,9 +222,12 @@ RECLAIM_SCAN = _RECLAIM_SCAN + "return {r[1], #scanned, doomed}\n"
 RECLAIM = (
     _RECLAIM_SCAN
     + """
+local prefix = ARGV[3]
 for i = 1, #doomed, 1000 do
-  redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, #doomed)))
+  local data = {}
+  for j = i, math.min(i + 999, #doomed) do data[#data + 1] = prefix .. doomed[j] .. '}' end
+  redis.call('UNLINK', unpack(data))
 end
-return {r[1], #scanned}
+return {following, #scanned}
 """
 )

@@ -9,7 +9,7 @@ generated sync twin) runs what is not done in the caller's call: retries with ba
 delayed invalidations, the chunked reclaim of invalidated tags, and audit writes.
 
 Reclaim: the keys registered under an invalidated tag are deleted in chunks, one Lua
-step each (SSCAN over the moved-aside member set, UNLINK), skipping any key written with
+step each (a ZRANGE by rank over the moved-aside member set, UNLINK), skipping any key written with
 the tag again since the invalidation. It starts ``RECLAIM_DELAY`` after the invalidation,
 so that the other instances' reads of the new versions and the reloads that follow an
 invalidation are not queued behind it. On a cluster the client UNLINKs each chunk (the
@@ -136,7 +136,7 @@ class _Reclaim:
     tag: str
     key: str  # the member set moved aside by the invalidation
     due: float  # timer value before which it does not start
-    cursor: int = 0  # of the SSCAN walk over ``key``
+    cursor: int = 0  # of the walk over ``key`` (a rank; 0: not started)
 
 
 class _Target:
@@ -266,23 +266,26 @@ class AsyncInvalidator:
         self._record_audit("pattern", glob, count, reason)
         return count
 
-    async def add_dependency(self, key: str, depends_on: Sequence[str]) -> None:
-        """Record that ``key`` must be invalidated whenever one of ``depends_on`` is.
+    async def add_dependency(self, key: str, depends_on: Sequence[str], ttl: float) -> None:
+        """Record that ``key`` must be invalidated whenever one of ``depends_on`` is, for
+        as long as the entry of ``key`` now stored lives and at least ``ttl`` seconds.
 
         Raises :class:`RedisUnavailableError` if the primary Redis cannot record it (a
         dependency that silently did not exist would leave stale data behind later)."""
-        await self._on_the_graph("add_dependents", key, depends_on)
+        await self._on_the_graph("add_dependents", key, depends_on, ttl)
 
     async def remove_dependency(self, key: str, depends_on: Sequence[str]) -> None:
         """Forget that ``key`` depends on ``depends_on``."""
         await self._on_the_graph("remove_dependents", key, depends_on)
 
-    async def _on_the_graph(self, method: str, key: str, depends_on: Sequence[str]) -> None:
+    async def _on_the_graph(
+        self, method: str, key: str, depends_on: Sequence[str], *extra: Any
+    ) -> None:
         """Change the dependency graph on every Redis; only the primary's failure raises
         (the failover's is counted: its graph then misses an edge)."""
         for target in self._targets:
             try:
-                await getattr(target.tier, method)(depends_on, key)
+                await getattr(target.tier, method)(depends_on, key, *extra)
             except RedisUnavailableError:
                 self.counters.failures[target.name] += 1
                 if target.name == PRIMARY:

@@ -878,16 +878,26 @@ class Cache:
         self._bus_started()
         self._strict(self._invalidator.bump_epoch, self._reason(reason))
 
-    def add_dependency(self, key: str, *depends_on: str) -> None:
+    def add_dependency(self, key: str, *depends_on: str, ttl: Duration | None = None) -> None:
         """Record (in Redis) that ``key`` is derived from each of ``depends_on``: whenever
-        one of them is invalidated, so is ``key`` (and what depends on ``key``)."""
+        one of them is invalidated, so is ``key`` (and what depends on ``key``).
+
+        The dependency expires with the entry it protects (so Redis does not keep edges
+        of keys long gone): it lasts as long as the entry of ``key`` stored now, and at
+        least ``ttl`` (default: ``default_ttl``; plus the fail-safe window when enabled),
+        the life of an entry of ``key`` written from now on. An entry of ``key`` that is
+        written later and outlives it is not reached: declare the dependency again after
+        such a write (declaring it again only ever extends it)."""
         validate_key(key)
         parents = [validate_key(parent) for parent in depends_on]
         if not parents:
             raise ValueError("add_dependency needs at least one key to depend on")
+        lifetime = (
+            self.settings.default_ttl if ttl is None else to_seconds(ttl, "ttl", allow_zero=False)
+        )
         if self._tier is None:
             raise ValueError("dependencies are kept in Redis: this cache has none")
-        self._invalidator.add_dependency(key, parents)
+        self._invalidator.add_dependency(key, parents, self.settings.physical_ttl(lifetime))
 
     def remove_dependency(self, key: str, *depends_on: str) -> None:
         """Forget that ``key`` depends on each of ``depends_on``."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Optional
@@ -34,6 +35,8 @@ from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
     DELETE,
+    DEPENDENT_ADD,
+    DEPENDENT_REMOVE,
     INVALIDATE_KEY,
     READ_OR_LEASE,
     RECLAIM,
@@ -188,15 +191,20 @@ class RedisTier:
         self._call(pipe.execute)
 
     def _add_members(self, pipe: Any, tags: Sequence[str], keys: list[str], ttl: float) -> None:
+        """Register ``keys`` under each of ``tags`` until their entries expire (``ttl``)."""
         if not tags:
             return
-        # the member sets outlive the entries a little: a reclaim must still find them
-        px = _px(ttl) + 60_000
-        data_keys = [self._keys.data_key(key) for key in keys]
+        # Scored by the expiry of the entry this write makes: a member is trimmed (or its
+        # whole set expires) once that entry is gone. If this step is lost (a pipeline cut
+        # short, Redis restarted between the write and it), the entry is only missing from
+        # the index: invalidating the tag still makes it a miss (its stamp is then out of
+        # date), and the reclaim leaves its bytes to its own expiry.
+        px = _px(ttl)
+        names = [self._keys.tag_member(key) for key in keys]
         for tag in tags:
             members = self._keys.tag_members_key(tag)
-            for start in range(0, len(data_keys), _MEMBERS_PER_CALL):
-                chunk = data_keys[start : start + _MEMBERS_PER_CALL]
+            for start in range(0, len(names), _MEMBERS_PER_CALL):
+                chunk = names[start : start + _MEMBERS_PER_CALL]
                 pipe.execute_command("EVAL", TAG_ADD, 1, members, px, *chunk)
 
     def delete(self, key: str) -> bool:
@@ -339,40 +347,53 @@ class RedisTier:
         self, tag: str, reclaim_key: str, cursor: int, count: int
     ) -> tuple[int, int]:
         """One step of deleting an invalidated tag's keys: about ``count`` of them from
-        ``cursor`` on (SSCAN + UNLINK; keys written with the tag again since are kept).
+        ``cursor`` on (ZRANGE by rank + UNLINK; keys written with the tag again since are kept).
         Returns (next cursor, keys scanned); a next cursor of 0 ends the walk, and the
         moved-aside member set is deleted with it."""
-        keys = [reclaim_key, self._keys.tag_members_key(tag)]
+        ks = self._keys
+        keys = [reclaim_key, ks.tag_members_key(tag)]
+        args = [cursor, count, ks.data_key_prefix()]
         if not self._cluster:
-            following, scanned = self._call(self._reclaim, keys=keys, args=[cursor, count])
+            following, scanned = self._call(self._reclaim, keys=keys, args=args)
             return int(following), int(scanned)
-        following, scanned, doomed = self._call(
-            self._reclaim_scan, keys=keys, args=[cursor, count]
-        )
+        following, scanned, doomed = self._call(self._reclaim_scan, keys=keys, args=args)
         # if this fails the step is retried from the same cursor; after the last step the
         # set is gone already, and these keys are left to their ttl (misses already)
-        self.unlink(doomed)
+        self.unlink([ks.member_data_key(member) for member in doomed])
         return int(following), int(scanned)
 
     def tag_members(self, tag: str) -> list[str]:
-        """The keys registered under ``tag`` since its last invalidation (some may have
-        expired since; keys stored hashed, see ``KeySpace``, cannot be listed)."""
-        members = self._call(self.client.smembers, self._keys.tag_members_key(tag))
-        keys = (self._keys.user_key(m) for m in members)
+        """The keys registered under ``tag`` since its last invalidation whose entries had
+        not expired by this machine's clock (keys stored hashed, see ``KeySpace``, cannot
+        be listed)."""
+        live = f"({int(time.time() * 1000)}"
+        members = self._call(
+            self.client.zrangebyscore, self._keys.tag_members_key(tag), live, "+inf"
+        )
+        keys = (self._keys.user_key(self._keys.member_data_key(m)) for m in members)
         return sorted(key for key in keys if key is not None)
 
-    def add_dependents(self, depends_on: Sequence[str], key: str) -> None:
-        """Record that ``key`` depends on each of ``depends_on``."""
+    def add_dependents(self, depends_on: Sequence[str], key: str, ttl: float) -> None:
+        """Record that ``key`` depends on each of ``depends_on``, for as long as the entry
+        of ``key`` now in Redis lives, and at least ``ttl`` seconds (the life of an entry
+        written from now on). An edge declared again keeps the later expiry."""
+        # the entry is in another slot than the dependents sets: its remaining life is read
+        # first (a cluster refuses keys of two slots in one script)
+        remaining = self._call(self.client.pttl, self._keys.data_key(key))
+        px = max(_px(ttl), int(remaining))
         pipe = self.client.pipeline(transaction=False)
         for parent in depends_on:
-            pipe.sadd(self._keys.dependents_key(parent), key)
+            pipe.execute_command(
+                "EVAL", DEPENDENT_ADD, 1, self._keys.dependents_key(parent), px, key
+            )
         self._call(pipe.execute)
 
     def remove_dependents(self, depends_on: Sequence[str], key: str) -> None:
         """Forget that ``key`` depends on each of ``depends_on``."""
         pipe = self.client.pipeline(transaction=False)
         for parent in depends_on:
-            pipe.srem(self._keys.dependents_key(parent), key)
+            edges = self._keys.dependents_key(parent)
+            pipe.execute_command("EVAL", DEPENDENT_REMOVE, 1, edges, key)
         self._call(pipe.execute)
 
     def _add_audit(self, pipe: Any, records: Iterable[AuditFields]) -> None:
