@@ -66,6 +66,8 @@ bench: setup
 	taskset -c 1 $(PY) benchmarks/l1_report.py
 	taskset -c 1 $(PY) benchmarks/bus_report.py
 	taskset -c 1 $(PY) benchmarks/tag_report.py
+	$(PY) benchmarks/outbox_report.py --fault pause
+	$(PY) benchmarks/outbox_report.py --fault kill
 
 # Longer runs than the suite's 9 s one (~6 minutes); not pinned: workers and Redis need both
 # CPUs. Every run prints its report; the target fails if any run missed a goal.
