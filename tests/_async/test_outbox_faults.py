@@ -366,3 +366,55 @@ async def test_after_a_deaf_spell_older_l2_entries_are_reloaded_for_the_grace(
     finally:
         await admin.aclose()
         await a.close()
+
+
+async def test_writes_during_a_paused_cluster_master_reach_every_instance() -> None:
+    # a private cluster: the master that owns the keys is paused, the others run on
+    from redis.cluster import key_slot
+
+    from stratacache.testing import RedisClusterProcesses
+
+    with RedisClusterProcesses(3) as cluster:
+        a = AsyncCache(cluster.url, cluster=True, namespace=NS, redis_timeout=0.1)
+        b = AsyncCache(cluster.url, cluster=True, namespace=NS, redis_timeout=0.1)
+        keys = KeySpace(NS)
+        raw = AsyncRedis(host=cluster.nodes[0].host, port=cluster.nodes[0].port)
+        try:
+            shards = await raw.execute_command("CLUSTER", "SLOTS")
+
+            def owner(name: str) -> int:
+                slot = key_slot(keys.data_key(name).encode())
+                [port] = [s[2][1] for s in shards if s[0] <= slot <= s[1]]
+                return int(port)
+
+            # three keys on the master that will be paused
+            port = owner("user:0")
+            names = [n for n in (f"user:{i}" for i in range(200)) if owner(n) == port][:3]
+            [node] = [n for n in cluster.nodes if n.port == port]
+            for name in names:
+                await a.set(name, "old")
+                assert await b.get(name) == "old"  # b holds them in L1
+            node.pause()
+            try:
+                assert await a.delete(names[0]) is True
+                await a.set(names[1], "new")
+                await a.invalidate(names[2])
+                assert a.stats().invalidation.outbox_pending == 3
+            finally:
+                node.resume()
+            await async_until(lambda: a.stats().invalidation.outbox_pending == 0, DEADLINE)
+            fresh = AsyncCache(cluster.url, cluster=True, namespace=NS)
+            try:
+                for name in names:  # deleted, never the old value
+                    assert await fresh.get(name, MISSING) is MISSING, name
+
+                    async def b_misses(name: str = name) -> bool:
+                        return await b.get(name, MISSING) is MISSING
+
+                    await eventually(b_misses)
+            finally:
+                await fresh.close()
+        finally:
+            await raw.aclose()
+            await a.close()
+            await b.close()
