@@ -182,7 +182,6 @@ class Outbox:
         self.active = False
         """Anything pending or owed (the read path looks at nothing else when False)."""
         self.overflows = 0
-        self.dead_lettered = 0
         self.applied = 0
         """Pending operations applied (after a failure), since the start."""
 
@@ -217,7 +216,6 @@ class Outbox:
                     op.kind, op.target, self.redis, attempts, first, error, op.reason
                 )
                 self._dead.append(letter)
-                self.dead_lettered += 1
                 self.active = bool(self._pending) or self.epoch_owed
                 return letter
             if previous is None and len(self._pending) >= self._maxsize:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._bus import BusPublisherState, BusState
@@ -98,8 +98,10 @@ class AsyncInvalidationBus:
         *,
         batch_window: float,
         heartbeat_timeout: float,
+        on_redis_answers: Callable[[], None] | None = None,
     ) -> None:
         self._tier = tier
+        self._on_redis_answers = on_redis_answers
         # the prober's view: never refused by the breaker, and closes it when Redis answers
         self._probe_tier = tier.around_breaker()
         self._channel = channel
@@ -265,6 +267,8 @@ class AsyncInvalidationBus:
                         # back: hear ourselves now rather than at the next heartbeat
                         run.heartbeat_now = True
                         run.wake.set()
+                        if self._on_redis_answers is not None:
+                            self._on_redis_answers()
                     answered = True
                 else:
                     answered = False

@@ -236,9 +236,13 @@ class AsyncCache:
         self._raise_on_write_error = on_write_error == "raise"
         self._recovery_grace = to_seconds(recovery_grace, "recovery_grace")
         # L2 entries created (wall clock) before _suspect_before are not served while the
-        # bus is unhealthy or until _suspect_until (monotonic); see the module notes
+        # bus is unhealthy or until _suspect_until (monotonic); see the module notes.
+        # _answered_at: when the primary Redis last answered after failing (wall clock);
+        # _spell_marked: when a deaf spell last set _suspect_before (wall clock)
         self._suspect_before = 0.0
         self._suspect_until = 0.0
+        self._answered_at = 0.0
+        self._spell_marked = 0.0
         self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._versions = TagVersions()
         self._tier = self._make_tier(redis, cluster)
@@ -247,7 +251,7 @@ class AsyncCache:
         if failover is not None and self._tier is None:
             raise ValueError("failover needs redis")
         # the failover Redis has a breaker of its own: its outage must not open the primary's
-        self._failover_breaker = self._new_breaker("failover Redis")
+        self._failover_breaker = self._new_breaker("failover Redis", primary=False)
         self._failover = (
             None
             if failover is None
@@ -285,19 +289,26 @@ class AsyncCache:
             BusPublisherState(source, time.time),
             batch_window=self.settings.bus_batch_window,
             heartbeat_timeout=self.settings.heartbeat_timeout,
+            on_redis_answers=self._redis_answers,
         )
 
-    def _new_breaker(self, name: str) -> CircuitBreaker:
+    def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker:
         return CircuitBreaker(
             self.settings.breaker_threshold,
             self.settings.breaker_cooldown,
             timer=self._timer,
             name=name,
-            on_close=self._redis_answers,
+            on_close=self._redis_answers if primary else self._nudge_outbox,
         )
 
     def _redis_answers(self) -> None:
-        """Redis answered after an outage: flush the outbox now (not at its backoff)."""
+        """The primary Redis answered after failing (its breaker closed, or the bus's
+        prober heard it again): remember when, and flush the outbox now."""
+        self._answered_at = self._clock()
+        self._nudge_outbox()
+
+    def _nudge_outbox(self) -> None:
+        """Apply what is pending now rather than at its backoff."""
         invalidator = getattr(self, "_invalidator", None)  # None while __init__ runs
         if invalidator is not None:
             invalidator.redis_answers()
@@ -330,9 +341,20 @@ class AsyncCache:
             # not at start-up, nor after our own workers ended: only when Redis may have
             # been out of someone's reach may another instance's outbox hold writes that
             # L2 does not show yet
-            self._suspect_before = self._clock()
-            self._suspect_until = time.monotonic() + self._recovery_grace
-            self._redis_answers()
+            self._mark_suspect()
+            self._nudge_outbox()
+
+    def _mark_suspect(self) -> None:
+        """A flush after Redis trouble: entries written before Redis answered again (if it
+        did during this spell: a writer that wrote after that is trusted), else before
+        now, are suspect for ``recovery_grace``."""
+        now = self._clock()
+        if self._answered_at > self._spell_marked:
+            self._suspect_before = self._answered_at  # the recovery of this spell
+        else:
+            self._suspect_before = now
+        self._spell_marked = now
+        self._suspect_until = time.monotonic() + self._recovery_grace
 
     def _apply_bus_message(self, message: BusMessage) -> None:
         if message.action is Action.INVALIDATE_TAGS:
@@ -384,7 +406,7 @@ class AsyncCache:
         self._flights = {}
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
-        self._failover_breaker = self._new_breaker("failover Redis")
+        self._failover_breaker = self._new_breaker("failover Redis", primary=False)
         if self._tier is not None:
             self._tier.use_breaker(self._breaker)
             async_forget_connections(self._tier.client)
@@ -395,7 +417,7 @@ class AsyncCache:
         self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
-        self._suspect_before = self._suspect_until = 0.0
+        self._suspect_before = self._suspect_until = self._answered_at = self._spell_marked = 0.0
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""

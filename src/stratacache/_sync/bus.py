@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._bus import BusPublisherState, BusState
@@ -100,8 +100,10 @@ class InvalidationBus:
         *,
         batch_window: float,
         heartbeat_timeout: float,
+        on_redis_answers: Callable[[], None] | None = None,
     ) -> None:
         self._tier = tier
+        self._on_redis_answers = on_redis_answers
         # the prober's view: never refused by the breaker, and closes it when Redis answers
         self._probe_tier = tier.around_breaker()
         self._channel = channel
@@ -267,6 +269,8 @@ class InvalidationBus:
                         # back: hear ourselves now rather than at the next heartbeat
                         run.heartbeat_now = True
                         run.wake.set()
+                        if self._on_redis_answers is not None:
+                            self._on_redis_answers()
                     answered = True
                 else:
                     answered = False
