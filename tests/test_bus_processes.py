@@ -22,7 +22,10 @@ from stratacache import Cache
 
 from workers import BUS_NS, bus_reader, bus_watcher
 
-ALLOWANCE = 0.25  # delivery time granted to the bus; a fault must not make it longer
+# The bus's promise, not its typical speed (sub-millisecond, see benchmarks/): a reader
+# hears a write, or stops serving L1 once its own heartbeat is overdue. So the bound is
+# the readers' heartbeat_timeout (default 1 s), which a loaded 2-CPU machine cannot break.
+ALLOWANCE = 1.0
 READERS = 3
 KEY = "watched"
 
