@@ -62,6 +62,7 @@ from .._primitives import (
     async_bind_fast_cached,
     async_bind_fast_get,
     async_call_loader,
+    async_cluster_no_retry,
     async_current_loop,
     async_forget_connections,
     async_reconnect_once,
@@ -436,7 +437,9 @@ class AsyncCache:
                 "socket_connect_timeout": timeout,
             }
             if cluster:
-                client: Any = AsyncRedisCluster.from_url(redis, **options)
+                client: Any = AsyncRedisCluster.from_url(
+                    redis, retry=async_cluster_no_retry(), **options
+                )
             else:
                 client = AsyncRedis.from_url(redis, retry=async_reconnect_once(), **options)
         elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):

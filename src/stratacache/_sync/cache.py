@@ -64,6 +64,7 @@ from .._primitives import (
     bind_fast_cached,
     bind_fast_get,
     call_loader,
+    cluster_no_retry,
     current_loop,
     forget_connections,
     reconnect_once,
@@ -438,7 +439,9 @@ class Cache:
                 "socket_connect_timeout": timeout,
             }
             if cluster:
-                client: Any = RedisCluster.from_url(redis, **options)
+                client: Any = RedisCluster.from_url(
+                    redis, retry=cluster_no_retry(), **options
+                )
             else:
                 client = Redis.from_url(redis, retry=reconnect_once(), **options)
         elif isinstance(redis, (Redis, RedisCluster)):
