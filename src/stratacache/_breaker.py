@@ -121,6 +121,28 @@ class CircuitBreaker:
             if self._on_close is not None:
                 self._on_close()
 
+    def trip(self, why: str) -> None:
+        """Open now (or restart the cooldown of an open breaker): a health check found the
+        dependency unreachable, so callers need not each wait for a timeout to learn it.
+        While the checks keep failing no call is let through as a probe; the check that
+        succeeds closes the breaker (:meth:`record_success`)."""
+        with self._lock:
+            opened = self._state is BreakerState.CLOSED
+            if opened:
+                self._outage_started = self._timer()
+            if self._state is not BreakerState.OPEN:
+                self.opened += 1
+            self._state = BreakerState.OPEN
+            self._opened_at = self._timer()
+            self._probe_in_flight = False
+        if opened:
+            logger.warning(
+                "circuit breaker of the %s opened: %s; calls skip it (reads fall back to L1 "
+                "and the loader, writes wait in the outbox) until it answers again",
+                self.name,
+                why,
+            )
+
     def abandon(self) -> None:
         """An allowed call ended with no verdict (cancelled): let another probe through."""
         self._probe_in_flight = False

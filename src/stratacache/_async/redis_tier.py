@@ -123,24 +123,34 @@ class AsyncRedisTier:
 
     async def ping(self) -> bool:
         """Whether Redis answers now: on a cluster, every master, each PINGed under its
-        own breaker (redis-py sends a plain PING to one node only)."""
+        own breaker (redis-py sends a plain PING to one node only).
+
+        A PING that fails (not one refused by the breaker) opens that breaker at once
+        (:meth:`CircuitBreaker.trip`): the bus's prober PINGs every 50 ms, so callers
+        fail fast within one interval of an outage instead of each waiting for
+        ``breaker_threshold`` timeouts, and no caller's call is spent as a half-open
+        probe while the PINGs keep failing; the PING that succeeds closes it."""
         masters = self.client.get_primaries() if self._cluster else []
         if not masters:  # standalone, or an asyncio cluster client not connected yet
-            try:
-                await self._call(self.client.ping, _timed=False)
-            except RedisUnavailableError:
-                return False
-            return True
+            return await self._ping_one(self.client.ping)
         answered = True
         for node in masters:
-            try:
-                await self._call(self.client.ping, target_nodes=node, _timed=False, _node=node.name)
-            except RedisUnavailableError:
+            if not await self._ping_one(self.client.ping, target_nodes=node, _node=node.name):
                 answered = False
         breaker = self._main._breaker
         if answered and isinstance(breaker, NodeBreakers):
             breaker.whole.record_success()  # every master answers: so does the cluster
         return answered
+
+    async def _ping_one(self, ping: Any, _node: str | None = None, **kwargs: Any) -> bool:
+        try:
+            await self._call(ping, _timed=False, _node=_node, **kwargs)
+        except RedisUnavailableError as exc:
+            if exc.transient and exc.__cause__ is not None:  # it failed, not refused
+                for breaker in self._breakers_for((), _node):
+                    breaker.trip(f"a PING failed ({_describe(exc.__cause__)})")
+            return False
+        return True
 
     def _breakers_for(
         self, route: Sequence[Any], node: str | None
