@@ -152,9 +152,7 @@ class AsyncRedisTier:
             return False
         return True
 
-    def _breakers_for(
-        self, route: Sequence[Any], node: str | None
-    ) -> tuple[CircuitBreaker, ...]:
+    def _breakers_for(self, route: Sequence[Any], node: str | None) -> tuple[CircuitBreaker, ...]:
         """The breakers a call touching the Redis keys ``route`` (or the node ``node``)
         runs under: see the module notes."""
         breaker = self._main._breaker
@@ -545,4 +543,3 @@ class AsyncRedisTier:
         """Close the client if the cache created it."""
         if self._owns_client:
             await async_close_client(self.client)
-

@@ -154,9 +154,7 @@ class RedisTier:
             return False
         return True
 
-    def _breakers_for(
-        self, route: Sequence[Any], node: str | None
-    ) -> tuple[CircuitBreaker, ...]:
+    def _breakers_for(self, route: Sequence[Any], node: str | None) -> tuple[CircuitBreaker, ...]:
         """The breakers a call touching the Redis keys ``route`` (or the node ``node``)
         runs under: see the module notes."""
         breaker = self._main._breaker
@@ -547,4 +545,3 @@ class RedisTier:
         """Close the client if the cache created it."""
         if self._owns_client:
             close_client(self.client)
-
