@@ -127,7 +127,8 @@ class RedisTier:
         """Whether Redis answers now: on a cluster, every master, each PINGed under its
         own breaker (redis-py sends a plain PING to one node only).
 
-        A PING that fails (not one refused by the breaker) opens that breaker at once
+        A PING of a cluster master that fails (not one refused by the breaker) opens
+        that master's breaker at once
         (:meth:`CircuitBreaker.trip`): the bus's prober PINGs every 50 ms, so callers
         fail fast within one interval of an outage instead of each waiting for
         ``breaker_threshold`` timeouts, and no caller's call is spent as a half-open
@@ -148,7 +149,10 @@ class RedisTier:
         try:
             self._call(ping, _timed=False, _node=_node, **kwargs)
         except RedisUnavailableError as exc:
-            if exc.transient and exc.__cause__ is not None:  # it failed, not refused
+            # it failed (not refused); a cluster master only: on a standalone server the
+            # callers' own failures open the breaker as before (an open breaker there
+            # changes what the outbox holds at recovery; see test_bus)
+            if exc.transient and exc.__cause__ is not None and _node is not None:
                 for breaker in self._breakers_for((), _node):
                     breaker.trip(f"a PING failed ({_describe(exc.__cause__)})")
             return False
