@@ -54,6 +54,7 @@ REPLACEMENTS = {
     "async_bind_fast_get": "bind_fast_get",
     "async_bind_fast_cached": "bind_fast_cached",
     "async_reconnect_once": "reconnect_once",
+    "async_cluster_no_retry": "cluster_no_retry",
     "async_close_client": "close_client",
     "async_wait_for": "wait_for",
     "aclose": "close",

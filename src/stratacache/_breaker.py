@@ -121,6 +121,28 @@ class CircuitBreaker:
             if self._on_close is not None:
                 self._on_close()
 
+    def trip(self, why: str) -> None:
+        """Open now (or restart the cooldown of an open breaker): a health check found the
+        dependency unreachable, so callers need not each wait for a timeout to learn it.
+        While the checks keep failing no call is let through as a probe; the check that
+        succeeds closes the breaker (:meth:`record_success`)."""
+        with self._lock:
+            opened = self._state is BreakerState.CLOSED
+            if opened:
+                self._outage_started = self._timer()
+            if self._state is not BreakerState.OPEN:
+                self.opened += 1
+            self._state = BreakerState.OPEN
+            self._opened_at = self._timer()
+            self._probe_in_flight = False
+        if opened:
+            logger.warning(
+                "circuit breaker of the %s opened: %s; calls skip it (reads fall back to L1 "
+                "and the loader, writes wait in the outbox) until it answers again",
+                self.name,
+                why,
+            )
+
     def abandon(self) -> None:
         """An allowed call ended with no verdict (cancelled): let another probe through."""
         self._probe_in_flight = False
@@ -148,3 +170,73 @@ class CircuitBreaker:
                 self.threshold,
                 self.cooldown,
             )
+
+
+_SEVERITY = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class NodeBreakers:
+    """The breakers of a Redis Cluster: one :class:`CircuitBreaker` per master (by node
+    name, made on first use), plus ``whole`` for calls that span several masters or whose
+    failing master cannot be told.
+
+    One breaker for the whole cluster would let one paused master open it for every key
+    (and a success on another master close it again at once, so calls to the paused one
+    kept waiting for their timeout). Per master, keys on the masters that answer keep
+    being served from Redis while the others fail fast.
+
+    Parameters are those of :class:`CircuitBreaker`; each node's breaker is named
+    ``"<name> node <host:port>"`` in the log lines and calls ``on_close`` when it closes.
+    """
+
+    __slots__ = ("_lock", "_make", "_nodes", "cooldown", "name", "threshold", "whole")
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 1.0,
+        *,
+        timer: Callable[[], float] | None = None,
+        name: str = "Redis",
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        def make(label: str) -> CircuitBreaker:
+            return CircuitBreaker(threshold, cooldown, timer=timer, name=label, on_close=on_close)
+
+        self.whole = make(name)
+        self.threshold = threshold
+        self.cooldown = float(cooldown)
+        self.name = name
+        self._make = make
+        self._nodes: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def node(self, node_name: str) -> CircuitBreaker:
+        """The breaker of the master ``node_name`` (``host:port``)."""
+        breaker = self._nodes.get(node_name)
+        if breaker is None:
+            with self._lock:
+                breaker = self._nodes.get(node_name)
+                if breaker is None:
+                    breaker = self._make(f"{self.name} node {node_name}")
+                    self._nodes = {**self._nodes, node_name: breaker}  # readers take no lock
+        return breaker
+
+    def nodes(self) -> dict[str, CircuitBreaker]:
+        """The per-master breakers made so far, by node name."""
+        return self._nodes
+
+    @property
+    def state(self) -> BreakerState:
+        """The worst state of any of the breakers (open if one master is cut off)."""
+        worst = self.whole.state
+        for breaker in self._nodes.values():
+            state = breaker.state
+            if _SEVERITY[state] > _SEVERITY[worst]:
+                worst = state
+        return worst
+
+    @property
+    def opened(self) -> int:
+        """How many times any of the breakers has opened."""
+        return self.whole.opened + sum(b.opened for b in self._nodes.values())

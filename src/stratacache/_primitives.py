@@ -48,6 +48,24 @@ def reconnect_once() -> redis.retry.Retry:
     return redis.retry.Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
 
 
+# A cluster client retries a failed command up to 10 times by default, re-reading the
+# topology and backing off (up to 1 s) before each try: one call to a paused master then
+# takes seconds instead of its ``socket_timeout``, and stalls the caller's other work. The
+# cache never retries in a loop (the breaker and the outbox are its answer to a failed
+# call): no retry. A connection that died with a restarted node fails one call, and
+# redis-py then drops that node's idle connections, so the next call gets a fresh one.
+
+
+def async_cluster_no_retry() -> redis.asyncio.retry.Retry:
+    """The cluster-level retry policy of cluster clients the cache builds (asyncio)."""
+    return redis.asyncio.retry.Retry(NoBackoff(), 0)
+
+
+def cluster_no_retry() -> redis.retry.Retry:
+    """The cluster-level retry policy of cluster clients the cache builds (sync)."""
+    return redis.retry.Retry(NoBackoff(), 0)
+
+
 def async_bind_fast_get(l1: Any, fallback: Callable[..., Any]) -> Callable[..., Any] | None:
     """No fast binding for the async cache: its ``get`` must return an awaitable."""
     return None
@@ -433,6 +451,7 @@ __all__ = [
     "async_bind_fast_get",
     "async_call_loader",
     "async_close_client",
+    "async_cluster_no_retry",
     "async_current_loop",
     "async_forget_connections",
     "async_reconnect_once",
@@ -444,6 +463,7 @@ __all__ = [
     "bind_fast_get",
     "call_loader",
     "close_client",
+    "cluster_no_retry",
     "current_loop",
     "forget_connections",
     "reconnect_once",

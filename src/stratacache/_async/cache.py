@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any, Literal, TypeVar, cast
 
-from .._breaker import CircuitBreaker
+from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
@@ -62,6 +62,7 @@ from .._primitives import (
     async_bind_fast_cached,
     async_bind_fast_get,
     async_call_loader,
+    async_cluster_no_retry,
     async_current_loop,
     async_forget_connections,
     async_reconnect_once,
@@ -217,6 +218,8 @@ class AsyncCache:
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
         self._counters = Counters()
+        # a cluster gets a breaker per master: one paused master must not cut off the rest
+        self._per_node_breakers = cluster or isinstance(redis, AsyncRedisCluster)
         self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
         self._invalidation_settings = InvalidationSettings(
@@ -292,8 +295,9 @@ class AsyncCache:
             on_redis_answers=self._redis_answers,
         )
 
-    def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker:
-        return CircuitBreaker(
+    def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
+        kind = NodeBreakers if self._per_node_breakers else CircuitBreaker
+        return kind(
             self.settings.breaker_threshold,
             self.settings.breaker_cooldown,
             timer=self._timer,
@@ -449,7 +453,7 @@ class AsyncCache:
             await self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
-        self, redis: Any, cluster: bool, breaker: CircuitBreaker | None = None
+        self, redis: Any, cluster: bool, breaker: CircuitBreaker | NodeBreakers | None = None
     ) -> AsyncRedisTier | None:
         if redis is None:
             return None
@@ -461,7 +465,9 @@ class AsyncCache:
                 "socket_connect_timeout": timeout,
             }
             if cluster:
-                client: Any = AsyncRedisCluster.from_url(redis, **options)
+                client: Any = AsyncRedisCluster.from_url(
+                    redis, retry=async_cluster_no_retry(), **options
+                )
             else:
                 client = AsyncRedis.from_url(redis, retry=async_reconnect_once(), **options)
         elif isinstance(redis, (AsyncRedis, AsyncRedisCluster)):

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any, Literal, TypeVar, cast
 
-from .._breaker import CircuitBreaker
+from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
@@ -64,6 +64,7 @@ from .._primitives import (
     bind_fast_cached,
     bind_fast_get,
     call_loader,
+    cluster_no_retry,
     current_loop,
     forget_connections,
     reconnect_once,
@@ -219,6 +220,8 @@ class Cache:
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None
         self._counters = Counters()
+        # a cluster gets a breaker per master: one paused master must not cut off the rest
+        self._per_node_breakers = cluster or isinstance(redis, RedisCluster)
         self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, ResultSlot[Any]] = {}
         self._invalidation_settings = InvalidationSettings(
@@ -294,8 +297,9 @@ class Cache:
             on_redis_answers=self._redis_answers,
         )
 
-    def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker:
-        return CircuitBreaker(
+    def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
+        kind = NodeBreakers if self._per_node_breakers else CircuitBreaker
+        return kind(
             self.settings.breaker_threshold,
             self.settings.breaker_cooldown,
             timer=self._timer,
@@ -451,7 +455,7 @@ class Cache:
             self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
-        self, redis: Any, cluster: bool, breaker: CircuitBreaker | None = None
+        self, redis: Any, cluster: bool, breaker: CircuitBreaker | NodeBreakers | None = None
     ) -> RedisTier | None:
         if redis is None:
             return None
@@ -463,7 +467,9 @@ class Cache:
                 "socket_connect_timeout": timeout,
             }
             if cluster:
-                client: Any = RedisCluster.from_url(redis, **options)
+                client: Any = RedisCluster.from_url(
+                    redis, retry=cluster_no_retry(), **options
+                )
             else:
                 client = Redis.from_url(redis, retry=reconnect_once(), **options)
         elif isinstance(redis, (Redis, RedisCluster)):

@@ -672,8 +672,12 @@ class Invalidator:
         self._ensure_worker()
 
     def _applied(self, target: _Target, ops: Sequence[Op], retry: bool) -> None:
-        """``ops`` reached Redis: done in the outbox if they came from it; Redis answers."""
-        target.reachable = True
+        """``ops`` reached Redis: done in the outbox if they came from it; Redis answers,
+        so what was waiting for it (backing off, or for the next probe) is due now."""
+        if not target.reachable:
+            target.reachable = True
+            target.outbox.due_now()
+            self._ensure_worker()
         if retry:
             for op in ops:
                 target.outbox.done(op)

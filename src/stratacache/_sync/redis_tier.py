@@ -12,6 +12,13 @@ An error reply that trying again cannot cure (``NOPERM``, ``WRONGTYPE``, a scrip
 is raised as :class:`RedisCommandError` and does not count against the breaker: Redis
 answered. The outbox's worker uses :meth:`AsyncRedisTier.around_breaker`, a view whose
 calls are never refused by the breaker and close it when they succeed.
+
+On a Redis Cluster the breaker is a :class:`NodeBreakers`: each call names the Redis
+keys it touches (``_route``), and a call whose keys all live on one master runs under
+that master's breaker alone, so a paused master fails its own keys fast while the others
+keep serving theirs. A call spanning masters runs under the breakers of each of them
+(any open one refuses it) and of the whole cluster; its failure counts against the
+master redis-py names in the error, else against the whole cluster's breaker only.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
-from .._breaker import BreakerState, CircuitBreaker
+from .._breaker import BreakerState, CircuitBreaker, NodeBreakers
 from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
@@ -62,6 +69,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _failed_node(exc: BaseException) -> str | None:
+    """The ``host:port`` of the cluster node a redis-py error came from, if it says."""
+    where = getattr(exc, "connection", None)  # a Connection or a ClusterNode
+    host, port = getattr(where, "host", None), getattr(where, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    name = getattr(exc, "last_failed_node_name", None)
+    return name if isinstance(name, str) else None
+
+
 def _px(seconds: float) -> int:
     """Seconds as a Redis ``PX`` argument (at least 1 ms)."""
     return max(1, int(seconds * 1000))
@@ -74,7 +91,7 @@ class RedisTier:
         self,
         client: Any,
         keys: KeySpace,
-        breaker: CircuitBreaker,
+        breaker: CircuitBreaker | NodeBreakers,
         counters: Counters,
         *,
         owns_client: bool,
@@ -84,6 +101,8 @@ class RedisTier:
         self._breaker = breaker
         self._counters = counters
         self._owns_client = owns_client
+        self._main = self  # views (around_breaker) read the breaker of the tier they copy
+        self._enforce = True  # False in around_breaker views
         self._cluster = isinstance(client, RedisCluster)
         self.cluster = self._cluster
         self._write = client.register_script(WRITE)
@@ -96,7 +115,7 @@ class RedisTier:
         self._reclaim = client.register_script(RECLAIM)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
-    def use_breaker(self, breaker: CircuitBreaker) -> None:
+    def use_breaker(self, breaker: CircuitBreaker | NodeBreakers) -> None:
         """Replace the breaker (a forked child starts with a fresh one)."""
         self._breaker = breaker
 
@@ -104,52 +123,137 @@ class RedisTier:
         """This tier (same client and scripts) for background work: its calls are never
         refused by the breaker and their failures do not count, but a success closes it."""
         view = copy.copy(self)
-        view._breaker = _AroundBreaker(self)  # type: ignore[assignment]
+        view._enforce = False
         return view
 
     def ping(self) -> bool:
-        """Whether Redis answers now (every master of a cluster)."""
+        """Whether Redis answers now: on a cluster, every master, each PINGed under its
+        own breaker (redis-py sends a plain PING to one node only).
+
+        A PING of a cluster master that fails (not one refused by the breaker) opens
+        that master's breaker at once
+        (:meth:`CircuitBreaker.trip`): the bus's prober PINGs every 50 ms, so callers
+        fail fast within one interval of an outage instead of each waiting for
+        ``breaker_threshold`` timeouts, and no caller's call is spent as a half-open
+        probe while the PINGs keep failing; the PING that succeeds closes it."""
+        masters = self.client.get_primaries() if self._cluster else []
+        if not masters:  # standalone, or an asyncio cluster client not connected yet
+            return self._ping_one(self.client.ping)
+        answered = True
+        for node in masters:
+            if not self._ping_one(self.client.ping, target_nodes=node, _node=node.name):
+                answered = False
+        breaker = self._main._breaker
+        if answered and isinstance(breaker, NodeBreakers):
+            breaker.whole.record_success()  # every master answers: so does the cluster
+        return answered
+
+    def _ping_one(self, ping: Any, _node: str | None = None, **kwargs: Any) -> bool:
         try:
-            self._call(self.client.ping, _timed=False)
-        except RedisUnavailableError:
+            self._call(ping, _timed=False, _node=_node, **kwargs)
+        except RedisUnavailableError as exc:
+            # it failed (not refused); a cluster master only: on a standalone server the
+            # callers' own failures open the breaker as before (an open breaker there
+            # changes what the outbox holds at recovery; see test_bus)
+            if exc.transient and exc.__cause__ is not None and _node is not None:
+                for breaker in self._breakers_for((), _node):
+                    breaker.trip(f"a PING failed ({_describe(exc.__cause__)})")
             return False
         return True
 
-    def _call(self, fn: Any, *args: Any, _timed: bool = True, **kwargs: Any) -> Any:
+    def _breakers_for(self, route: Sequence[Any], node: str | None) -> tuple[CircuitBreaker, ...]:
+        """The breakers a call touching the Redis keys ``route`` (or the node ``node``)
+        runs under: see the module notes."""
+        breaker = self._main._breaker
+        if not isinstance(breaker, NodeBreakers):
+            return (breaker,)
+        if node is not None:
+            return (breaker.node(node),)
+        names: set[str] = set()
+        for key in route:
+            try:
+                owner = self.client.get_node_from_key(key)
+            except Exception:  # slots not known yet (or not covered): no node to blame
+                return (breaker.whole,)
+            if owner is None:
+                return (breaker.whole,)
+            names.add(owner.name)
+        if len(names) == 1:
+            return (breaker.node(names.pop()),)
+        return (breaker.whole, *(breaker.node(name) for name in sorted(names)))
+
+    def _call(
+        self,
+        fn: Any,
+        *args: Any,
+        _timed: bool = True,
+        _route: Sequence[Any] = (),
+        _node: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run one Redis call under the breaker; every failure is a RedisUnavailableError.
 
+        ``_route``: the Redis keys the call touches, ``_node``: the cluster node it is
+        sent to (both pick the breakers on a cluster; see the module notes).
         ``_timed=False`` keeps the call out of ``l2_latency`` (bus traffic is not L2 work).
         """
-        if not self._breaker.allow():
-            raise RedisUnavailableError("Redis circuit breaker is open")
+        breakers = self._breakers_for(_route, _node)
+        if self._enforce:
+            for index, breaker in enumerate(breakers):
+                if not breaker.allow():
+                    for allowed in breakers[:index]:
+                        allowed.abandon()
+                    raise RedisUnavailableError("Redis circuit breaker is open")
         start = perf_counter()
         try:
             result = redis_call(fn, *args, **kwargs)
         except _REDIS_FAILURES as exc:
             self._counters.errors += 1
             if not is_transient(exc):
-                self._breaker.record_success()  # it answered: the breaker is about reach
+                for breaker in breakers:  # it answered: the breaker is about reach
+                    breaker.record_success()
                 raise RedisCommandError(f"Redis refused the command: {_describe(exc)}") from exc
-            self._breaker.record_failure()
+            if self._enforce:
+                self._record_failure(exc, breakers)
             raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
         except BaseException:
             # cancelled (async) or interrupted: no verdict on Redis, but a probe must end
-            self._breaker.abandon()
+            if self._enforce:
+                for breaker in breakers:
+                    breaker.abandon()
             raise
-        self._breaker.record_success()
+        for breaker in breakers:
+            breaker.record_success()
         if _timed:
             self._counters.l2_latency.record(perf_counter() - start)
         return result
 
+    def _record_failure(self, exc: BaseException, breakers: tuple[CircuitBreaker, ...]) -> None:
+        """Count a failed call against the master that failed (a call spanning masters:
+        the one named in the error, else the whole cluster's breaker, ``breakers[0]``)."""
+        if len(breakers) == 1:
+            breakers[0].record_failure()
+            return
+        failed = breakers[0]
+        name = _failed_node(exc)
+        main = self._main._breaker
+        if name is not None and isinstance(main, NodeBreakers):
+            failed = main.node(name)
+        failed.record_failure()
+        for breaker in breakers:
+            if breaker is not failed:
+                breaker.abandon()
+
     def get(self, key: str) -> bytes | None:
         """The raw blob of ``key``, or None."""
-        return self._call(self.client.get, self._keys.data_key(key))  # type: ignore[no-any-return]
+        data_key = self._keys.data_key(key)
+        return self._call(self.client.get, data_key, _route=(data_key,))  # type: ignore[no-any-return]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Raw blobs of ``keys`` in order: one MGET (per cluster node on a cluster)."""
         data_keys = [self._keys.data_key(k) for k in keys]
         if self._cluster:
-            return self._call(self.client.mget_nonatomic, data_keys)  # type: ignore[no-any-return]
+            return self._call(self.client.mget_nonatomic, data_keys, _route=data_keys)  # type: ignore[no-any-return]
         return self._call(self.client.mget, data_keys)  # type: ignore[no-any-return]
 
     def write(self, key: str, blob: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
@@ -157,12 +261,12 @@ class RedisTier:
         key under each of ``tags`` (for the tags' background reclaim)."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
         if not tags:
-            self._call(self._write, keys=keys, args=[blob, _px(ttl)])
+            self._call(self._write, keys=keys, args=[blob, _px(ttl)], _route=keys)
             return
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        self._call(pipe.execute)
+        self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
 
     def write_fenced(
         self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
@@ -174,7 +278,7 @@ class RedisTier:
         keys = [ks.data_key(key), ks.lease_key(key), ks.fence_key(key)]
         pipe.execute_command("EVAL", WRITE_FENCED, 3, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = self._call(pipe.execute)
+        results = self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
         return bool(results[0])
 
     def write_many(
@@ -188,7 +292,11 @@ class RedisTier:
             pipe.delete(self._keys.lease_key(key))
             pipe.set(self._keys.data_key(key), blob, px=px)
         self._add_members(pipe, tags, [key for key, _ in items], ttl)
-        self._call(pipe.execute)
+        route = [self._keys.data_key(key) for key, _ in items]
+        self._call(pipe.execute, _route=[*route, *self._members_keys(tags)])
+
+    def _members_keys(self, tags: Sequence[str]) -> list[str]:
+        return [self._keys.tag_members_key(tag) for tag in tags]
 
     def _add_members(self, pipe: Any, tags: Sequence[str], keys: list[str], ttl: float) -> None:
         """Register ``keys`` under each of ``tags`` until their entries expire (``ttl``)."""
@@ -210,19 +318,23 @@ class RedisTier:
     def delete(self, key: str) -> bool:
         """Delete the entry and revoke its lease; True if an entry existed."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        return bool(self._call(self._delete, keys=keys))
+        return bool(self._call(self._delete, keys=keys, _route=keys))
 
     def replace_if_unchanged(self, key: str, old: bytes, new: bytes, ttl: float) -> bool:
         """Compare-and-set of an entry's blob (used by touch)."""
         keys = [self._keys.data_key(key)]
-        return bool(self._call(self._replace, keys=keys, args=[old, new, _px(ttl)]))
+        return bool(
+            self._call(self._replace, keys=keys, args=[old, new, _px(ttl)], _route=keys)
+        )
 
     def read_or_lease(self, key: str, token: bytes, ttl: float) -> tuple[bytes | None, bool]:
         """One atomic step: the entry's blob (or None), and whether we took the lease for
         ``ttl`` seconds under ``token`` (False if another holder has it). The caller
         makes the token, so that it can release a lease whose command timed out."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        blob, taken = self._call(self._read_or_lease, keys=keys, args=[token, _px(ttl)])
+        blob, taken = self._call(
+            self._read_or_lease, keys=keys, args=[token, _px(ttl)], _route=keys
+        )
         return (blob or None), bool(taken)
 
     def write_if_lease(
@@ -232,19 +344,22 @@ class RedisTier:
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
         if not tags:
             return bool(
-                self._call(self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)])
+                self._call(
+                    self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)], _route=keys
+                )
             )
         # a refused fill registers the key under its tags too: harmless (a reclaim of a
         # key that is not there deletes nothing)
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = self._call(pipe.execute)
+        results = self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
         return bool(results[0])
 
     def release_lease(self, key: str, token: bytes) -> None:
         """Give back a lease that will not be used."""
-        self._call(self._release, keys=[self._keys.lease_key(key)], args=[token])
+        keys = [self._keys.lease_key(key)]
+        self._call(self._release, keys=keys, args=[token], _route=keys)
 
     # -- invalidation (see _invalidation.py and invalidator.py) ---------------------------
 
@@ -255,7 +370,7 @@ class RedisTier:
             for name in names
         ]
         if self._cluster:
-            raw = self._call(self.client.mget_nonatomic, redis_keys)
+            raw = self._call(self.client.mget_nonatomic, redis_keys, _route=redis_keys)
         else:
             raw = self._call(self.client.mget, redis_keys)
         return {name: int(value) if value else 0 for name, value in zip(names, raw)}
@@ -277,7 +392,8 @@ class RedisTier:
                 ks.dependents_key(key),
             )
         self._add_audit(pipe, audit)
-        results = self._call(pipe.execute)
+        route = [ks.data_key(key) for key in keys]
+        results = self._call(pipe.execute, _route=[*route, *self._audit_route(audit)])
         return [
             (bool(existed), [m.decode("utf-8", "surrogatepass") for m in members])
             for existed, members in results[: len(keys)]
@@ -298,7 +414,8 @@ class RedisTier:
                 "EVAL", BUMP_TAG, 3, ks.tag_key(tag), ks.tag_members_key(tag), reclaim
             )
         self._add_audit(pipe, audit)
-        results = self._call(pipe.execute)
+        route = [ks.tag_key(tag) for tag in tags]
+        results = self._call(pipe.execute, _route=[*route, *self._audit_route(audit)])
         return [
             (int(version), int(count), reclaim)
             for (version, count), reclaim in zip(results[: len(tags)], reclaim_keys)
@@ -307,9 +424,10 @@ class RedisTier:
     def bump_epoch(self, audit: Iterable[AuditFields] = ()) -> int:
         """Raise the namespace epoch: every entry written before it becomes a miss."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command("EVAL", BUMP_VERSION, 1, self._keys.meta_key("epoch"))
+        epoch = self._keys.meta_key("epoch")
+        pipe.execute_command("EVAL", BUMP_VERSION, 1, epoch)
         self._add_audit(pipe, audit)
-        results = self._call(pipe.execute)
+        results = self._call(pipe.execute, _route=[epoch, *self._audit_route(audit)])
         return int(results[0])
 
     def scan_step(
@@ -330,7 +448,12 @@ class RedisTier:
         for name, cursor in cursors.items():
             node = self.client.get_node(node_name=name)
             by_node, found = self._call(
-                self.client.scan, cursor=cursor, match=pattern, count=count, target_nodes=node
+                self.client.scan,
+                cursor=cursor,
+                match=pattern,
+                count=count,
+                target_nodes=node,
+                _node=name,
             )
             keys.extend(found)
             if by_node[name]:
@@ -341,7 +464,7 @@ class RedisTier:
         """UNLINK raw Redis keys (split by slot on a cluster); how many existed."""
         if not redis_keys:
             return 0
-        return int(self._call(self.client.unlink, *redis_keys))
+        return int(self._call(self.client.unlink, *redis_keys, _route=redis_keys))
 
     def reclaim_step(
         self, tag: str, reclaim_key: str, cursor: int, count: int
@@ -354,9 +477,11 @@ class RedisTier:
         keys = [reclaim_key, ks.tag_members_key(tag)]
         args = [cursor, count, ks.data_key_prefix()]
         if not self._cluster:
-            following, scanned = self._call(self._reclaim, keys=keys, args=args)
+            following, scanned = self._call(self._reclaim, keys=keys, args=args, _route=keys)
             return int(following), int(scanned)
-        following, scanned, doomed = self._call(self._reclaim_scan, keys=keys, args=args)
+        following, scanned, doomed = self._call(
+            self._reclaim_scan, keys=keys, args=args, _route=keys
+        )
         # if this fails the step is retried from the same cursor; after the last step the
         # set is gone already, and these keys are left to their ttl (misses already)
         self.unlink([ks.member_data_key(member) for member in doomed])
@@ -367,8 +492,9 @@ class RedisTier:
         not expired by this machine's clock (keys stored hashed, see ``KeySpace``, cannot
         be listed)."""
         live = f"({int(time.time() * 1000)}"
+        members_key = self._keys.tag_members_key(tag)
         members = self._call(
-            self.client.zrangebyscore, self._keys.tag_members_key(tag), live, "+inf"
+            self.client.zrangebyscore, members_key, live, "+inf", _route=(members_key,)
         )
         keys = (self._keys.user_key(self._keys.member_data_key(m)) for m in members)
         return sorted(key for key in keys if key is not None)
@@ -379,22 +505,25 @@ class RedisTier:
         written from now on). An edge declared again keeps the later expiry."""
         # the entry is in another slot than the dependents sets: its remaining life is read
         # first (a cluster refuses keys of two slots in one script)
-        remaining = self._call(self.client.pttl, self._keys.data_key(key))
+        data_key = self._keys.data_key(key)
+        remaining = self._call(self.client.pttl, data_key, _route=(data_key,))
         px = max(_px(ttl), int(remaining))
         pipe = self.client.pipeline(transaction=False)
-        for parent in depends_on:
-            pipe.execute_command(
-                "EVAL", DEPENDENT_ADD, 1, self._keys.dependents_key(parent), px, key
-            )
-        self._call(pipe.execute)
+        route = [self._keys.dependents_key(parent) for parent in depends_on]
+        for dependents in route:
+            pipe.execute_command("EVAL", DEPENDENT_ADD, 1, dependents, px, key)
+        self._call(pipe.execute, _route=route)
 
     def remove_dependents(self, depends_on: Sequence[str], key: str) -> None:
         """Forget that ``key`` depends on each of ``depends_on``."""
         pipe = self.client.pipeline(transaction=False)
-        for parent in depends_on:
-            edges = self._keys.dependents_key(parent)
+        route = [self._keys.dependents_key(parent) for parent in depends_on]
+        for edges in route:
             pipe.execute_command("EVAL", DEPENDENT_REMOVE, 1, edges, key)
-        self._call(pipe.execute)
+        self._call(pipe.execute, _route=route)
+
+    def _audit_route(self, records: Iterable[AuditFields]) -> list[str]:
+        return [self._keys.meta_key("audit")] if self.audit_maxlen else []
 
     def _add_audit(self, pipe: Any, records: Iterable[AuditFields]) -> None:
         if self.audit_maxlen:
@@ -407,12 +536,13 @@ class RedisTier:
         pipe = self.client.pipeline(transaction=False)
         self._add_audit(pipe, records)
         if len(pipe):
-            self._call(pipe.execute)
+            self._call(pipe.execute, _route=self._audit_route(()))
 
     def audit_log(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The newest ``count`` audit records, newest first."""
+        stream = self._keys.meta_key("audit")
         return self._call(  # type: ignore[no-any-return]
-            self.client.xrevrange, self._keys.meta_key("audit"), count=count
+            self.client.xrevrange, stream, count=count, _route=(stream,)
         )
 
     def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
@@ -425,7 +555,9 @@ class RedisTier:
         the bus learns Redis is back.
         """
         send = self.client.spublish if self._cluster else self.client.publish
-        if guarded and self._breaker.state is BreakerState.OPEN:
+        if guarded and any(
+            b.state is BreakerState.OPEN for b in self._breakers_for((channel,), None)
+        ):
             raise RedisUnavailableError("Redis circuit breaker is open")
         try:
             redis_call(send, channel, payload)
@@ -436,24 +568,3 @@ class RedisTier:
         """Close the client if the cache created it."""
         if self._owns_client:
             close_client(self.client)
-
-
-class _AroundBreaker:
-    """The breaker of :meth:`AsyncRedisTier.around_breaker`: allows every call, ignores
-    failures, and passes successes on to the tier's real breaker (read at call time, so a
-    breaker replaced after a fork is the one closed)."""
-
-    def __init__(self, tier: RedisTier) -> None:
-        self._tier = tier
-
-    def allow(self) -> bool:
-        return True
-
-    def record_success(self) -> None:
-        self._tier._breaker.record_success()
-
-    def record_failure(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
