@@ -99,6 +99,9 @@ class BusState:
         self._unhealthy_total = 0.0
         self.unhealthy_reason = "starting"
         """Why the bus is (or last was) unhealthy."""
+        self.flush_cause = ""
+        """Why L1 is being flushed (read by the flush callback): ``subscribe``, ``gap``,
+        ``unhealthy`` or ``recovered`` (our heartbeat heard again)."""
         self.redis_trouble = False
         """Whether the current (or last) deaf spell, or a gap, may come from Redis being
         out of reach of some instance (not from this process's own workers ending): then
@@ -124,6 +127,7 @@ class BusState:
         with self._lock:
             self._last_seq.clear()
             self.flushes_subscribe += 1
+            self.flush_cause = "subscribe"
             self._flush_l1()
 
     def on_disconnected(self) -> None:
@@ -182,6 +186,7 @@ class BusState:
                 if last is not None and message.seq != last + 1:
                     self.flushes_gap += 1
                     self.redis_trouble = True  # its write may have failed with the message
+                    self.flush_cause = "gap"
                     self._flush_l1()
                 elif message.action is not Action.HEARTBEAT:
                     self._apply(message)
@@ -209,6 +214,7 @@ class BusState:
             if self._spell_logged:
                 line = f"stratacache bus{self._label()} healthy again after {spell:.3f} s"
         self.flushes_heartbeat += 1
+        self.flush_cause = "recovered"
         self._flush_l1()
         self.healthy = True
         self.ever_healthy = True
@@ -252,6 +258,7 @@ class BusState:
                     self.flushes_subscribe += 1
                 else:
                     self.flushes_heartbeat += 1
+                self.flush_cause = "unhealthy"
                 self._flush_l1()
             line = self._warning_line(reason, now)
         if line is not None:

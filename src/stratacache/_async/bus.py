@@ -99,9 +99,11 @@ class AsyncInvalidationBus:
         batch_window: float,
         heartbeat_timeout: float,
         on_redis_answers: Callable[[], None] | None = None,
+        on_redis_silent: Callable[[], None] | None = None,
     ) -> None:
         self._tier = tier
         self._on_redis_answers = on_redis_answers
+        self._on_redis_silent = on_redis_silent
         # the prober's view: never refused by the breaker, and closes it when Redis answers
         self._probe_tier = tier.around_breaker()
         self._channel = channel
@@ -273,6 +275,8 @@ class AsyncInvalidationBus:
                 else:
                     answered = False
                     self.state.on_probe_failed()
+                    if self._on_redis_silent is not None:
+                        self._on_redis_silent()
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 pass
             await async_wait_event(run.stop, PROBE_INTERVAL)

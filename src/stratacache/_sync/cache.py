@@ -242,12 +242,12 @@ class Cache:
         self._recovery_grace = to_seconds(recovery_grace, "recovery_grace")
         # L2 entries created (wall clock) before _suspect_before are not served while the
         # bus is unhealthy or until _suspect_until (monotonic); see the module notes.
-        # _answered_at: when the primary Redis last answered after failing (wall clock);
-        # _spell_marked: when a deaf spell last set _suspect_before (wall clock)
+        # _answered_at / _silent_at: when the primary Redis last answered after failing /
+        # last failed to answer the prober or the bus lost track (wall clock)
         self._suspect_before = 0.0
         self._suspect_until = 0.0
         self._answered_at = 0.0
-        self._spell_marked = 0.0
+        self._silent_at = 0.0
         self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._versions = TagVersions()
         self._tier = self._make_tier(redis, cluster)
@@ -295,6 +295,7 @@ class Cache:
             batch_window=self.settings.bus_batch_window,
             heartbeat_timeout=self.settings.heartbeat_timeout,
             on_redis_answers=self._redis_answers,
+            on_redis_silent=self._redis_silent,
         )
 
     def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
@@ -312,6 +313,15 @@ class Cache:
         prober heard it again): remember when, and flush the outbox now."""
         self._answered_at = self._clock()
         self._nudge_outbox()
+
+    def _redis_silent(self) -> None:
+        """Redis did not answer the prober (or the bus lost track of it): whatever L2
+        holds from before now may predate writes that other instances keep in their
+        outboxes, so it is suspect (see :meth:`_withheld`)."""
+        now = self._clock()
+        self._silent_at = now
+        self._suspect_before = max(self._suspect_before, now)
+        self._suspect_until = time.monotonic() + self._recovery_grace
 
     def _nudge_outbox(self) -> None:
         """Apply what is pending now rather than at its backoff."""
@@ -347,20 +357,16 @@ class Cache:
             # not at start-up, nor after our own workers ended: only when Redis may have
             # been out of someone's reach may another instance's outbox hold writes that
             # L2 does not show yet
-            self._mark_suspect()
+            if bus.state.flush_cause != "recovered":
+                self._redis_silent()
+            else:
+                # heard again: entries written before Redis answered again are suspect for
+                # the grace (a writer that wrote after it answered is trusted); if it was
+                # never seen silent (a lost subscription), everything before now is
+                answered = self._answered_at if self._answered_at > self._silent_at else None
+                self._suspect_before = max(self._suspect_before, answered or self._clock())
+                self._suspect_until = time.monotonic() + self._recovery_grace
             self._nudge_outbox()
-
-    def _mark_suspect(self) -> None:
-        """A flush after Redis trouble: entries written before Redis answered again (if it
-        did during this spell: a writer that wrote after that is trusted), else before
-        now, are suspect for ``recovery_grace``."""
-        now = self._clock()
-        if self._answered_at > self._spell_marked:
-            self._suspect_before = self._answered_at  # the recovery of this spell
-        else:
-            self._suspect_before = now
-        self._spell_marked = now
-        self._suspect_until = time.monotonic() + self._recovery_grace
 
     def _apply_bus_message(self, message: BusMessage) -> None:
         if message.action is Action.INVALIDATE_TAGS:
@@ -423,7 +429,7 @@ class Cache:
         self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
-        self._suspect_before = self._suspect_until = self._answered_at = self._spell_marked = 0.0
+        self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
