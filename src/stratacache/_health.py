@@ -9,8 +9,8 @@ Rules
   invalidations it could not apply (outbox pending): other instances may serve data this
   one has already changed, until Redis answers again.
 * **degraded**: the cache works but not as designed: Redis unreachable (reads go to the
-  loader), a breaker open or half-open, the bus not healthy (L1 bypassed or serving
-  bounded-stale entries), operations pending in the outbox, dead letters present.
+  loader), a breaker open or half-open, the bus unhealthy (L1 bypassed or serving
+  bounded-stale entries; a bus not started yet, before the cache's first call, is not), operations pending in the outbox, dead letters present.
 * **ok**: none of the above.
 """
 
@@ -88,8 +88,9 @@ def judge(stats: CacheStats, *, has_redis: bool, redis_answers: bool) -> Health:
         degraded.append(f"primary Redis breaker {stats.breaker_state}")
     if stats.failover_breaker_state not in ("off", "closed"):
         degraded.append(f"failover Redis breaker {stats.failover_breaker_state}")
-    if stats.bus_state not in ("off", "healthy"):
-        degraded.append(f"invalidation bus {stats.bus_state}")
+    # "starting": no call has needed the bus yet (it starts with the first one)
+    if stats.bus_state == "unhealthy":
+        degraded.append("invalidation bus unhealthy")
     if pending and reachable is not False:
         degraded.append(f"{pending} operation(s) pending in the outbox")
     if dead:
