@@ -10,7 +10,8 @@ Rules
   one has already changed, until Redis answers again.
 * **degraded**: the cache works but not as designed: Redis unreachable (reads go to the
   loader), a breaker open or half-open, the bus unhealthy (L1 bypassed or serving
-  bounded-stale entries; a bus not started yet, before the cache's first call, is not), operations pending in the outbox, dead letters present.
+  bounded-stale entries; a bus not started yet, before the cache's first call, is not),
+  operations pending in the outbox, dead letters present.
 * **ok**: none of the above.
 """
 
