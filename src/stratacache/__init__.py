@@ -24,12 +24,13 @@ from ._errors import (
     StratacacheError,
     ValueTooLargeError,
 )
+from ._health import Health
 from ._invalidation import AuditRecord, InvalidationRule, InvalidationStats
 from ._keys import KeySpace, make_key
 from ._l1 import L1
 from ._outbox import DeadLetter
 from ._sentinel import MISSING
-from ._stats import CacheStats, LatencySummary
+from ._stats import CacheStats, Histogram, LatencySummary
 from ._sync.cache import Cache
 from ._sync.lock import DistributedLock
 
@@ -51,6 +52,8 @@ __all__ = [
     "DistributedLock",
     "Entry",
     "FencingTokenRejected",
+    "Health",
+    "Histogram",
     "InvalidKeyError",
     "InvalidationRule",
     "InvalidationStats",

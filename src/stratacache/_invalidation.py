@@ -26,7 +26,7 @@ from typing import Any, Optional
 from ._keys import validate_key
 from ._options import Duration, to_seconds
 from ._outbox import Op
-from ._stats import LatencyRecorder, LatencySummary
+from ._stats import BucketCounter, Histogram, LatencyRecorder, LatencySummary
 
 __all__ = [
     "AuditRecord",
@@ -42,6 +42,12 @@ _FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _GLOB_CHARS = re.compile(r"(?<!\\)[*?\[]")
 MAX_RECLAIM_CHUNK = 5000
 MAX_RULE_DEPTH = 16  # rules triggering rules: a bound, so a loop of rules always ends
+
+# the invalidation seed's Prometheus buckets
+INVALIDATION_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0)
+CASCADE_DEPTH_BUCKETS: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+# the methods whose durations ``latency`` summarises (a caller waits for them)
+_CALLER_METHODS = frozenset(("key", "related", "tag", "pattern"))
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,15 @@ class InvalidationStats:
     """Failed tries by Redis: ``primary``, ``failover``."""
     cascade_depth: LatencySummary = field(default_factory=LatencySummary)
     """Depth of dependency cascades (0: no dependents)."""
+    durations: dict[str, dict[str, Histogram]] = field(default_factory=dict)
+    """Durations (seconds) by method (``key``, ``related``, ``tag``, ``pattern``,
+    ``epoch``, ``rule``, ``delayed``, ``retry``) and result (``ok``; ``failed``: a Redis
+    step failed and waits in the outbox, or the call raised); only those seen."""
+    failures_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Failed tries by error type (``transient``: Redis did not answer, the operation
+    waits in the outbox; ``refused``: Redis refused it for good) and Redis."""
+    cascade_depths: dict[str, Histogram] = field(default_factory=dict)
+    """Depth of dependency cascades by what set them off (the methods of ``durations``)."""
     cycles_detected: int = 0
     queue_size: int = 0
     """Operations waiting: the outbox plus scheduled (delayed) invalidations."""
@@ -319,13 +334,54 @@ class InvalidationCounters:
             0,
         )
         self.keys_invalidated = 0
-        self.latency = LatencyRecorder()
+        self.latency = LatencyRecorder(bounds=INVALIDATION_BUCKETS)
         self.failures = {PRIMARY: 0, FAILOVER: 0}
-        self.cascade_depth = LatencyRecorder()
+        self.failures_by_type: dict[str, dict[str, int]] = {
+            kind: {PRIMARY: 0, FAILOVER: 0} for kind in ("transient", "refused")
+        }
+        self.cascade_depth = LatencyRecorder(bounds=CASCADE_DEPTH_BUCKETS)
         self.cycles_detected = 0
         self.epoch_bumps = 0
         self.reclaimed_keys = 0
         self.audit_failures = 0
+        # created on first use: a few methods are ever seen by most caches
+        self._durations: dict[tuple[str, str], BucketCounter] = {}
+        self._cascade_depths: dict[str, BucketCounter] = {}
+
+    def record_duration(self, method: str, seconds: float, failed: bool) -> None:
+        """One invalidation of ``method`` took ``seconds``; ``failed``: a Redis step of it
+        failed (or it raised)."""
+        key = (method, "failed" if failed else "ok")
+        counter = self._durations.get(key)
+        if counter is None:
+            counter = self._durations.setdefault(key, BucketCounter(INVALIDATION_BUCKETS))
+        counter.record(seconds)
+        if method in _CALLER_METHODS:
+            self.latency.record(seconds)
+
+    def record_failure(self, redis: str, transient: bool) -> None:
+        """A try on ``redis`` (``primary``/``failover``) failed."""
+        self.failures[redis] += 1
+        self.failures_by_type["transient" if transient else "refused"][redis] += 1
+
+    def record_cascade(self, depth: int, trigger: str) -> None:
+        """A dependency cascade set off by ``trigger`` went ``depth`` levels deep."""
+        self.cascade_depth.record(depth)
+        counter = self._cascade_depths.get(trigger)
+        if counter is None:
+            counter = self._cascade_depths.setdefault(trigger, BucketCounter(CASCADE_DEPTH_BUCKETS))
+        counter.record(depth)
+
+    def durations(self) -> dict[str, dict[str, Histogram]]:
+        """Snapshots of the duration histograms, by method and result."""
+        out: dict[str, dict[str, Histogram]] = {}
+        for (method, result), counter in list(self._durations.items()):
+            out.setdefault(method, {})[result] = counter.snapshot()
+        return out
+
+    def cascade_depths(self) -> dict[str, Histogram]:
+        """Snapshots of the cascade depth histograms, by trigger."""
+        return {trigger: c.snapshot() for trigger, c in list(self._cascade_depths.items())}
 
 
 @dataclass(frozen=True)

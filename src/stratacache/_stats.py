@@ -1,7 +1,16 @@
-"""Counters and latency summaries of a cache, and the :class:`CacheStats` snapshot."""
+"""Counters, latency summaries and histograms of a cache, and the :class:`CacheStats`
+snapshot.
+
+A :class:`LatencyRecorder` keeps two views of the same durations: a bounded window of
+recent samples (for the p50/p99 of ``stats()``) and cumulative bucket counts with a sum
+(for Prometheus histograms, which aggregate across processes where percentiles cannot).
+A record is one ``bisect`` into a fixed tuple and two additions; no recorder is on the L1
+hit path.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -10,6 +19,59 @@ if TYPE_CHECKING:
     from ._invalidation import InvalidationStats
 
 _SAMPLES = 4096  # latency samples kept per series: recent behaviour, bounded memory
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the L2, load and bus lag histograms."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts of observations, as a Prometheus histogram has them.
+
+    ``counts[i]`` is the number of observations ``<= bounds[i]``; the last item of
+    ``counts`` (one more than ``bounds``) counts every observation (the ``+Inf`` bucket).
+    """
+
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = (0,)
+    sum: float = 0.0
+
+    @property
+    def count(self) -> int:
+        """The number of observations."""
+        return self.counts[-1]
+
+
+class BucketCounter:
+    """The mutable side of :class:`Histogram`: a count per bucket and a running sum."""
+
+    __slots__ = ("_bounds", "_counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"bucket bounds must be strictly increasing, got {bounds!r}")
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last: +Inf
+        self.sum = 0.0
+
+    def record(self, value: float) -> None:
+        """Add one observation."""
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le=)
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> Histogram:
+        """The cumulative counts so far."""
+        counts = list(self._counts)  # one copy first: a record racing the loop is not torn
+        total = 0
+        cumulative = []
+        for n in counts:
+            total += n
+            cumulative.append(total)
+        return Histogram(self._bounds, tuple(cumulative), self.sum)
 
 
 @dataclass(frozen=True)
@@ -20,6 +82,8 @@ class LatencySummary:
     p50: float = 0.0
     p99: float = 0.0
     max: float = 0.0
+    histogram: Histogram = field(default_factory=Histogram)
+    """Every observation since the start, by bucket (the percentiles cover recent ones)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +109,9 @@ class CacheStats:
     l1_evictions: int = 0
     breaker_state: str = "closed"
     breaker_opened: int = 0
+    # the failover Redis's own breaker ("off" without a failover Redis)
+    failover_breaker_state: str = "off"
+    failover_breaker_opened: int = 0
     load_latency: LatencySummary = field(default_factory=LatencySummary)
     l2_latency: LatencySummary = field(default_factory=LatencySummary)
     # the invalidation bus ("off" without one); flushes are counted by cause
@@ -75,30 +142,39 @@ class CacheStats:
 
 
 class LatencyRecorder:
-    """A bounded window of recent durations, summarised on demand."""
+    """A bounded window of recent durations, summarised on demand, and bucket counts of
+    all of them (``bounds``: the histogram's upper bounds)."""
 
-    __slots__ = ("_samples", "count")
+    __slots__ = ("_buckets", "_samples", "count")
 
-    def __init__(self, size: int = _SAMPLES) -> None:
+    def __init__(self, size: int = _SAMPLES, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self._samples: deque[float] = deque(maxlen=size)
+        self._buckets = BucketCounter(bounds)
         self.count = 0
 
     def record(self, seconds: float) -> None:
         """Add one duration in seconds."""
         self._samples.append(seconds)
+        self._buckets.record(seconds)
         self.count += 1
 
+    def histogram(self) -> Histogram:
+        """The bucket counts of every duration recorded."""
+        return self._buckets.snapshot()
+
     def summary(self) -> LatencySummary:
-        """p50, p99 and max of the samples in the window."""
+        """p50, p99 and max of the samples in the window, and the histogram."""
+        histogram = self._buckets.snapshot()
         samples = sorted(self._samples)
         if not samples:
-            return LatencySummary(count=self.count)
+            return LatencySummary(count=self.count, histogram=histogram)
         last = len(samples) - 1
         return LatencySummary(
             count=self.count,
             p50=samples[round(0.50 * last)],
             p99=samples[round(0.99 * last)],
             max=samples[-1],
+            histogram=histogram,
         )
 
 

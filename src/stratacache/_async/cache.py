@@ -50,6 +50,7 @@ from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, ne
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
 from .._errors import RedisUnavailableError
+from .._health import Health, judge
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
@@ -1114,6 +1115,12 @@ class AsyncCache:
                 "bus_unhealthy_seconds": state.unhealthy_seconds(),
                 "bus_lag": state.lag.summary(),
             }
+        failover_fields: dict[str, Any] = {}
+        if self._failover is not None:
+            failover_fields = {
+                "failover_breaker_state": self._failover_breaker.state.value,
+                "failover_breaker_opened": self._failover_breaker.opened,
+            }
         return CacheStats(
             l1_hits=self._l1.hits,
             l1_misses=self._l1.misses,
@@ -1130,10 +1137,20 @@ class AsyncCache:
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
             breaker_opened=self._breaker.opened,
+            **failover_fields,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
             invalidation=self._invalidator.stats(),
             **bus_fields,
+        )
+
+    def health(self) -> Health:
+        """This cache's health for a readiness probe: ``ok``, ``degraded`` or ``failing``
+        with the reasons (see :class:`Health`). Reads counters only: no Redis call."""
+        return judge(
+            self.stats(),
+            has_redis=self._tier is not None,
+            redis_answers=self._invalidator.redis_reachable(),
         )
 
     @property

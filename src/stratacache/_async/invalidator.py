@@ -38,12 +38,13 @@ when they succeed, so that the readers come back to Redis at the same moment.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Optional
@@ -116,6 +117,23 @@ def watched_failures(
     failures = _CALL_FAILURES.get() or []
     _CALL_FAILURES.reset(token)
     return failures
+
+
+class _Timing:
+    """The invalidation being timed in this context (its metrics' labels)."""
+
+    __slots__ = ("failed", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.failed = False
+
+
+# The innermost timed invalidation of this call: ``_failed`` marks it failed, a cascade
+# takes its method as the trigger. Per context, so concurrent calls do not mix.
+_TIMING: contextvars.ContextVar[Optional[_Timing]] = contextvars.ContextVar(
+    "stratacache_invalidation_timing", default=None
+)
 
 
 @dataclass
@@ -225,10 +243,9 @@ class AsyncInvalidator:
     ) -> int:
         """Invalidate ``keys`` and, transitively, every key that depends on them; fire the
         rules they trigger. Returns how many keys were removed from L1 or L2."""
-        start = perf_counter()
         self.counters.by_type[kind] += 1
-        removed = await self._cascade(list(dict.fromkeys(keys)), reason, fire_rules=True)
-        self.counters.latency.record(perf_counter() - start)
+        with self._timed(kind):
+            removed = await self._cascade(list(dict.fromkeys(keys)), reason, fire_rules=True)
         self._record_audit(kind, ",".join(keys), removed, reason)
         return removed
 
@@ -236,17 +253,16 @@ class AsyncInvalidator:
         """Invalidate every entry carrying one of ``tags`` or a tag below one of them
         (O(1) per tag); returns the number of keys registered under them (L1's count
         without Redis)."""
-        start = perf_counter()
         tags = list(dict.fromkeys(tags))
         self.counters.by_type["tag"] += 1
         registered: Optional[int] = None
-        for target in self._targets:
-            applied = await self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
-            if target.name == PRIMARY:
-                registered = applied
-        dropped = self._local.tags(tags)
+        with self._timed("tag"):
+            for target in self._targets:
+                applied = await self._apply_tags(target, [Op(TAG, t, reason) for t in tags])
+                if target.name == PRIMARY:
+                    registered = applied
+            dropped = self._local.tags(tags)
         count = dropped if registered is None else registered
-        self.counters.latency.record(perf_counter() - start)
         self._record_audit("tag", ",".join(tags), count, reason)
         return count
 
@@ -254,15 +270,14 @@ class AsyncInvalidator:
         """Invalidate every key matching the Redis-style ``glob``: L1 at once, L2 by a
         chunked SCAN + UNLINK on every master; the number of L2 entries removed (L1's
         count without Redis)."""
-        start = perf_counter()
         self.counters.by_type["pattern"] += 1
-        count = self._local.pattern(glob)
-        for target in self._targets:
-            removed = await self._apply_pattern(target, Op(PATTERN, glob, reason))
-            if target.name == PRIMARY and removed is not None:
-                count = removed
-        self._local.pattern(glob)
-        self.counters.latency.record(perf_counter() - start)
+        with self._timed("pattern"):
+            count = self._local.pattern(glob)
+            for target in self._targets:
+                removed = await self._apply_pattern(target, Op(PATTERN, glob, reason))
+                if target.name == PRIMARY and removed is not None:
+                    count = removed
+            self._local.pattern(glob)
         self._record_audit("pattern", glob, count, reason)
         return count
 
@@ -286,8 +301,8 @@ class AsyncInvalidator:
         for target in self._targets:
             try:
                 await getattr(target.tier, method)(depends_on, key, *extra)
-            except RedisUnavailableError:
-                self.counters.failures[target.name] += 1
+            except RedisUnavailableError as exc:
+                self.counters.record_failure(target.name, exc.transient)
                 if target.name == PRIMARY:
                     raise
 
@@ -295,8 +310,9 @@ class AsyncInvalidator:
         """Make every entry of the namespace a miss, everywhere (O(1))."""
         self._local.clear()
         self.counters.by_type["epoch"] += 1
-        for target in self._targets:
-            await self._apply_epoch(target, Op(EPOCH, "", reason))
+        with self._timed("epoch"):
+            for target in self._targets:
+                await self._apply_epoch(target, Op(EPOCH, "", reason))
         self._local.clear()
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -311,8 +327,9 @@ class AsyncInvalidator:
         for target in self._targets:
             for letter in target.outbox.take_dead_letters():
                 op = Op(letter.kind, letter.target, letter.reason)
-                if await self._apply_one(target, op):
-                    applied += 1
+                with self._timed("retry"):
+                    if await self._apply_one(target, op):
+                        applied += 1
         return applied
 
     async def audit_log(self, count: int) -> list[AuditRecord]:
@@ -374,6 +391,29 @@ class AsyncInvalidator:
                 target.outbox.due_now()
                 self._ensure_worker()
 
+    @contextlib.contextmanager
+    def _timed(self, method: str) -> Iterator[None]:
+        """Time one invalidation of ``method`` for its histogram; failed if a Redis step
+        of it failed (an enclosing invalidation then failed too) or it raised."""
+        outer = _TIMING.get()
+        timing = _Timing(method)
+        token = _TIMING.set(timing)
+        start = perf_counter()
+        try:
+            yield
+        except BaseException:
+            timing.failed = True
+            raise
+        finally:
+            _TIMING.reset(token)
+            if timing.failed and outer is not None:
+                outer.failed = True
+            self.counters.record_duration(method, perf_counter() - start, timing.failed)
+
+    def redis_reachable(self) -> bool:
+        """False from a failed try on the primary Redis until it answers again."""
+        return all(t.reachable for t in self._targets[:1])
+
     def stats(self) -> InvalidationStats:
         """A snapshot of the invalidation metrics."""
         c = self.counters
@@ -383,6 +423,9 @@ class AsyncInvalidator:
             latency=c.latency.summary(),
             failures=dict(c.failures),
             cascade_depth=c.cascade_depth.summary(),
+            durations=c.durations(),
+            failures_by_type={kind: dict(by) for kind, by in c.failures_by_type.items()},
+            cascade_depths=c.cascade_depths(),
             cycles_detected=c.cycles_detected,
             queue_size=sum(len(t.outbox) for t in self._targets) + len(self._delayed),
             outbox_pending=sum(len(t.outbox) for t in self._targets),
@@ -425,7 +468,8 @@ class AsyncInvalidator:
                 self.counters.by_type["rule"] += 1
                 targets = rule.render(fields)
                 ops = [Op(PATTERN if is_glob(t) else KEY, t, reason) for t in targets]
-                await self._run_now(ops, fire_rules=True, depth=depth + 1)
+                with self._timed("rule"):
+                    await self._run_now(ops, fire_rules=True, depth=depth + 1)
                 if rule.delay_seconds > 0:
                     self._delayed.schedule(self._timer() + rule.delay_seconds, ops)
                     self._ensure_worker()
@@ -487,7 +531,8 @@ class AsyncInvalidator:
         self._local.keys(list(reached))
         self.counters.keys_invalidated += removed
         if target.name == PRIMARY:
-            self.counters.cascade_depth.record(depth)
+            timing = _TIMING.get()
+            self.counters.record_cascade(depth, "retry" if timing is None else timing.method)
             if depth:
                 self.counters.by_type["cascaded"] += len(reached) - len(ops)
             if revisited:
@@ -620,8 +665,11 @@ class AsyncInvalidator:
     ) -> None:
         """Leave ``ops`` in the outbox (or make them dead letters if Redis refused them
         for good); a retry that failed backs off."""
-        self.counters.failures[target.name] += 1
         transient = exc.transient
+        self.counters.record_failure(target.name, transient)
+        timing = _TIMING.get()
+        if timing is not None:
+            timing.failed = True
         if target.name == PRIMARY:
             failures = _CALL_FAILURES.get()
             if failures is not None:
@@ -760,6 +808,7 @@ class AsyncInvalidator:
 
     async def _work(self) -> None:
         _CALL_FAILURES.set(None)  # a task inherits its creator's context: not its failures
+        _TIMING.set(None)
         while not self._stopping:
             try:
                 busy = await self._work_once()
@@ -807,7 +856,8 @@ class AsyncInvalidator:
         delayed = self._delayed.take_due(now, self.settings.batch_window)
         if delayed:
             self.counters.by_type["delayed"] += len(delayed)
-            await self._run_now(delayed, fire_rules=False, depth=MAX_RULE_DEPTH)
+            with self._timed("delayed"):
+                await self._run_now(delayed, fire_rules=False, depth=MAX_RULE_DEPTH)
         await self._flush_audit()
         busy = False
         for target in self._targets:
@@ -840,7 +890,8 @@ class AsyncInvalidator:
         if due:
             self.counters.by_type["retry"] += len(due)
             try:
-                await self._retry(target, due)
+                with self._timed("retry"):
+                    await self._retry(target, due)
             except BaseException:
                 for op in due:  # cancelled (close): back to waiting, not lost
                     outbox.retry_failed(op, "interrupted", self._timer(), transient=True)
