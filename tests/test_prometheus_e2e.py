@@ -81,13 +81,13 @@ class PrometheusServer:
     def wait_ready(self) -> None:
         """Poll ``/-/ready`` until the server answers (fails if it exits or times out)."""
         deadline = time.monotonic() + DEADLINE
+        ready = f"{self.url}/-/ready"
         while True:
             assert self.process is not None
             assert self.process.poll() is None, f"prometheus exited:\n{self.log()}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=1) as reply:
+                if reply.status == 200:
+                    return
             assert time.monotonic() < deadline, f"prometheus not ready:\n{self.log()}"
             time.sleep(0.05)
 
