@@ -74,6 +74,19 @@ class PrometheusServer:
             stderr=subprocess.STDOUT,
         )
 
+    def listening_addresses(self) -> set[str]:
+        """The local addresses with a listening TCP socket on the server's port (Linux's
+        ``/proc/net/tcp*``; hex as the kernel writes them)."""
+        addresses = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in list(f)[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    address, port = local.rsplit(":", 1)
+                    if state == "0A" and int(port, 16) == self.port:  # 0A: LISTEN
+                        addresses.add(address)
+        return addresses
+
     def log(self) -> str:
         """What the server printed so far (for failure messages)."""
         return self.log_path.read_text(errors="replace")
@@ -136,6 +149,9 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheu
         server = PrometheusServer(executable, tmp_path, targets)
         servers.append(server)
         server.wait_ready()
+        # loopback only: 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
+        if Path("/proc/net/tcp").exists():
+            assert server.listening_addresses() == {"0100007F"}, server.listening_addresses()
         return server
 
     yield start
