@@ -1,6 +1,7 @@
 # stratacache — every target sets up what it needs on a fresh Debian/Ubuntu machine.
 #   make demo    the demo (throwaway redis-server, several worker processes)
-#   make test    lint, type-check, then the suite twice: compiled L1 and pure L1
+#   make test    lint, type-check, promtool on the alert rules, then the suite twice:
+#                compiled L1 and pure L1
 #   make bench   the benchmarks (pytest-benchmark) and the peer report
 #   make chaos   the consistency checker under faults (issue 11), standalone and cluster
 #   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: all demo test test-compiled test-pure lint bench chaos sync setup redis clean
+.PHONY: all demo test test-compiled test-pure lint rules bench chaos sync setup redis prometheus clean
 
 all: test
 
@@ -42,7 +43,26 @@ redis:
 	  exit 1; \
 	fi
 
-setup: $(STAMP) redis
+# promtool and prometheus: `make rules` checks and unit-tests deploy/prometheus/rules.yml and
+# the end-to-end test runs a real server. Debian's package starts a system service on :9090
+# too; policy-rc.d stops that, as for redis.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing prometheus (promtool) with apt-get"; \
+	  made_policy=0; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  status=$$?; \
+	  if [ $$made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  exit $$status; \
+	else \
+	  echo "promtool and prometheus are needed: install Prometheus >= 2.37 (Debian/Ubuntu: sudo apt-get install prometheus), or run as root so make can." >&2; \
+	  exit 1; \
+	fi
+
+setup: $(STAMP) redis prometheus
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks scripts examples
@@ -56,7 +76,12 @@ test-pure: setup
 	@echo "=== pytest: pure-Python L1 (STRATACACHE_NO_EXTENSIONS=1) ==="
 	STRATACACHE_NO_EXTENSIONS=1 $(PYTEST) tests
 
-test: lint test-compiled test-pure
+# The alert rules: syntax, then their unit tests (each alert fires and stays quiet).
+rules: prometheus
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules_test.yml
+
+test: lint rules test-compiled test-pure
 
 demo: setup
 	$(PY) examples/demo.py
