@@ -8,6 +8,7 @@ and never let a late fill write stale data. See the README for a tour.
 from __future__ import annotations
 
 from ._async.cache import AsyncCache
+from ._async.instances import instances as ainstances
 from ._async.lock import AsyncDistributedLock
 from ._breaker import BreakerState, CircuitBreaker
 from ._codec import Codec, Entry, TypeRegistry, register_dataclass, register_type
@@ -24,6 +25,7 @@ from ._errors import (
     StratacacheError,
     ValueTooLargeError,
 )
+from ._instances import InstanceInfo
 from ._invalidation import AuditRecord, InvalidationRule, InvalidationStats
 from ._keys import KeySpace, make_key
 from ._l1 import L1
@@ -31,6 +33,7 @@ from ._outbox import DeadLetter
 from ._sentinel import MISSING
 from ._stats import CacheStats, LatencySummary
 from ._sync.cache import Cache
+from ._sync.instances import instances
 from ._sync.lock import DistributedLock
 
 __version__ = "0.1.0"
@@ -51,6 +54,7 @@ __all__ = [
     "DistributedLock",
     "Entry",
     "FencingTokenRejected",
+    "InstanceInfo",
     "InvalidKeyError",
     "InvalidationRule",
     "InvalidationStats",
@@ -66,6 +70,8 @@ __all__ = [
     "TypeRegistry",
     "ValueTooLargeError",
     "__version__",
+    "ainstances",
+    "instances",
     "make_key",
     "register_dataclass",
     "register_type",
