@@ -12,7 +12,8 @@ from .._primitives import AsyncRedis, AsyncRedisCluster, async_close_client, asy
 async def instances(redis: Any, namespace: str, *, cluster: bool = False) -> list[InstanceInfo]:
     """The live instances of ``namespace``: the heartbeat record each cache with Redis
     publishes about itself (refreshed about once a second, gone when it closes or, if it
-    died, when the record's TTL runs out), sorted by id.
+    died, when the record's TTL runs out), sorted by id. A cache publishes its record
+    once its bus runs, that is from its first call that uses Redis.
 
     Parameters:
         redis: a URL, or a client — ``redis.asyncio.Redis`` or ``RedisCluster`` for
