@@ -14,6 +14,7 @@ import datetime as _dt
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -53,9 +54,25 @@ class CliError(click.ClickException):
         click.echo(f"stratacache: error: {self.format_message()}", err=True)
 
 
+class _Command(click.Command):
+    """Takes the URL from ``STRATACACHE_URL`` when no argument is one (a Redis URL always
+    has a scheme: ``redis://``, ``rediss://``, ``unix://``). Click alone would give the
+    first positional (a key, say) to URL."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        env = os.environ.get("STRATACACHE_URL")
+        takes_url = any(p.name == "url" for p in self.params if isinstance(p, click.Argument))
+        if env and takes_url and not any("://" in arg for arg in args):
+            args = [env, *args]
+        return super().parse_args(ctx, args)
+
+
 class _Group(click.Group):
     """Turns the errors a command can meet (Redis unreachable, a refused command, bad
     input) into one line instead of a traceback."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Groups too
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -190,7 +207,7 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         envvar="STRATACACHE_NAMESPACE",
         help="The caches' namespace.",
     )(fn)
-    return click.argument("url", envvar="STRATACACHE_URL")(fn)
+    return click.argument("url")(fn)  # or STRATACACHE_URL: see _Command
 
 
 def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -698,7 +715,8 @@ def audit(
     url: str, namespace: str, cluster: bool, as_json: bool, last: int, follow: bool, count: int
 ) -> None:
     """The audit stream of the namespace (every instance's invalidations: who, what,
-    how many keys, why), oldest first; --follow waits for new ones (XREAD)."""
+    how many keys, why), oldest first; --follow waits for new ones (XREAD; a line on
+    stderr says when it follows)."""
     with _target(url, namespace, cluster) as target:
         target.require_namespace()
         client = target.client
@@ -709,6 +727,7 @@ def audit(
         if not follow:
             return
         after = newest[0][0] if newest else (client.xrevrange(stream, count=1) or [[b"0-0"]])[0][0]
+        click.echo(f"following {stream}", err=True)
         seen = 0
         while True:
             reply = client.xread({stream: after}, block=1000, count=100)
