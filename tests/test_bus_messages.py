@@ -81,6 +81,14 @@ def test_long_batches_split_within_the_size_bound() -> None:
         assert decode_message(payload) is not None
 
 
+def test_an_unbatched_clear_is_one_message() -> None:
+    # bus_batch_window=0 (or at_once) sends through encode_all: a CLEAR has no args to
+    # split, and must still go out (it once went out as no message at all)
+    out = BusPublisherState(SOURCE, lambda: 1.0)
+    messages = [decode_message(p) for p in out.encode_all(Action.CLEAR, ())]
+    assert [(m.seq, m.action, m.args) for m in messages if m] == [(1, Action.CLEAR, ())]
+
+
 def test_a_batch_is_one_message_per_action_with_consecutive_sequence_numbers() -> None:
     out = BusPublisherState(SOURCE, lambda: 5.0)
     assert out.add(Action.INVALIDATE_KEYS, ["a", "b"]) is True

@@ -116,3 +116,12 @@ def bus_watcher(url: str, cluster: bool, key: str, rounds: int, barrier: Any, re
         results.put((seen, cache.stats().l1_hits))
     finally:
         cache.close()
+
+
+def instance_holder(url: str, cluster: bool, namespace: str, ttl: float) -> None:
+    """A cache that publishes its heartbeat record (``instance_ttl=ttl``) until the test
+    kills this process; it serves one read so its counters are not all zero."""
+    cache = Cache(url, cluster=cluster, namespace=namespace, instance="holder", instance_ttl=ttl)
+    cache.get_or_set("k", lambda: 1)
+    time.sleep(120)  # killed long before (a multiprocessing Event would hang its setter)
+    cache.close()

@@ -8,6 +8,7 @@ and never let a late fill write stale data. See the README for a tour.
 from __future__ import annotations
 
 from ._async.cache import AsyncCache
+from ._async.instances import instances as ainstances
 from ._async.lock import AsyncDistributedLock
 from ._breaker import BreakerState, CircuitBreaker
 from ._codec import Codec, Entry, TypeRegistry, register_dataclass, register_type
@@ -25,6 +26,7 @@ from ._errors import (
     ValueTooLargeError,
 )
 from ._health import Health
+from ._instances import InstanceInfo
 from ._invalidation import AuditRecord, InvalidationRule, InvalidationStats
 from ._keys import KeySpace, make_key
 from ._l1 import L1
@@ -32,6 +34,7 @@ from ._outbox import DeadLetter
 from ._sentinel import MISSING
 from ._stats import CacheStats, Histogram, LatencySummary
 from ._sync.cache import Cache
+from ._sync.instances import instances
 from ._sync.lock import DistributedLock
 
 __version__ = "0.1.0"
@@ -54,6 +57,7 @@ __all__ = [
     "FencingTokenRejected",
     "Health",
     "Histogram",
+    "InstanceInfo",
     "InvalidKeyError",
     "InvalidationRule",
     "InvalidationStats",
@@ -69,6 +73,8 @@ __all__ = [
     "TypeRegistry",
     "ValueTooLargeError",
     "__version__",
+    "ainstances",
+    "instances",
     "make_key",
     "register_dataclass",
     "register_type",

@@ -367,6 +367,8 @@ class BusPublisherState:
 
     def encode_all(self, action: Action, args: Iterable[str]) -> list[bytes]:
         """Unbatched: the messages for one invalidation, split by the size bound."""
+        if action is Action.CLEAR or action is Action.HEARTBEAT:  # no args: one message
+            return [self.encode(action)]
         return [self.encode(action, chunk) for chunk in split_args(list(args))]
 
 

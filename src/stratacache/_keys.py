@@ -15,6 +15,11 @@ new one, so new code never reads bytes laid out differently)::
     ns:v1:k:{N}       distributed lock named N    (lock_key)
     ns:v1:c:{N}       fencing-token counter of N  (fence_counter_key; same slot as lock_key)
     ns:v1:m:{ns}:NAME namespace-level value       (meta_key; all of a namespace in one slot)
+    ns:v1:i:{ns}      ids of the instances that   (instance_index_key; same slot as meta_key)
+                      publish a heartbeat record,
+                      scored by expiry (ms)
+    ns:v1:i:{ns}:ID   heartbeat record of one     (instance_key; same slot: one MGET reads all)
+                      instance (msgpack, PX TTL)
     ns:v1:bus         invalidation channel        (channel)
 
 The two indexes (``e``, ``z``) are sorted sets scored by when each member expires; they
@@ -138,6 +143,7 @@ class KeySpace:
         "_dependents",
         "_entry_prefix",
         "_fence",
+        "_instances",
         "_lease",
         "_lock",
         "_members",
@@ -168,6 +174,7 @@ class KeySpace:
         self._lock = base + "k:{"
         self._counter = base + "c:{"
         self._meta = f"{base}m:{{{namespace}}}:"
+        self._instances = f"{base}i:{{{namespace}}}"
         self._channel = base + "bus"
 
     def __repr__(self) -> str:
@@ -252,6 +259,16 @@ class KeySpace:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(f"meta key name {name!r} must be characters from A-Z a-z 0-9 _ . -")
         return self._meta + name
+
+    def instance_index_key(self) -> str:
+        """The sorted set of the ids of instances publishing a heartbeat record (scored by
+        when their record expires, in ms); in the slot of :meth:`meta_key`."""
+        return self._instances
+
+    def instance_key(self, instance_id: str) -> str:
+        """The heartbeat record of instance ``instance_id`` (any str: it follows the hash
+        tag, so every record shares the slot of :meth:`instance_index_key`)."""
+        return f"{self._instances}:{instance_id}"
 
     def channel(self) -> str:
         """The pub/sub channel of the namespace."""

@@ -16,7 +16,9 @@ the bus unhealthy at once (L1 flushed and bypassed); the first answer after that
 a heartbeat now, so the bus recovers as soon as it hears it, and closes the breaker, so
 that reads and the outbox come back to Redis at the same moment. A PING costs Redis one
 command per instance and interval, and fans out to nobody (a heartbeat fans out to every
-instance of the namespace).
+instance of the namespace). After a PING was answered, the prober also refreshes this
+instance's heartbeat record when it is due (``_instances.py``: at most once a second);
+:meth:`AsyncInvalidationBus.aclose` deletes it.
 
 Each start of the bus is a *run*: its workers and the primitives they wait on. A
 worker that ends while its run is current (any cause: its event loop ended, an error
@@ -34,6 +36,7 @@ from typing import Any
 from .._bus import BusPublisherState, BusState
 from .._bus_messages import Action
 from .._errors import RedisUnavailableError
+from .._instances import InstanceRecorder
 from .._primitives import (
     AsyncEvent,
     AsyncLock,
@@ -100,8 +103,10 @@ class AsyncInvalidationBus:
         heartbeat_timeout: float,
         on_redis_answers: Callable[[], None] | None = None,
         on_redis_silent: Callable[[], None] | None = None,
+        recorder: InstanceRecorder | None = None,
     ) -> None:
         self._tier = tier
+        self._recorder = recorder
         self._on_redis_answers = on_redis_answers
         self._on_redis_silent = on_redis_silent
         # the prober's view: never refused by the breaker, and closes it when Redis answers
@@ -200,6 +205,12 @@ class AsyncInvalidationBus:
         run.workers = []
         if self.started and self.outbox.pending() and run.loop is async_current_loop():
             await self._send(self.outbox.drain())
+        recorder = self._recorder
+        if recorder is not None and recorder.written and run.loop is async_current_loop():
+            try:  # gone from the instances list now rather than when its TTL runs out
+                await self._probe_tier.remove_instance(recorder.key, recorder.index, recorder.id)
+            except Exception:
+                pass
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -272,6 +283,13 @@ class AsyncInvalidationBus:
                         if self._on_redis_answers is not None:
                             self._on_redis_answers()
                     answered = True
+                    recorder = self._recorder
+                    if recorder is not None and recorder.due():
+                        blob, ttl_ms, expires_ms = recorder.record()
+                        await self._probe_tier.put_instance(
+                            recorder.key, recorder.index, recorder.id, blob, ttl_ms, expires_ms
+                        )
+                        recorder.written += 1
                 else:
                     answered = False
                     self.state.on_probe_failed()

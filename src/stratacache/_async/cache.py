@@ -51,6 +51,7 @@ from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
 from .._errors import RedisUnavailableError
 from .._health import Health, judge
+from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
@@ -151,7 +152,12 @@ class AsyncCache:
         audit_maxlen: approximate length bound of the audit stream in Redis (``0``: off).
         reclaim_chunk: keys deleted per step when an invalidated tag's keys are reclaimed
             (at most 5000; each step holds Redis for about 2-3 us per key).
-        instance: this instance's name in the audit stream (default: host:pid).
+        instance: this instance's name in the audit stream and its heartbeat record
+            (default: host:pid).
+        instance_ttl: with the bus on, the cache publishes a heartbeat record of itself
+            in Redis (``stratacache.instances()`` lists them; the bus's prober refreshes
+            it every ``min(1, instance_ttl / 3)`` seconds), which expires this long after
+            the last refresh and is deleted by :meth:`close` (``0``: no record).
     """
 
     def __init__(
@@ -190,6 +196,7 @@ class AsyncCache:
         audit_maxlen: int = 10_000,
         reclaim_chunk: int = 1000,
         instance: str | None = None,
+        instance_ttl: Duration = 5.0,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -248,6 +255,7 @@ class AsyncCache:
         self._answered_at = 0.0
         self._silent_at = 0.0
         self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self._instance_ttl = to_seconds(instance_ttl, "instance_ttl")
         self._versions = TagVersions()
         self._tier = self._make_tier(redis, cluster)
         if self.settings.bus and self._tier is None:
@@ -286,6 +294,11 @@ class AsyncCache:
             clock=time.time,
             name=self._keys.channel(),
         )
+        recorder = None
+        if self._instance_ttl > 0:
+            recorder = InstanceRecorder(
+                self._keys, self._instance, source, self._instance_ttl, self._instance_fields
+            )
         return AsyncInvalidationBus(
             self._tier,
             self._keys.channel(),
@@ -295,6 +308,7 @@ class AsyncCache:
             heartbeat_timeout=self.settings.heartbeat_timeout,
             on_redis_answers=self._redis_answers,
             on_redis_silent=self._redis_silent,
+            recorder=recorder,
         )
 
     def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
@@ -1152,6 +1166,45 @@ class AsyncCache:
             has_redis=self._tier is not None,
             redis_answers=self._invalidator.redis_reachable(),
         )
+
+    def _instance_fields(self) -> dict[str, Any]:
+        """The live fields of this instance's heartbeat record (see ``_instances.py``):
+        what ``stats()`` says, without summarising the latency windows it does not need."""
+        c = self._counters
+        bus = self._bus
+        inv = self._invalidator
+        l1_hits, l1_misses = self._l1.hits, self._l1.misses
+        reads = l1_hits + l1_misses
+        fields: dict[str, Any] = {
+            "hit_ratio": (l1_hits + c.l2_hits) / reads if reads else 0.0,
+            "breaker_state": self._breaker.state.value,
+            "l1_size": len(self._l1),
+            "l1_hits": l1_hits,
+            "l1_misses": l1_misses,
+            "l2_hits": c.l2_hits,
+            "l2_misses": c.l2_misses,
+            "loads": c.loads,
+            "errors": c.errors,
+            "stale_served": c.stale_served,
+            "bus_state": "off",
+            "bus_lag_p99": 0.0,
+        }
+        # (once a second: the two latency windows stats() sorts cost well under a ms)
+        invalidation = inv.stats()
+        fields["outbox_size"] = invalidation.outbox_pending
+        fields["dead_letters"] = invalidation.dead_letters
+        fields["invalidations"] = sum(invalidation.invalidations.values())
+        fields["recent_dead_letters"] = summarize_dead_letters(inv.dead_letters())
+        if bus is not None:
+            bus.check_workers()
+            state = bus.state
+            fields["bus_state"] = (
+                "starting" if not bus.started else "healthy" if state.healthy else "unhealthy"
+            )
+            fields["bus_lag_p99"] = state.lag.summary().p99
+            fields["bus_messages_sent"] = bus.outbox.sent
+            fields["bus_messages_received"] = state.received
+        return fields
 
     @property
     def l1(self) -> L1:

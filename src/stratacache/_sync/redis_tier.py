@@ -545,6 +545,26 @@ class RedisTier:
             self.client.xrevrange, stream, count=count, _route=(stream,)
         )
 
+    def put_instance(
+        self, key: str, index: str, member: str, blob: bytes, ttl_ms: int, expires_ms: int
+    ) -> None:
+        """Write a heartbeat record (``_instances.py``) and list it in the index, pruning
+        members whose record expired more than a TTL ago (one slot: one pipeline)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, blob, px=ttl_ms)
+        pipe.zadd(index, {member: expires_ms})
+        pipe.zremrangebyscore(index, "-inf", expires_ms - 2 * ttl_ms)
+        # the index outlives every record that it lists (whatever their TTLs)
+        pipe.pexpire(index, max(3 * ttl_ms, 60_000))
+        self._call(pipe.execute, _timed=False, _route=(key, index))
+
+    def remove_instance(self, key: str, index: str, member: str) -> None:
+        """Delete a heartbeat record and its index entry."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.zrem(index, member)
+        self._call(pipe.execute, _timed=False, _route=(key, index))
+
     def publish(self, channel: str, payload: bytes, *, guarded: bool = True) -> None:
         """Publish one bus message (``SPUBLISH`` on a cluster: the channel's shard only).
 

@@ -1,0 +1,5 @@
+"""``python -m stratacache``: the ``stratacache`` command line."""
+
+from .cli import main
+
+main()
