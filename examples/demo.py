@@ -4,8 +4,10 @@ Starts a throwaway redis-server, fills SQLite with users, then shows what the ca
 hit rates per process, one database query per user across every process (single-flight
 inside a process, the Redis lease across them), a stampede on a cold key, what an update
 does (here and, through the invalidation bus, in another process's L1), the
-stale-set race that plain cache-aside loses, and a tag over 100,000 keys invalidated in
-O(1). Runs in well under a minute.
+stale-set race that plain cache-aside loses, a tag over 100,000 keys invalidated in
+O(1), a delete made while Redis is paused (kept in the outbox, applied when it is back),
+and the operations side: Prometheus metrics and the live instances of a namespace.
+Runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -206,7 +208,78 @@ def main() -> None:
 
         print(f"\n5) a tag over {TAGGED:,} keys: invalidated in O(1), reclaimed in the background")
         _tag_at_scale(server.url)
+
+        print("\n6) Redis paused for 1.5 s while a user is deleted (the write is not lost)")
+        _delete_during_a_pause(server)
+
+        print("\n7) operations: Prometheus metrics and the live instances of the namespace")
+        _operations(server.url)
     print(f"\ndone in {time.perf_counter() - started:.1f}s")
+
+
+def _delete_during_a_pause(server: RedisServerProcess) -> None:
+    """The case of issue 11: cache-aside's delete while Redis does not answer."""
+    a, b = Cache(server.url, namespace="pause"), Cache(server.url, namespace="pause")
+    a.set("user:1", "old")
+    b.get("user:1")  # now in b's L1
+    server.pause()
+    start = time.perf_counter()
+    a.delete("user:1")
+    returned = time.perf_counter() - start
+    pending = a.stats().invalidation.outbox_pending
+    time.sleep(1.5)
+    server.resume()
+    resumed = time.perf_counter()
+    while a.stats().invalidation.outbox_pending:
+        time.sleep(0.0005)
+    applied = time.perf_counter() - resumed
+    fresh = Cache(server.url, namespace="pause")
+    print(
+        f"  delete() returned after {returned * 1000:.0f} ms with {pending} operation in the "
+        f"outbox;\n  applied {applied * 1000:.1f} ms after Redis came back; now the other "
+        f"instance reads {b.get('user:1')!r}, a fresh one {fresh.get('user:1')!r}"
+    )
+    for cache in (a, b, fresh):
+        cache.close()
+
+
+def _operations(url: str) -> None:
+    """What an operator sees: the collector's text format, and ``stratacache instances``."""
+    import subprocess
+
+    import prometheus_client
+
+    import stratacache.prometheus
+
+    caches = [Cache(url, namespace="demo", instance=f"web-{i}") for i in (1, 2)]
+    for cache in caches:
+        for user_id in range(1, 30):
+            cache.get_or_set(f"user:{user_id}", lambda user_id=user_id: {"id": user_id})
+            cache.get(f"user:{user_id}")
+    registry = prometheus_client.CollectorRegistry()
+    stratacache.prometheus.register(caches[0], registry=registry)
+    wanted = ("stratacache_hits_total", "stratacache_misses_total", "stratacache_bus_healthy")
+    text = prometheus_client.generate_latest(registry).decode()
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            print(f"  {line}")
+
+    def current() -> bool:  # each cache's prober rewrites its record once a second
+        seen = stratacache.instances(url, "demo")
+        return len(seen) == 2 and all(i.hit_ratio > 0 and i.bus_state == "healthy" for i in seen)
+
+    deadline = time.monotonic() + 5
+    while not current() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    table = subprocess.run(
+        [sys.executable, "-m", "stratacache", "instances", url, "-n", "demo"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(table.stdout.rstrip() or table.stderr.rstrip())
+    for cache in caches:
+        cache.close()
 
 
 TAGGED = 100_000

@@ -130,10 +130,11 @@ class BusState:
             self.flush_cause = "subscribe"
             self._flush_l1()
 
-    def on_disconnected(self) -> None:
+    def on_disconnected(self, *, closing: bool = False) -> None:
         """The subscription is gone: until a new one is confirmed and our heartbeat heard,
-        the bus is unhealthy (messages published meanwhile are lost to us)."""
-        self._turn_unhealthy("the subscription was lost", "subscribe")
+        the bus is unhealthy (messages published meanwhile are lost to us). ``closing``:
+        the cache is being closed, which is nothing an operator must hear about."""
+        self._turn_unhealthy("the subscription was lost", "subscribe", quiet=closing)
 
     def on_publish_failed(self) -> None:
         """A publish to Redis failed or timed out: this instance cannot reach Redis, so
@@ -241,6 +242,7 @@ class BusState:
         *,
         only_if_overdue: bool = False,
         redis_trouble: bool = True,
+        quiet: bool = False,
     ) -> bool:
         """Healthy -> unhealthy (else nothing): under "bypass_l1", refuse L1 writes first,
         then empty L1 (see the cache notes); log it outside the lock. Returns ``healthy``."""
@@ -260,7 +262,9 @@ class BusState:
                     self.flushes_heartbeat += 1
                 self.flush_cause = "unhealthy"
                 self._flush_l1()
-            line = self._warning_line(reason, now)
+            line = None if quiet else self._warning_line(reason, now)
+            if quiet:
+                self._spell_logged = False  # nor its recovery
         if line is not None:
             logger.warning("%s", line)
         return False

@@ -310,7 +310,7 @@ class AsyncInvalidationBus:
             except Exception:  # a dropped or refused connection, a timeout: try again
                 self.reconnects += 1
             if run is self._run:  # (a superseded run's listener has nothing to report)
-                self.state.on_disconnected()
+                self.state.on_disconnected(closing=run.stopping)
             if run.stopping:
                 break
             if subscribed:
