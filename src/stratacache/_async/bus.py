@@ -102,7 +102,7 @@ class AsyncInvalidationBus:
         batch_window: float,
         heartbeat_timeout: float,
         on_redis_answers: Callable[[], None] | None = None,
-        on_redis_silent: Callable[[], None] | None = None,
+        on_redis_silent: Callable[[float], None] | None = None,
         recorder: InstanceRecorder | None = None,
     ) -> None:
         self._tier = tier
@@ -275,6 +275,7 @@ class AsyncInvalidationBus:
         answered = True
         while not run.stopping:
             try:
+                sent = time.monotonic()
                 if await self._probe_tier.ping():
                     if not answered:
                         # back: hear ourselves now rather than at the next heartbeat
@@ -294,7 +295,9 @@ class AsyncInvalidationBus:
                     answered = False
                     self.state.on_probe_failed()
                     if self._on_redis_silent is not None:
-                        self._on_redis_silent()
+                        # silent since the PING was sent (not since it timed out: a write
+                        # that Redis took meanwhile is newer than the silence)
+                        self._on_redis_silent(time.monotonic() - sent)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 pass
             await async_wait_event(run.stop, PROBE_INTERVAL)

@@ -104,7 +104,7 @@ class InvalidationBus:
         batch_window: float,
         heartbeat_timeout: float,
         on_redis_answers: Callable[[], None] | None = None,
-        on_redis_silent: Callable[[], None] | None = None,
+        on_redis_silent: Callable[[float], None] | None = None,
         recorder: InstanceRecorder | None = None,
     ) -> None:
         self._tier = tier
@@ -277,6 +277,7 @@ class InvalidationBus:
         answered = True
         while not run.stopping:
             try:
+                sent = time.monotonic()
                 if self._probe_tier.ping():
                     if not answered:
                         # back: hear ourselves now rather than at the next heartbeat
@@ -296,7 +297,9 @@ class InvalidationBus:
                     answered = False
                     self.state.on_probe_failed()
                     if self._on_redis_silent is not None:
-                        self._on_redis_silent()
+                        # silent since the PING was sent (not since it timed out: a write
+                        # that Redis took meanwhile is newer than the silence)
+                        self._on_redis_silent(time.monotonic() - sent)
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 pass
             wait_event(run.stop, PROBE_INTERVAL)

@@ -329,11 +329,11 @@ class Cache:
         self._answered_at = self._clock()
         self._nudge_outbox()
 
-    def _redis_silent(self) -> None:
-        """Redis did not answer the prober (or the bus lost track of it): whatever L2
-        holds from before now may predate writes that other instances keep in their
-        outboxes, so it is suspect (see :meth:`_withheld`)."""
-        now = self._clock()
+    def _redis_silent(self, ago: float = 0.0) -> None:
+        """Redis did not answer the prober (since ``ago`` seconds), or the bus lost track
+        of it: whatever L2 holds from before then may predate writes that other instances
+        keep in their outboxes, so it is suspect (see :meth:`_withheld`)."""
+        now = self._clock() - ago
         self._silent_at = now
         self._suspect_before = max(self._suspect_before, now)
         self._suspect_until = time.monotonic() + self._recovery_grace
