@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import pytest
 import redis
+import redis.cluster
 
 import stratacache
 from stratacache import Cache, RedisPermissionError, _lock_scripts, _scripts
 from stratacache._acl import CLUSTER_COMMANDS, SCRIPT_COMMANDS
 from stratacache._keys import KeySpace
-from stratacache.testing import RedisServerProcess
+from stratacache.testing import RedisClusterProcesses, RedisServerProcess
 
 NS = "aclns"
 OTHER = "otherns"
@@ -217,3 +218,45 @@ def test_cli_prints_the_line(server: RedisServerProcess, admin: redis.Redis) -> 
         timeout=60,
     )
     assert proc.returncode == 0 and "+spublish" in proc.stdout
+
+
+def test_cluster_as_restricted_user(redis_cluster: RedisClusterProcesses) -> None:
+    """The cluster line: slot map, sharded pub/sub, scripts and locks on every master."""
+    line = stratacache.acl_rules(NS, user="capp", password="cpw", cluster=True)
+    intruder_line = stratacache.acl_rules(OTHER, user="cintruder", password="cpw2", cluster=True)
+    admins = [redis.Redis(host=n.host, port=n.port) for n in redis_cluster.nodes]
+    for admin in admins:
+        admin.flushall()
+        create_user(admin, line)
+        create_user(admin, intruder_line)
+    host, port = redis_cluster.startup_nodes[0]
+    url = f"redis://capp:cpw@{host}:{port}/0"
+    a = Cache(url, namespace=NS, cluster=True, bus_batch_window=0, on_write_error="raise")
+    b = Cache(url, namespace=NS, cluster=True, bus_batch_window=0, on_write_error="raise")
+    intruder = redis.cluster.RedisCluster.from_url(f"redis://cintruder:cpw2@{host}:{port}/0")
+    try:
+        a.check_permissions()
+        for i in range(20):  # keys on every master
+            a.set(f"k{i}", i, tags=["t"])
+        assert b.get_many([f"k{i}" for i in range(20)]) == {f"k{i}": i for i in range(20)}
+        a.set("k0", "new")
+        poll(lambda: b.get("k0") == "new", "b to see k0 replaced (bus + L2)")
+        a.invalidate_tag("t")
+        poll(lambda: b.get("k1") is None, "b to see the tag invalidated")
+        a.set("p:1", 1)
+        assert a.invalidate_pattern("p:*") == 1
+        with a.lock("job", ttl=5) as lock:
+            a.set("fenced", 1, fence=lock.token)
+        poll(lambda: len(stratacache.instances(url, NS, cluster=True)) == 2, "instance records")
+        assert not a.dead_letters() and a.stats().errors == 0
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            intruder.get(KeySpace(NS).data_key("k0"))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            intruder.spublish(KeySpace(NS).channel(), b"flush")
+    finally:
+        a.close()
+        b.close()
+        intruder.close()
+        for admin in admins:
+            admin.acl_deluser("capp", "cintruder")
+            admin.close()
