@@ -260,3 +260,27 @@ def test_cluster_as_restricted_user(redis_cluster: RedisClusterProcesses) -> Non
         for admin in admins:
             admin.acl_deluser("capp", "cintruder")
             admin.close()
+
+
+def test_first_refusal_is_logged_once(
+    server: RedisServerProcess, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without check_permissions, a refused read is still a miss, but not a silent one."""
+    line = " ".join(
+        word
+        for word in stratacache.acl_rules(NS, user="noget", password="pw5").split()
+        if word != "+get"
+    )
+    create_user(admin, line)
+    admin.set(KeySpace(NS).data_key("k"), b"whatever")
+    cache = Cache(url_as(server, "noget", "pw5"), namespace=NS)
+    try:
+        with caplog.at_level("ERROR", logger="stratacache.redis"):
+            assert cache.get("k") is None
+            assert cache.get("k2") is None
+        told = [r for r in caplog.records if r.name == "stratacache.redis"]
+        assert len(told) == 1
+        assert "check_permissions" in told[0].getMessage()
+        assert "get" in told[0].getMessage()
+    finally:
+        cache.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,6 +70,9 @@ _MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limi
 AuditFields = Mapping[str, Any]
 
 
+logger = logging.getLogger("stratacache.redis")
+
+
 def _describe(exc: BaseException) -> str:
     """``Type: message`` (redis-py 8's repr of its errors hides the message)."""
     return f"{type(exc).__name__}: {exc}"
@@ -108,6 +112,7 @@ class AsyncRedisTier:
         self._owns_client = owns_client
         self._main = self  # views (around_breaker) read the breaker of the tier they copy
         self._enforce = True  # False in around_breaker views
+        self._told_noperm = False  # the first NOPERM is logged, once per tier
         self._cluster = isinstance(client, AsyncRedisCluster)
         self.cluster = self._cluster
         self._write = client.register_script(WRITE)
@@ -217,6 +222,14 @@ class AsyncRedisTier:
             if not is_transient(exc):
                 for breaker in breakers:  # it answered: the breaker is about reach
                     breaker.record_success()
+                if not self._main._told_noperm and nopermission(exc):
+                    # reads turn it into a miss, writes into a dead letter: say it once
+                    self._main._told_noperm = True
+                    logger.error(
+                        "the Redis user lacks a permission this cache needs (%s); call "
+                        "check_permissions() at startup, `stratacache acl` prints the rules",
+                        _describe(exc),
+                    )
                 raise RedisCommandError(f"Redis refused the command: {_describe(exc)}") from exc
             if self._enforce:
                 self._record_failure(exc, breakers)
