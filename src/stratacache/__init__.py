@@ -7,6 +7,7 @@ and never let a late fill write stale data. See the README for a tour.
 
 from __future__ import annotations
 
+from ._acl import acl_rules
 from ._async.cache import AsyncCache
 from ._async.instances import instances as ainstances
 from ._async.lock import AsyncDistributedLock
@@ -20,6 +21,7 @@ from ._errors import (
     LockLost,
     LockTimeout,
     RedisCommandError,
+    RedisPermissionError,
     RedisUnavailableError,
     SerializationError,
     StratacacheError,
@@ -67,12 +69,14 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "RedisCommandError",
+    "RedisPermissionError",
     "RedisUnavailableError",
     "SerializationError",
     "StratacacheError",
     "TypeRegistry",
     "ValueTooLargeError",
     "__version__",
+    "acl_rules",
     "ainstances",
     "instances",
     "make_key",

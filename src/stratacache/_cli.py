@@ -31,6 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import _primitives
+from ._acl import acl_rules
 from ._bus_messages import Action, decode_message
 from ._codec import Codec
 from ._errors import CorruptEntryError, StratacacheError
@@ -862,6 +863,28 @@ def metrics(url: str, namespace: str, cluster: bool, port: int, host: str) -> No
             _wait_for_signal()
             if isinstance(server, tuple):  # prometheus-client >= 0.17: (server, thread)
                 server[0].shutdown()
+
+
+@cli.command()
+@click.option(
+    "-n",
+    "--namespace",
+    required=True,
+    envvar="STRATACACHE_NAMESPACE",
+    help="The namespace the user's caches serve.",
+)
+@click.option("--user", required=True, help="The Redis user to create (or reset).")
+@click.option("--password", required=True, help="Its password.")
+@click.option("--cluster", is_flag=True, help="Also grant what a Redis Cluster client needs.")
+def acl(namespace: str, user: str, password: str, cluster: bool) -> None:
+    """Print the least-privilege ACL SETUSER line for a cache of a namespace: the
+    commands it sends, the keys under NAMESPACE: and its bus channel. Run it with
+    redis-cli (on every node of a cluster); caches check it with check_permissions().
+    """
+    try:
+        click.echo(acl_rules(namespace, user=user, password=password, cluster=cluster))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _wait_for_signal() -> None:

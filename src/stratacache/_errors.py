@@ -71,3 +71,14 @@ class LockLost(LockError):
 
 class FencingTokenRejected(StratacacheError):
     """A fenced write carried a token older than one the entry has already seen."""
+
+
+class RedisPermissionError(StratacacheError):
+    """The Redis user lacks a permission the cache needs (its ACL refused a command, a
+    key or the bus channel): raised by ``check_permissions()``, which names every
+    refusal in :attr:`missing`. ``stratacache acl`` prints the rules that suffice."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
+        """One line per refusal: what was tried and Redis's ``NOPERM`` answer."""

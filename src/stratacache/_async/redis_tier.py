@@ -22,6 +22,8 @@ master redis-py names in the error, else against the whole cluster's breaker onl
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,12 +32,18 @@ from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
+from .._acl import PROBE_SCRIPT, nopermission
 from .._breaker import BreakerState, CircuitBreaker, NodeBreakers
 from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
 from .._outbox import is_transient
-from .._primitives import AsyncRedisCluster, async_close_client, async_redis_call
+from .._primitives import (
+    AsyncRedisCluster,
+    async_close_client,
+    async_redis_call,
+    async_shard_client,
+)
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
@@ -60,6 +68,9 @@ _REDIS_FAILURES = (RedisError, OSError)
 
 _MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limit)
 AuditFields = Mapping[str, Any]
+
+
+logger = logging.getLogger("stratacache.redis")
 
 
 def _describe(exc: BaseException) -> str:
@@ -101,6 +112,7 @@ class AsyncRedisTier:
         self._owns_client = owns_client
         self._main = self  # views (around_breaker) read the breaker of the tier they copy
         self._enforce = True  # False in around_breaker views
+        self._told_noperm = False  # the first NOPERM is logged, once per tier
         self._cluster = isinstance(client, AsyncRedisCluster)
         self.cluster = self._cluster
         self._write = client.register_script(WRITE)
@@ -210,6 +222,14 @@ class AsyncRedisTier:
             if not is_transient(exc):
                 for breaker in breakers:  # it answered: the breaker is about reach
                     breaker.record_success()
+                if not self._main._told_noperm and nopermission(exc):
+                    # reads turn it into a miss, writes into a dead letter: say it once
+                    self._main._told_noperm = True
+                    logger.error(
+                        "the Redis user lacks a permission this cache needs (%s); call "
+                        "check_permissions() at startup, `stratacache acl` prints the rules",
+                        _describe(exc),
+                    )
                 raise RedisCommandError(f"Redis refused the command: {_describe(exc)}") from exc
             if self._enforce:
                 self._record_failure(exc, breakers)
@@ -581,6 +601,101 @@ class AsyncRedisTier:
             await async_redis_call(send, channel, payload)
         except _REDIS_FAILURES as exc:
             raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
+
+    async def missing_permissions(self) -> list[str]:
+        """Every operation of the cache that this client's Redis user may not run: each
+        command (and each one the scripts call) tried once on probe keys in the
+        namespace's meta slot, and the bus channel subscribed to. One line per refusal,
+        empty if none. Not under the breaker; a failure other than ``NOPERM`` that is
+        transient raises :class:`RedisUnavailableError` (the answer would be a guess)."""
+        ks = self._keys
+        probe, other = ks.meta_key("acl-probe"), ks.meta_key("acl-probe-2")
+        zset, stream = ks.meta_key("acl-probe-z"), ks.meta_key("acl-probe-x")
+        client = self.client
+        missing: list[str] = []
+
+        async def attempt(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await async_redis_call(fn, *args, **kwargs)
+            except RedisError as exc:
+                if nopermission(exc):
+                    missing.append(f"{what}: {exc}")
+                elif is_transient(exc):
+                    raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
+                return None  # refused for another reason: the command itself is allowed
+
+        await attempt("PING", client.ping)
+        await attempt("SET", client.set, probe, b"1", px=10_000)
+        await attempt("GET", client.get, probe)
+        await attempt("MGET", client.mget, [probe])
+        await attempt("EXISTS", client.exists, probe)
+        await attempt("PTTL", client.pttl, probe)
+        await attempt("PEXPIRE", client.pexpire, probe, 10_000)
+        await attempt("UNLINK", client.unlink, probe)
+        await attempt("DEL", client.delete, probe)
+        await attempt("ZADD", client.zadd, zset, {"probe": 1})
+        await attempt("ZRANGE", client.zrange, zset, 0, -1)
+        await attempt("ZRANGEBYSCORE", client.zrangebyscore, zset, "-inf", "+inf")
+        await attempt("ZREMRANGEBYSCORE", client.zremrangebyscore, zset, "-inf", "-inf")
+        await attempt("ZREM", client.zrem, zset, "probe")
+        await attempt("DEL", client.delete, zset)
+        if self._cluster:
+            await attempt("SCAN", client.scan, match=probe, count=10)
+        else:
+            await attempt("SCAN", client.scan, 0, match=probe, count=10)
+        inner = await attempt("EVAL", client.eval, PROBE_SCRIPT, 3, probe, other, zset)
+        missing.extend(line.decode() if isinstance(line, bytes) else line for line in inner or ())
+        sha = hashlib.sha1(PROBE_SCRIPT.encode()).hexdigest()
+        await attempt("SCRIPT LOAD", client.script_load, PROBE_SCRIPT)
+        await attempt("SCRIPT EXISTS", client.script_exists, sha)
+        await attempt("EVALSHA", client.evalsha, sha, 3, probe, other, zset)
+        await attempt("XADD", client.xadd, stream, {"probe": "1"}, maxlen=1, approximate=True)
+        await attempt("XREVRANGE", client.xrevrange, stream, count=1)
+        await attempt("XREAD", client.xread, {stream: "0-0"}, count=1)
+        await attempt("DEL", client.delete, stream)
+        await self._probe_channel(attempt, missing)
+        return list(dict.fromkeys(missing))
+
+    async def _probe_channel(self, attempt: Any, missing: list[str]) -> None:
+        """PUBLISH (to a channel of its own: a refusal for the channel, not the command,
+        means the command is allowed) and SUBSCRIBE to the bus channel, then leave."""
+        channel = self._keys.channel()
+        name = "SPUBLISH" if self._cluster else "PUBLISH"
+        send = self.client.spublish if self._cluster else self.client.publish
+        try:
+            await async_redis_call(send, channel + ":acl-probe", b"")
+        except RedisError as exc:
+            if nopermission(exc) and "channel" not in str(exc):
+                missing.append(f"{name}: {exc}")
+            elif not nopermission(exc) and is_transient(exc):
+                raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
+        shard = None
+        if self._cluster:
+            shard = await async_shard_client(self.client, channel)
+        pubsub = (shard or self.client).pubsub()
+        name = "SSUBSCRIBE" if self._cluster else "SUBSCRIBE"
+        try:
+            subscribe = pubsub.ssubscribe if self._cluster else pubsub.subscribe
+            if (
+                await attempt(name, subscribe, channel) is None
+                and missing
+                and (missing[-1].startswith(name))
+            ):
+                return
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                message = await attempt(name, pubsub.get_message, timeout=0.5)
+                if missing and missing[-1].startswith(name):
+                    return
+                if message is not None and message["type"] in ("subscribe", "ssubscribe"):
+                    return
+            raise RedisUnavailableError(f"no answer to {name} {channel}")
+        finally:
+            try:
+                await pubsub.aclose()
+            finally:
+                if shard is not None:
+                    await shard.aclose()
 
     async def aclose(self) -> None:
         """Close the client if the cache created it."""

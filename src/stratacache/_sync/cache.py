@@ -51,7 +51,7 @@ from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage
 from .._codec import Codec, Entry
-from .._errors import RedisUnavailableError
+from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
@@ -1159,6 +1159,29 @@ class Cache:
             invalidation=self._invalidator.stats(),
             **bus_fields,
         )
+
+    def check_permissions(self) -> None:
+        """Check, once at startup, that the Redis user may do everything this cache does;
+        raise :class:`RedisPermissionError` naming every refused command, key or channel.
+
+        Without it a user with too narrow an ACL sees only misses (reads treat a refused
+        command as one) and dead letters. It tries each command once on probe keys of
+        the namespace (gone when it returns) and subscribes to the bus channel: a few
+        milliseconds. ``stratacache acl`` prints rules that pass. Raises
+        :class:`RedisUnavailableError` if Redis does not answer; does nothing without
+        Redis.
+        """
+        missing: list[str] = []
+        for tier in (self._tier, self._failover):
+            if tier is not None:
+                missing.extend(tier.missing_permissions())
+        if missing:
+            raise RedisPermissionError(
+                f"the Redis user of namespace {self._keys.namespace!r} lacks "
+                f"{len(missing)} permission(s) the cache needs (run `stratacache acl` for "
+                "the rules it needs):\n  " + "\n  ".join(missing),
+                tuple(missing),
+            )
 
     def health(self) -> Health:
         """This cache's health for a readiness probe: ``ok``, ``degraded`` or ``failing``
