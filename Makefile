@@ -25,21 +25,22 @@ $(STAMP): $(PY) pyproject.toml setup.py $(wildcard cython_ext/*.pyx cython_ext/*
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# redis-server and redis-cli: the tests and the demo start their own throwaway servers.
+# redis-server and redis-cli: the tests and the demo start their own throwaway servers;
+# openssl makes the CA and certificates of the TLS tests (stratacache.testing).
 # Debian's package would also start a system service on :6379; policy-rc.d stops that.
 redis:
-	@if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then \
+	@if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then \
 	  :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing redis-server with apt-get"; \
+	  echo "installing redis-server and openssl with apt-get"; \
 	  made_policy=0; \
 	  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; \
 	  status=$$?; \
 	  if [ $$made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
 	  exit $$status; \
 	else \
-	  echo "redis-server and redis-cli are needed: install Redis >= 7 (Debian/Ubuntu: sudo apt-get install redis-server), or run as root so make can." >&2; \
+	  echo "redis-server, redis-cli and openssl are needed: install Redis >= 7 built with TLS, and openssl (Debian/Ubuntu: sudo apt-get install redis-server openssl), or run as root so make can." >&2; \
 	  exit 1; \
 	fi
 

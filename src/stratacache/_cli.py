@@ -125,7 +125,9 @@ class Target:
             client = redis.Redis.from_url(self.url, **kwargs)
         except ValueError as exc:
             raise CliError(f"bad Redis URL {self.url!r}: {exc}") from None
-        except redis.exceptions.RedisError as exc:  # a cluster connects in from_url
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # a cluster connects in from_url (and raises RedisClusterException, no RedisError,
+            # when no node answers, or a TLS certificate is refused)
             raise CliError(f"cannot reach the Redis Cluster at {self.url}: {exc}") from None
         try:
             info = client.info("cluster")

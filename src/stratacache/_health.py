@@ -7,7 +7,8 @@ Rules
 -----
 * **failing**: Redis is unreachable *and* this instance holds accepted writes or
   invalidations it could not apply (outbox pending): other instances may serve data this
-  one has already changed, until Redis answers again.
+  one has already changed, until Redis answers again. Or the TLS handshake with Redis
+  failed on the last call (a wrong CA, a bad certificate): a configuration error.
 * **degraded**: the cache works but not as designed: Redis unreachable (reads go to the
   loader), a breaker open or half-open, the bus unhealthy (L1 bypassed or serving
   bounded-stale entries; a bus not started yet, before the cache's first call, is not),
@@ -67,9 +68,12 @@ class Health:
         return data
 
 
-def judge(stats: CacheStats, *, has_redis: bool, redis_answers: bool) -> Health:
+def judge(
+    stats: CacheStats, *, has_redis: bool, redis_answers: bool, tls_error: str | None = None
+) -> Health:
     """The :class:`Health` of a cache with these ``stats``; ``redis_answers``: the
-    outbox's last try on the primary Redis succeeded (or there was none)."""
+    outbox's last try on the primary Redis succeeded (or there was none); ``tls_error``:
+    the TLS handshake failure of its last call, if that is how it failed."""
     inv = stats.invalidation
     pending = inv.outbox_pending if inv is not None else 0
     dead = inv.dead_letters if inv is not None else 0
@@ -78,6 +82,9 @@ def judge(stats: CacheStats, *, has_redis: bool, redis_answers: bool) -> Health:
         reachable = redis_answers and stats.breaker_state == "closed"
     failing: list[str] = []
     degraded: list[str] = []
+    if tls_error is not None:
+        # a configuration error, not an outage: nothing heals it, so not ready
+        failing.append(f"TLS handshake with Redis failed: {tls_error}")
     if reachable is False:
         if pending:
             failing.append(

@@ -1188,6 +1188,7 @@ class AsyncCache:
             self.stats(),
             has_redis=self._tier is not None,
             redis_answers=self._invalidator.redis_reachable(),
+            tls_error=self._tier.tls_error if self._tier is not None else None,
         )
 
     def _instance_fields(self) -> dict[str, Any]:

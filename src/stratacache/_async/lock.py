@@ -45,7 +45,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Optional
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .._errors import LockLost, LockTimeout, RedisUnavailableError
 from .._keys import KeySpace, validate_lock_name
@@ -63,7 +63,9 @@ from .._primitives import (
 __all__ = ["AsyncDistributedLock"]
 
 # OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
-_REDIS_FAILURES = (RedisError, OSError)
+# RedisClusterException is no RedisError: a cluster client raises it when no startup node
+# can be reached (down, or a refused TLS certificate) while it learns the slots
+_REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 _CLIENT_TYPES = (AsyncRedis, AsyncRedisCluster)
 _BACKOFF_FIRST = 0.002  # first pause between attempts of a blocking acquire (seconds)
 _BACKOFF_MAX = 0.05

@@ -25,18 +25,20 @@ import copy
 import hashlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Optional
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .._acl import PROBE_SCRIPT, nopermission
 from .._breaker import BreakerState, CircuitBreaker, NodeBreakers
 from .._errors import RedisCommandError, RedisUnavailableError
 from .._keys import KeySpace
 from .._lock_scripts import WRITE_FENCED
+from .._logging import LogLimiter
 from .._outbox import is_transient
 from .._primitives import (
     AsyncRedisCluster,
@@ -63,8 +65,12 @@ from .._scripts import (
 from .._stats import Counters
 
 # OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
-_REDIS_FAILURES = (RedisError, OSError)
+# RedisClusterException is no RedisError: a cluster client raises it when no startup node
+# can be reached (down, or a refused TLS certificate) while it learns the slots
+_REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
+
+logger = logging.getLogger("stratacache.redis")
 
 _MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limit)
 AuditFields = Mapping[str, Any]
@@ -76,6 +82,21 @@ logger = logging.getLogger("stratacache.redis")
 def _describe(exc: BaseException) -> str:
     """``Type: message`` (redis-py 8's repr of its errors hides the message)."""
     return f"{type(exc).__name__}: {exc}"
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """The TLS handshake failure behind a redis-py error (an untrusted or mismatched
+    certificate, a server that does not speak TLS), or None if it is something else."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return str(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc)
+    # a cluster client reports a failed first connection as text only
+    return text if "[SSL" in text else None
 
 
 def _failed_node(exc: BaseException) -> str | None:
@@ -111,6 +132,9 @@ class AsyncRedisTier:
         self._counters = counters
         self._owns_client = owns_client
         self._main = self  # views (around_breaker) read the breaker of the tier they copy
+        self.tls_error: str | None = None  # the last call's TLS handshake failure, if any
+        # a refused certificate does not heal by itself: say so now and then, not per call
+        self._tls_log = LogLimiter(logger, 60.0)
         self._enforce = True  # False in around_breaker views
         self._told_noperm = False  # the first NOPERM is logged, once per tier
         self._cluster = isinstance(client, AsyncRedisCluster)
@@ -233,6 +257,7 @@ class AsyncRedisTier:
                 raise RedisCommandError(f"Redis refused the command: {_describe(exc)}") from exc
             if self._enforce:
                 self._record_failure(exc, breakers)
+            self._note_tls_failure(exc)
             raise RedisUnavailableError(f"Redis call failed: {_describe(exc)}") from exc
         except BaseException:
             # cancelled (async) or interrupted: no verdict on Redis, but a probe must end
@@ -242,9 +267,26 @@ class AsyncRedisTier:
             raise
         for breaker in breakers:
             breaker.record_success()
+        if self._main.tls_error is not None:
+            self._main.tls_error = None
         if _timed:
             self._counters.l2_latency.record(perf_counter() - start)
         return result
+
+    def _note_tls_failure(self, exc: BaseException) -> None:
+        """Keep (for ``health()``) and log a TLS handshake failure: unlike a network fault
+        it is a configuration error (a wrong CA, an expired or mismatched certificate)
+        that no retry fixes."""
+        reason = tls_failure(exc)
+        if reason is None:
+            return
+        self._main.tls_error = reason
+        self._main._tls_log.warning(
+            "the TLS handshake with Redis failed: %s. Check the CA the client trusts "
+            "(ssl_ca_certs) against the server's certificate and its host name; every "
+            "call to this Redis fails until that is fixed (reads go to the loader)",
+            reason,
+        )
 
     def _record_failure(self, exc: BaseException, breakers: tuple[CircuitBreaker, ...]) -> None:
         """Count a failed call against the master that failed (a call spanning masters:

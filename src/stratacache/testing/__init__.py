@@ -9,6 +9,18 @@ verdict on every read (``python benchmarks/consistency_report.py``, ``make chaos
 
 from __future__ import annotations
 
-from ._servers import RedisClusterProcesses, RedisServerError, RedisServerProcess, free_port
+from ._servers import (
+    RedisClusterProcesses,
+    RedisServerError,
+    RedisServerProcess,
+    TLSCertificates,
+    free_port,
+)
 
-__all__ = ["RedisClusterProcesses", "RedisServerError", "RedisServerProcess", "free_port"]
+__all__ = [
+    "RedisClusterProcesses",
+    "RedisServerError",
+    "RedisServerProcess",
+    "TLSCertificates",
+    "free_port",
+]

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
-__all__ = ["RedisClusterProcesses", "RedisServerError", "RedisServerProcess", "free_port"]
+__all__ = [
+    "RedisClusterProcesses",
+    "RedisServerError",
+    "RedisServerProcess",
+    "TLSCertificates",
+    "free_port",
+]
 
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT = 10.0
@@ -69,11 +77,98 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _ping(port: int, timeout: float = 0.5) -> bytes:
+class TLSCertificates:
+    """A throwaway CA and a server certificate it signed, made with the ``openssl`` command.
+
+    The server certificate names ``127.0.0.1`` and ``localhost``, so clients can verify
+    both the chain and the host name. Files are written under ``directory`` (default: a
+    new temporary one, removed by :meth:`close`):
+
+    - ``ca_cert``: the CA certificate a client passes as ``ssl_ca_certs``;
+    - ``server_cert`` and ``server_key``: what ``redis-server`` serves.
+
+    Two instances have unrelated CAs: a client given one's ``ca_cert`` must refuse a
+    server started with the other's certificate.
+    """
+
+    def __init__(self, directory: str | Path | None = None, *, openssl: str | None = None) -> None:
+        exe = openssl or shutil.which("openssl")
+        if exe is None:
+            raise RedisServerError(
+                "openssl not found on PATH; install it (apt-get install openssl)"
+            )
+        self._owned = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="stratacache-tls-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca_cert = self.directory / "ca.pem"
+        self.ca_key = self.directory / "ca.key"
+        self.server_cert = self.directory / "server.pem"
+        self.server_key = self.directory / "server.key"
+        csr = self.directory / "server.csr"
+        ext = self.directory / "server.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        steps = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=stratacache test CA",
+             "-keyout", str(self.ca_key), "-out", str(self.ca_cert)],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-keyout", str(self.server_key), "-out", str(csr)],
+            ["x509", "-req", "-in", str(csr), "-days", "2", "-set_serial", "1",
+             "-CA", str(self.ca_cert), "-CAkey", str(self.ca_key),
+             "-extfile", str(ext), "-out", str(self.server_cert)],
+        ]  # fmt: skip
+        for step in steps:
+            out = subprocess.run(
+                [exe, *step], stdin=subprocess.DEVNULL, capture_output=True, check=False
+            )
+            if out.returncode != 0:
+                raise RedisServerError(
+                    f"openssl {step[0]} failed: {out.stderr.decode(errors='replace')}"
+                )
+
+    def server_args(self) -> list[str]:
+        """``redis-server`` arguments that serve this certificate (clients need none)."""
+        return [
+            "--tls-cert-file", str(self.server_cert),
+            "--tls-key-file", str(self.server_key),
+            "--tls-ca-cert-file", str(self.ca_cert),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+    def client_kwargs(self) -> dict[str, object]:
+        """redis-py keyword arguments of a client that verifies the server against this CA."""
+        return {"ssl": True, "ssl_ca_certs": str(self.ca_cert), "ssl_cert_reqs": "required"}
+
+    def url_query(self) -> str:
+        """The same settings as a ``rediss://`` URL query (``from_url`` reads them)."""
+        return f"ssl_ca_certs={quote(str(self.ca_cert), safe='/')}&ssl_cert_reqs=required"
+
+    def client_context(self) -> ssl.SSLContext:
+        """An ``ssl`` context that trusts this CA only."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+    def cli_args(self) -> list[str]:
+        """``redis-cli`` arguments to talk to a server using this certificate."""
+        return ["--tls", "--cacert", str(self.ca_cert)]
+
+    def close(self) -> None:
+        """Remove the files (only a directory this object created)."""
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"<TLSCertificates {self.directory}>"
+
+
+def _ping(port: int, timeout: float = 0.5, tls: TLSCertificates | None = None) -> bytes:
     """Send one RESP command on a fresh socket; return the raw reply (no redis-py needed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"*1\r\n$4\r\nPING\r\n")
-        return s.recv(64)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        if tls is None:
+            raw.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return raw.recv(64)
+        with tls.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64)
 
 
 class RedisServerProcess:
@@ -84,6 +179,8 @@ class RedisServerProcess:
         cluster: start the node with ``cluster-enabled yes``.
         extra_args: more ``--name value`` arguments for ``redis-server``.
         executable: the ``redis-server`` binary (default: found on ``PATH``).
+        tls: serve TLS only (``--tls-port`` on ``port``, no plain port) with these
+            certificates; a cluster node also speaks TLS on its cluster bus.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -95,6 +192,7 @@ class RedisServerProcess:
         cluster: bool = False,
         extra_args: Sequence[str] = (),
         executable: str | None = None,
+        tls: TLSCertificates | None = None,
     ) -> None:
         exe = executable or shutil.which("redis-server")
         if exe is None:
@@ -105,6 +203,7 @@ class RedisServerProcess:
         self.cluster = cluster
         self.port = port if port is not None else free_port(with_bus=cluster)
         self.extra_args = tuple(extra_args)
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix=f"stratacache-redis-{self.port}-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -118,7 +217,10 @@ class RedisServerProcess:
 
     @property
     def url(self) -> str:
-        """A ``redis://`` URL for this server."""
+        """A ``redis://`` URL for this server; with ``tls``, a ``rediss://`` URL that
+        verifies the server against the CA (``ssl_ca_certs``, ``ssl_cert_reqs=required``)."""
+        if self.tls is not None:
+            return f"rediss://{self.host}:{self.port}/0?{self.tls.url_query()}"
         return f"redis://{self.host}:{self.port}/0"
 
     @property
@@ -132,9 +234,15 @@ class RedisServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def _command(self) -> list[str]:
+        if self.tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            ports = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
+            if self.cluster:
+                ports += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         args = [
             self.executable,
-            "--port", str(self.port),
+            *ports,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -183,7 +291,7 @@ class RedisServerProcess:
                     f"redis-server on port {self.port} exited at start: {err}{log}"
                 )
             with contextlib.suppress(OSError):
-                if _ping(self.port).startswith(b"+PONG"):
+                if _ping(self.port, tls=self.tls).startswith(b"+PONG"):
                     return
             time.sleep(0.01)
         self.stop()
@@ -308,11 +416,18 @@ class RedisClusterProcesses:
     ``nodes.conf`` is kept), empty.
     """
 
-    def __init__(self, masters: int = 3, *, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        *,
+        executable: str | None = None,
+        tls: TLSCertificates | None = None,
+    ) -> None:
         if masters < 3:
             raise ValueError("a Redis Cluster needs at least 3 masters")
+        self.tls = tls
         self.nodes = [
-            RedisServerProcess(cluster=True, executable=executable) for _ in range(masters)
+            RedisServerProcess(cluster=True, executable=executable, tls=tls) for _ in range(masters)
         ]
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -328,8 +443,15 @@ class RedisClusterProcesses:
 
     @property
     def url(self) -> str:
-        """A ``redis://`` URL of the first node (enough for ``RedisCluster.from_url``)."""
-        return f"redis://{self.nodes[0].host}:{self.nodes[0].port}"
+        """A ``redis://`` URL of the first node (enough for ``RedisCluster.from_url``); with
+        ``tls``, a ``rediss://`` URL that verifies the nodes against the CA."""
+        first = self.nodes[0]
+        if self.tls is not None:
+            return f"rediss://{first.host}:{first.port}?{self.tls.url_query()}"
+        return f"redis://{first.host}:{first.port}"
+
+    def _tls_cli_args(self) -> list[str]:
+        return self.tls.cli_args() if self.tls is not None else []
 
     def start(self) -> RedisClusterProcesses:
         """Start every node, create the cluster, wait for ``cluster_state:ok`` everywhere."""
@@ -337,7 +459,7 @@ class RedisClusterProcesses:
             for node in self.nodes:
                 node.start()
             _cli(
-                self._cli, "--cluster", "create",
+                self._cli, *self._tls_cli_args(), "--cluster", "create",
                 *[f"{n.host}:{n.port}" for n in self.nodes],
                 "--cluster-replicas", "0", "--cluster-yes",
             )  # fmt: skip
@@ -350,7 +472,10 @@ class RedisClusterProcesses:
     def cluster_info(self, node: int = 0) -> dict[str, str]:
         """``CLUSTER INFO`` of one node as a dict."""
         n = self.nodes[node]
-        text = _cli(self._cli, "-h", n.host, "-p", str(n.port), "cluster", "info", timeout=5)
+        text = _cli(
+            self._cli, *self._tls_cli_args(), "-h", n.host, "-p", str(n.port),
+            "cluster", "info", timeout=5,
+        )  # fmt: skip
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
