@@ -78,9 +78,6 @@ _MEMBERS_PER_CALL = 1000  # keys per TAG_ADD call (Lua's unpack has a stack limi
 AuditFields = Mapping[str, Any]
 
 
-logger = logging.getLogger("stratacache.redis")
-
-
 def _describe(exc: BaseException) -> str:
     """``Type: message`` (redis-py 8's repr of its errors hides the message)."""
     return f"{type(exc).__name__}: {exc}"
