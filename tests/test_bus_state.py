@@ -187,3 +187,16 @@ def test_a_replay_is_ignored_and_a_forged_own_heartbeat_proves_nothing() -> None
     clock.advance(2.0)
     state.on_payload(heartbeat)  # replayed later: does not keep a deaf bus healthy
     assert not state.check_health()
+
+
+def test_unsigned_sequences_are_not_trusted_backwards_either() -> None:
+    """Without keys a forged high sequence number must not silence the real source: any
+    break, backwards too, is a gap (a flush), never an ignored message."""
+    clock = FakeClock()
+    state, _ = make(clock)
+    real = BusPublisherState(OTHER, clock)
+    state.on_payload(real.encode(Action.INVALIDATE_KEYS, ["a"]))
+    state.on_payload(encode_message(BusMessage(OTHER, 10**9, 0.0, Action.HEARTBEAT)))
+    assert state.flushes_gap == 1
+    state.on_payload(real.encode(Action.INVALIDATE_KEYS, ["b"]))
+    assert state.flushes_gap == 2 and state.dropped == 0

@@ -30,7 +30,10 @@ the publish lock), and a later one that did arrive first, after a publish that t
 out, was a gap that flushed L1 after the earlier message was encoded, so ignoring it
 loses nothing. A replayed message is thus either ignored or, when its source is not
 known (after our own resubscribe), applied once: it only ever *removes* entries from
-L1, which then re-reads them from L2; a bus message never carries a value.
+L1, which then re-reads them from L2; a bus message never carries a value. Without bus
+keys the sequence numbers are not trusted (anyone can forge a high one, which would make
+the real source's next messages look old): any break in a source's sequence, backwards
+too, is a gap and flushes L1, the safe answer.
 
 :class:`BusState` is shared by the listener (thread or task), the publisher and the
 cache's callers; a lock guards it (no I/O is done under it).
@@ -198,8 +201,9 @@ class BusState:
                 self.dropped += 1
                 self.forged += forged
                 return
+            signed = bool(self._keys)
             if message.source == self.source:
-                if message.seq <= self._own_seq:
+                if signed and message.seq <= self._own_seq:
                     self.dropped += 1  # a replay of ours: not a proof that we hear
                     return
                 self._own_seq = message.seq
@@ -209,7 +213,7 @@ class BusState:
                     recovered = self._heard_own_heartbeat()
             else:
                 last = self._last_seq.get(message.source)
-                if last is not None and message.seq <= last:
+                if signed and last is not None and message.seq <= last:
                     self.dropped += 1  # a duplicate or replay (see the module notes)
                     return
                 self.received += 1
