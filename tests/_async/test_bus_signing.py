@@ -160,3 +160,20 @@ async def test_an_unsigned_bus(target: tuple[str, bool], setting: bool | None) -
     finally:
         await a.close()
         await b.close()
+
+
+async def test_invalidations_sent_to_the_failover_redis_are_signed(redis_server_factory) -> None:
+    primary, failover = redis_server_factory(), redis_server_factory()
+    cache = AsyncCache(primary.url, namespace=NS, failover=failover.url, bus_secret=K1)
+    # an instance whose L2 is the failover Redis, on the same secret
+    remote = AsyncCache(failover.url, namespace=NS, bus_secret=[K2, K1], recovery_grace=0)
+    try:
+        await remote.set("a", 1)
+        await warm(remote, "a", 1)
+        await cache.invalidate("a")  # the failover Redis's bus carries it to remote
+        await async_until(lambda: remote.l1.peek("a", MISSING) is MISSING, DEADLINE)
+        assert remote.stats().bus_messages_forged == 0
+        assert remote.stats().bus_flushes_gap == 0
+    finally:
+        await cache.close()
+        await remote.close()
