@@ -10,8 +10,14 @@ ROTATION_NS = "rotation"
 
 
 def _cache(url: str, cluster: bool, secrets: list[bytes]) -> Cache:
+    # recovery_grace=0: a fresh instance serves L2 at once (the grace is tested elsewhere)
     return Cache(
-        url, cluster=cluster, namespace=ROTATION_NS, redis_timeout=2.0, codec=Codec(secret=secrets)
+        url,
+        cluster=cluster,
+        namespace=ROTATION_NS,
+        redis_timeout=2.0,
+        recovery_grace=0,
+        codec=Codec(secret=secrets),
     )
 
 

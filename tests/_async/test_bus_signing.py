@@ -20,7 +20,7 @@ from stratacache._bus_messages import (
     sign_message,
 )
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedisCluster
+from stratacache._primitives import AsyncRedisCluster, async_sleep
 
 from concurrency import async_until
 
@@ -35,6 +35,7 @@ def make(target: tuple[str, bool], **options: object) -> AsyncCache:
     url, cluster = target
     options.setdefault("redis_timeout", 2.0)
     options.setdefault("recovery_grace", 0)
+    options.setdefault("bus_batch_window", 0)  # a write's message is out when it returns
     return AsyncCache(url, cluster=cluster, namespace=NS, **options)  # type: ignore[arg-type]
 
 
@@ -45,9 +46,26 @@ async def publish_raw(raw, payload: bytes) -> None:
         await raw.publish(CHANNEL, payload)
 
 
+async def heard(reader: AsyncCache, writer: AsyncCache) -> None:
+    """Wait until ``reader`` heard everything ``writer`` published so far (its later
+    heartbeats count too, so this ends even if the reader subscribed late)."""
+    assert writer._bus is not None and reader._bus is not None
+    source, sent = writer._bus.state.source, writer._bus.outbox.last_seq
+    bus = reader._bus
+    await async_until(lambda: (bus.state.last_seq_of(source) or 0) >= sent, DEADLINE)
+
+
 async def warm(cache: AsyncCache, key: str, expected: object) -> None:
-    assert await cache.get(key) == expected
-    assert cache.l1.peek(key, MISSING) == expected
+    """Read ``key`` until L1 holds it (a flush may still drop the first copy)."""
+
+    async def held() -> bool:
+        assert await cache.get(key) == expected
+        return cache.l1.peek(key, MISSING) == expected
+
+    deadline = time.monotonic() + DEADLINE
+    while not await held():
+        assert time.monotonic() < deadline, f"{key!r} never held in L1"
+        await async_sleep(0.005)
 
 
 async def test_signed_instances_hear_each_other(target: tuple[str, bool]) -> None:
@@ -69,9 +87,13 @@ async def test_signed_instances_hear_each_other(target: tuple[str, bool]) -> Non
 
 
 async def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool], raw) -> None:
-    a, b = make(target, bus_secret=K1), make(target, bus_secret=K1)
+    # a generous heartbeat_timeout: no deaf spell on a loaded machine may flush L1 here
+    a = make(target, bus_secret=K1, heartbeat_timeout=10.0)
+    b = make(target, bus_secret=K1, heartbeat_timeout=10.0)
     try:
         await a.set("k", 1)
+        await b.get("k")  # starts its bus
+        await heard(b, a)
         await warm(b, "k", 1)
         stranger = b"\x07" * 16
         key = bus_keys([K1], CHANNEL)[0]
@@ -138,7 +160,7 @@ async def test_rotation_keeps_the_bus_whole(target: tuple[str, bool]) -> None:
         assert retired.stats().decode_errors == 1
         # K1 is not in [K2]: old's messages (heartbeats at least) are forged there
         await async_until(lambda: retired.stats().bus_messages_forged > 0, DEADLINE)
-        assert retired.stats().bus_state == "healthy"  # it hears itself
+        await async_until(lambda: retired.stats().bus_state == "healthy", DEADLINE)
     finally:
         for cache in (old, rotating, retired):
             await cache.close()
@@ -152,7 +174,8 @@ async def test_an_unsigned_bus(target: tuple[str, bool], setting: bool | None) -
     a, b = make(target, codec=codec, bus_secret=setting), make(target, bus_secret=False)
     try:
         await a.set("k", 1)
-        await warm(b, "k", 1) if setting is None else None
+        if setting is None:
+            await warm(b, "k", 1)
         await warm(a, "k", 1)
         await b.set("k", 2)  # unsigned: a hears it
         await async_until(lambda: a.l1.peek("k", MISSING) is MISSING, DEADLINE)
