@@ -54,6 +54,7 @@ CONTRACT = {
     "stratacache_bus_messages_sent_total": COUNTER,
     "stratacache_bus_messages_received_total": COUNTER,
     "stratacache_bus_messages_dropped_total": COUNTER,
+    "stratacache_bus_messages_forged_total": COUNTER,
     "stratacache_bus_flushes_total": COUNTER,
     "stratacache_bus_lag_seconds": HISTOGRAM,
     "stratacache_bus_unhealthy_seconds_total": COUNTER,

@@ -9,7 +9,14 @@ import logging
 import pytest
 
 from stratacache._bus import BusPublisherState, BusState
-from stratacache._bus_messages import Action
+from stratacache._bus_messages import (
+    MAC_BYTES,
+    Action,
+    BusMessage,
+    bus_keys,
+    encode_message,
+    sign_message,
+)
 
 from concurrency import FakeClock
 
@@ -118,3 +125,78 @@ def test_serve_l1_policy_logs_that_l1_keeps_serving(caplog: pytest.LogCaptureFix
         state.on_disconnected()
     assert state.l1_usable
     assert "L1 keeps serving" in lines(caplog, logging.WARNING)[0]
+
+
+# -- signed messages -------------------------------------------------------------------------
+
+K1 = b"k1" * 16
+K2 = b"k2" * 16
+OTHER = b"\x02" * 16
+
+
+def signed_state(clock: FakeClock, secrets: list[bytes]) -> tuple[BusState, list[str]]:
+    return make(clock, keys=bus_keys(secrets, "ns:v1:bus"))
+
+
+def test_only_verified_messages_reach_the_sequence_check() -> None:
+    clock = FakeClock()
+    state, flushes = signed_state(clock, [K1])
+    applied: list[BusMessage] = []
+    state._apply = applied.append
+    key = bus_keys([K1], "ns:v1:bus")[0]
+    them = BusPublisherState(OTHER, clock, key)
+    state.on_payload(them.encode(Action.INVALIDATE_KEYS, ["a"]))
+    assert [m.args for m in applied] == [("a",)]
+    # a stranger's messages with the next sequence numbers and beyond: unsigned, forged
+    # (another key, another channel's key), truncated; none may look like a gap
+    for seq in (2, 5, 9):
+        body = encode_message(BusMessage(OTHER, seq, 0.0, Action.CLEAR))
+        state.on_payload(body)
+        state.on_payload(sign_message(body, bus_keys([K2], "ns:v1:bus")[0]))
+        state.on_payload(sign_message(body, bus_keys([K1], "other:v1:bus")[0]))
+        state.on_payload(sign_message(body, key)[:-1])
+        state.on_payload(sign_message(body, key)[:MAC_BYTES])
+    assert state.forged == state.dropped == 15
+    assert state.flushes_gap == 0 and flushes == [] and len(applied) == 1
+    state.on_payload(them.encode(Action.INVALIDATE_KEYS, ["b"]))  # seq 2: no gap either
+    assert [m.args for m in applied] == [("a",), ("b",)] and state.flushes_gap == 0
+
+
+def test_a_replay_is_ignored_and_a_forged_own_heartbeat_proves_nothing() -> None:
+    clock = FakeClock()
+    state, flushes = signed_state(clock, [K2, K1])
+    applied: list[BusMessage] = []
+    state._apply = applied.append
+    them = BusPublisherState(OTHER, clock, bus_keys([K1], "ns:v1:bus")[0])  # retiring key
+    recorded = [them.encode(Action.CLEAR), them.encode(Action.INVALIDATE_KEYS, ["x"])]
+    for message in recorded:
+        state.on_payload(message)
+    assert len(applied) == 2 and state.forged == 0
+    for message in recorded * 3:
+        state.on_payload(message)  # replays: old sequence numbers
+    assert len(applied) == 2 and state.flushes_gap == 0 and flushes == []
+    assert state.dropped == 6 and state.forged == 0
+    # our own heartbeat, signed by a stranger's key: not heard; then ours, then a replay
+    ours = BusPublisherState(SOURCE, clock, bus_keys([K2], "ns:v1:bus")[0])
+    forged = BusPublisherState(SOURCE, clock, bus_keys([b"x" * 32], "ns:v1:bus")[0])
+    state.on_payload(forged.encode(Action.HEARTBEAT))
+    assert not state.healthy and state.forged == 1
+    heartbeat = ours.encode(Action.HEARTBEAT)
+    state.on_payload(heartbeat)
+    assert state.healthy
+    clock.advance(2.0)
+    state.on_payload(heartbeat)  # replayed later: does not keep a deaf bus healthy
+    assert not state.check_health()
+
+
+def test_unsigned_sequences_are_not_trusted_backwards_either() -> None:
+    """Without keys a forged high sequence number must not silence the real source: any
+    break, backwards too, is a gap (a flush), never an ignored message."""
+    clock = FakeClock()
+    state, _ = make(clock)
+    real = BusPublisherState(OTHER, clock)
+    state.on_payload(real.encode(Action.INVALIDATE_KEYS, ["a"]))
+    state.on_payload(encode_message(BusMessage(OTHER, 10**9, 0.0, Action.HEARTBEAT)))
+    assert state.flushes_gap == 1
+    state.on_payload(real.encode(Action.INVALIDATE_KEYS, ["b"]))
+    assert state.flushes_gap == 2 and state.dropped == 0

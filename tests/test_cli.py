@@ -239,6 +239,19 @@ def test_bus_tail_decodes_messages(app: tuple[str, bool, list[Cache]]) -> None:
     assert "invalidate_keys 'user:2'" in finish(proc)
 
 
+def test_bus_tail_shows_signed_messages(app: tuple[str, bool, list[Cache]]) -> None:
+    """The command has no secret: a signed message is shown after its tag, unverified."""
+    url, cluster, _ = app
+    signed = Cache(url, cluster=cluster, namespace=NS, bus_secret=b"s" * 32, instance_ttl=0)
+    try:
+        signed.get("user:1")  # starts its bus
+        proc = start("bus", "tail", *common(url, cluster), "--count", "1", ready="listening")
+        signed.delete("user:3")
+        assert "invalidate_keys 'user:3'" in finish(proc)
+    finally:
+        signed.close()
+
+
 def test_audit_follow(app: tuple[str, bool, list[Cache]]) -> None:
     url, cluster, caches = app
     caches[0].invalidate("user:1", reason="before")

@@ -867,3 +867,43 @@ def test_concurrent_use_from_threads(registry: TypeRegistry) -> None:
     for thread in threads:
         thread.join()
     assert not errors
+
+
+# -- key rotation ----------------------------------------------------------------------------
+
+NEW_SECRET = b"fedcba9876543210fedcba9876543210"
+
+
+def test_the_first_secret_signs_and_every_one_verifies() -> None:
+    old = Codec(secret=SECRET, types=TypeRegistry())
+    rotating = Codec(secret=[NEW_SECRET, SECRET], types=TypeRegistry())
+    assert rotating.secrets == (NEW_SECRET, SECRET)
+    assert Codec(secrets=(NEW_SECRET, SECRET), types=TypeRegistry()).secrets == rotating.secrets
+    assert old.secrets == (SECRET,) and Codec(types=TypeRegistry()).secrets == ()
+    old_blob = old.encode(KEY, "old", created_at=1.0)
+    new_blob = rotating.encode(KEY, "new", created_at=2.0)
+    # entries written before the rotation stay readable; new ones are signed by the first
+    assert rotating.decode(KEY, old_blob).value == "old"
+    assert rotating.decode(KEY, new_blob).value == "new"
+    assert rotating.decode_value(old.encode_value([1])) == [1]
+    assert new_blob == Codec(secret=NEW_SECRET, types=TypeRegistry()).encode(
+        KEY, "new", created_at=2.0
+    )
+    with pytest.raises(CorruptEntryError, match="signature"):
+        old.decode(KEY, new_blob)  # not yet accepted by an instance that only knows SECRET
+    # once the old secret is retired, what it signed is corrupt (a miss), never an error
+    retired = Codec(secret=[NEW_SECRET], types=TypeRegistry())
+    with pytest.raises(CorruptEntryError, match="no longer listed"):
+        retired.decode(KEY, old_blob)
+    assert retired.decode(KEY, new_blob).value == "new"
+
+
+def test_bad_secret_lists_are_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        Codec(secret=[])
+    with pytest.raises(ValueError, match="16 bytes"):
+        Codec(secret=[SECRET, b"short"])
+    with pytest.raises(TypeError, match="bytes"):
+        Codec(secrets=[SECRET, "text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not both"):
+        Codec(secret=SECRET, secrets=[SECRET])

@@ -55,6 +55,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "stratacache_bus_messages_sent_total": ("counter", frozenset()),
     "stratacache_bus_messages_received_total": ("counter", frozenset()),
     "stratacache_bus_messages_dropped_total": ("counter", frozenset()),
+    "stratacache_bus_messages_forged_total": ("counter", frozenset()),
     "stratacache_bus_flushes_total": ("counter", frozenset({"cause"})),
     "stratacache_bus_lag_seconds": ("histogram", frozenset()),
     "stratacache_bus_unhealthy_seconds_total": ("counter", frozenset()),

@@ -20,6 +20,21 @@ fall back on flushing its L1 (every entry is then re-read from L2 on its next us
 Heartbeats use the same sequence as invalidations, so a lost invalidation is noticed by
 the next heartbeat of its source at the latest (``heartbeat_timeout / 4``).
 
+**Signed messages and replays.** With bus keys, a message whose tag does not verify is
+dropped (and counted as forged) *before* anything else: it never reaches the sequence
+check, so a stranger's message cannot cause a gap flush, nor count as our own
+heartbeat. A message whose sequence number is not above the last one heard from its
+source (ours included) is a duplicate or a replay and is ignored (counted as dropped):
+one source's messages reach the channel in order (each is encoded and published under
+the publish lock), and a later one that did arrive first, after a publish that timed
+out, was a gap that flushed L1 after the earlier message was encoded, so ignoring it
+loses nothing. A replayed message is thus either ignored or, when its source is not
+known (after our own resubscribe), applied once: it only ever *removes* entries from
+L1, which then re-reads them from L2; a bus message never carries a value. Without bus
+keys the sequence numbers are not trusted (anyone can forge a high one, which would make
+the real source's next messages look old): any break in a source's sequence, backwards
+too, is a gap and flushes L1, the safe answer.
+
 :class:`BusState` is shared by the listener (thread or task), the publisher and the
 cache's callers; a lock guards it (no I/O is done under it).
 """
@@ -39,7 +54,9 @@ from ._bus_messages import (
     BusMessage,
     decode_message,
     encode_message,
+    sign_message,
     split_args,
+    verify_message,
 )
 from ._keys import fnmatch_glob
 from ._stats import LatencyRecorder
@@ -78,8 +95,10 @@ class BusState:
         clock: Callable[[], float],
         name: str = "",
         log_interval: float = LOG_INTERVAL,
+        keys: tuple[bytes, ...] = (),
     ) -> None:
         self.source = source
+        self._keys = keys
         self._flush_l1 = flush_l1
         self._apply = apply
         self.heartbeat_timeout = heartbeat_timeout
@@ -89,6 +108,7 @@ class BusState:
         self._name = name
         self._lock = threading.Lock()
         self._last_seq: OrderedDict[bytes, int] = OrderedDict()
+        self._own_seq = 0  # our own last message heard: an older one is a replay
         self.healthy = False
         self.ever_healthy = False
         """Set once the first heartbeat was heard (later flushes follow a deaf spell)."""
@@ -115,6 +135,9 @@ class BusState:
         self._spells_unlogged = 0
         self.received = 0
         self.dropped = 0
+        self.forged = 0
+        """Messages dropped because their signature was missing or wrong (also counted
+        in ``dropped``); always 0 without bus keys."""
         self.flushes_subscribe = 0
         self.flushes_gap = 0
         self.flushes_heartbeat = 0
@@ -166,20 +189,35 @@ class BusState:
 
     def on_payload(self, data: object) -> None:
         """Handle one message from the channel (untrusted bytes)."""
-        message = decode_message(data)
+        forged = False
+        if self._keys:
+            data = verify_message(data, self._keys)
+            forged = data is None
+        message = None if forged else decode_message(data)
         now_wall = self._clock()
         recovered: str | None = None
         with self._lock:
             if message is None:
                 self.dropped += 1
+                self.forged += forged
                 return
-            self.received += 1
-            self.lag.record(max(0.0, now_wall - message.sent_at))
+            signed = bool(self._keys)
             if message.source == self.source:
+                if signed and message.seq <= self._own_seq:
+                    self.dropped += 1  # a replay of ours: not a proof that we hear
+                    return
+                self._own_seq = message.seq
+                self.received += 1
+                self.lag.record(max(0.0, now_wall - message.sent_at))
                 if message.action is Action.HEARTBEAT:
                     recovered = self._heard_own_heartbeat()
             else:
                 last = self._last_seq.get(message.source)
+                if signed and last is not None and message.seq <= last:
+                    self.dropped += 1  # a duplicate or replay (see the module notes)
+                    return
+                self.received += 1
+                self.lag.record(max(0.0, now_wall - message.sent_at))
                 self._last_seq[message.source] = message.seq
                 self._last_seq.move_to_end(message.source)
                 if len(self._last_seq) > _MAX_SOURCES:
@@ -309,9 +347,10 @@ class BusState:
 class BusPublisherState:
     """The sending side: sequence numbers and the batch of pending invalidations."""
 
-    def __init__(self, source: bytes, clock: Callable[[], float]) -> None:
+    def __init__(self, source: bytes, clock: Callable[[], float], key: bytes | None = None) -> None:
         self.source = source
         self._clock = clock
+        self._key = key  # signs every message (heartbeats too) when set
         self._lock = threading.Lock()
         self._seq = 0
         self._keys: dict[str, None] = {}
@@ -367,7 +406,8 @@ class BusPublisherState:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        return encode_message(BusMessage(self.source, seq, self._clock(), action, tuple(args)))
+        payload = encode_message(BusMessage(self.source, seq, self._clock(), action, tuple(args)))
+        return payload if self._key is None else sign_message(payload, self._key)
 
     def encode_all(self, action: Action, args: Iterable[str]) -> list[bytes]:
         """Unbatched: the messages for one invalidation, split by the size bound."""

@@ -12,11 +12,19 @@ A message is a msgpack array ``[version, source, seq, sent_at, action, args]``:
 
 Never the value. Bytes from the channel are untrusted (anyone with access to Redis can
 publish): :func:`decode_message` returns a :class:`BusMessage` or ``None``, never raises.
+
+**Signing.** With bus keys (derived by :func:`bus_keys` from the cache's secrets and the
+channel name, so a message cannot be replayed into another namespace's channel), a
+message on the wire is ``HMAC-SHA256(key, body) || body``: the tag covers the whole
+message (source, sequence number, action and args), the first key signs and every key
+verifies (each is tried: no key id, as for entries). :func:`verify_message` returns the
+body or ``None``; only a verified body is decoded.
 """
 
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +36,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 """Largest message sent or accepted; longer batches are split over several messages."""
 _MAX_ARGS = 16 * 1024
 _ENVELOPE_BYTES = 64  # generous bound of everything but the args in an encoded message
+MAC_BYTES = 32
+"""Length of the HMAC-SHA256 tag in front of a signed message (not counted in
+:data:`MAX_MESSAGE_BYTES`, which bounds the body)."""
 
 
 class Action(enum.IntEnum):
@@ -103,6 +114,29 @@ def decode_message(data: object) -> BusMessage | None:
     return BusMessage(source, seq, float(sent_at), kind, tuple(args))
 
 
+def bus_keys(secrets: Sequence[bytes], channel: str) -> tuple[bytes, ...]:
+    """The bus keys of ``channel``, one per secret (same order: the first signs)."""
+    label = b"stratacache/bus\0" + channel.encode("utf-8")
+    return tuple(hmac.digest(secret, label, "sha256") for secret in secrets)
+
+
+def sign_message(payload: bytes, key: bytes) -> bytes:
+    """``payload`` with its tag in front (see the module notes)."""
+    return hmac.digest(key, payload, "sha256") + payload
+
+
+def verify_message(data: object, keys: Sequence[bytes]) -> bytes | None:
+    """The body of a signed message if its tag matches one of ``keys``, else ``None``
+    (unsigned, truncated, forged, signed by a retired key, or not bytes); never raises."""
+    if not isinstance(data, bytes) or not MAC_BYTES < len(data) <= MAX_MESSAGE_BYTES + MAC_BYTES:
+        return None
+    tag, body = data[:MAC_BYTES], data[MAC_BYTES:]
+    for key in keys:
+        if hmac.compare_digest(hmac.digest(key, body, "sha256"), tag):
+            return body
+    return None
+
+
 def split_args(args: Sequence[str], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[str]]:
     """``args`` in consecutive chunks whose messages each encode within ``limit`` bytes."""
     budget = limit - _ENVELOPE_BYTES
@@ -122,11 +156,15 @@ def split_args(args: Sequence[str], limit: int = MAX_MESSAGE_BYTES) -> Iterator[
 
 __all__ = [
     "BUS_FORMAT_VERSION",
+    "MAC_BYTES",
     "MAX_MESSAGE_BYTES",
     "SOURCE_ID_BYTES",
     "Action",
     "BusMessage",
+    "bus_keys",
     "decode_message",
     "encode_message",
+    "sign_message",
     "split_args",
+    "verify_message",
 ]

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from . import _primitives
 from ._acl import acl_rules
-from ._bus_messages import Action, decode_message
+from ._bus_messages import MAC_BYTES, Action, decode_message
 from ._codec import Codec
 from ._errors import CorruptEntryError, StratacacheError
 from ._instances import InstanceInfo
@@ -783,6 +783,10 @@ def bus_tail(
                 if kind not in ("message", "smessage"):
                     continue
                 decoded = decode_message(message["data"])
+                if decoded is None and isinstance(message["data"], bytes):
+                    # a signed message (bus_secret): shown after its tag, not verified —
+                    # the command has no secret; the caches verify what they apply
+                    decoded = decode_message(message["data"][MAC_BYTES:])
                 if decoded is not None and decoded.action is Action.HEARTBEAT and not heartbeats:
                     continue
                 _print_bus_message(decoded, message["data"], as_json)

@@ -7,6 +7,13 @@ Design notes
   a ``decode_errors`` count); nothing in the blob selects code to run except the decoders
   the *application* registered for its own ext codes. With ``secret=`` every blob carries
   an HMAC-SHA256 tag that is checked (``hmac.compare_digest``) before unpacking.
+* **Key rotation.** ``secret=`` takes one secret or a sequence of them (or ``secrets=``):
+  the first signs, every one verifies (each is tried in turn: the tag carries no key id,
+  so blobs written before rotation stay readable). Rotate in three rolling deploys:
+  ``[old, new]`` (everyone accepts ``new``), then ``[new, old]`` (``new`` signs, entries
+  signed by ``old`` still read), then, once those have expired or been rewritten,
+  ``[new]``. A blob signed by a key no longer listed is corrupt: a miss and a
+  ``decode_errors`` count, never an exception.
 * **One unpack on the hit path.** An entry is a single msgpack array
   ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], [stamps...], epoch, payload]``
   so ``decode`` is one ``msgpack.unpackb`` call; the payload is nested, not a second blob.
@@ -57,7 +64,8 @@ import hmac
 import struct
 import threading
 import uuid
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -120,6 +128,24 @@ _BUILTIN_TYPES: frozenset[type] = _LEAF_TYPES | {
     uuid.UUID,
     decimal.Decimal,
 }
+
+
+def normalize_secrets(secret: Union[bytes, Sequence[bytes], None]) -> tuple[bytes, ...]:
+    """``secret`` (one secret, a sequence of them, or None) as a checked tuple."""
+    if secret is None:
+        return ()
+    if isinstance(secret, (bytes, str, bytearray, memoryview)):
+        candidates: tuple[Any, ...] = (secret,)
+    else:
+        candidates = tuple(secret)
+        if not candidates:
+            raise ValueError("secrets must not be empty (pass None for no signing)")
+    for one in candidates:
+        if not isinstance(one, bytes):
+            raise TypeError(f"secret must be bytes, not {type(one).__name__}")
+        if len(one) < MIN_SECRET_LENGTH:
+            raise ValueError(f"secret must be at least {MIN_SECRET_LENGTH} bytes long")
+    return candidates
 
 
 class Entry(NamedTuple):
@@ -399,7 +425,9 @@ class Codec:
         module notes for what is guaranteed on decode.
     :param secret: when set, blobs are signed with HMAC-SHA256 (keys derived from the
         secret, distinct for entries and bare values) and unsigned or tampered blobs are
-        corrupt. At least 16 bytes; 32 random bytes recommended.
+        corrupt. At least 16 bytes; 32 random bytes recommended. A sequence of secrets
+        rotates keys: the first signs, all verify.
+    :param secrets: the same as a sequence passed as ``secret`` (give one or the other).
     :param types: the registry of application types; :data:`default_registry` if omitted.
     """
 
@@ -407,12 +435,15 @@ class Codec:
         "_decoders",
         "_encoders",
         "_entry_key",
+        "_entry_keys",
         "_ext_hook",
         "_max_depth",
         "_max_size",
         "_packers",
+        "_secrets",
         "_state",
         "_value_key",
+        "_value_keys",
         "types",
     )
 
@@ -421,8 +452,9 @@ class Codec:
         *,
         max_size: int = 8 * 1024 * 1024,
         max_depth: int = 32,
-        secret: Optional[bytes] = None,
+        secret: Union[bytes, Sequence[bytes], None] = None,
         types: Optional[TypeRegistry] = None,
+        secrets: Optional[Sequence[bytes]] = None,
     ) -> None:
         if type(max_size) is not int or max_size < 64:
             raise ValueError(f"max_size must be an int >= 64, got {max_size!r}")
@@ -437,15 +469,18 @@ class Codec:
         self.types = types
         self._encoders = types._encoders
         self._decoders = types._decoders
-        self._entry_key: Optional[bytes] = None
-        self._value_key: Optional[bytes] = None
-        if secret is not None:
-            if not isinstance(secret, bytes):
-                raise TypeError(f"secret must be bytes, not {type(secret).__name__}")
-            if len(secret) < MIN_SECRET_LENGTH:
-                raise ValueError(f"secret must be at least {MIN_SECRET_LENGTH} bytes long")
-            self._entry_key = hmac.digest(secret, b"stratacache/entry", "sha256")
-            self._value_key = hmac.digest(secret, b"stratacache/value", "sha256")
+        if secret is not None and secrets is not None:
+            raise TypeError("give secret= or secrets=, not both")
+        self._secrets = normalize_secrets(secret if secrets is None else secrets)
+        self._entry_keys = tuple(
+            hmac.digest(s, b"stratacache/entry", "sha256") for s in self._secrets
+        )
+        self._value_keys = tuple(
+            hmac.digest(s, b"stratacache/value", "sha256") for s in self._secrets
+        )
+        # the signing keys (the first secret's); None when unsigned
+        self._entry_key = self._entry_keys[0] if self._entry_keys else None
+        self._value_key = self._value_keys[0] if self._value_keys else None
         self._packers = _Packers()
         self._state = _DecodeState()
         self._ext_hook = self._decode_ext  # bound once, not at every decode
@@ -461,6 +496,12 @@ class Codec:
     @property
     def signed(self) -> bool:
         return self._entry_key is not None
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """The secrets, the signing one first (empty when unsigned); the cache derives
+        its bus keys from them unless given ``bus_secret=``."""
+        return self._secrets
 
     # -- encode ------------------------------------------------------------------------
 
@@ -616,8 +657,8 @@ class Codec:
         try:
             if len(data) > self._max_size:
                 raise CorruptEntryError(f"entry of {len(data)} bytes is larger than max_size")
-            if self._entry_key is not None:
-                data = self._verify(self._entry_key, data)
+            if self._entry_keys:
+                data = self._verify(self._entry_keys, data)
             obj = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
             if type(obj) is not list:
                 raise CorruptEntryError("not an entry envelope")
@@ -658,8 +699,8 @@ class Codec:
         try:
             if len(data) > self._max_size:
                 raise CorruptEntryError(f"value of {len(data)} bytes is larger than max_size")
-            if self._value_key is not None:
-                data = self._verify(self._value_key, data)
+            if self._value_keys:
+                data = self._verify(self._value_keys, data)
             return msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
         except CorruptEntryError:
             raise
@@ -667,15 +708,18 @@ class Codec:
             raise CorruptEntryError(f"undecodable value: {exc.__class__.__name__}") from exc
 
     @staticmethod
-    def _verify(mac_key: bytes, data: bytes) -> Any:
-        """The signed body of ``data`` (a memoryview), after checking its tag."""
+    def _verify(mac_keys: tuple[bytes, ...], data: bytes) -> Any:
+        """The signed body of ``data`` (a memoryview), after checking its tag against
+        each key (the signing key first: the common case costs one HMAC)."""
         view = memoryview(data)
         if len(view) < _MAC_SIZE:
             raise CorruptEntryError("entry is too short to carry a signature")
         body = view[_MAC_SIZE:]
-        if not hmac.compare_digest(hmac.digest(mac_key, body, "sha256"), view[:_MAC_SIZE]):
-            raise CorruptEntryError("bad signature")
-        return body
+        tag = view[:_MAC_SIZE]
+        for mac_key in mac_keys:
+            if hmac.compare_digest(hmac.digest(mac_key, body, "sha256"), tag):
+                return body
+        raise CorruptEntryError("bad signature (or signed with a key no longer listed)")
 
     def _decode_ext(self, code: int, data: bytes) -> Any:
         """``ext_hook=`` of the unpacker; raises on anything unknown or malformed."""

@@ -119,6 +119,7 @@ class CacheStats:
     bus_messages_sent: int = 0
     bus_messages_received: int = 0
     bus_messages_dropped: int = 0
+    bus_messages_forged: int = 0  # unsigned or wrongly signed (also in bus_messages_dropped)
     bus_flushes_subscribe: int = 0
     bus_flushes_gap: int = 0
     bus_flushes_heartbeat: int = 0

@@ -293,9 +293,16 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "stratacache_bus_messages_dropped_total",
         "counter",
-        "Bus messages that could not be decoded",
+        "Bus messages dropped: undecodable, unsigned or forged, or replayed",
         (),
         _bus(lambda s: s.bus_messages_dropped),
+    ),
+    MetricSpec(
+        "stratacache_bus_messages_forged_total",
+        "counter",
+        "Bus messages dropped because their signature was missing or wrong (with bus_secret)",
+        (),
+        _bus(lambda s: s.bus_messages_forged),
     ),
     MetricSpec(
         "stratacache_bus_flushes_total",

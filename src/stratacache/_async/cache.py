@@ -41,14 +41,14 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal, TypeVar, cast
 
 from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
-from .._bus_messages import Action, BusMessage
-from .._codec import Codec, Entry
+from .._bus_messages import Action, BusMessage, bus_keys
+from .._codec import Codec, Entry, normalize_secrets
 from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
@@ -158,6 +158,13 @@ class AsyncCache:
             in Redis (``stratacache.instances()`` lists them; the bus's prober refreshes
             it every ``min(1, instance_ttl / 3)`` seconds), which expires this long after
             the last refresh and is deleted by :meth:`close` (``0``: no record).
+        bus_secret: sign bus messages (heartbeats included) with HMAC-SHA256 and drop
+            every message that does not verify, counted in ``bus_messages_forged``. One
+            secret or a sequence (the first signs, all verify: key rotation). Default:
+            the codec's secrets, so ``Codec(secret=...)`` signs the bus too; ``False``:
+            an unsigned bus even with a signed codec. Every instance on the channel
+            needs the same setting: a signed and an unsigned instance do not hear each
+            other.
     """
 
     def __init__(
@@ -197,6 +204,7 @@ class AsyncCache:
         reclaim_chunk: int = 1000,
         instance: str | None = None,
         instance_ttl: Duration = 5.0,
+        bus_secret: bytes | Sequence[bytes] | Literal[False] | None = None,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -221,6 +229,14 @@ class AsyncCache:
         self._timer = timer or time.monotonic
         self._clock = clock or time.time
         self._codec = codec or Codec()
+        if bus_secret is False:
+            bus_secrets: tuple[bytes, ...] = ()
+        elif bus_secret is None:
+            bus_secrets = self._codec.secrets
+        else:
+            bus_secrets = normalize_secrets(bus_secret)
+        # per-channel keys: a message signed for another namespace does not verify here
+        self._bus_keys = bus_keys(bus_secrets, self._keys.channel())
         self._l1 = L1(l1_maxsize, timer=timer)
         # Last known good values for fail-safe: a second L1 whose entries outlive their
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
@@ -293,6 +309,7 @@ class AsyncCache:
             timer=time.monotonic,
             clock=time.time,
             name=self._keys.channel(),
+            keys=self._bus_keys,
         )
         recorder = None
         if self._instance_ttl > 0:
@@ -303,7 +320,7 @@ class AsyncCache:
             self._tier,
             self._keys.channel(),
             state,
-            BusPublisherState(source, time.time),
+            BusPublisherState(source, time.time, self._bus_keys[0] if self._bus_keys else None),
             batch_window=self.settings.bus_batch_window,
             heartbeat_timeout=self.settings.heartbeat_timeout,
             on_redis_answers=self._redis_answers,
@@ -359,6 +376,7 @@ class AsyncCache:
             instance=self._instance,
             timer=time.monotonic,
             clock=self._clock,
+            bus_key=self._bus_keys[0] if self._bus_keys else None,
         )
 
     def _flush_l1(self) -> None:
@@ -1122,6 +1140,7 @@ class AsyncCache:
                 "bus_messages_sent": bus.outbox.sent,
                 "bus_messages_received": state.received,
                 "bus_messages_dropped": state.dropped,
+                "bus_messages_forged": state.forged,
                 "bus_flushes_subscribe": state.flushes_subscribe,
                 "bus_flushes_gap": state.flushes_gap,
                 "bus_flushes_heartbeat": state.flushes_heartbeat,

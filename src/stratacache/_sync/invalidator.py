@@ -191,6 +191,7 @@ class Invalidator:
         instance: str,
         timer: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        bus_key: Optional[bytes] = None,
     ) -> None:
         self._keys = keys
         self._local = local
@@ -218,7 +219,7 @@ class Invalidator:
         """The primary Redis's outbox (the read path asks it what it must not serve)."""
         # the failover Redis has a bus of its own: its instances hear our invalidations
         # from a source id whose sequence numbers only count what is sent there
-        self._failover_outbox = BusPublisherState(new_source_id(), time.time)
+        self._failover_outbox = BusPublisherState(new_source_id(), time.time, bus_key)
         self._rules: list[InvalidationRule] = []
         self._delayed = DelayQueue()
         self._audit: collections.deque[dict[str, Any]] = collections.deque()
