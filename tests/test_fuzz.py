@@ -10,6 +10,7 @@ blobs are typed errors, and hostile bytes planted in Redis are counted misses.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import time
@@ -147,6 +148,16 @@ def test_too_deep_blobs_are_corrupt() -> None:
         codec.decode("k", entry + b"\x91" * 5000 + b"\xc0")
 
 
+@pytest.mark.parametrize("field", ["created_at", "expires_at"])
+def test_regress_a_nan_time_is_corrupt(field: str) -> None:
+    """A NaN ``expires_at`` decoded fine and then made ``get`` raise ``ValueError`` (the L1
+    refused a NaN TTL); it is a corrupt entry now (corpus: ``regress-nan-*``)."""
+    times = {"created_at": 1.0, "expires_at": 2.0, field: math.nan}
+    blob = Codec().encode("k", "v", **times)
+    with pytest.raises(CorruptEntryError, match=field):
+        Codec().decode("k", blob)
+
+
 # -- bus messages and instance records ---------------------------------------------------
 
 
@@ -201,6 +212,9 @@ def test_hostile_blobs_in_redis_are_counted_misses(target: tuple[str, bool]) -> 
         "deep-ext", _nested_tuple(10), created_at=time.time()
     )
     planted["deep-arrays"] = b"\x91" * 5000 + b"\xc0"
+    now = time.time()
+    planted["nan-expires"] = Codec().encode("nan-expires", 1, created_at=now, expires_at=math.nan)
+    planted["nan-created"] = Codec().encode("nan-created", 1, created_at=math.nan)
     raw = _raw(url, cluster)
     codec = Codec(max_size=1024, max_depth=4)
     try:

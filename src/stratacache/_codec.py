@@ -633,9 +633,13 @@ class Codec:
                 raise CorruptEntryError(f"unknown envelope version {version!r}")
             if type(stored_key) is not str or stored_key != key:
                 raise CorruptEntryError("entry was written under another key")
-            if type(created_at) is not float:
+            # NaN is not a time: a planted NaN expires_at made the read path raise
+            # ValueError (an L1 TTL of NaN) instead of a miss (tests/fuzz, regress-nan-*).
+            if type(created_at) is not float or created_at != created_at:
                 raise CorruptEntryError("bad created_at")
-            if expires_at is not None and type(expires_at) is not float:
+            if expires_at is not None and (
+                type(expires_at) is not float or expires_at != expires_at
+            ):
                 raise CorruptEntryError("bad expires_at")
             if type(tags) is not list:
                 raise CorruptEntryError("bad tags")

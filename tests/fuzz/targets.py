@@ -54,6 +54,9 @@ def _decode_entry(codec: Codec, data: bytes) -> None:
     assert type(entry.tags) is tuple and len(entry.tags) == len(entry.stamps)
     assert all(type(t) is str for t in entry.tags)
     assert type(entry.created_at) is float and type(entry.epoch) is int
+    # the read path computes TTLs from these: a NaN made it raise (regress-nan-expires-at)
+    assert entry.created_at == entry.created_at
+    assert entry.expires_at is None or entry.expires_at == entry.expires_at
     try:
         codec.decode_value(data)
     except CorruptEntryError:
