@@ -175,6 +175,57 @@ def test_bus_message_limits() -> None:
         assert decode_message(framed + header) is None
 
 
+@pytest.mark.parametrize("sent_at", [math.inf, -math.inf, math.nan])
+def test_regress_a_bus_message_time_must_be_finite(sent_at: float) -> None:
+    """A stranger's ``sent_at=-inf`` put an infinite lag into the bus lag p99 (and an
+    instance record); such a message is dropped now (corpus: ``regress-inf-sent-at``)."""
+    data = msgpack.packb([1, bytes(16), 1, sent_at, int(Action.CLEAR), []], use_bin_type=True)
+    assert decode_message(data) is None
+
+
+def test_regress_the_cli_renders_hostile_times() -> None:
+    """Times from Redis (bus messages, records, dead letters) are anyone's: ``bus tail`` and
+    ``dead-letters`` crashed on ``1e300`` or a str, ``instances`` on an infinite uptime."""
+    import io
+
+    from rich.console import Console
+
+    from stratacache._cli import _duration, _instances_table, _when
+
+    for hostile in (1e300, -1e300, math.inf, math.nan, "soon"):
+        assert isinstance(_when(hostile), str)  # type: ignore[arg-type]
+    for seconds in (math.inf, math.nan, 1e300):
+        assert isinstance(_duration(seconds), str)
+    record = msgpack.packb(
+        {
+            "v": 1, "id": "x/1", "namespace": NS, "instance": "x", "source": "00", "host": "h",
+            "pid": 1, "version": "0", "started_at": -1e308, "updated_at": 1e308, "ttl": 1e308,
+            "bus_state": "healthy", "bus_lag_p99": math.inf, "hit_ratio": math.nan,
+            "outbox_size": 0, "dead_letters": 1, "breaker_state": "closed",
+            "recent_dead_letters": [{"first_failed_at": "never", "kind": ["x"]}],
+        }
+    )  # fmt: skip
+    info = decode_record(record)
+    assert info is not None
+    console = Console(file=io.StringIO(), width=200)
+    console.print(_instances_table([info], NS))
+    assert "x/1" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_regress_the_cli_get_refuses_a_misshapen_entry() -> None:
+    """``stratacache get`` shows entries the codec refuses (another secret, unknown ext
+    types) as best it can; a misshapen envelope (tags not a list of str...) raised a
+    ``TypeError`` traceback and is a clear error now."""
+    from stratacache._cli import CliError, _decode_entry
+
+    shown = _decode_entry("k", msgpack.packb([9, "k", 1.0, None, ["t"], [0], 0, "v"]))
+    assert shown["decoded"] is False and shown["value"] == "v"
+    for tags, created in ((5, 1.0), ([1], 1.0), (["t"], "yesterday")):
+        blob = msgpack.packb([9, "k", created, None, tags, [0], 0, "v"])
+        with pytest.raises(CliError):
+            _decode_entry("k", blob)
+
+
 def test_instance_record_limits() -> None:
     for header in HUGE.values():
         assert decode_record(header) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hmac
+import math
 from typing import Callable
 
 from stratacache._bus_messages import decode_message, encode_message
@@ -82,6 +83,7 @@ def fuzz_bus(data: bytes) -> None:
     """``decode_message``: a message or ``None``; a decoded message re-encodes to itself."""
     message = decode_message(data)
     if message is not None:
+        assert math.isfinite(message.sent_at)  # the lag metric uses it (regress-inf-sent-at)
         assert decode_message(encode_message(message)) == message
 
 
