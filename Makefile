@@ -4,6 +4,7 @@
 #                compiled L1 and pure L1
 #   make bench   the benchmarks (pytest-benchmark) and the peer report
 #   make chaos   the consistency checker under faults (issue 11), standalone and cluster
+#   make fuzz    every atheris fuzz target for FUZZ_TIME seconds (default 60) each
 #   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: all demo test test-compiled test-pure lint rules bench chaos sync setup redis prometheus clean
+.PHONY: all demo test test-compiled test-pure lint rules bench chaos fuzz sync setup redis prometheus clean
 
 all: test
 
@@ -107,6 +108,20 @@ chaos: setup
 	done; \
 	$(PY) benchmarks/consistency_report.py --no-faults --seconds 30 --check || status=1; \
 	exit $$status
+
+# Coverage-guided fuzzing (atheris, from the dev extra) of the decoders that read untrusted
+# bytes: tests/fuzz/targets.py. The committed corpus seeds each run; new inputs go to a temp
+# folder and a crash is written to .fuzz/crash-* (then: keep it as tests/fuzz/corpus/<target>/
+# regress-<name> and fix the decoder). `make test` replays the corpus without atheris.
+FUZZ_TIME    ?= 60
+FUZZ_TARGETS ?= codec codec_signed bus keys record
+
+fuzz: $(STAMP)
+	@mkdir -p .fuzz
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "=== fuzz $$target ($(FUZZ_TIME) s) ==="; \
+	  $(PY) tests/fuzz/run.py $$target -max_total_time=$(FUZZ_TIME) -artifact_prefix=.fuzz/ -print_final_stats=1 || exit 1; \
+	done
 
 sync: $(STAMP)
 	$(PY) scripts/gen_sync.py

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ def decode_message(data: object) -> BusMessage | None:
         return None
     if type(seq) is not int or seq < 1:
         return None
-    if type(sent_at) not in (float, int) or sent_at != sent_at:  # NaN is not a time
+    # NaN or an infinity is not a time (a stranger's -inf put an infinite lag in the p99)
+    if type(sent_at) not in (float, int) or not math.isfinite(sent_at):
         return None
     if type(action) is not int or action not in Action._value2member_map_:
         return None

@@ -14,6 +14,7 @@ import datetime as _dt
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -251,12 +252,18 @@ def _print_json(data: Any) -> None:
 def _when(timestamp: Optional[float]) -> str:
     if timestamp is None:
         return "-"
-    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[
-        :-3
-    ]
+    try:
+        moment = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        # the times come from Redis, where anyone can write: a bus message or record with
+        # sent_at=1e300 (or a str) crashed `bus tail` / `dead-letters`; show it as it is
+        return f"<{timestamp!r:.40}>"
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):  # a hostile record's times: int() would raise
+        return str(seconds)
     seconds = int(seconds)
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -456,6 +463,13 @@ def _decode_entry(key: str, blob: bytes) -> dict[str, Any]:
     try:
         raw = msgpack.unpackb(blob, strict_map_key=False, ext_hook=ext)
         _, _, created_at, expires_at, tags, stamps, epoch, value = raw
+        # shown and used below (tag keys, TTL left): anything else would be a traceback
+        if not (isinstance(tags, list) and all(type(t) is str for t in tags)):
+            raise ValueError("bad tags")
+        if not isinstance(stamps, list) or type(epoch) is not int:
+            raise ValueError("bad stamps or epoch")
+        if type(created_at) not in (int, float) or type(expires_at) not in (int, float, type(None)):
+            raise ValueError("bad times")
     except Exception:
         raise CliError(
             f"the entry of {key!r} cannot be decoded ({problem}): written with a codec secret, "

@@ -37,8 +37,15 @@ Design notes
   instant and wall time. An aware ``time`` whose zone needs a date to know its offset is
   rejected.
 * **Limits.** ``max_size`` bounds the whole blob (checked after encoding, and before
-  unpacking on decode; ``unpackb`` also caps every declared str/bin/array/map/ext length
-  by the buffer length, so a tiny blob declaring a 4 GiB string fails without allocating).
+  unpacking on decode; ``unpackb`` also caps every declared str/bin/array/ext length by
+  the buffer length and a map's by half of it, so a tiny blob declaring a 4 GiB string
+  or array fails before allocating). Those caps are msgpack's defaults for ``unpackb``,
+  not passed explicitly: passing them costs ~70 ns (~9%) per decode, and
+  ``tests/test_fuzz.py`` pins them instead. What remains is nesting: each open array may
+  declare up to the blob's length in items before they are read and msgpack
+  preallocates that list (zeroed pages, mostly untouched), so a hostile blob can reserve
+  up to ``1024 x 8 x len(blob)`` bytes of address space for an instant before it is a
+  miss: keep ``max_size`` modest.
   ``max_depth`` bounds container nesting on encode: ``dict``, ``list``, ``tuple``,
   ``set``, ``frozenset`` and each registered-type object count one level each; a deeper
   (or self-referential) value is a :class:`SerializationError`. On decode, ext nesting
@@ -667,9 +674,13 @@ class Codec:
                 raise CorruptEntryError(f"unknown envelope version {version!r}")
             if type(stored_key) is not str or stored_key != key:
                 raise CorruptEntryError("entry was written under another key")
-            if type(created_at) is not float:
+            # NaN is not a time: a planted NaN expires_at made the read path raise
+            # ValueError (an L1 TTL of NaN) instead of a miss (tests/fuzz, regress-nan-*).
+            if type(created_at) is not float or created_at != created_at:
                 raise CorruptEntryError("bad created_at")
-            if expires_at is not None and type(expires_at) is not float:
+            if expires_at is not None and (
+                type(expires_at) is not float or expires_at != expires_at
+            ):
                 raise CorruptEntryError("bad expires_at")
             if type(tags) is not list:
                 raise CorruptEntryError("bad tags")
