@@ -397,7 +397,8 @@ class AsyncCache:
                 answered = self._answered_at if self._answered_at > self._silent_at else None
                 self._suspect_before = max(self._suspect_before, answered or self._clock())
                 self._suspect_until = time.monotonic() + self._recovery_grace
-            self._nudge_outbox()
+                # the bus heard our heartbeat: Redis answers, so apply what is pending now
+                self._nudge_outbox()
 
     def _apply_bus_message(self, message: BusMessage) -> None:
         if message.action is Action.INVALIDATE_TAGS:
