@@ -1,6 +1,6 @@
 """``AsyncCache``: L1 (in-process) -> Redis L2 -> loader, with single-flight and leases.
 
-Read path (``get_or_set``):
+Read path (``get_or_set``; step 1 here, steps 2-5 in ``read_path.py``):
 
 1. L1 lookup: live objects, no decoding, no Redis.
 2. L1 miss: single-flight on the key inside the process — one caller (the leader) goes
@@ -26,7 +26,8 @@ getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill
 through a ticket that the clear revokes, so no fill from before the flush can land after
 it. A forked child resets its L1 in place and gets fresh connections and its own listener.
 
-Writes (``write_path.py``) never lose what they accepted: a Redis step that fails leaves
+This module is the facade: it builds the pieces and keeps the L1 hit path. Writes
+(``write_path.py``) never lose what they accepted: a Redis step that fails leaves
 a pending operation in the outbox, applied when Redis answers again, and this instance
 does not serve the keys concerned from L2 meanwhile. After the bus was deaf (an outage,
 a lost subscription, a gap), L2 entries written before it heard again are *suspect* for
@@ -42,13 +43,12 @@ import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from time import perf_counter
 from typing import Any, Literal, TypeVar, cast
 
 from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage, bus_keys
-from .._codec import Codec, Entry, normalize_secrets
+from .._codec import Codec, normalize_secrets
 from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
@@ -63,12 +63,10 @@ from .._primitives import (
     AsyncResultSlot,
     async_bind_fast_cached,
     async_bind_fast_get,
-    async_call_loader,
     async_cluster_no_retry,
     async_current_loop,
     async_forget_connections,
     async_reconnect_once,
-    async_sleep,
 )
 from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
@@ -76,6 +74,7 @@ from .._tags import TagVersions, expand_tags
 from .bus import AsyncInvalidationBus
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
 from .lock import AsyncDistributedLock
+from .read_path import AsyncReadPath
 from .redis_tier import AsyncRedisTier
 from .write_path import AsyncWritePath
 
@@ -287,11 +286,12 @@ class AsyncCache:
         )
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
+        self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
-        # frame of ours; misses continue in _get_after_l1_miss. (Same behaviour as get.)
-        fast_get = async_bind_fast_get(self._l1, self._get_after_l1_miss)
+        # frame of ours; misses continue in the read path. (Same behaviour as get.)
+        fast_get = async_bind_fast_get(self._l1, self._reads._get_after_l1_miss)
         if fast_get is not None:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
@@ -528,26 +528,7 @@ class AsyncCache:
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
-        return await self._get_after_l1_miss(key, default)
-
-    async def _get_after_l1_miss(self, key: str, default: Any) -> Any:
-        validate_key(key)
-        if self._tier is None:
-            return default
-        await self._bus_started()
-        ticket = self._l1.ticket(key)
-        try:
-            entry = await self._read_l2(key)
-        except BaseException:
-            self._l1.release(ticket, key)
-            raise
-        if entry is None or self._expired(entry):
-            self._counters.l2_misses += 1
-            self._l1.release(ticket, key)
-            return default
-        self._counters.l2_hits += 1
-        self._install(ticket, key, entry.value, entry)
-        return entry.value
+        return await self._reads._get_after_l1_miss(key, default)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Values of the keys that are cached (L1, then one L2 round trip for the rest)."""
@@ -562,70 +543,7 @@ class AsyncCache:
                 missing.append(validate_key(key))
         if not missing or self._tier is None:
             return found
-        await self._bus_started()
-        missing = list(dict.fromkeys(missing))
-        # Every ticket goes back exactly once (installed or released), however the call
-        # ends: a cancellation at either await, or an error, releases what is left here.
-        outstanding: dict[str, int] = {}
-        try:
-            for key in missing:
-                outstanding[key] = l1.ticket(key)
-            try:
-                blobs = await self._tier.get_many(missing)
-            except RedisUnavailableError:
-                blobs = [None] * len(missing)
-            # The per-key work of _read_l2/_install, inlined: this loop is most of the
-            # cost of a get_many beyond the MGET itself.
-            decode = self._codec.decode
-            entries: list[Entry | None] = []
-            unsure: list[int] = []  # entries whose tag versions must be read from Redis
-            check = self._versions.check if self._versions_trusted() else None
-            for key, blob in zip(missing, blobs):
-                entry = None
-                if blob is not None:
-                    try:
-                        entry = decode(key, blob)
-                    except Exception:
-                        self._counters.decode_errors += 1
-                    else:
-                        if self._withheld(key, entry):
-                            entries.append(None)
-                            continue
-                        ok = None if check is None else check(entry)
-                        if ok is None:
-                            unsure.append(len(entries))
-                        elif not ok:
-                            entry = None
-                entries.append(entry)
-            if unsure:
-                verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
-                for i, ok in zip(unsure, verdicts):
-                    if not ok:
-                        entries[i] = None
-            now = self._clock()
-            hits = 0
-            for key, entry in zip(missing, entries):
-                ticket = outstanding.pop(key)
-                if entry is None:
-                    l1.release(ticket, key)
-                    continue
-                expires_at = entry.expires_at
-                if expires_at is None:
-                    remaining = self.settings.l1_max_ttl
-                elif expires_at > now:
-                    remaining = expires_at - now
-                else:
-                    l1.release(ticket, key)
-                    continue
-                hits += 1
-                self._install_value(ticket, key, entry.value, remaining, entry.tags)
-                found[key] = entry.value
-        finally:
-            for key, ticket in outstanding.items():
-                l1.release(ticket, key)
-        self._counters.l2_hits += hits
-        self._counters.l2_misses += len(missing) - hits
-        return found
+        return await self._reads.get_many_after_l1(found, missing)
 
     async def get_or_set(
         self,
@@ -642,194 +560,7 @@ class AsyncCache:
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
-        validate_key(key)
-        tag_tuple = self._tags(tags)
-        if ttl is not None:
-            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
-        await self._bus_started()
-        while True:
-            slot: AsyncResultSlot[Any] = AsyncResultSlot()
-            leader = self._flights.setdefault(key, slot)
-            if leader is not slot:
-                self._counters.coalesced += 1
-                try:
-                    return await leader.wait()
-                except _LeaderGone:
-                    # the leader was cancelled: a waiter that took over may have filled L1
-                    value = self._l1.peek(key, MISSING)
-                    if value is not MISSING:
-                        return value
-                    continue  # take over, or follow the waiter that did
-            try:
-                value = await self._fill(key, loader, ttl, tag_tuple)
-            except Exception as exc:
-                slot.set_exception(exc)
-                raise
-            except BaseException:
-                slot.set_exception(_LeaderGone())
-                raise
-            else:
-                slot.set_result(value)
-                return value
-            finally:
-                # ours unless a fork reset the map meanwhile: never drop another flight
-                if self._flights.get(key) is slot:
-                    del self._flights[key]
-
-    async def _fill(
-        self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
-    ) -> Any:
-        """The leader's work on an L1 miss: L2, lease, loader, guarded writes."""
-        ticket = self._l1.ticket(key)
-        ticket_open = True
-        token: bytes | None = None
-        stale: Entry | None = None  # a logically expired entry: fail-safe material
-        outbox = self._invalidator.primary_outbox
-        # a key with a pending write of ours: L2 may hold the old value, so neither read
-        # it nor fill it; the loader's value goes to L1 only
-        skip_l2 = outbox is not None and outbox.active and outbox.blocks(key, tags)
-        try:
-            entry = None if skip_l2 else await self._read_l2(key)
-            if skip_l2:
-                pass
-            elif entry is None or self._expired(entry):
-                stale = entry
-                lease_state = await self._take_lease(key)
-                if not isinstance(lease_state, Entry):
-                    token = lease_state
-                    entry = None
-                else:  # a holder elsewhere filled it while we waited
-                    entry = lease_state
-            if entry is not None:
-                self._counters.l2_hits += 1
-                ticket_open = False
-                self._install(ticket, key, entry.value, entry)
-                return entry.value
-            self._counters.l2_misses += 1
-            # the tag versions *before* the loader reads: an invalidation of a tag while
-            # it loads makes this entry stale at birth (a miss for every reader)
-            stamps = await self._stamps(tags) if token is not None else None
-            value, is_stale = await self._load(key, loader, stale)
-            if is_stale:
-                return value
-            ttl_s = self._ttl_for(value, ttl)
-            if ttl_s == 0:
-                return value
-            if token is not None and stamps is not None:
-                assert self._tier is not None
-                now = self._clock()
-                blob = self._codec.encode(
-                    key,
-                    value,
-                    created_at=now,
-                    expires_at=now + ttl_s,
-                    tags=tags,
-                    stamps=stamps[0],
-                    epoch=stamps[1],
-                )
-                try:
-                    stored = await self._tier.write_if_lease(
-                        key, token, blob, self.settings.physical_ttl(ttl_s), tags
-                    )
-                except RedisUnavailableError:
-                    stored = True  # unknown outcome; nothing says the lease was revoked
-                token = None
-                if not stored:
-                    # revoked: the key was written or invalidated while we loaded
-                    self._counters.fills_refused += 1
-                    return value
-            ticket_open = False
-            self._install_value(ticket, key, value, ttl_s, tags)
-            return value
-        finally:
-            if ticket_open:
-                self._l1.release(ticket, key)
-            if token is not None:
-                await self._give_back_lease(key, token)
-
-    async def _give_back_lease(self, key: str, token: bytes) -> None:
-        assert self._tier is not None
-        try:
-            await self._tier.release_lease(key, token)
-        except RedisUnavailableError as exc:
-            if exc.transient:  # else it expires by itself after lease_ttl
-                self._invalidator.release_lease_later(key, token)
-
-    async def _take_lease(self, key: str) -> bytes | Entry | None:
-        """The lease token; or the entry a holder elsewhere wrote while we waited; or None
-        (no Redis, or ``lease_wait`` passed: load without writing L2)."""
-        if self._tier is None:
-            return None
-        deadline = self._timer() + self.settings.lease_wait
-        pause = _POLL_FIRST
-        while True:
-            candidate = os.urandom(12)
-            try:
-                blob, taken = await self._tier.read_or_lease(
-                    key, candidate, self.settings.lease_ttl
-                )
-            except RedisUnavailableError as exc:
-                if exc.transient:
-                    self._invalidator.release_lease_later(key, candidate)
-                return None
-            except BaseException:
-                # cancelled with the command perhaps sent: it may still take the lease
-                self._invalidator.release_lease_later(key, candidate, unreachable=False)
-                raise
-            token = candidate if taken else None
-            # A token we do not hand to the caller is given back on every way out (a
-            # cancellation in _valid included): a lease without a holder would make
-            # every reader of the key wait lease_wait for nothing.
-            handed_over = False
-            try:
-                entry = self._decode(key, blob, count=False)
-                if entry is not None:
-                    entry = await self._valid(key, entry)  # a tag may have been invalidated since
-                if entry is not None and not self._expired(entry):
-                    return entry
-                if token is not None:
-                    handed_over = True
-                    return token
-            finally:
-                if token is not None and not handed_over:
-                    await self._give_back_lease(key, token)
-            if pause == _POLL_FIRST:
-                self._counters.lease_waits += 1
-            if self._timer() >= deadline:
-                return None
-            await async_sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-
-    async def _load(
-        self, key: str, loader: Callable[[], Any], stale: Entry | None
-    ) -> tuple[Any, bool]:
-        """Run the loader; with fail-safe, answer its error with the last known value."""
-        self._counters.loads += 1
-        start = perf_counter()
-        try:
-            return await async_call_loader(loader), False
-        except Exception:
-            fallback = self._fail_safe_value(key, stale)
-            if fallback is MISSING:
-                raise
-            self._counters.stale_served += 1
-            return fallback, True
-        finally:
-            self._counters.load_latency.record(perf_counter() - start)
-
-    def _fail_safe_value(self, key: str, stale: Entry | None) -> Any:
-        if self._stale is None:
-            return MISSING
-        value = self._stale.peek(key, MISSING)
-        if value is not MISSING:
-            return value
-        if (
-            stale is not None
-            and stale.expires_at is not None
-            and self._clock() - stale.expires_at <= self.settings.fail_safe_max_age
-        ):
-            return stale.value
-        return MISSING
+        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -1279,128 +1010,7 @@ class AsyncCache:
 
     # -- internals ----------------------------------------------------------------------
 
-    async def _read_l2(self, key: str) -> Entry | None:
-        """The decoded L2 entry of ``key`` (fresh or not), or None."""
-        if self._tier is None:
-            return None
-        try:
-            blob = await self._tier.get(key)
-        except RedisUnavailableError:
-            return None
-        entry = self._decode(key, blob)
-        return None if entry is None else await self._valid(key, entry)
-
     # -- tag versions (see stratacache._tags) ---------------------------------------------
-
-    def _versions_trusted(self) -> bool:
-        """The version table is only used while the bus (which keeps it current) is healthy."""
-        bus = self._bus
-        return bus is not None and bus.state.healthy
-
-    def _withheld(self, key: str, entry: Entry) -> bool:
-        """Whether an L2 entry must not be served now: this instance has a pending write
-        it may predate (read-your-writes), or the bus was deaf lately and it was written
-        before the bus heard again (another instance's outbox may be about to delete it).
-        Two attribute reads while neither applies."""
-        outbox = self._invalidator.primary_outbox
-        if outbox is not None and outbox.active and outbox.blocks(key, entry.tags):
-            return True
-        if entry.created_at < self._suspect_before:
-            bus = self._bus
-            return bus is not None and (
-                not bus.state.healthy or time.monotonic() < self._suspect_until
-            )
-        return False
-
-    async def _valid(self, key: str, entry: Entry) -> Entry | None:
-        """``entry`` if it may be served: not withheld (see :meth:`_withheld`), and none
-        of its tags invalidated (nor the epoch raised) since it was written; else None
-        (a miss)."""
-        if self._withheld(key, entry):
-            return None
-        if self._versions_trusted():
-            ok = self._versions.check(entry)
-            if ok is not None:
-                return entry if ok else None
-        return entry if (await self._check_versions([entry]))[0] else None
-
-    async def _check_versions(self, entries: list[Entry]) -> list[bool]:
-        """Check entries against versions read from Redis now (one round trip); all
-        invalid if Redis cannot say."""
-        assert self._tier is not None
-        names: dict[str | None, None] = {None: None}
-        for entry in entries:
-            names.update(dict.fromkeys(entry.tags))
-        generation = self._versions.generation
-        try:
-            current = await self._tier.fetch_versions(list(names))
-        except RedisUnavailableError:
-            return [False] * len(entries)
-        if self._versions_trusted():
-            self._versions.store(generation, current)
-        return [
-            entry.epoch == current[None]
-            and all(current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps))
-            for entry in entries
-        ]
-
-    async def _stamps(self, tags: tuple[str, ...]) -> tuple[tuple[int, ...], int] | None:
-        """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
-        if Redis cannot say (the entry is then not written to L2)."""
-        trusted = self._versions_trusted()
-        if trusted:
-            known = self._versions.stamps(tags)
-            if known is not None:
-                return known
-        assert self._tier is not None
-        generation = self._versions.generation
-        try:
-            current = await self._tier.fetch_versions([None, *tags])
-        except RedisUnavailableError:
-            return None
-        if trusted:
-            self._versions.store(generation, current)
-        return tuple(current[tag] for tag in tags), current[None]
-
-    def _decode(self, key: str, blob: bytes | None, *, count: bool = True) -> Entry | None:
-        """The entry in ``blob``, or None; undecodable bytes are a miss (and counted once
-        per operation: re-reads of the same bytes pass ``count=False``)."""
-        if blob is None:
-            return None
-        try:
-            return self._codec.decode(key, blob)
-        except Exception:  # CorruptEntryError, or a user decoder's bug: a miss either way
-            if count:
-                self._counters.decode_errors += 1
-            return None
-
-    def _expired(self, entry: Entry) -> bool:
-        return entry.expires_at is not None and entry.expires_at <= self._clock()
-
-    def _install(self, ticket: int, key: str, value: Any, entry: Entry) -> None:
-        """Put an L2 entry into L1 for what remains of its L2 life (at most l1_max_ttl)."""
-        remaining = (
-            self.settings.l1_max_ttl
-            if entry.expires_at is None
-            else entry.expires_at - self._clock()
-        )
-        if remaining <= 0:
-            self._l1.release(ticket, key)
-            return
-        self._install_value(ticket, key, value, remaining, entry.tags)
-
-    def _install_value(
-        self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
-    ) -> None:
-        """Install through the L1 guard (and the fail-safe store if the guard allows)."""
-        if not self._l1_open():
-            self._l1.release(ticket, key)
-            return
-        if self._l1.install(ticket, key, value, ttl=min(ttl, self.settings.l1_max_ttl), tags=tags):
-            if self._stale is not None:
-                self._stale.set(key, value, ttl=ttl + self.settings.fail_safe_max_age, tags=tags)
-        else:
-            self._counters.fills_refused += 1
 
     def _ttl_for(self, value: Any, ttl: Duration | None) -> float:
         if value is None and self.settings.negative_ttl is not None:

@@ -66,7 +66,7 @@ class AsyncWritePath:
         stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
         if tier is not None:
             await c._bus_started()
-            stamps = await c._stamps(tag_tuple)  # a read: nothing is written before encode
+            stamps = await c._reads._stamps(tag_tuple)  # a read: nothing is written before encode
         now = c._clock()
         blob = c._codec.encode(
             key,
@@ -115,7 +115,7 @@ class AsyncWritePath:
         stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
         if tier is not None and mapping:
             await c._bus_started()
-            stamps = await c._stamps(tag_tuple)
+            stamps = await c._reads._stamps(tag_tuple)
         now = c._clock()
         stamp_tags, epoch = stamps if stamps is not None else (None, 0)
         # every value is encoded before anything is written: one bad value writes nothing
@@ -201,11 +201,11 @@ class AsyncWritePath:
         await c._bus_started()
         try:
             blob = await tier.get(key)
-            entry = c._decode(key, blob)
+            entry = c._reads._decode(key, blob)
             if entry is not None:
-                entry = await c._valid(key, entry)
+                entry = await c._reads._valid(key, entry)
             # only a live entry: a logically expired one kept for fail-safe stays expired
-            if entry is None or c._expired(entry):
+            if entry is None or c._reads._expired(entry):
                 return False
             now = c._clock()
             new = c._codec.encode(

@@ -1,0 +1,464 @@
+"""The read path of ``AsyncCache`` after an L1 miss: L2, the lease, the loader and the
+guarded fills (see the notes at the top of ``cache.py`` for the five steps), plus the
+checks every L2 entry passes before it is served: tag versions and the epoch, this
+instance's pending writes (read-your-writes) and the suspect window after Redis trouble.
+
+The facade (``cache.py``) keeps the L1 hit path; everything here starts with a miss. Like
+the write path, this class holds the cache and reads its pieces at call time, so that a
+forked child's fresh pieces are the ones used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from .._codec import Entry
+from .._errors import RedisUnavailableError
+from .._keys import validate_key
+from .._options import Duration, to_seconds
+from .._primitives import AsyncResultSlot, async_call_loader, async_sleep
+from .._sentinel import MISSING
+
+if TYPE_CHECKING:
+    from .cache import AsyncCache
+
+_POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
+_POLL_MAX = 0.05  # longest pause between polls
+
+
+class _LeaderGone(Exception):
+    """The leader of a single flight stopped without an outcome (cancelled): retry."""
+
+
+class AsyncReadPath:
+    """Reads after an L1 miss, for one cache (see the module notes)."""
+
+    def __init__(self, cache: AsyncCache) -> None:
+        self._cache = cache
+
+    async def _get_after_l1_miss(self, key: str, default: Any) -> Any:
+        c = self._cache
+        validate_key(key)
+        if c._tier is None:
+            return default
+        await c._bus_started()
+        ticket = c._l1.ticket(key)
+        try:
+            entry = await self._read_l2(key)
+        except BaseException:
+            c._l1.release(ticket, key)
+            raise
+        if entry is None or self._expired(entry):
+            c._counters.l2_misses += 1
+            c._l1.release(ticket, key)
+            return default
+        c._counters.l2_hits += 1
+        self._install(ticket, key, entry.value, entry)
+        return entry.value
+
+    async def get_many_after_l1(self, found: dict[str, Any], missing: list[str]) -> dict[str, Any]:
+        """:meth:`AsyncCache.get_many` for the keys L1 did not have: one L2 round trip;
+        adds what it finds to ``found`` and returns it."""
+        c = self._cache
+        l1 = c._l1
+        tier = c._tier
+        assert tier is not None  # the facade answers from L1 alone without Redis
+        await c._bus_started()
+        missing = list(dict.fromkeys(missing))
+        # Every ticket goes back exactly once (installed or released), however the call
+        # ends: a cancellation at either await, or an error, releases what is left here.
+        outstanding: dict[str, int] = {}
+        try:
+            for key in missing:
+                outstanding[key] = l1.ticket(key)
+            try:
+                blobs = await tier.get_many(missing)
+            except RedisUnavailableError:
+                blobs = [None] * len(missing)
+            # The per-key work of _read_l2/_install, inlined: this loop is most of the
+            # cost of a get_many beyond the MGET itself.
+            decode = c._codec.decode
+            entries: list[Entry | None] = []
+            unsure: list[int] = []  # entries whose tag versions must be read from Redis
+            check = c._versions.check if self._versions_trusted() else None
+            for key, blob in zip(missing, blobs):
+                entry = None
+                if blob is not None:
+                    try:
+                        entry = decode(key, blob)
+                    except Exception:
+                        c._counters.decode_errors += 1
+                    else:
+                        if self._withheld(key, entry):
+                            entries.append(None)
+                            continue
+                        ok = None if check is None else check(entry)
+                        if ok is None:
+                            unsure.append(len(entries))
+                        elif not ok:
+                            entry = None
+                entries.append(entry)
+            if unsure:
+                verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
+                for i, ok in zip(unsure, verdicts):
+                    if not ok:
+                        entries[i] = None
+            now = c._clock()
+            hits = 0
+            for key, entry in zip(missing, entries):
+                ticket = outstanding.pop(key)
+                if entry is None:
+                    l1.release(ticket, key)
+                    continue
+                expires_at = entry.expires_at
+                if expires_at is None:
+                    remaining = c.settings.l1_max_ttl
+                elif expires_at > now:
+                    remaining = expires_at - now
+                else:
+                    l1.release(ticket, key)
+                    continue
+                hits += 1
+                self._install_value(ticket, key, entry.value, remaining, entry.tags)
+                found[key] = entry.value
+        finally:
+            for key, ticket in outstanding.items():
+                l1.release(ticket, key)
+        c._counters.l2_hits += hits
+        c._counters.l2_misses += len(missing) - hits
+        return found
+
+    async def get_or_set_after_l1(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Duration | None,
+        tags: Iterable[str],
+    ) -> Any:
+        """:meth:`AsyncCache.get_or_set` after an L1 miss: single-flight in the process,
+        then :meth:`_fill`."""
+        c = self._cache
+        validate_key(key)
+        tag_tuple = c._tags(tags)
+        if ttl is not None:
+            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
+        await c._bus_started()
+        while True:
+            slot: AsyncResultSlot[Any] = AsyncResultSlot()
+            leader = c._flights.setdefault(key, slot)
+            if leader is not slot:
+                c._counters.coalesced += 1
+                try:
+                    return await leader.wait()
+                except _LeaderGone:
+                    # the leader was cancelled: a waiter that took over may have filled L1
+                    value = c._l1.peek(key, MISSING)
+                    if value is not MISSING:
+                        return value
+                    continue  # take over, or follow the waiter that did
+            try:
+                value = await self._fill(key, loader, ttl, tag_tuple)
+            except Exception as exc:
+                slot.set_exception(exc)
+                raise
+            except BaseException:
+                slot.set_exception(_LeaderGone())
+                raise
+            else:
+                slot.set_result(value)
+                return value
+            finally:
+                # ours unless a fork reset the map meanwhile: never drop another flight
+                if c._flights.get(key) is slot:
+                    del c._flights[key]
+
+    async def _fill(
+        self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
+    ) -> Any:
+        """The leader's work on an L1 miss: L2, lease, loader, guarded writes."""
+        c = self._cache
+        ticket = c._l1.ticket(key)
+        ticket_open = True
+        token: bytes | None = None
+        stale: Entry | None = None  # a logically expired entry: fail-safe material
+        outbox = c._invalidator.primary_outbox
+        # a key with a pending write of ours: L2 may hold the old value, so neither read
+        # it nor fill it; the loader's value goes to L1 only
+        skip_l2 = outbox is not None and outbox.active and outbox.blocks(key, tags)
+        try:
+            entry = None if skip_l2 else await self._read_l2(key)
+            if skip_l2:
+                pass
+            elif entry is None or self._expired(entry):
+                stale = entry
+                lease_state = await self._take_lease(key)
+                if not isinstance(lease_state, Entry):
+                    token = lease_state
+                    entry = None
+                else:  # a holder elsewhere filled it while we waited
+                    entry = lease_state
+            if entry is not None:
+                c._counters.l2_hits += 1
+                ticket_open = False
+                self._install(ticket, key, entry.value, entry)
+                return entry.value
+            c._counters.l2_misses += 1
+            # the tag versions *before* the loader reads: an invalidation of a tag while
+            # it loads makes this entry stale at birth (a miss for every reader)
+            stamps = await self._stamps(tags) if token is not None else None
+            value, is_stale = await self._load(key, loader, stale)
+            if is_stale:
+                return value
+            ttl_s = c._ttl_for(value, ttl)
+            if ttl_s == 0:
+                return value
+            if token is not None and stamps is not None:
+                assert c._tier is not None
+                now = c._clock()
+                blob = c._codec.encode(
+                    key,
+                    value,
+                    created_at=now,
+                    expires_at=now + ttl_s,
+                    tags=tags,
+                    stamps=stamps[0],
+                    epoch=stamps[1],
+                )
+                try:
+                    stored = await c._tier.write_if_lease(
+                        key, token, blob, c.settings.physical_ttl(ttl_s), tags
+                    )
+                except RedisUnavailableError:
+                    stored = True  # unknown outcome; nothing says the lease was revoked
+                token = None
+                if not stored:
+                    # revoked: the key was written or invalidated while we loaded
+                    c._counters.fills_refused += 1
+                    return value
+            ticket_open = False
+            self._install_value(ticket, key, value, ttl_s, tags)
+            return value
+        finally:
+            if ticket_open:
+                c._l1.release(ticket, key)
+            if token is not None:
+                await self._give_back_lease(key, token)
+
+    async def _give_back_lease(self, key: str, token: bytes) -> None:
+        c = self._cache
+        assert c._tier is not None
+        try:
+            await c._tier.release_lease(key, token)
+        except RedisUnavailableError as exc:
+            if exc.transient:  # else it expires by itself after lease_ttl
+                c._invalidator.release_lease_later(key, token)
+
+    async def _take_lease(self, key: str) -> bytes | Entry | None:
+        """The lease token; or the entry a holder elsewhere wrote while we waited; or None
+        (no Redis, or ``lease_wait`` passed: load without writing L2)."""
+        c = self._cache
+        if c._tier is None:
+            return None
+        deadline = c._timer() + c.settings.lease_wait
+        pause = _POLL_FIRST
+        while True:
+            candidate = os.urandom(12)
+            try:
+                blob, taken = await c._tier.read_or_lease(key, candidate, c.settings.lease_ttl)
+            except RedisUnavailableError as exc:
+                if exc.transient:
+                    c._invalidator.release_lease_later(key, candidate)
+                return None
+            except BaseException:
+                # cancelled with the command perhaps sent: it may still take the lease
+                c._invalidator.release_lease_later(key, candidate, unreachable=False)
+                raise
+            token = candidate if taken else None
+            # A token we do not hand to the caller is given back on every way out (a
+            # cancellation in _valid included): a lease without a holder would make
+            # every reader of the key wait lease_wait for nothing.
+            handed_over = False
+            try:
+                entry = self._decode(key, blob, count=False)
+                if entry is not None:
+                    entry = await self._valid(key, entry)  # a tag may have been invalidated since
+                if entry is not None and not self._expired(entry):
+                    return entry
+                if token is not None:
+                    handed_over = True
+                    return token
+            finally:
+                if token is not None and not handed_over:
+                    await self._give_back_lease(key, token)
+            if pause == _POLL_FIRST:
+                c._counters.lease_waits += 1
+            if c._timer() >= deadline:
+                return None
+            await async_sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+
+    async def _load(
+        self, key: str, loader: Callable[[], Any], stale: Entry | None
+    ) -> tuple[Any, bool]:
+        """Run the loader; with fail-safe, answer its error with the last known value."""
+        c = self._cache
+        c._counters.loads += 1
+        start = perf_counter()
+        try:
+            return await async_call_loader(loader), False
+        except Exception:
+            fallback = self._fail_safe_value(key, stale)
+            if fallback is MISSING:
+                raise
+            c._counters.stale_served += 1
+            return fallback, True
+        finally:
+            c._counters.load_latency.record(perf_counter() - start)
+
+    def _fail_safe_value(self, key: str, stale: Entry | None) -> Any:
+        c = self._cache
+        if c._stale is None:
+            return MISSING
+        value = c._stale.peek(key, MISSING)
+        if value is not MISSING:
+            return value
+        if (
+            stale is not None
+            and stale.expires_at is not None
+            and c._clock() - stale.expires_at <= c.settings.fail_safe_max_age
+        ):
+            return stale.value
+        return MISSING
+
+    async def _read_l2(self, key: str) -> Entry | None:
+        """The decoded L2 entry of ``key`` (fresh or not), or None."""
+        c = self._cache
+        if c._tier is None:
+            return None
+        try:
+            blob = await c._tier.get(key)
+        except RedisUnavailableError:
+            return None
+        entry = self._decode(key, blob)
+        return None if entry is None else await self._valid(key, entry)
+
+    def _versions_trusted(self) -> bool:
+        """The version table is only used while the bus (which keeps it current) is healthy."""
+        c = self._cache
+        bus = c._bus
+        return bus is not None and bus.state.healthy
+
+    def _withheld(self, key: str, entry: Entry) -> bool:
+        """Whether an L2 entry must not be served now: this instance has a pending write
+        it may predate (read-your-writes), or the bus was deaf lately and it was written
+        before the bus heard again (another instance's outbox may be about to delete it).
+        Two attribute reads while neither applies."""
+        c = self._cache
+        outbox = c._invalidator.primary_outbox
+        if outbox is not None and outbox.active and outbox.blocks(key, entry.tags):
+            return True
+        if entry.created_at < c._suspect_before:
+            bus = c._bus
+            return bus is not None and (
+                not bus.state.healthy or time.monotonic() < c._suspect_until
+            )
+        return False
+
+    async def _valid(self, key: str, entry: Entry) -> Entry | None:
+        """``entry`` if it may be served: not withheld (see :meth:`_withheld`), and none
+        of its tags invalidated (nor the epoch raised) since it was written; else None
+        (a miss)."""
+        c = self._cache
+        if self._withheld(key, entry):
+            return None
+        if self._versions_trusted():
+            ok = c._versions.check(entry)
+            if ok is not None:
+                return entry if ok else None
+        return entry if (await self._check_versions([entry]))[0] else None
+
+    async def _check_versions(self, entries: list[Entry]) -> list[bool]:
+        """Check entries against versions read from Redis now (one round trip); all
+        invalid if Redis cannot say."""
+        c = self._cache
+        assert c._tier is not None
+        names: dict[str | None, None] = {None: None}
+        for entry in entries:
+            names.update(dict.fromkeys(entry.tags))
+        generation = c._versions.generation
+        try:
+            current = await c._tier.fetch_versions(list(names))
+        except RedisUnavailableError:
+            return [False] * len(entries)
+        if self._versions_trusted():
+            c._versions.store(generation, current)
+        return [
+            entry.epoch == current[None]
+            and all(current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps))
+            for entry in entries
+        ]
+
+    async def _stamps(self, tags: tuple[str, ...]) -> tuple[tuple[int, ...], int] | None:
+        """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
+        if Redis cannot say (the entry is then not written to L2)."""
+        c = self._cache
+        trusted = self._versions_trusted()
+        if trusted:
+            known = c._versions.stamps(tags)
+            if known is not None:
+                return known
+        assert c._tier is not None
+        generation = c._versions.generation
+        try:
+            current = await c._tier.fetch_versions([None, *tags])
+        except RedisUnavailableError:
+            return None
+        if trusted:
+            c._versions.store(generation, current)
+        return tuple(current[tag] for tag in tags), current[None]
+
+    def _decode(self, key: str, blob: bytes | None, *, count: bool = True) -> Entry | None:
+        """The entry in ``blob``, or None; undecodable bytes are a miss (and counted once
+        per operation: re-reads of the same bytes pass ``count=False``)."""
+        c = self._cache
+        if blob is None:
+            return None
+        try:
+            return c._codec.decode(key, blob)
+        except Exception:  # CorruptEntryError, or a user decoder's bug: a miss either way
+            if count:
+                c._counters.decode_errors += 1
+            return None
+
+    def _expired(self, entry: Entry) -> bool:
+        c = self._cache
+        return entry.expires_at is not None and entry.expires_at <= c._clock()
+
+    def _install(self, ticket: int, key: str, value: Any, entry: Entry) -> None:
+        """Put an L2 entry into L1 for what remains of its L2 life (at most l1_max_ttl)."""
+        c = self._cache
+        remaining = (
+            c.settings.l1_max_ttl if entry.expires_at is None else entry.expires_at - c._clock()
+        )
+        if remaining <= 0:
+            c._l1.release(ticket, key)
+            return
+        self._install_value(ticket, key, value, remaining, entry.tags)
+
+    def _install_value(
+        self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
+    ) -> None:
+        """Install through the L1 guard (and the fail-safe store if the guard allows)."""
+        c = self._cache
+        if not c._l1_open():
+            c._l1.release(ticket, key)
+            return
+        if c._l1.install(ticket, key, value, ttl=min(ttl, c.settings.l1_max_ttl), tags=tags):
+            if c._stale is not None:
+                c._stale.set(key, value, ttl=ttl + c.settings.fail_safe_max_age, tags=tags)
+        else:
+            c._counters.fills_refused += 1
