@@ -31,10 +31,11 @@ it. A forked child resets its L1 in place and gets fresh connections and its own
 This module is the facade: it builds the pieces and keeps the L1 hit path. Writes
 (``write_path.py``) never lose what they accepted: a Redis step that fails leaves
 a pending operation in the outbox, applied when Redis answers again, and this instance
-does not serve the keys concerned from L2 meanwhile. After the bus was deaf (an outage,
-a lost subscription, a gap), L2 entries written before it heard again are *suspect* for
-``recovery_grace`` seconds: another instance's outbox may still be about to delete them,
-so they are reloaded (through the lease) instead of served.
+does not serve the keys concerned from L2 meanwhile. After Redis trouble (an unanswered
+PING, a lost subscription, a gap), L2 entries written before Redis last went silent are
+*suspect* while the bus is deaf, and those written before it answered again for
+``recovery_grace`` seconds after: another instance's outbox may still be about to delete
+them, so they are reloaded (through the lease) instead of served (``read_path.py``).
 """
 
 from __future__ import annotations
