@@ -350,7 +350,9 @@ def test_after_a_deaf_spell_older_l2_entries_are_reloaded_for_the_grace(
     from stratacache._bus_messages import Action, BusMessage, encode_message
 
     server = redis_server_factory()
-    a = make(server.url, recovery_grace=60.0)
+    # a long client timeout: a PING slow on a loaded machine would count as Redis going
+    # silent, which (rightly) makes every older entry suspect too
+    a = make(server.url, recovery_grace=60.0, redis_timeout=2.0)
     admin = Redis.from_url(server.url)
     try:
         a.set("k", "old")
