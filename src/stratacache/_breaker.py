@@ -127,14 +127,7 @@ class CircuitBreaker:
         While the checks keep failing no call is let through as a probe; the check that
         succeeds closes the breaker (:meth:`record_success`)."""
         with self._lock:
-            opened = self._state is BreakerState.CLOSED
-            if opened:
-                self._outage_started = self._timer()
-            if self._state is not BreakerState.OPEN:
-                self.opened += 1
-            self._state = BreakerState.OPEN
-            self._opened_at = self._timer()
-            self._probe_in_flight = False
+            opened = self._open()
         if opened:
             logger.warning(
                 "circuit breaker of the %s opened: %s; calls skip it (reads fall back to L1 "
@@ -142,6 +135,18 @@ class CircuitBreaker:
                 self.name,
                 why,
             )
+
+    def _open(self) -> bool:
+        """Lock held: open now (restarting the cooldown); True if it was closed."""
+        was_closed = self._state is BreakerState.CLOSED
+        if was_closed:
+            self._outage_started = self._timer()
+        if self._state is not BreakerState.OPEN:
+            self.opened += 1
+        self._state = BreakerState.OPEN
+        self._opened_at = self._timer()
+        self._probe_in_flight = False
+        return was_closed
 
     def abandon(self) -> None:
         """An allowed call ended with no verdict (cancelled): let another probe through."""
@@ -153,14 +158,7 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
-                if self._state is BreakerState.CLOSED:
-                    opened = True
-                    self._outage_started = self._timer()
-                if self._state is not BreakerState.OPEN:
-                    self.opened += 1
-                self._state = BreakerState.OPEN
-                self._opened_at = self._timer()
-                self._probe_in_flight = False
+                opened = self._open()
         if opened:
             logger.warning(
                 "circuit breaker of the %s opened after %d consecutive failures: calls "

@@ -315,24 +315,25 @@ class InvalidationStats:
     audit_failures: int = 0
 
 
+INVALIDATION_TYPES = (
+    "key",
+    "related",
+    "cascaded",
+    "tag",
+    "pattern",
+    "rule",
+    "delayed",
+    "retry",
+    "epoch",
+)
+"""The kinds ``InvalidationStats.invalidations`` counts (the ``type`` label in metrics)."""
+
+
 class InvalidationCounters:
     """The mutable side of :class:`InvalidationStats`."""
 
     def __init__(self) -> None:
-        self.by_type: dict[str, int] = dict.fromkeys(
-            (
-                "key",
-                "related",
-                "cascaded",
-                "tag",
-                "pattern",
-                "rule",
-                "delayed",
-                "retry",
-                "epoch",
-            ),
-            0,
-        )
+        self.by_type: dict[str, int] = dict.fromkeys(INVALIDATION_TYPES, 0)
         self.keys_invalidated = 0
         self.latency = LatencyRecorder(bounds=INVALIDATION_BUCKETS)
         self.failures = {PRIMARY: 0, FAILOVER: 0}

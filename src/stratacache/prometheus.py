@@ -48,6 +48,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from ._async.cache import AsyncCache
+from ._invalidation import INVALIDATION_TYPES
 from ._stats import CacheStats, Histogram
 from ._sync.cache import Cache
 
@@ -109,18 +110,6 @@ def _inv(read: Callable[[Any], list[_Sample]]) -> Callable[[CacheStats], list[_S
     return lambda s: [] if s.invalidation is None else read(s.invalidation)
 
 
-_INVALIDATION_TYPES = (
-    "key",
-    "related",
-    "cascaded",
-    "tag",
-    "pattern",
-    "rule",
-    "delayed",
-    "retry",
-    "epoch",
-)
-
 METRICS: tuple[MetricSpec, ...] = (
     # -- the invalidation seed's names ----------------------------------------------------
     MetricSpec(
@@ -170,7 +159,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Invalidations by type (rate() of it is cache_invalidations_per_second)",
         ("type",),
-        _inv(lambda i: [((t,), i.invalidations.get(t, 0)) for t in _INVALIDATION_TYPES]),
+        _inv(lambda i: [((t,), i.invalidations.get(t, 0)) for t in INVALIDATION_TYPES]),
     ),
     # -- the read path ----------------------------------------------------------------------
     MetricSpec(

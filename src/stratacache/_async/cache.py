@@ -1013,6 +1013,28 @@ class AsyncCache:
 
     # -- tag versions (see stratacache._tags) ---------------------------------------------
 
+    def _encode_new(
+        self,
+        key: str,
+        value: Any,
+        ttl: float,
+        tags: tuple[str, ...],
+        stamps: tuple[tuple[int, ...], int] | None,
+        now: float,
+    ) -> bytes:
+        """The L2 blob of a new entry written at ``now`` for ``ttl`` seconds, stamped with
+        its tags' versions and the epoch (``None``: Redis could not say; the blob is then
+        only encoded, to refuse a bad value before anything is written)."""
+        return self._codec.encode(
+            key,
+            value,
+            created_at=now,
+            expires_at=now + ttl,
+            tags=tags,
+            stamps=None if stamps is None else stamps[0],
+            epoch=0 if stamps is None else stamps[1],
+        )
+
     def _ttl_for(self, value: Any, ttl: Duration | None) -> float:
         if value is None and self.settings.negative_ttl is not None:
             return self.settings.negative_ttl

@@ -218,16 +218,7 @@ class AsyncReadPath:
                 return value
             if token is not None and stamps is not None:
                 assert c._tier is not None
-                now = c._clock()
-                blob = c._codec.encode(
-                    key,
-                    value,
-                    created_at=now,
-                    expires_at=now + ttl_s,
-                    tags=tags,
-                    stamps=stamps[0],
-                    epoch=stamps[1],
-                )
+                blob = c._encode_new(key, value, ttl_s, tags, stamps, c._clock())
                 try:
                     stored = await c._tier.write_if_lease(
                         key, token, blob, c.settings.physical_ttl(ttl_s), tags

@@ -69,16 +69,7 @@ class SyncWritePath:
         if tier is not None:
             c._bus_started()
             stamps = c._reads._stamps(tag_tuple)  # a read: nothing is written before encode
-        now = c._clock()
-        blob = c._codec.encode(
-            key,
-            value,
-            created_at=now,
-            expires_at=now + ttl_s,
-            tags=tag_tuple,
-            stamps=None if stamps is None else stamps[0],
-            epoch=0 if stamps is None else stamps[1],
-        )
+        blob = c._encode_new(key, value, ttl_s, tag_tuple, stamps, c._clock())
         if tier is None:
             self._write_l1(key, value, ttl_s, tag_tuple)
             return
@@ -119,21 +110,9 @@ class SyncWritePath:
             c._bus_started()
             stamps = c._reads._stamps(tag_tuple)
         now = c._clock()
-        stamp_tags, epoch = stamps if stamps is not None else (None, 0)
         # every value is encoded before anything is written: one bad value writes nothing
         blobs = [
-            (
-                key,
-                c._codec.encode(
-                    key,
-                    value,
-                    created_at=now,
-                    expires_at=now + ttl_s,
-                    tags=tag_tuple,
-                    stamps=stamp_tags,
-                    epoch=epoch,
-                ),
-            )
+            (key, c._encode_new(key, value, ttl_s, tag_tuple, stamps, now))
             for key, value in mapping.items()
         ]
         error: RedisUnavailableError | None = None
