@@ -112,6 +112,8 @@ class Cache:
             the normal TTL; ``0`` does not cache ``None`` results.
         fail_safe: on a loader error, serve the last known value instead, if it expired
             less than ``fail_safe_max_age`` seconds ago (counted as ``stale_served``).
+        fail_safe_max_age: with ``fail_safe``, how long after its expiry a value may still
+            be served when the loader fails; Redis keeps entries this much longer.
         redis_timeout: time budget of each Redis call, for clients built from a URL.
         lease_ttl: how long a lease lives (longer than your slowest loader).
         lease_wait: how long a process waits for another one's lease before it runs
@@ -143,6 +145,7 @@ class Cache:
             answers but refuses it for a while (``BUSY``, ``TRYAGAIN``...); it doubles up
             to ``retry_backoff_max``. While Redis does not answer at all it is probed
             every 50 ms, and everything pending is applied as soon as it answers.
+        retry_backoff_max: the longest pause between two tries of a pending operation.
         outbox_size: operations waiting in the outbox, per Redis; past it, an epoch bump
             (every entry a miss, every L1 flushed) covers what could not be kept.
         dead_letter_size: dead letters kept, per Redis; past it, an epoch bump as well.
