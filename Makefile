@@ -1,7 +1,9 @@
 # stratacache — every target sets up what it needs on a fresh Debian/Ubuntu machine.
 #   make demo    the demo (throwaway redis-server, several worker processes)
-#   make test    lint, type-check, promtool on the alert rules, then the suite twice:
-#                compiled L1 and pure L1
+#   make test    lint, type-check, promtool on the alert rules, the docs (strict), then the
+#                suite through nox: compiled L1 on every supported Python, pure L1 once, the
+#                packaging checks once (docs/development.md, "What make test runs")
+#   make docs    the documentation site into site/ (mkdocs build --strict)
 #   make bench   the benchmarks (pytest-benchmark) and the peer report
 #   make chaos   the consistency checker under faults (issue 11), standalone and cluster
 #   make fuzz    every atheris fuzz target for FUZZ_TIME seconds (default 60) each
@@ -12,8 +14,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 PYTEST := $(PY) -m pytest -p no:cacheprovider
+NOX    := $(PY) -m nox
+# pytest-xdist workers per suite run (each worker starts its own Redis servers); 0 = serial
+PYTEST_WORKERS ?= 2
 
-.PHONY: all demo test test-compiled test-pure lint rules bench chaos fuzz sync setup redis prometheus clean
+.PHONY: all demo test test-compiled test-pure test-matrix lint rules docs bench chaos fuzz sync setup redis prometheus clean
 
 all: test
 
@@ -70,20 +75,31 @@ lint: setup
 	$(PY) -m ruff check src tests benchmarks scripts examples
 	$(PY) -m mypy
 
+# The suite in the dev .venv only (one Python): quicker than the matrix while developing.
 test-compiled: setup
 	@echo "=== pytest: compiled L1 (the extension must load) ==="
-	STRATACACHE_REQUIRE_EXTENSIONS=1 $(PYTEST) tests
+	STRATACACHE_REQUIRE_EXTENSIONS=1 $(PYTEST) -n $(PYTEST_WORKERS) tests
 
 test-pure: setup
 	@echo "=== pytest: pure-Python L1 (STRATACACHE_NO_EXTENSIONS=1) ==="
-	STRATACACHE_NO_EXTENSIONS=1 $(PYTEST) tests
+	STRATACACHE_NO_EXTENSIONS=1 $(PYTEST) -n $(PYTEST_WORKERS) tests
+
+# noxfile.py: a session per supported Python (the pyproject classifiers), each with its own
+# venv and compiled extension; the oldest also runs the pure suite and the packaging tests.
+test-matrix: setup
+	$(NOX) -- -n $(PYTEST_WORKERS)
+
+# The documentation site; the configuration table and the API pages are generated from
+# the code at build time (scripts/mkdocs_hooks.py), so a build also checks them.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # The alert rules: syntax, then their unit tests (each alert fires and stays quiet).
 rules: prometheus
 	promtool check rules deploy/prometheus/rules.yml
 	promtool test rules deploy/prometheus/rules_test.yml
 
-test: lint rules test-compiled test-pure
+test: lint rules docs test-matrix
 
 demo: setup
 	$(PY) examples/demo.py
@@ -127,6 +143,6 @@ sync: $(STAMP)
 	$(PY) scripts/gen_sync.py
 
 clean:
-	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist site .nox src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find src -name '*.so' -delete
 	find cython_ext -name '*.c' -delete

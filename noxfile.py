@@ -3,7 +3,8 @@
 - ``tests-3.X``: the compiled L1 (``STRATACACHE_REQUIRE_EXTENSIONS=1``) on each Python that
   ``pyproject.toml`` claims (``requires-python`` and the classifiers; tests/test_docs.py
   checks the three lists agree).
-- ``tests_pure``: the pure-Python L1 (``STRATACACHE_NO_EXTENSIONS=1``) once, on the oldest.
+  The session of the oldest then runs the pure-Python L1 (``STRATACACHE_NO_EXTENSIONS=1``)
+  in the same venv, and the packaging tests (``tests/test_packaging.py``) once.
 
 Each session installs the package (not editable: the extension is compiled for that
 interpreter) with the ``test`` extra, and runs pytest with ``PYTEST_ADDOPTS`` passed
@@ -31,9 +32,8 @@ PYTHONS = [
     for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["classifiers"]
     if c.startswith(CLASSIFIER + "3.")
 ]
-PURE_PYTHON = PYTHONS[0]
 
-nox.options.sessions = ["tests", "tests_pure"]
+nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 if os.environ.get("CI"):
     nox.options.error_on_missing_interpreters = True
@@ -84,13 +84,16 @@ def _pytest(session: nox.Session, env: dict[str, str]) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The suite with the compiled L1 (the extension must load)."""
+    """Compiled L1 (must load); the oldest Python also: pure L1, packaging tests."""
     _install(session)
-    _pytest(session, {"STRATACACHE_REQUIRE_EXTENSIONS": "1"})
-
-
-@nox.session(python=PURE_PYTHON)
-def tests_pure(session: nox.Session) -> None:
-    """The suite with the pure-Python L1."""
-    _install(session)
-    _pytest(session, {"STRATACACHE_NO_EXTENSIONS": "1"})
+    oldest = session.python == PYTHONS[0]
+    _pytest(
+        session,
+        {
+            "STRATACACHE_REQUIRE_EXTENSIONS": "1",
+            "STRATACACHE_TEST_PACKAGING": "1" if oldest else "",
+        },
+    )
+    if oldest:
+        session.log("the pure-Python L1 (STRATACACHE_NO_EXTENSIONS=1)")
+        _pytest(session, {"STRATACACHE_NO_EXTENSIONS": "1"})
