@@ -366,7 +366,7 @@ def test_health_rules() -> None:
 
 
 def healthz_app(cache: Cache) -> Any:
-    """The README's WSGI ``/healthz``, verbatim."""
+    """The WSGI ``/healthz`` of docs/operations/metrics.md, verbatim."""
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         health = cache.health()

@@ -2,7 +2,7 @@
 
 ``Cache`` (sync) and ``AsyncCache`` put an in-process LRU of live objects in front of
 Redis, coalesce misses (single-flight in the process, a lease in Redis across processes)
-and never let a late fill write stale data. See the README for a tour.
+and never let a late fill write stale data. See docs/index.md for a tour.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ FAILING = "failing"
 class Health:
     """A cache's health (see ``Cache.health()``), for readiness probes and dashboards.
 
-    ``status`` is ``"ok"``, ``"degraded"`` or ``"failing"`` (the rules are in the README,
-    "Prometheus and health"); ``reasons`` says why it is not ``"ok"``, one line each.
+    ``status`` is ``"ok"``, ``"degraded"`` or ``"failing"`` (the rules are in
+    docs/operations/metrics.md); ``reasons`` says why it is not ``"ok"``, one line each.
     """
 
     status: str

@@ -11,8 +11,8 @@ One process::
 A collector reads every registered cache's ``stats()`` when Prometheus scrapes: nothing
 is added to the cache's hot path. Every metric carries the cache's ``namespace`` label.
 The names of the invalidation seed (``cache_invalidation_*``, ``cache_invalidations_total``)
-and the cache's own (``stratacache_*``) are listed in the README ("Prometheus and
-health"); the latencies are histograms with fixed buckets, so they aggregate across pods.
+and the cache's own (``stratacache_*``) are listed in docs/operations/metrics.md; the
+latencies are histograms with fixed buckets, so they aggregate across pods.
 
 Several processes (gunicorn and other pre-fork servers): prometheus-client's
 multiprocess mode reads its own files only and never runs custom collectors. Each worker

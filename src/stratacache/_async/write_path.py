@@ -1,6 +1,6 @@
 """The write path of ``AsyncCache``: ``set``, ``set_many``, ``delete`` and ``touch``.
 
-The promise (README, "When Redis fails"): once a write call returns, every instance of the
+The promise (docs/concepts/failures.md): once a write call returns, every instance of the
 namespace serves the new state (the new value or a miss, never an older value) within the
 propagation window after Redis answers again, whatever happened in between.
 
