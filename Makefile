@@ -72,7 +72,7 @@ prometheus:
 setup: $(STAMP) redis prometheus
 
 lint: setup
-	$(PY) -m ruff check src tests benchmarks scripts examples
+	$(PY) -m ruff check src tests benchmarks scripts examples noxfile.py setup.py
 	$(PY) -m mypy
 
 # The suite in the dev .venv only (one Python): quicker than the matrix while developing.

@@ -76,10 +76,9 @@ def _install(session: nox.Session) -> None:
 
 
 def _pytest(session: nox.Session, env: dict[str, str]) -> None:
-    # pytest from the session's site-packages, the tests from the checkout
-    session.run(
-        "python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, "tests", env=env
-    )
+    # pytest from the session's site-packages, the tests from the checkout (testpaths, or
+    # the paths given after `nox --`)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHONS)
