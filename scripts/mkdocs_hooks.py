@@ -107,7 +107,7 @@ def options_table() -> str:
         else:
             default = f"`{p.default!r}`"
         rows.append(
-            f"| `{p.name}` | `{type_text.replace('|', '&#124;')}` | {default} | {unit} | "
+            f"| `{p.name}` | `{type_text}` | {default} | {unit} | "
             f"{_rst_to_md(described[p.name])} |"
         )
     return "\n".join(rows)
