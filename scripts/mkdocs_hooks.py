@@ -27,7 +27,7 @@ UNITS = {
     "audit_maxlen": "stream entries",
     "reclaim_chunk": "keys per step",
 }
-DURATION_UNIT = "seconds (number or `timedelta`)"
+DURATION_UNIT = "seconds"  # or a timedelta, as the page says
 
 
 class DocsError(Exception):
