@@ -87,7 +87,7 @@ test-pure: setup
 # noxfile.py: a session per supported Python (the pyproject classifiers), each with its own
 # venv and compiled extension; the oldest also runs the pure suite and the packaging tests.
 test-matrix: setup
-	$(NOX) -- -n $(PYTEST_WORKERS)
+	$(NOX) -- -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The documentation site; the configuration table and the API pages are generated from
 # the code at build time (scripts/mkdocs_hooks.py), so a build also checks them.

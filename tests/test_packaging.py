@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.slow,
+    # one worker builds the sdist and the venvs once (make test passes --dist loadgroup)
+    pytest.mark.xdist_group("packaging"),
     pytest.mark.skipif(
         not os.environ.get("STRATACACHE_TEST_PACKAGING"),
         reason="once per make test: STRATACACHE_TEST_PACKAGING=1",
