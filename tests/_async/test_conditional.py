@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from stratacache import AsyncCache, SerializationError
+
 from concurrency import AsyncTask, FakeClock, async_until
 
 NS = "cond"

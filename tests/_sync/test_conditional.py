@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from stratacache import Cache, SerializationError
+
 from concurrency import Task, FakeClock, until
 
 NS = "cond"
