@@ -2,9 +2,8 @@
 dependency that gives it to endpoints, a response-caching decorator, ``/healthz`` and
 Prometheus ``/metrics``.
 
-    from fastapi import Depends, FastAPI
-    from stratacache import AsyncCache
-    from stratacache.contrib.fastapi import StrataCache, get_cache
+    from fastapi import FastAPI
+    from stratacache.contrib.fastapi import CacheDep, StrataCache
 
     strata = StrataCache("redis://localhost:6379/0", namespace="shop")
     app = FastAPI(lifespan=strata.lifespan)
@@ -16,7 +15,7 @@ Prometheus ``/metrics``.
         return await load_item(item_id)
 
     @app.put("/items/{item_id}")
-    async def update(item_id: int, cache: AsyncCache = Depends(get_cache)):
+    async def update(item_id: int, cache: CacheDep):
         await save_item(item_id)
         await cache.invalidate_tag(f"items:{item_id}")   # every process, at once
 
@@ -32,9 +31,9 @@ import time
 import typing
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +52,7 @@ from ._http import (
     tags_for,
 )
 
-__all__ = ["StrataCache", "get_cache"]
+__all__ = ["CacheDep", "StrataCache", "get_cache"]
 
 _STATE = "stratacache"
 _REQUEST_PARAM = "_stratacache_request"
@@ -67,6 +66,10 @@ async def get_cache(request: Request) -> AsyncCache:
             "no stratacache on this app: pass lifespan=StrataCache(...).lifespan to FastAPI"
         )
     return cache
+
+
+CacheDep = Annotated[AsyncCache, Depends(get_cache)]
+"""An endpoint parameter annotated ``cache: CacheDep`` receives the app's ``AsyncCache``."""
 
 
 class StrataCache:
