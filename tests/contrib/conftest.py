@@ -2,8 +2,7 @@
 own cache test app (``django_suite``), and a real redis-server for the Django backend.
 
 Django's settings are process-wide and its test classes read ``CACHES`` when they are
-defined, so the server's URL is fixed at import (its port is chosen now) and the server
-starts before the first test of this folder.
+defined, so the server starts at import (``django_suite``).
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ def django_environment() -> Iterator[None]:
 
     from stratacache.contrib import django as strata_django
 
-    DJANGO_REDIS.start()
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:

@@ -8,6 +8,7 @@ version with pip and extracts ``tests/cache/`` under ``.venv/django-tests/`` (or
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -24,9 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # The Redis of the Django backend in this test process: Django's test classes read CACHES
-# when they are defined, so the URL is fixed at import (the port is chosen now); the
-# server starts with the first test of tests/contrib/ (conftest.py).
+# when they are defined, so the server starts at import (at collection: its port cannot be
+# taken by another server or a client socket meanwhile). conftest.py stops it after the
+# last test; it dies with this process in any case.
 DJANGO_REDIS = RedisServerProcess()
+DJANGO_REDIS.start()
+atexit.register(DJANGO_REDIS.close)
 DJANGO_REDIS_URL = DJANGO_REDIS.url
 
 
