@@ -177,7 +177,8 @@ class _Shared:
 
     def siblings(self, of: Any) -> list[Any]:
         """The other caches of this configuration in the process (their L1s)."""
-        others: list[Any] = list(self._async.values())
+        with self._lock:  # for_loop may add one from another thread meanwhile
+            others: list[Any] = list(self._async.values())
         if self._sync is not None:
             others.append(self._sync)
         return [c for c in others if c is not of]
