@@ -138,13 +138,16 @@ class StrataCache:
         return self._registry
 
     def init_app(self, app: FastAPI) -> None:
-        """Mount ``/healthz`` (200 or 503 with ``cache.health()`` as JSON) and, when
-        prometheus-client is installed, ``/metrics``."""
+        """Mount ``/healthz`` (``cache.health()`` as JSON; 503 when it is ``failing``, 200
+        when ``ok`` or ``degraded``) and, when prometheus-client is installed,
+        ``/metrics``."""
         if self._health_path is not None:
 
             async def healthz(request: Request) -> JSONResponse:
                 health = (await get_cache(request)).health()
-                return JSONResponse(health.to_dict(), status_code=200 if health.ok else 503)
+                # 503 only when failing: a degraded cache still serves (through the loader)
+                status = 503 if health.status == "failing" else 200
+                return JSONResponse(health.to_dict(), status_code=status)
 
             app.add_api_route(self._health_path, healthz, methods=["GET"], include_in_schema=False)
         if self._metrics_path is not None:

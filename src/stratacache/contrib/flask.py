@@ -30,6 +30,7 @@ The decorator behaves as the FastAPI one (``stratacache.contrib._http``, ``docs/
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -63,11 +64,32 @@ class _AppState:
         self.options = options
         self.cache: Optional[Cache] = None
         self.registry: Any = None
+        self._lock = threading.Lock()
 
     def get(self) -> Cache:
-        if self.cache is None:
-            self.cache = Cache(self.url, **self.options)
-        return self.cache
+        """The app's cache, created (and registered for metrics) by the first caller."""
+        cache = self.cache
+        if cache is None:
+            with self._lock:
+                if self.cache is None:
+                    self.cache = Cache(self.url, **self.options)
+                    if self.registry is not None:
+                        from stratacache import prometheus
+
+                        prometheus.register(self.cache, self.registry)
+                cache = self.cache
+        return cache
+
+    def close(self) -> None:
+        """Close the cache (and stop exporting its metrics)."""
+        with self._lock:
+            cache, self.cache = self.cache, None
+        if cache is not None:
+            if self.registry is not None:
+                from stratacache import prometheus
+
+                prometheus.unregister(cache, self.registry)
+            cache.close()
 
 
 class StrataCache:
@@ -76,7 +98,8 @@ class StrataCache:
 
     Configuration (``app.config``): ``STRATACACHE_URL`` (the Redis URL; unset: L1 only),
     ``STRATACACHE_OPTIONS`` (keyword arguments of :class:`~stratacache.Cache`),
-    ``STRATACACHE_HEALTH_PATH`` (default ``"/healthz"``, ``None``: not mounted),
+    ``STRATACACHE_HEALTH_PATH`` (default ``"/healthz"``: 503 when ``failing``, else 200;
+    ``None``: not mounted),
     ``STRATACACHE_METRICS_PATH`` (default ``"/metrics"`` when prometheus-client is
     installed, ``None``: not mounted), ``STRATACACHE_KEY_PREFIX`` (default ``"http"``).
     The cache is created on first use in each process (so a pre-fork server's workers
@@ -120,30 +143,17 @@ class StrataCache:
 
     def cache_for(self, app: Optional[Flask]) -> Cache:
         """``app``'s cache (default: the current app's)."""
-        state = self._state(app)
-        if state.cache is None:
-            cache = state.get()
-            if state.registry is not None:
-                from stratacache import prometheus
-
-                prometheus.register(cache, state.registry)
-        return state.get()
+        return self._state(app).get()
 
     def close(self, app: Optional[Flask] = None) -> None:
         """Close ``app``'s cache (bus thread, Redis connections); reopened on next use."""
-        state = self._state(app)
-        cache, state.cache = state.cache, None
-        if cache is not None:
-            if state.registry is not None:
-                from stratacache import prometheus
-
-                prometheus.unregister(cache, state.registry)
-            cache.close()
+        self._state(app).close()
 
     def _healthz(self) -> Response:
         health = self.cache.health()
         response = jsonify(health.to_dict())
-        response.status_code = 200 if health.ok else 503
+        # 503 only when failing: a degraded cache still serves (through the loader)
+        response.status_code = 503 if health.status == "failing" else 200
         return response
 
     def _metrics(self) -> Response:
