@@ -41,6 +41,7 @@ REPLACEMENTS = {
     "AsyncInvalidator": "Invalidator",
     "AsyncReclaimer": "Reclaimer",
     "AsyncWorker": "Worker",
+    "AsyncConditionalWrites": "ConditionalWrites",
     "async_shard_client": "shard_client",
     "async_forget_connections": "forget_connections",
     "async_redis_call": "redis_call",

@@ -73,6 +73,7 @@ from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import AsyncInvalidationBus
+from .conditional import AsyncConditionalWrites
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
 from .lock import AsyncDistributedLock
 from .read_path import AsyncReadPath
@@ -289,6 +290,7 @@ class AsyncCache:
         self._invalidator = self._make_invalidator()
         self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
+        self._conditional = AsyncConditionalWrites(self)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -595,6 +597,28 @@ class AsyncCache:
         """Store several values (one pipeline); all are encoded before any is written.
         Redis faults are handled as for :meth:`set`."""
         await self._writes.set_many(mapping, ttl, tags)
+
+    async def add(
+        self, key: str, value: Any, ttl: Duration | None = None, tags: Iterable[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; True if it was stored.
+
+        Atomic across processes (a compare-and-set in Redis): of concurrent ``add`` calls
+        on one key, one wins. An expired entry, or one whose tag or namespace was
+        invalidated, counts as absent. Needs Redis to answer: raises
+        :class:`RedisUnavailableError` otherwise, having written nothing.
+        """
+        return await self._conditional.add(key, value, ttl, tags)
+
+    async def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the int cached under ``key`` and return the new value.
+
+        Atomic across processes (compare-and-set in Redis: no increment is lost); the entry
+        keeps its expiry and tags. ``KeyError`` if ``key`` has no live entry, ``TypeError``
+        if its value is not an ``int``; :class:`RedisUnavailableError` if Redis does not
+        answer (nothing changed then).
+        """
+        return await self._conditional.incr(key, delta)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed.

@@ -75,6 +75,7 @@ from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import InvalidationBus
+from .conditional import ConditionalWrites
 from .invalidator import Invalidator, LocalEffects, watch_failures, watched_failures
 from .lock import DistributedLock
 from .read_path import SyncReadPath
@@ -291,6 +292,7 @@ class Cache:
         self._invalidator = self._make_invalidator()
         self._reads = SyncReadPath(self)
         self._writes = SyncWritePath(self)
+        self._conditional = ConditionalWrites(self)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -597,6 +599,28 @@ class Cache:
         """Store several values (one pipeline); all are encoded before any is written.
         Redis faults are handled as for :meth:`set`."""
         self._writes.set_many(mapping, ttl, tags)
+
+    def add(
+        self, key: str, value: Any, ttl: Duration | None = None, tags: Iterable[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; True if it was stored.
+
+        Atomic across processes (a compare-and-set in Redis): of concurrent ``add`` calls
+        on one key, one wins. An expired entry, or one whose tag or namespace was
+        invalidated, counts as absent. Needs Redis to answer: raises
+        :class:`RedisUnavailableError` otherwise, having written nothing.
+        """
+        return self._conditional.add(key, value, ttl, tags)
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the int cached under ``key`` and return the new value.
+
+        Atomic across processes (compare-and-set in Redis: no increment is lost); the entry
+        keeps its expiry and tags. ``KeyError`` if ``key`` has no live entry, ``TypeError``
+        if its value is not an ``int``; :class:`RedisUnavailableError` if Redis does not
+        answer (nothing changed then).
+        """
+        return self._conditional.incr(key, delta)
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed.
