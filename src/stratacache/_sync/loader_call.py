@@ -126,6 +126,11 @@ class Loads:
         """Wait for a flight within the caller's limits and the flight's hard deadline."""
         timed = flight if isinstance(flight, Flight) else None
         if timed is not None:
+            if timed.expired or (timed.hard_at is not None and time.monotonic() >= timed.hard_at):
+                # past its deadline: its task is being stopped (or, a thread, runs on for
+                # the cache only); a caller arriving now starts a flight of its own
+                self.expire(key, timed, "no answer within the hard timeout")
+                raise _LeaderGone()
             timed.waiters += 1
         try:
             return self._wait(key, flight, timed, limits)
@@ -160,7 +165,7 @@ class Loads:
             hard_at = timed.hard_at if hard_at is None else min(hard_at, timed.hard_at)
         if soft is not None and (hard_at is None or start + soft < hard_at):
             if flight.settled(soft):
-                return flight.outcome()
+                return self._outcome(key, flight, timed, start)
             fallback = self._fallback(key, timed)
             if fallback is not MISSING:
                 if timed is not None:
@@ -170,11 +175,21 @@ class Loads:
                 return fallback
         if hard_at is None:
             flight.settled(None)
-            return flight.outcome()
+            return self._outcome(key, flight, timed, start)
         if flight.settled(max(hard_at - time.monotonic(), 0.0)):
-            return flight.outcome()
+            return self._outcome(key, flight, timed, start)
         own = timed is not None and timed.hard_at is not None and hard_at >= timed.hard_at
         return self.hard_timeout(key, timed, hard_at - start, own)
+
+    def _outcome(
+        self, key: str, flight: ResultSlot[Any], timed: Flight | None, start: float
+    ) -> Any:
+        """The flight's outcome; its own hard timeout (the load was stopped at the flight's
+        deadline) is answered like a caller's: the fail-safe value, else the error."""
+        try:
+            return flight.outcome()
+        except LoaderTimeout:
+            return self.hard_timeout(key, timed, time.monotonic() - start, True)
 
     def hard_timeout(
         self, key: str, flight: Flight | None, seconds: float, flights_deadline: bool
@@ -186,7 +201,7 @@ class Loads:
         if flight is not None:
             flight.detached = True
             if flights_deadline:
-                self.expire(flight, f"no answer within the hard timeout ({seconds:.3f} s)")
+                self.expire(key, flight, f"no answer within the hard timeout ({seconds:.3f} s)")
         self.counters.hard_timeouts += 1
         fallback = self._fallback(key, flight)
         if fallback is not MISSING:
@@ -197,11 +212,17 @@ class Loads:
             "and no fail-safe value was at hand"
         )
 
-    def expire(self, flight: Flight, cause: str) -> None:
-        """The flight's hard deadline passed (once per flight): a breaker failure."""
+    def expire(self, key: str, flight: Flight, cause: str) -> None:
+        """The flight's hard deadline passed (once per flight): a breaker failure, and the
+        flight leaves the flights map, so that callers arriving later start a new one
+        instead of joining a load that is being stopped (async) or that nobody waits for
+        any more (a thread, which still caches its result if it ever ends)."""
         if flight.expired:
             return
         flight.expired = True
+        flights = self._cache._flights
+        if flights.get(key) is flight:
+            del flights[key]
         breaker = self._cache._loader_breaker
         if breaker is not None:
             breaker.record_failure(cause)

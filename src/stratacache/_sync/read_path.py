@@ -323,7 +323,9 @@ class SyncReadPath:
                 left = flight.remaining()
                 assert left is not None
                 if left <= 0:
-                    c._loads.expire(flight, "another process's lease outlived the hard timeout")
+                    c._loads.expire(
+                        key, flight, "another process's lease outlived the hard timeout"
+                    )
                     raise LoaderTimeout(
                         f"another process's load of {key!r} did not finish within the hard timeout"
                     )
@@ -366,13 +368,16 @@ class SyncReadPath:
                         f"the loader of {key!r} was cancelled at the hard timeout"
                     ),
                 )
+        except LoaderTimeout:
+            # the flight's hard deadline: its callers answer it (loader_call.py)
+            assert flight is not None
+            c._loads.expire(key, flight, "no answer within the hard timeout")
+            if breaker is not None:
+                breaker.abandon()
+            raise
         except Exception as exc:
             if breaker is not None:
-                if isinstance(exc, LoaderTimeout) and flight is not None:
-                    c._loads.expire(flight, "no answer within the hard timeout")
-                    breaker.abandon()
-                else:
-                    breaker.record_failure(describe_failure(exc))
+                breaker.record_failure(describe_failure(exc))
             fallback = self._fail_safe_value(key, stale)
             if fallback is MISSING:
                 raise
