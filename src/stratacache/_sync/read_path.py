@@ -250,8 +250,12 @@ class SyncReadPath:
                     stored = c._tier.write_if_lease(
                         key, token, blob, c.settings.physical_ttl(ttl_s), tags
                     )
-                except RedisUnavailableError:
+                except RedisUnavailableError as exc:
                     stored = True  # unknown outcome; nothing says the lease was revoked
+                    if exc.transient:
+                        # the lease may still be there: give it back (by its token, so
+                        # harmless if the write ran) through the outbox once Redis answers
+                        c._invalidator.release_lease_later(key, token)
                 token = None
                 if not stored:
                     # revoked: the key was written or invalidated while we loaded
