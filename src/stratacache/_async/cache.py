@@ -529,6 +529,7 @@ class AsyncCache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._loads.flights.clear()  # the old loop's load tasks ended with it
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     async_forget_connections(tier.client)

@@ -531,6 +531,7 @@ class Cache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._loads.flights.clear()  # the old loop's load tasks ended with it
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     forget_connections(tier.client)
