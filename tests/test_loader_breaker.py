@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
-from stratacache import MISSING, BreakerState, CircuitBreaker
+from stratacache import MISSING, BreakerState, CacheStats, CircuitBreaker
+from stratacache._health import judge
 from stratacache._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 
 from concurrency import FakeClock
@@ -107,3 +109,15 @@ def test_options() -> None:
         LoaderBreakerSettings.build(3, 0, 5)
     with pytest.raises(ValueError, match="loader_breaker_threshold"):
         LoaderBreakerSettings.build(True, 10, 5)
+
+
+def test_an_open_loader_breaker_makes_the_cache_degraded() -> None:
+    def health(state: str) -> Any:
+        return judge(CacheStats(loader_breaker_state=state), has_redis=False, redis_answers=True)
+
+    assert health("off").status == "ok"
+    assert health("closed").status == "ok"
+    opened = health("open")
+    assert opened.status == "degraded"
+    assert opened.reasons == ("loader breaker open",)
+    assert health("half_open").status == "degraded"
