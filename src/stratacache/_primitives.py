@@ -126,6 +126,15 @@ async def async_call_loader_within(
     result = loader()
     if not inspect.isawaitable(result):
         return result
+    if hasattr(asyncio, "timeout"):  # 3.11+: a timer on this task, no task of its own
+        limit = asyncio.timeout(max(seconds, 0.0))
+        try:
+            async with limit:
+                return await result
+        except TimeoutError:
+            if limit.expired():
+                raise on_timeout() from None
+            raise  # the loader's own TimeoutError
     inner = asyncio.ensure_future(result)
     try:
         done, _ = await asyncio.wait({inner}, timeout=max(seconds, 0.0))

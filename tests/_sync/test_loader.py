@@ -191,6 +191,23 @@ def test_hard_timeout_with_a_fail_safe_value_serves_it(
         cache.close()
 
 
+def test_a_loaders_own_timeout_error_is_not_a_hard_timeout(
+    redis_url: str, clock: FakeClock
+) -> None:
+    cache = make(redis_url, clock, hard_timeout=30)
+
+    def db_timeout() -> Any:
+        raise TimeoutError("the driver gave up")
+
+    try:
+        with pytest.raises(TimeoutError) as info:
+            cache.get_or_set("k", db_timeout)
+        assert type(info.value) is TimeoutError
+        assert cache.stats().loader_hard_timeouts == 0
+    finally:
+        cache.close()
+
+
 def test_in_process_waiters_never_wait_past_the_leaders_hard_timeout(
     redis_url: str, clock: FakeClock
 ) -> None:
