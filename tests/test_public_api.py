@@ -33,6 +33,8 @@ EXPECTED = {
     "KeySpace",
     "L1",
     "LatencySummary",
+    "LoaderTimeout",
+    "LoaderUnavailable",
     "RedisCommandError",
     "RedisPermissionError",
     "RedisUnavailableError",

@@ -82,3 +82,21 @@ class RedisPermissionError(StratacacheError):
         super().__init__(message)
         self.missing = missing
         """One line per refusal: what was tried and Redis's ``NOPERM`` answer."""
+
+
+class LoaderTimeout(StratacacheError, TimeoutError):
+    """The loader did not answer within ``hard_timeout`` and no fail-safe value was at
+    hand (see ``docs/loader.md``).
+
+    An async loader is cancelled; a sync loader (``Cache``) cannot be, so it runs on in
+    its worker thread and its result is still cached when it arrives. Callers waiting on
+    the same load (single-flight, in the process or through the lease) get it too: none
+    waits longer than the hard timeout of the call that started the load.
+    """
+
+
+class LoaderUnavailable(StratacacheError):
+    """The loader's circuit breaker is open (it failed too often lately) and no fail-safe
+    value was at hand: the loader was not called. Raised at once, so that callers do not
+    pile up on a failing database; one probe call per cool-down finds out when it answers
+    again (see ``docs/loader.md``)."""

@@ -112,6 +112,15 @@ class CacheStats:
     # the failover Redis's own breaker ("off" without a failover Redis)
     failover_breaker_state: str = "off"
     failover_breaker_opened: int = 0
+    # the loader's time limits and circuit breaker (docs/loader.md); the breaker's state
+    # is "off" without loader_breaker_threshold
+    loader_breaker_state: str = "off"
+    loader_breaker_opened: int = 0
+    loader_rejected: int = 0  # calls the open breaker kept from the loader
+    loader_soft_timeouts: int = 0  # callers given the fail-safe value at the soft timeout
+    loader_hard_timeouts: int = 0  # callers that stopped waiting at the hard timeout
+    loader_background_loads: int = 0  # timed loads running now (callers gone or waiting)
+    loader_background_completed: int = 0  # timed loads that ended after a caller left
     load_latency: LatencySummary = field(default_factory=LatencySummary)
     l2_latency: LatencySummary = field(default_factory=LatencySummary)
     # the invalidation bus ("off" without one); flushes are counted by cause

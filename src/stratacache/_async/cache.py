@@ -56,6 +56,7 @@ from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
+from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
 from .._outbox import DeadLetter
 from .._primitives import (
@@ -69,12 +70,13 @@ from .._primitives import (
     async_forget_connections,
     async_reconnect_once,
 )
-from .._sentinel import MISSING
+from .._sentinel import MISSING, MissingType
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import AsyncInvalidationBus
 from .conditional import AsyncConditionalWrites
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
+from .loader_call import AsyncLoads
 from .lock import AsyncDistributedLock
 from .read_path import AsyncReadPath
 from .redis_tier import AsyncRedisTier
@@ -166,6 +168,20 @@ class AsyncCache:
             an unsigned bus even with a signed codec. Every instance on the channel
             needs the same setting: a signed and an unsigned instance do not hear each
             other.
+        soft_timeout: with a fail-safe value at hand, a caller waits this long for the
+            loader, then gets that value while the load goes on in the background (its
+            result is cached when it arrives); without one it waits on, up to
+            ``hard_timeout`` (``None``: off). See ``docs/loader.md``.
+        hard_timeout: no caller waits longer for a load: it gets the fail-safe value if
+            there is one, else :class:`LoaderTimeout`; an async loader is cancelled, a
+            sync one finishes in its worker thread and is still cached (``None``: off).
+        loader_breaker_threshold: loader failures (errors and hard timeouts) within
+            ``loader_breaker_window`` seconds that open the loader's circuit breaker:
+            for ``loader_breaker_cooldown`` seconds callers get the fail-safe value or
+            :class:`LoaderUnavailable` at once, then one probe call at a time is let
+            through (``None``, the default: no breaker).
+        loader_breaker_window: see ``loader_breaker_threshold``.
+        loader_breaker_cooldown: see ``loader_breaker_threshold``.
     """
 
     def __init__(
@@ -206,6 +222,11 @@ class AsyncCache:
         instance: str | None = None,
         instance_ttl: Duration = 5.0,
         bus_secret: bytes | Sequence[bytes] | Literal[False] | None = None,
+        soft_timeout: Duration | None = None,
+        hard_timeout: Duration | None = None,
+        loader_breaker_threshold: int | None = None,
+        loader_breaker_window: Duration = 10.0,
+        loader_breaker_cooldown: Duration = 5.0,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -247,6 +268,13 @@ class AsyncCache:
         self._per_node_breakers = cluster or isinstance(redis, AsyncRedisCluster)
         self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
+        # the loader's time limits and breaker (loader_call.py, docs/loader.md)
+        self._loader_limits = LoaderLimits.build(soft_timeout, hard_timeout)
+        self._loader_breaker_settings = LoaderBreakerSettings.build(
+            loader_breaker_threshold, loader_breaker_window, loader_breaker_cooldown
+        )
+        self._loader_breaker = self._new_loader_breaker()
+        self._loads = AsyncLoads(self)
         self._invalidation_settings = InvalidationSettings(
             retry_backoff=retry_backoff,  # type: ignore[arg-type]
             retry_backoff_max=retry_backoff_max,  # type: ignore[arg-type]
@@ -339,6 +367,22 @@ class AsyncCache:
             timer=self._timer,
             name=name,
             on_close=self._redis_answers if primary else self._nudge_outbox,
+        )
+
+    def _new_loader_breaker(self) -> CircuitBreaker | None:
+        settings = self._loader_breaker_settings
+        if settings is None:
+            return None
+        return CircuitBreaker(
+            settings.threshold,
+            settings.cooldown,
+            timer=self._timer,
+            name=f"loader of namespace {self._keys.namespace!r}",
+            window=settings.window,
+            effect=(
+                "calls do not reach the loader (callers get the fail-safe value, else "
+                "LoaderUnavailable at once)"
+            ),
         )
 
     def _redis_answers(self) -> None:
@@ -451,6 +495,8 @@ class AsyncCache:
         if self._stale is not None:
             self._stale.reset()
         self._flights = {}
+        self._loads = AsyncLoads(self)  # the parent's load tasks and threads are not ours
+        self._loader_breaker = self._new_loader_breaker()
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
         self._failover_breaker = self._new_breaker("failover Redis", primary=False)
@@ -485,6 +531,7 @@ class AsyncCache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._loads.flights.clear()  # the old loop's load tasks ended with it
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     async_forget_connections(tier.client)
@@ -554,16 +601,25 @@ class AsyncCache:
         loader: Callable[[], Any],
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this call
+        (``None``: off; default: the cache's); see ``docs/loader.md``.
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
-        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags)
+        limits = self._loader_limits
+        if soft_timeout is not MISSING or hard_timeout is not MISSING:
+            limits = limits_for(limits, soft_timeout, hard_timeout)
+        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -822,6 +878,9 @@ class AsyncCache:
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -839,8 +898,12 @@ class AsyncCache:
         is part of the default key (as the class's qualified name: subclasses do not
         share entries); a staticmethod is keyed like a function. The decorator may sit
         above or below ``@staticmethod`` / ``@classmethod``.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
+        loads (``None``: off; default: the cache's); see ``docs/loader.md``.
         """
         tag_tuple = self._tags(tags)
+        limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
         if ttl is not None:
             self._positive_ttl(ttl)
 
@@ -851,7 +914,12 @@ class AsyncCache:
 
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
-                    cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    cache_key,
+                    functools.partial(fn, *args, **kwargs),
+                    ttl,
+                    tag_tuple,
+                    soft_timeout=soft_timeout,
+                    hard_timeout=hard_timeout,
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
@@ -867,7 +935,12 @@ class AsyncCache:
                     if value is not MISSING:
                         return value
                     return await self.get_or_set(
-                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                        cache_key,
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        soft_timeout=soft_timeout,
+                        hard_timeout=hard_timeout,
                     )
 
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -906,6 +979,18 @@ class AsyncCache:
                 "bus_lag": state.lag.summary(),
             }
         failover_fields: dict[str, Any] = {}
+        loader = self._loads.counters
+        breaker = self._loader_breaker
+        loader_fields: dict[str, Any] = {
+            "loader_soft_timeouts": loader.soft_timeouts,
+            "loader_hard_timeouts": loader.hard_timeouts,
+            "loader_rejected": loader.rejected,
+            "loader_background_loads": self._loads.in_flight(),
+            "loader_background_completed": loader.background_completed,
+        }
+        if breaker is not None:
+            loader_fields["loader_breaker_state"] = breaker.state.value
+            loader_fields["loader_breaker_opened"] = breaker.opened
         if self._failover is not None:
             failover_fields = {
                 "failover_breaker_state": self._failover_breaker.state.value,
@@ -928,6 +1013,7 @@ class AsyncCache:
             breaker_state=self._breaker.state.value,
             breaker_opened=self._breaker.opened,
             **failover_fields,
+            **loader_fields,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
             invalidation=self._invalidator.stats(),
@@ -1018,7 +1104,12 @@ class AsyncCache:
 
     async def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
-        become dead letters), stop the bus, and close the Redis clients the cache created."""
+        become dead letters), stop the bus, and close the Redis clients the cache created.
+
+        Loads still running in the background (soft timeouts) get up to ``close_timeout``
+        to end and be cached; then async ones are cancelled (giving their lease back)
+        and threads are left to end by themselves."""
+        await self._loads.aclose(self._invalidation_settings.close_timeout)
         await self._invalidator.aclose()
         if self._bus is not None:
             await self._bus.aclose()

@@ -58,6 +58,7 @@ from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
+from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
 from .._outbox import DeadLetter
 from .._primitives import (
@@ -71,12 +72,13 @@ from .._primitives import (
     forget_connections,
     reconnect_once,
 )
-from .._sentinel import MISSING
+from .._sentinel import MISSING, MissingType
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
 from .bus import InvalidationBus
 from .conditional import ConditionalWrites
 from .invalidator import Invalidator, LocalEffects, watch_failures, watched_failures
+from .loader_call import Loads
 from .lock import DistributedLock
 from .read_path import SyncReadPath
 from .redis_tier import RedisTier
@@ -168,6 +170,20 @@ class Cache:
             an unsigned bus even with a signed codec. Every instance on the channel
             needs the same setting: a signed and an unsigned instance do not hear each
             other.
+        soft_timeout: with a fail-safe value at hand, a caller waits this long for the
+            loader, then gets that value while the load goes on in the background (its
+            result is cached when it arrives); without one it waits on, up to
+            ``hard_timeout`` (``None``: off). See ``docs/loader.md``.
+        hard_timeout: no caller waits longer for a load: it gets the fail-safe value if
+            there is one, else :class:`LoaderTimeout`; an async loader is cancelled, a
+            sync one finishes in its worker thread and is still cached (``None``: off).
+        loader_breaker_threshold: loader failures (errors and hard timeouts) within
+            ``loader_breaker_window`` seconds that open the loader's circuit breaker:
+            for ``loader_breaker_cooldown`` seconds callers get the fail-safe value or
+            :class:`LoaderUnavailable` at once, then one probe call at a time is let
+            through (``None``, the default: no breaker).
+        loader_breaker_window: see ``loader_breaker_threshold``.
+        loader_breaker_cooldown: see ``loader_breaker_threshold``.
     """
 
     def __init__(
@@ -208,6 +224,11 @@ class Cache:
         instance: str | None = None,
         instance_ttl: Duration = 5.0,
         bus_secret: bytes | Sequence[bytes] | Literal[False] | None = None,
+        soft_timeout: Duration | None = None,
+        hard_timeout: Duration | None = None,
+        loader_breaker_threshold: int | None = None,
+        loader_breaker_window: Duration = 10.0,
+        loader_breaker_cooldown: Duration = 5.0,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -249,6 +270,13 @@ class Cache:
         self._per_node_breakers = cluster or isinstance(redis, RedisCluster)
         self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, ResultSlot[Any]] = {}
+        # the loader's time limits and breaker (loader_call.py, docs/loader.md)
+        self._loader_limits = LoaderLimits.build(soft_timeout, hard_timeout)
+        self._loader_breaker_settings = LoaderBreakerSettings.build(
+            loader_breaker_threshold, loader_breaker_window, loader_breaker_cooldown
+        )
+        self._loader_breaker = self._new_loader_breaker()
+        self._loads = Loads(self)
         self._invalidation_settings = InvalidationSettings(
             retry_backoff=retry_backoff,  # type: ignore[arg-type]
             retry_backoff_max=retry_backoff_max,  # type: ignore[arg-type]
@@ -341,6 +369,22 @@ class Cache:
             timer=self._timer,
             name=name,
             on_close=self._redis_answers if primary else self._nudge_outbox,
+        )
+
+    def _new_loader_breaker(self) -> CircuitBreaker | None:
+        settings = self._loader_breaker_settings
+        if settings is None:
+            return None
+        return CircuitBreaker(
+            settings.threshold,
+            settings.cooldown,
+            timer=self._timer,
+            name=f"loader of namespace {self._keys.namespace!r}",
+            window=settings.window,
+            effect=(
+                "calls do not reach the loader (callers get the fail-safe value, else "
+                "LoaderUnavailable at once)"
+            ),
         )
 
     def _redis_answers(self) -> None:
@@ -453,6 +497,8 @@ class Cache:
         if self._stale is not None:
             self._stale.reset()
         self._flights = {}
+        self._loads = Loads(self)  # the parent's load tasks and threads are not ours
+        self._loader_breaker = self._new_loader_breaker()
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
         self._failover_breaker = self._new_breaker("failover Redis", primary=False)
@@ -487,6 +533,7 @@ class Cache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._loads.flights.clear()  # the old loop's load tasks ended with it
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     forget_connections(tier.client)
@@ -556,16 +603,25 @@ class Cache:
         loader: Callable[[], Any],
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this call
+        (``None``: off; default: the cache's); see ``docs/loader.md``.
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
-        return self._reads.get_or_set_after_l1(key, loader, ttl, tags)
+        limits = self._loader_limits
+        if soft_timeout is not MISSING or hard_timeout is not MISSING:
+            limits = limits_for(limits, soft_timeout, hard_timeout)
+        return self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -824,6 +880,9 @@ class Cache:
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -841,8 +900,12 @@ class Cache:
         is part of the default key (as the class's qualified name: subclasses do not
         share entries); a staticmethod is keyed like a function. The decorator may sit
         above or below ``@staticmethod`` / ``@classmethod``.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
+        loads (``None``: off; default: the cache's); see ``docs/loader.md``.
         """
         tag_tuple = self._tags(tags)
+        limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
         if ttl is not None:
             self._positive_ttl(ttl)
 
@@ -853,7 +916,12 @@ class Cache:
 
             def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return self.get_or_set(
-                    cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    cache_key,
+                    functools.partial(fn, *args, **kwargs),
+                    ttl,
+                    tag_tuple,
+                    soft_timeout=soft_timeout,
+                    hard_timeout=hard_timeout,
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
@@ -869,7 +937,12 @@ class Cache:
                     if value is not MISSING:
                         return value
                     return self.get_or_set(
-                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                        cache_key,
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        soft_timeout=soft_timeout,
+                        hard_timeout=hard_timeout,
                     )
 
             def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -908,6 +981,18 @@ class Cache:
                 "bus_lag": state.lag.summary(),
             }
         failover_fields: dict[str, Any] = {}
+        loader = self._loads.counters
+        breaker = self._loader_breaker
+        loader_fields: dict[str, Any] = {
+            "loader_soft_timeouts": loader.soft_timeouts,
+            "loader_hard_timeouts": loader.hard_timeouts,
+            "loader_rejected": loader.rejected,
+            "loader_background_loads": self._loads.in_flight(),
+            "loader_background_completed": loader.background_completed,
+        }
+        if breaker is not None:
+            loader_fields["loader_breaker_state"] = breaker.state.value
+            loader_fields["loader_breaker_opened"] = breaker.opened
         if self._failover is not None:
             failover_fields = {
                 "failover_breaker_state": self._failover_breaker.state.value,
@@ -930,6 +1015,7 @@ class Cache:
             breaker_state=self._breaker.state.value,
             breaker_opened=self._breaker.opened,
             **failover_fields,
+            **loader_fields,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
             invalidation=self._invalidator.stats(),
@@ -1020,7 +1106,12 @@ class Cache:
 
     def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
-        become dead letters), stop the bus, and close the Redis clients the cache created."""
+        become dead letters), stop the bus, and close the Redis clients the cache created.
+
+        Loads still running in the background (soft timeouts) get up to ``close_timeout``
+        to end and be cached; then async ones are cancelled (giving their lease back)
+        and threads are left to end by themselves."""
+        self._loads.close(self._invalidation_settings.close_timeout)
         self._invalidator.close()
         if self._bus is not None:
             self._bus.close()
