@@ -39,6 +39,7 @@ REPLACEMENTS = {
     "AsyncInvalidationBus": "InvalidationBus",
     "AsyncDistributedLock": "DistributedLock",
     "AsyncInvalidator": "Invalidator",
+    "AsyncBloomFilter": "BloomFilter",
     "AsyncReclaimer": "Reclaimer",
     "AsyncWorker": "Worker",
     "async_shard_client": "shard_client",

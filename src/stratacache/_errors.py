@@ -82,3 +82,21 @@ class RedisPermissionError(StratacacheError):
         super().__init__(message)
         self.missing = missing
         """One line per refusal: what was tried and Redis's ``NOPERM`` answer."""
+
+
+class InvalidBloomParameters(StratacacheError, ValueError):
+    """A Bloom filter's capacity, error rate or shard count is unusable (see
+    ``Cache.bloom``)."""
+
+
+class BloomFilterMismatch(StratacacheError, ValueError):
+    """The Bloom filter of that name in Redis was built with other parameters (capacity,
+    error rate or shards) than this instance's: its bits sit elsewhere, so reading it
+    with these parameters would answer "absent" for items it holds. Use the same
+    parameters everywhere, or another name."""
+
+
+class BloomRebuildConflict(StratacacheError):
+    """Another ``rebuild()`` of the same Bloom filter began after this one: this one stops
+    without switching (the filter keeps its current generation; the newer rebuild will
+    switch when it is complete)."""

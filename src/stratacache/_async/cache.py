@@ -72,6 +72,7 @@ from .._primitives import (
 from .._sentinel import MISSING
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
+from .bloom import AsyncBloomFilter, bloom_params, check_name, refresh_seconds
 from .bus import AsyncInvalidationBus
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
 from .lock import AsyncDistributedLock
@@ -289,6 +290,7 @@ class AsyncCache:
         self._invalidator = self._make_invalidator()
         self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
+        self._blooms: dict[str, AsyncBloomFilter] = {}
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -552,16 +554,70 @@ class AsyncCache:
         loader: Callable[[], Any],
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
+        *,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Any = MISSING,
+        bloom_default: Any = None,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
+
+        ``bloom``: a filter (:meth:`bloom`) of the ids that exist. After an L1 miss, an
+        id the filter has definitely never seen (``bloom_item``, default: ``key``) gets
+        ``bloom_default`` at once — no L2 read, no loader call — and counts in
+        ``stats().bloom_rejected``; a "maybe" goes on as usual.
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
+        if bloom is not None:
+            validate_key(key)
+            if not await bloom.might_contain(key if bloom_item is MISSING else bloom_item):
+                self._counters.bloom_rejected += 1
+                return bloom_default
         return await self._reads.get_or_set_after_l1(key, loader, ttl, tags)
+
+    def bloom(
+        self,
+        name: str,
+        capacity: int,
+        error_rate: float = 0.01,
+        *,
+        shards: int | None = None,
+        local: bool = False,
+        refresh_interval: Duration = 5.0,
+    ) -> AsyncBloomFilter:
+        """The Bloom filter ``name`` of this namespace, kept in Redis and shared by every
+        instance (see ``docs/bloom.md``): sized for ``capacity`` items at a
+        false-positive rate of ``error_rate``, split into ``shards`` bit arrays (default:
+        one per 2^26 bits). Every instance must use the same three values (a mismatch
+        raises :class:`BloomFilterMismatch` at the first call); bad values raise
+        :class:`InvalidBloomParameters`. ``local=True`` keeps a copy in the process,
+        refreshed every ``refresh_interval`` seconds, that answers present items without
+        Redis. The same name gives the same object.
+
+        Use it to guard :meth:`get_or_set` and :meth:`cached` (``bloom=``). It answers
+        "maybe" for everything until its first ``rebuild()``.
+        """
+        name = check_name(name)
+        params = bloom_params(capacity, error_rate, shards)
+        interval = refresh_seconds(refresh_interval)
+        if self._tier is None:
+            raise ValueError("Bloom filters live in Redis: this cache has none")
+        existing = self._blooms.get(name)
+        if existing is not None:
+            if existing.params != params:
+                raise ValueError(
+                    f"Bloom filter {name!r} is already open here with other parameters "
+                    f"({existing!r})"
+                )
+            return existing
+        made = self._blooms[name] = AsyncBloomFilter(
+            self, name, params, local=local, refresh_interval=interval
+        )
+        return made
 
     # -- writes -------------------------------------------------------------------------
 
@@ -798,6 +854,10 @@ class AsyncCache:
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
+        *,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Callable[..., Any] | None = None,
+        bloom_default: Any = None,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -815,6 +875,11 @@ class AsyncCache:
         is part of the default key (as the class's qualified name: subclasses do not
         share entries); a staticmethod is keyed like a function. The decorator may sit
         above or below ``@staticmethod`` / ``@classmethod``.
+
+        ``bloom``: guard the function with a Bloom filter of the ids that exist (see
+        :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
+        the id to check (default: the cache key); a definitely absent id returns
+        ``bloom_default`` without calling the function.
         """
         tag_tuple = self._tags(tags)
         if ttl is not None:
@@ -825,9 +890,19 @@ class AsyncCache:
                 return cast(F, type(fn)(decorate(fn.__func__)))
             make_key = KeyMaker(fn, key)
 
+            def guard(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if bloom is None:
+                    return {}
+                item = cache_key if bloom_item is None else bloom_item(*args, **kwargs)
+                return {"bloom": bloom, "bloom_item": item, "bloom_default": bloom_default}
+
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
-                    cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    cache_key,
+                    functools.partial(fn, *args, **kwargs),
+                    ttl,
+                    tag_tuple,
+                    **guard(cache_key, args, kwargs),
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
@@ -843,7 +918,11 @@ class AsyncCache:
                     if value is not MISSING:
                         return value
                     return await self.get_or_set(
-                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                        cache_key,
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        **guard(cache_key, args, kwargs),
                     )
 
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -899,6 +978,7 @@ class AsyncCache:
             decode_errors=c.decode_errors,
             lease_waits=c.lease_waits,
             fills_refused=c.fills_refused,
+            bloom_rejected=c.bloom_rejected,
             l1_size=len(self._l1),
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
@@ -995,6 +1075,8 @@ class AsyncCache:
     async def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
         become dead letters), stop the bus, and close the Redis clients the cache created."""
+        for bloom in list(self._blooms.values()):
+            await bloom.aclose()
         await self._invalidator.aclose()
         if self._bus is not None:
             await self._bus.aclose()
