@@ -19,7 +19,7 @@ import redis
 import redis.cluster
 
 import stratacache
-from stratacache import Cache, RedisPermissionError, _lock_scripts, _scripts
+from stratacache import Cache, RedisPermissionError, _bloom, _lock_scripts, _scripts
 from stratacache._acl import CLUSTER_COMMANDS, SCRIPT_COMMANDS
 from stratacache._keys import KeySpace
 from stratacache.testing import RedisClusterProcesses, RedisServerProcess
@@ -61,7 +61,7 @@ def url_as(server: RedisServerProcess, user: str, password: str) -> str:
 def test_script_commands_are_all_granted() -> None:
     """Every command a Lua script calls is in the allow-list (Redis checks them too)."""
     called = set()
-    for module in (_scripts, _lock_scripts):
+    for module in (_scripts, _lock_scripts, _bloom):
         for value in vars(module).values():
             if isinstance(value, str):
                 called.update(m.lower() for m in re.findall(r"redis\.p?call\('([A-Za-z]+)'", value))

@@ -198,6 +198,7 @@ class BloomFilter:
         self._refresh_interval = refresh_interval
         self._copy: list[bytes | None] = [None] * params.shards  # None: ask Redis
         self._refresher: Worker | None = None
+        self._copy_at: float | None = None  # when the copy was last fetched
         self._stop_refresh = Event()
         self._warn_unbuilt = LogLimiter(logger, 60.0)
         self._warn_retry = LogLimiter(logger, 10.0)
@@ -529,20 +530,22 @@ class BloomFilter:
         self._refresher = Worker(self._refresh_loop, f"stratacache-bloom-copy-{self.name}")
 
     def _refresh_loop(self) -> None:
-        while not self._closed:
+        if self._copy_at is None:  # never fetched: now, not one interval from now
             self.refresh()
-            if wait_event(self._stop_refresh, self._refresh_interval):
-                return
+        while not wait_event(self._stop_refresh, self._refresh_interval):
+            self.refresh()
 
     def refresh(self) -> bool:
         """Fetch the local copy now (``local=True``; one round trip); False if Redis
         did not answer (the copy then answers nothing until it does)."""
+        self._copy_at = self._timer()
         try:
             replies = self._send(SNAPSHOT, [], self._every_shard())
         except RedisUnavailableError:
             self._copy = [None] * self.params.shards
             return False
         self._copy = [bytes(bits) if ok == 1 else None for ok, bits in replies]
+        self._ensure_refresher()
         return True
 
     # -- I/O ------------------------------------------------------------------------------
