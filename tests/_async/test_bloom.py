@@ -63,8 +63,10 @@ async def script_calls(raw: Any, cluster: bool) -> int:
     nodes = raw.get_primaries() if cluster else [None]
     total = 0
     for node in nodes:
-        info = await raw.info("commandstats", target_nodes=node) if cluster else await raw.info(
-            "commandstats"
+        info = (
+            await raw.info("commandstats", target_nodes=node)
+            if cluster
+            else await raw.info("commandstats")
         )
         for name in ("cmdstat_eval", "cmdstat_evalsha"):
             total += int(info.get(name, {}).get("calls", 0))
@@ -196,9 +198,7 @@ async def test_guard_skips_the_loader_for_absent_ids(cache: AsyncCache) -> None:
         return load
 
     # present: the loader runs (and the value is cached as usual)
-    assert await cache.get_or_set("user:1", loader("1"), bloom=users, bloom_item="1") == {
-        "id": "1"
-    }
+    assert await cache.get_or_set("user:1", loader("1"), bloom=users, bloom_item="1") == {"id": "1"}
     assert calls == ["1"]
     # absent: the default, no loader, no L2 read, counted
     assert await cache.get_or_set("user:9", loader("9"), bloom=users, bloom_item=9) is None
@@ -307,7 +307,7 @@ async def test_rebuild_has_no_window(cache: AsyncCache, other: AsyncCache, raw: 
     assert sum(dropped) < 50
     # one generation per shard is left
     for shard in range(3):
-        state, a, b = KeySpace(NS).bloom_keys("live", shard)
+        _, a, b = KeySpace(NS).bloom_keys("live", shard)
         assert await raw.exists(a) + await raw.exists(b) == 1
 
 

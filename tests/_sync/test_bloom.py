@@ -65,8 +65,10 @@ def script_calls(raw: Any, cluster: bool) -> int:
     nodes = raw.get_primaries() if cluster else [None]
     total = 0
     for node in nodes:
-        info = raw.info("commandstats", target_nodes=node) if cluster else raw.info(
-            "commandstats"
+        info = (
+            raw.info("commandstats", target_nodes=node)
+            if cluster
+            else raw.info("commandstats")
         )
         for name in ("cmdstat_eval", "cmdstat_evalsha"):
             total += int(info.get(name, {}).get("calls", 0))
@@ -198,9 +200,7 @@ def test_guard_skips_the_loader_for_absent_ids(cache: Cache) -> None:
         return load
 
     # present: the loader runs (and the value is cached as usual)
-    assert cache.get_or_set("user:1", loader("1"), bloom=users, bloom_item="1") == {
-        "id": "1"
-    }
+    assert cache.get_or_set("user:1", loader("1"), bloom=users, bloom_item="1") == {"id": "1"}
     assert calls == ["1"]
     # absent: the default, no loader, no L2 read, counted
     assert cache.get_or_set("user:9", loader("9"), bloom=users, bloom_item=9) is None
@@ -309,7 +309,7 @@ def test_rebuild_has_no_window(cache: Cache, other: Cache, raw: Any) -> None:
     assert sum(dropped) < 50
     # one generation per shard is left
     for shard in range(3):
-        state, a, b = KeySpace(NS).bloom_keys("live", shard)
+        _, a, b = KeySpace(NS).bloom_keys("live", shard)
         assert raw.exists(a) + raw.exists(b) == 1
 
 
