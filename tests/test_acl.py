@@ -131,6 +131,16 @@ def test_whole_path_as_restricted_user(server: RedisServerProcess, admin: redis.
             a.set("fenced", 1, fence=lock.token)
         assert b.get("fenced") == 1
         poll(lambda: len(stratacache.instances(url, NS)) == 2, "both instance records")
+        # Bloom filters: every script (SETBIT, GETBIT, state) as the restricted user
+        ids = a.bloom("ids", 1000, 0.01, local=True)
+        ids.rebuild(["1", "2"], progress=False)
+        assert ids.add("3") is True
+        assert ids.refresh() is True
+        theirs = b.bloom("ids", 1000, 0.01)
+        assert theirs.might_contain_many(["1", "3", "absent"]) == [True, True, False]
+        assert ids.stats().pending == 0 and theirs.stats().unknown == 0
+        ids.rebuild(["1"], progress=False)  # the switch deletes the old generation
+        assert theirs.might_contain("1") is True
         assert a.stats().bus_messages_dropped == 0
         assert a.stats().errors == 0
         assert not a.dead_letters()
@@ -248,6 +258,12 @@ def test_cluster_as_restricted_user(redis_cluster: RedisClusterProcesses) -> Non
         with a.lock("job", ttl=5) as lock:
             a.set("fenced", 1, fence=lock.token)
         poll(lambda: len(stratacache.instances(url, NS, cluster=True)) == 2, "instance records")
+        ids = a.bloom("ids", 1000, 0.01, shards=6)
+        ids.rebuild([str(i) for i in range(50)], progress=False)
+        assert ids.add_many(["x", "y"]) == 2
+        theirs = b.bloom("ids", 1000, 0.01, shards=6)
+        assert all(theirs.might_contain_many([str(i) for i in range(50)] + ["x", "y"]))
+        assert theirs.stats().unknown == 0 and ids.stats().pending == 0
         assert not a.dead_letters() and a.stats().errors == 0
         with pytest.raises(redis.exceptions.NoPermissionError):
             intruder.get(KeySpace(NS).data_key("k0"))
