@@ -284,7 +284,8 @@ class BloomFilter:
         its bits tell). If Redis does not take it, it waits in this instance and is sent
         again until it lands; the call returns True (or raises
         :class:`RedisUnavailableError` after queueing it, with
-        ``on_write_error="raise"``)."""
+        ``on_write_error="raise"``). A refusal for good (an ACL without ``SETBIT``)
+        raises :class:`RedisCommandError`."""
         return self.add_many([item]) > 0
 
     def add_many(self, items: Iterable[Any]) -> int:
@@ -301,6 +302,8 @@ class BloomFilter:
             try:
                 new += self._add(batch, tier)
             except RedisUnavailableError as exc:
+                if not exc.transient:
+                    raise  # refused for good (NOPERM...): retrying cannot help; say it
                 # this batch and the rest wait (bits are idempotent: a batch that did
                 # land in part costs nothing to send again)
                 self._queue(datas[start:], exc)
