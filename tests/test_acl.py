@@ -300,3 +300,24 @@ def test_first_refusal_is_logged_once(
         assert "get" in told[0].getMessage()
     finally:
         cache.close()
+
+
+def test_a_bloom_filter_without_setbit(server: RedisServerProcess, admin: redis.Redis) -> None:
+    """Checks fail open (never a false "absent"); an add is refused loudly, not retried."""
+    admin.set(KeySpace(NS).bloom_keys("ids", 0)[0], b"a||||v1,m=9586,k=7,s=1")  # built, empty
+    line = stratacache.acl_rules(NS, user="nobits", password="pw6").replace(" +setbit", "")
+    create_user(admin, line.replace(" +getbit", ""))
+    cache = Cache(url_as(server, "nobits", "pw6"), namespace=NS)
+    try:
+        ids = cache.bloom("ids", 1000, 0.01)
+        assert ids.params.signature == "v1,m=9586,k=7,s=1"
+        assert ids.might_contain("anything") is True
+        assert ids.stats().unknown == 1
+        with pytest.raises(stratacache.RedisCommandError):
+            ids.add("x")
+        assert ids.stats().pending == 0
+        with pytest.raises(RedisPermissionError) as info:
+            cache.check_permissions()
+        assert any("SETBIT" in m for m in info.value.missing)
+    finally:
+        cache.close()

@@ -54,7 +54,7 @@ from .._errors import (
 from .._keys import validate_key
 from .._logging import LogLimiter
 from .._options import Duration, to_seconds
-from .._primitives import AsyncEvent, AsyncWorker, async_wait_event
+from .._primitives import AsyncEvent, AsyncWorker, async_sleep, async_wait_event
 
 if TYPE_CHECKING:
     from .cache import AsyncCache
@@ -389,6 +389,8 @@ class AsyncBloomFilter:
         with self._worker_lock:
             if self._closed or (self._worker is not None and self._worker.alive()):
                 return
+            # a fresh event: the last worker may have run in another event loop (async)
+            self._wake = AsyncEvent()
             self._worker = AsyncWorker(self._retry_loop, f"stratacache-bloom-{self.name}")
         self._wake.set()
 
@@ -528,6 +530,7 @@ class AsyncBloomFilter:
             return
         if self._refresher is not None and self._refresher.alive():
             return
+        self._stop_refresh = AsyncEvent()
         self._refresher = AsyncWorker(self._refresh_loop, f"stratacache-bloom-copy-{self.name}")
 
     async def _refresh_loop(self) -> None:
@@ -650,7 +653,7 @@ class AsyncBloomFilter:
         while self._pending.active and self._timer() < deadline:
             if await self._retry_once():
                 break
-            await async_wait_event(self._stop_refresh, _NAP)
+            await async_sleep(_NAP)
         self._closed = True
         self._wake.set()
         self._stop_refresh.set()

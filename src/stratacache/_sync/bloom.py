@@ -56,7 +56,7 @@ from .._errors import (
 from .._keys import validate_key
 from .._logging import LogLimiter
 from .._options import Duration, to_seconds
-from .._primitives import Event, Worker, wait_event
+from .._primitives import Event, Worker, sleep, wait_event
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -391,6 +391,8 @@ class BloomFilter:
         with self._worker_lock:
             if self._closed or (self._worker is not None and self._worker.alive()):
                 return
+            # a fresh event: the last worker may have run in another event loop (async)
+            self._wake = Event()
             self._worker = Worker(self._retry_loop, f"stratacache-bloom-{self.name}")
         self._wake.set()
 
@@ -530,6 +532,7 @@ class BloomFilter:
             return
         if self._refresher is not None and self._refresher.alive():
             return
+        self._stop_refresh = Event()
         self._refresher = Worker(self._refresh_loop, f"stratacache-bloom-copy-{self.name}")
 
     def _refresh_loop(self) -> None:
@@ -652,7 +655,7 @@ class BloomFilter:
         while self._pending.active and self._timer() < deadline:
             if self._retry_once():
                 break
-            wait_event(self._stop_refresh, _NAP)
+            sleep(_NAP)
         self._closed = True
         self._wake.set()
         self._stop_refresh.set()
