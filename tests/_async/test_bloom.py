@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
+import redis.cluster
 
 from stratacache import (
     AsyncBloomFilter,
     AsyncCache,
     BloomFilterMismatch,
+    BloomRebuildConflict,
     InvalidBloomParameters,
+    _bloom,
 )
 from stratacache._keys import KeySpace
 
@@ -353,3 +357,31 @@ async def test_local_copy_answers_present_items_without_redis(
     before = trips.count
     assert await mine.might_contain("mine") is True
     assert trips.count == before
+
+
+async def test_a_rebuild_begun_meanwhile_supersedes_this_one(
+    cache: AsyncCache, target: tuple[str, bool]
+) -> None:
+    url, cluster = target
+    ids = cache.bloom("ids", 5000, 0.01, shards=3)
+    await ids.rebuild(["a", "b"], progress=False)
+    # another process begins a rebuild of the same filter while ours reads its source
+    plain = redis.cluster.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+
+    def source() -> Any:
+        yield from (f"x{i}" for i in range(1000))  # one batch sent
+        for shard in range(3):
+            keys = KeySpace(NS).bloom_keys("ids", shard)
+            plain.eval(_bloom.BEGIN, 3, *keys, ids.params.signature, "their-token")
+        yield from (f"y{i}" for i in range(1000))
+
+    try:
+        with pytest.raises(BloomRebuildConflict):
+            await ids.rebuild(source(), progress=False)
+    finally:
+        plain.close()
+    # the current generation still serves; ours did not switch, theirs is left alone
+    assert await ids.might_contain_many(["a", "b", "x1"]) == [True, True, False]
+    # a rebuild that completes supersedes the abandoned one
+    await ids.rebuild(["a", "c"], progress=False)
+    assert (await ids.might_contain_many(["a", "c"])) == [True, True]
