@@ -280,14 +280,17 @@ def test_rebuild_has_no_window(cache: Cache, other: Cache, raw: Any) -> None:
     task = Task(reader)
     database = list(kept)  # the system of record: an id is written there, then added
 
+    snapshot: list[str] = []
+
     def source() -> Any:
-        # read after the rebuild began, as a cursor would be (a generator: no len(), so
-        # the callback's total is None); ids added from here on reach both generations
-        yield from kept
-        yield from database[len(kept) :]
+        # a cursor opened after the rebuild began, seeing the database as it was then (a
+        # generator: no len(), so the callback's total is None); the ids written after
+        # that reach the new generation only through the adds made during the rebuild
+        snapshot.extend(database)
+        yield from snapshot
 
     def writer() -> None:
-        for i in range(200):
+        for i in range(100_000):
             if done:
                 return
             item = f"new:{i}"
@@ -302,8 +305,9 @@ def test_rebuild_has_no_window(cache: Cache, other: Cache, raw: Any) -> None:
         done = True
         task.join()
         writing.join()
-    assert count >= 2000
+    assert count == len(snapshot) >= 2000
     assert reads > 0
+    assert len(database) > len(snapshot)  # ids were written during the rebuild
     assert wrong == []
     assert (1000, None) in progress and progress[-1] == (count, None)  # per batch
     # every add made during the rebuild is still there, and the new source is
