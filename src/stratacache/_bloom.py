@@ -457,6 +457,10 @@ class PendingAdds:
         with self._lock:
             self.lost_owed = False
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held at the fork)."""
+        self._lock = threading.Lock()
+
     def give_up(self) -> int:
         """Forget everything waiting (on close, Redis still away); how many items."""
         with self._lock:

@@ -628,6 +628,17 @@ class AsyncBloomFilter:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _after_fork_in_child(self) -> None:
+        """No worker of the parent's runs here, and its lock may have been held at the
+        fork: start afresh (the adds the parent was retrying are retried here too, which
+        is harmless: setting bits is idempotent)."""
+        self._worker_lock = threading.Lock()
+        self._worker = None
+        self._refresher = None
+        self._wake = AsyncEvent()
+        self._stop_refresh = AsyncEvent()
+        self._pending.after_fork()
+
     def stats(self) -> BloomStats:
         """This instance's counters for the filter (see :class:`BloomStats`)."""
         pending = self._pending

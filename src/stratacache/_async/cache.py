@@ -465,6 +465,8 @@ class AsyncCache:
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
+        for bloom in self._blooms.values():
+            bloom._after_fork_in_child()
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
