@@ -151,9 +151,10 @@ class _Bar:
 class AsyncBloomFilter:
     """A Bloom filter in the cache's Redis, shared by every instance of the namespace.
 
-    Made by :meth:`AsyncCache.bloom`. "Absent" is certain (the item was never added, or
-    adds were lost — see below); "present" is right except for a share of about
-    ``error_rate`` of the absent items, at ``capacity`` items. Items are ``str``,
+    Made by :meth:`AsyncCache.bloom`. "Absent" means the item was never added (or its
+    add died with a crashed process before reaching Redis — see below); "present" is
+    right except for a share of about ``error_rate`` of the absent items, at
+    ``capacity`` items. Items are ``str``,
     ``bytes`` or ``int`` (``42``, ``"42"`` and ``b"42"`` are the same item).
 
     A filter answers "maybe" (``True``) for everything until its first :meth:`rebuild`
