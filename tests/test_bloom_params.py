@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,48 @@ def test_pending_adds_keep_what_fits_and_owe_a_mark_for_the_rest() -> None:
     assert not pending.active
     pending.failed([b"z"], now=20.0)
     assert pending.give_up() == 1 and not pending.active
+
+
+def test_rebuild_progress_goes_to_tqdm_on_a_terminal_else_nowhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(The rebuild tests use the callback; this covers the choice of reporter.)"""
+    import io
+    import types
+
+    from stratacache._async.bloom import _progress_bar
+
+    made: list[Any] = []
+
+    class FakeBar:
+        def __init__(self, total: Any, desc: str, unit: str) -> None:
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            made.append(self)
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = _progress_bar(None, 2500, "users")
+    bar.update(1000)
+    bar.update(2500)
+    bar.close()
+    assert len(made) == 1 and made[0].n == 2500 and made[0].closed
+    assert made[0].total == 2500 and "users" in made[0].desc
+    _progress_bar(False, 10, "users").update(5)  # off: nothing made
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: nothing either
+    _progress_bar(None, 10, "users").update(5)
+    assert len(made) == 1
+    calls: list[tuple[int, Any]] = []
+    callback = _progress_bar(lambda done, total: calls.append((done, total)), None, "u")
+    callback.update(3)
+    assert calls == [(3, None)]
