@@ -6,6 +6,7 @@ instance answers "maybe") until a rebuild. Real servers, paused and resumed."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from stratacache import AsyncCache, RedisUnavailableError
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedis
+from stratacache.testing import RedisClusterProcesses
 
 from concurrency import async_until
 
@@ -147,3 +149,61 @@ async def test_adds_still_waiting_at_close_are_logged(
     told = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("never reached Redis" in m and "rebuild" in m for m in told), told
     assert ids.stats().dropped == 1
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[RedisClusterProcesses]:
+    """A 3-master cluster of this module's own: a test pauses one of its masters."""
+    with RedisClusterProcesses(3) as started:
+        yield started
+
+
+async def test_one_paused_master_of_a_cluster(private_cluster: RedisClusterProcesses) -> None:
+    """Shards on the other masters keep answering from their bits; adds whose shard is on
+    the paused master wait and land after the resume."""
+    host, port = private_cluster.startup_nodes[0]
+    url = f"redis://{host}:{port}/0"
+    a = make(url, cluster=True, redis_timeout=0.2)
+    paused = private_cluster.nodes[1]
+    try:
+        ids = a.bloom("ids", 5000, 0.01, shards=9)
+        await ids.rebuild([f"old{i}" for i in range(100)], progress=False)
+        client = a.redis
+
+        def on_paused(item: str) -> bool:
+            shard = ids.params.locate(item)[0]
+            state = KeySpace(NS).bloom_keys("ids", shard)[0]
+            return int(client.get_node_from_key(state).port) == paused.port
+
+        there = [f"new{i}" for i in range(200) if on_paused(f"new{i}")][:5]
+        elsewhere = [f"new{i}" for i in range(200) if not on_paused(f"new{i}")][:5]
+        assert there and elsewhere
+        paused.pause()
+        try:
+            for item in elsewhere:
+                assert await ids.add(item) is True
+            for item in there:
+                assert await ids.add(item) is True  # waits in the instance
+            assert ids.stats().pending == len(there)
+            # the other masters answer from their bits; the paused one's shards "maybe"
+            assert await ids.might_contain_many(elsewhere) == [True] * len(elsewhere)
+            absent_elsewhere = [f"nope{i}" for i in range(300) if not on_paused(f"nope{i}")]
+            answers = await ids.might_contain_many(absent_elsewhere[:100])
+            assert sum(answers) < 10  # absent, bar false positives
+            absent_there = [f"nope{i}" for i in range(300) if on_paused(f"nope{i}")][:3]
+            assert await ids.might_contain_many(absent_there) == [True] * len(absent_there)
+        finally:
+            paused.resume()
+            private_cluster.wait_ok()
+        await async_until(lambda: ids.stats().pending == 0, DEADLINE)
+        fresh = make(url, cluster=True, redis_timeout=2.0)
+        try:
+            theirs = fresh.bloom("ids", 5000, 0.01, shards=9)
+            assert await theirs.might_contain_many(there + elsewhere) == [True] * (
+                len(there) + len(elsewhere)
+            )
+            assert theirs.stats().unknown == 0
+        finally:
+            await fresh.close()
+    finally:
+        await a.close()
