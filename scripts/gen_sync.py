@@ -39,6 +39,7 @@ REPLACEMENTS = {
     "AsyncInvalidationBus": "InvalidationBus",
     "AsyncDistributedLock": "DistributedLock",
     "AsyncInvalidator": "Invalidator",
+    "AsyncBloomFilter": "BloomFilter",
     "AsyncReclaimer": "Reclaimer",
     "AsyncWorker": "Worker",
     "AsyncConditionalWrites": "ConditionalWrites",

@@ -41,6 +41,7 @@ CONTRACT = {
     "stratacache_coalesced_total": COUNTER,
     "stratacache_lease_waits_total": COUNTER,
     "stratacache_fills_refused_total": COUNTER,
+    "stratacache_bloom_rejected_total": COUNTER,
     "stratacache_stale_served_total": COUNTER,
     "stratacache_decode_errors_total": COUNTER,
     "stratacache_redis_errors_total": COUNTER,

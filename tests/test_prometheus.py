@@ -42,6 +42,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "stratacache_coalesced_total": ("counter", frozenset()),
     "stratacache_lease_waits_total": ("counter", frozenset()),
     "stratacache_fills_refused_total": ("counter", frozenset()),
+    "stratacache_bloom_rejected_total": ("counter", frozenset()),
     "stratacache_stale_served_total": ("counter", frozenset()),
     "stratacache_decode_errors_total": ("counter", frozenset()),
     "stratacache_redis_errors_total": ("counter", frozenset()),

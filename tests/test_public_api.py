@@ -8,8 +8,15 @@ import stratacache
 
 EXPECTED = {
     "MISSING",
+    "AsyncBloomFilter",
     "AsyncCache",
     "AsyncDistributedLock",
+    "BloomFilter",
+    "BloomFilterMismatch",
+    "BloomParams",
+    "BloomRebuildConflict",
+    "BloomStats",
+    "InvalidBloomParameters",
     "AuditRecord",
     "DeadLetter",
     "DistributedLock",

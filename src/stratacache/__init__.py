@@ -8,14 +8,19 @@ and never let a late fill write stale data. See the README for a tour.
 from __future__ import annotations
 
 from ._acl import acl_rules
+from ._async.bloom import AsyncBloomFilter, BloomStats
 from ._async.cache import AsyncCache
 from ._async.instances import instances as ainstances
 from ._async.lock import AsyncDistributedLock
+from ._bloom import BloomParams
 from ._breaker import BreakerState, CircuitBreaker
 from ._codec import Codec, Entry, TypeRegistry, register_dataclass, register_type
 from ._errors import (
+    BloomFilterMismatch,
+    BloomRebuildConflict,
     CorruptEntryError,
     FencingTokenRejected,
+    InvalidBloomParameters,
     InvalidKeyError,
     LoaderTimeout,
     LoaderUnavailable,
@@ -37,6 +42,7 @@ from ._l1 import L1
 from ._outbox import DeadLetter
 from ._sentinel import MISSING
 from ._stats import CacheStats, Histogram, LatencySummary
+from ._sync.bloom import BloomFilter
 from ._sync.cache import Cache
 from ._sync.instances import instances
 from ._sync.lock import DistributedLock
@@ -46,9 +52,15 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "MISSING",
+    "AsyncBloomFilter",
     "AsyncCache",
     "AsyncDistributedLock",
     "AuditRecord",
+    "BloomFilter",
+    "BloomFilterMismatch",
+    "BloomParams",
+    "BloomRebuildConflict",
+    "BloomStats",
     "BreakerState",
     "Cache",
     "CacheStats",
@@ -62,6 +74,7 @@ __all__ = [
     "Health",
     "Histogram",
     "InstanceInfo",
+    "InvalidBloomParameters",
     "InvalidKeyError",
     "InvalidationRule",
     "InvalidationStats",

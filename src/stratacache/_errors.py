@@ -100,3 +100,19 @@ class LoaderUnavailable(StratacacheError):
     value was at hand: the loader was not called. Raised at once, so that callers do not
     pile up on a failing database; one probe call per cool-down finds out when it answers
     again (see ``docs/loader.md``)."""
+class InvalidBloomParameters(StratacacheError, ValueError):
+    """A Bloom filter's capacity, error rate or shard count is unusable (see
+    ``Cache.bloom``)."""
+
+
+class BloomFilterMismatch(StratacacheError, ValueError):
+    """The Bloom filter of that name in Redis was built with other parameters (capacity,
+    error rate or shards) than this instance's: its bits sit elsewhere, so reading it
+    with these parameters would answer "absent" for items it holds. Use the same
+    parameters everywhere, or another name."""
+
+
+class BloomRebuildConflict(StratacacheError):
+    """Another ``rebuild()`` of the same Bloom filter began after this one: this one stops
+    without switching (the filter keeps its current generation; the newer rebuild will
+    switch when it is complete)."""

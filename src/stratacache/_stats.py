@@ -105,6 +105,9 @@ class CacheStats:
     decode_errors: int = 0
     lease_waits: int = 0
     fills_refused: int = 0
+    bloom_rejected: int = 0
+    """Reads a Bloom filter guard answered with the default: the item was definitely
+    never added, so neither Redis nor the loader was asked."""
     l1_size: int = 0
     l1_evictions: int = 0
     breaker_state: str = "closed"
@@ -192,6 +195,7 @@ class Counters:
     """The tier counters a cache keeps in Python (L1 hits and misses live in the L1)."""
 
     __slots__ = (
+        "bloom_rejected",
         "coalesced",
         "decode_errors",
         "errors",
@@ -215,5 +219,6 @@ class Counters:
         self.decode_errors = 0
         self.lease_waits = 0
         self.fills_refused = 0
+        self.bloom_rejected = 0
         self.load_latency = LatencyRecorder()
         self.l2_latency = LatencyRecorder()

@@ -199,6 +199,13 @@ METRICS: tuple[MetricSpec, ...] = (
         _one(lambda s: s.fills_refused),
     ),
     MetricSpec(
+        "stratacache_bloom_rejected_total",
+        "counter",
+        "Reads a Bloom filter guard answered without Redis or the loader (absent ids)",
+        (),
+        _one(lambda s: s.bloom_rejected),
+    ),
+    MetricSpec(
         "stratacache_stale_served_total",
         "counter",
         "Stale values served by fail-safe",

@@ -73,6 +73,7 @@ from .._primitives import (
 from .._sentinel import MISSING, MissingType
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
+from .bloom import AsyncBloomFilter, bloom_params, check_name, refresh_seconds
 from .bus import AsyncInvalidationBus
 from .conditional import AsyncConditionalWrites
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
@@ -319,6 +320,7 @@ class AsyncCache:
         self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
         self._conditional = AsyncConditionalWrites(self)
+        self._blooms: dict[str, AsyncBloomFilter] = {}
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -511,6 +513,8 @@ class AsyncCache:
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
+        for bloom in self._blooms.values():
+            bloom._after_fork_in_child()
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
@@ -604,6 +608,9 @@ class AsyncCache:
         *,
         soft_timeout: Duration | MissingType | None = MISSING,
         hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Any = MISSING,
+        bloom_default: Any = None,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
@@ -612,14 +619,63 @@ class AsyncCache:
 
         ``soft_timeout`` / ``hard_timeout`` override the cache's for this call
         (``None``: off; default: the cache's); see ``docs/loader.md``.
+        ``bloom``: a filter (:meth:`bloom`) of the ids that exist. After an L1 miss, an
+        id the filter has definitely never seen (``bloom_item``, default: ``key``) gets
+        ``bloom_default`` at once — no L2 read, no loader call — and counts in
+        ``stats().bloom_rejected``; a "maybe" goes on as usual.
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
+        if bloom is not None:
+            validate_key(key)
+            if not await bloom.might_contain(key if bloom_item is MISSING else bloom_item):
+                self._counters.bloom_rejected += 1
+                return bloom_default
         limits = self._loader_limits
         if soft_timeout is not MISSING or hard_timeout is not MISSING:
             limits = limits_for(limits, soft_timeout, hard_timeout)
         return await self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits)
+
+    def bloom(
+        self,
+        name: str,
+        capacity: int,
+        error_rate: float = 0.01,
+        *,
+        shards: int | None = None,
+        local: bool = False,
+        refresh_interval: Duration = 5.0,
+    ) -> AsyncBloomFilter:
+        """The Bloom filter ``name`` of this namespace, kept in Redis and shared by every
+        instance (see ``docs/bloom.md``): sized for ``capacity`` items at a
+        false-positive rate of ``error_rate``, split into ``shards`` bit arrays (default:
+        one per 2^26 bits). Every instance must use the same three values (a mismatch
+        raises :class:`BloomFilterMismatch` at the first call); bad values raise
+        :class:`InvalidBloomParameters`. ``local=True`` keeps a copy in the process,
+        refreshed every ``refresh_interval`` seconds, that answers present items without
+        Redis. The same name gives the same object.
+
+        Use it to guard :meth:`get_or_set` and :meth:`cached` (``bloom=``). It answers
+        "maybe" for everything until its first ``rebuild()``.
+        """
+        name = check_name(name)
+        params = bloom_params(capacity, error_rate, shards)
+        interval = refresh_seconds(refresh_interval)
+        if self._tier is None:
+            raise ValueError("Bloom filters live in Redis: this cache has none")
+        existing = self._blooms.get(name)
+        if existing is not None:
+            if existing.params != params:
+                raise ValueError(
+                    f"Bloom filter {name!r} is already open here with other parameters "
+                    f"({existing!r})"
+                )
+            return existing
+        made = self._blooms[name] = AsyncBloomFilter(
+            self, name, params, local=local, refresh_interval=interval
+        )
+        return made
 
     # -- writes -------------------------------------------------------------------------
 
@@ -881,6 +937,9 @@ class AsyncCache:
         *,
         soft_timeout: Duration | MissingType | None = MISSING,
         hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Callable[..., Any] | None = None,
+        bloom_default: Any = None,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -901,6 +960,10 @@ class AsyncCache:
 
         ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
         loads (``None``: off; default: the cache's); see ``docs/loader.md``.
+        ``bloom``: guard the function with a Bloom filter of the ids that exist (see
+        :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
+        the id to check (default: the cache key); a definitely absent id returns
+        ``bloom_default`` without calling the function.
         """
         tag_tuple = self._tags(tags)
         limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
@@ -912,6 +975,12 @@ class AsyncCache:
                 return cast(F, type(fn)(decorate(fn.__func__)))
             make_key = KeyMaker(fn, key)
 
+            def guard(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if bloom is None:
+                    return {}
+                item = cache_key if bloom_item is None else bloom_item(*args, **kwargs)
+                return {"bloom": bloom, "bloom_item": item, "bloom_default": bloom_default}
+
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
                     cache_key,
@@ -920,6 +989,7 @@ class AsyncCache:
                     tag_tuple,
                     soft_timeout=soft_timeout,
                     hard_timeout=hard_timeout,
+                    **guard(cache_key, args, kwargs),
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
@@ -941,6 +1011,7 @@ class AsyncCache:
                         tag_tuple,
                         soft_timeout=soft_timeout,
                         hard_timeout=hard_timeout,
+                        **guard(cache_key, args, kwargs),
                     )
 
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -1008,6 +1079,7 @@ class AsyncCache:
             decode_errors=c.decode_errors,
             lease_waits=c.lease_waits,
             fills_refused=c.fills_refused,
+            bloom_rejected=c.bloom_rejected,
             l1_size=len(self._l1),
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
@@ -1109,6 +1181,8 @@ class AsyncCache:
         Loads still running in the background (soft timeouts) get up to ``close_timeout``
         to end and be cached; then async ones are cancelled (giving their lease back)
         and threads are left to end by themselves."""
+        for bloom in list(self._blooms.values()):
+            await bloom.aclose()
         await self._loads.aclose(self._invalidation_settings.close_timeout)
         await self._invalidator.aclose()
         if self._bus is not None:
