@@ -300,10 +300,17 @@ class AsyncWarmer:
                 # first), and not served from L2 here meanwhile
                 c._invalidator.write_failed(keys, exc)
                 error = exc
-                if not exc.transient or c._timer() + pause > deadline:
+                if not exc.transient:
                     break
-                await async_sleep(pause)
-                pause = min(pause * 2, _BACKOFF_MAX)
+                # retry once the outbox has applied those deletes: a delete still in
+                # flight when a retry lands could otherwise remove the warmed value
+                while c._timer() + pause <= deadline:
+                    await async_sleep(pause)
+                    pause = min(pause * 2, _BACKOFF_MAX)
+                    if not self._pending(keys):
+                        break
+                else:
+                    break
                 continue
             c._invalidator.write_succeeded(keys)
             error = None
@@ -315,6 +322,11 @@ class AsyncWarmer:
         else:
             c._drop_local_keys(keys)  # no older copy of a warmed key stays in this L1
         return (len(values), None) if error is None else (0, error)
+
+    def _pending(self, keys: list[str]) -> bool:
+        """Whether the outbox still holds an operation on one of ``keys``."""
+        outbox = self._cache._invalidator.primary_outbox
+        return outbox is not None and any(outbox.blocks(key, ()) for key in keys)
 
     def _encodable(
         self,
