@@ -294,11 +294,16 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
 return redis.call('GET', KEYS[2])
 """
 
-# KEYS: last-fired, tick id. ARGV: tick, fired at, instance, tick id px. Claims the tick
-# for this instance unless a tick at or after it was fired (or claimed) already; returns
-# {1 if claimed, the last-fired record}.
+# KEYS: last-fired, tick id. ARGV: tick, fired at, claimer, tick id px. Claims the tick
+# for this claimer unless a tick at or after it was fired (or claimed) already; returns
+# {1 if claimed, the last-fired record}. A tick id that already holds this claimer's
+# token is its own earlier claim, which Redis ran although the claimer never heard the
+# answer (a timeout, a paused server): claimed, so the tick fires once, not never.
 CLAIM = """
 local last = redis.call('GET', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  return {1, last or false}
+end
 local fired = nil
 if last then fired = tonumber(string.match(last, '^([^|]*)')) end
 if fired and tonumber(ARGV[1]) <= fired then

@@ -17,6 +17,7 @@ claimed again once it or a later one fired).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from .._errors import RedisUnavailableError
@@ -59,6 +60,9 @@ class Scheduler:
         self._closed = False
         self._warn = LogLimiter(logger, 30.0)
         self._scripts: tuple[Any, Any] | None = None
+        # who claims: unique per scheduler (two caches of one process share an instance
+        # name), so that a claim of ours Redis ran unheard is recognised as ours
+        self.token = f"{cache._instance}#{os.urandom(3).hex()}"
 
     # -- registration -----------------------------------------------------------------
 
@@ -93,7 +97,8 @@ class Scheduler:
             definition, last = schedule_keys(keys, name)
             index = index_key(keys)
             pipe = tier.client.pipeline(transaction=False)
-            pipe.delete(definition, last)
+            pipe.delete(definition)
+            pipe.delete(last)
             pipe.zrem(index, name)
             tier._call(pipe.execute, _route=(definition, last, index))
         return existed
@@ -143,11 +148,11 @@ class Scheduler:
             state.last = record
         if not claimed:
             return False
-        state.fired_here += 1
         logger.info(
             "schedule %r fires its tick of %s: invalidating %s", spec.name, tick, spec.describe()
         )
         self._fire(spec, tick)
+        state.fired_here += 1
         return True
 
     def _fire(self, spec: ScheduleSpec, tick: float) -> None:
@@ -217,14 +222,14 @@ class Scheduler:
         tier = self._tier()
         spec = state.spec
         if tier is None:
-            return True, LastFired(tick, now, c._instance)
+            return True, LastFired(tick, now, self.token)
         last = schedule_keys(c._keys, spec.name)[1]
         tick_id = tick_key(c._keys, spec.name, tick)
         keys = [last, tick_id]
         claimed, raw = tier._call(
             self._script(1),
             keys=keys,
-            args=[repr(tick), repr(now), c._instance, tick_key_ms(spec.cron, tick)],
+            args=[repr(tick), repr(now), self.token, tick_key_ms(spec.cron, tick)],
             _route=keys,
             _timed=False,
         )
