@@ -36,6 +36,8 @@ EXPECTED = {
     "RedisCommandError",
     "RedisPermissionError",
     "RedisUnavailableError",
+    "ScheduleInfo",
+    "WarmReport",
     "SerializationError",
     "StratacacheError",
     "TypeRegistry",

@@ -179,7 +179,7 @@ def decode_definition(raw: Optional[bytes]) -> Optional[dict[str, Any]]:
     if not raw:
         return None
     try:
-        data = msgpack.unpackb(raw, raw=False, max_buffer_size=1 << 20)
+        data = msgpack.unpackb(raw, raw=False)
     except Exception:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("cron"), str):
