@@ -151,9 +151,7 @@ class Checkpoint:
         """Batch ``index`` is done; True if the prefix grew."""
         self._completed.add(index)
         grew = False
-        while self.value in self._completed and (
-            self._failed is None or self.value < self._failed
-        ):
+        while self.value in self._completed and (self._failed is None or self.value < self._failed):
             self._completed.discard(self.value)
             self.value += 1
             grew = True

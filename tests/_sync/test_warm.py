@@ -287,7 +287,9 @@ def test_a_batch_failing_past_retry_for_is_reported_and_never_stale(
             assert in_redis(server.url, key) is None, key
         # the re-run writes what failed, from the checkpoint on
         again = cache.warm(
-            keys, loader_many=lambda b: {k: f"new-{k}" for k in b}, batch_size=10,
+            keys,
+            loader_many=lambda b: {k: f"new-{k}" for k in b},
+            batch_size=10,
             resume_key="job",
         )
         assert again.resumed_batches == 1 and again.written == 20 and again.ok

@@ -282,4 +282,3 @@ class AsyncScheduler:
     def names(self) -> list[str]:
         """The names of this instance's schedules."""
         return sorted(self._states)
-

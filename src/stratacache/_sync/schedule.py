@@ -284,4 +284,3 @@ class Scheduler:
     def names(self) -> list[str]:
         """The names of this instance's schedules."""
         return sorted(self._states)
-
