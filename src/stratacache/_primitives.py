@@ -443,11 +443,16 @@ class AsyncBoundedGroup:
     :meth:`submit` waits for a free slot. The functions must handle their own errors."""
 
     def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._slots = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def submit(self, fn: Callable[[], Any]) -> None:
-        """Start ``fn()`` once fewer than ``limit`` runs are in flight."""
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            await fn()
+            return
         await self._slots.acquire()
         try:
             task = asyncio.get_running_loop().create_task(self._run(fn))
@@ -482,6 +487,7 @@ class BoundedGroup:
     :meth:`submit` waits for a free slot. The functions must handle their own errors."""
 
     def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._slots = threading.Semaphore(limit)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limit, thread_name_prefix="stratacache-group"
@@ -489,7 +495,11 @@ class BoundedGroup:
         self._futures: list[concurrent.futures.Future[Any]] = []
 
     def submit(self, fn: Callable[[], Any]) -> None:
-        """Start ``fn()`` once fewer than ``limit`` runs are in flight."""
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            fn()
+            return
         self._slots.acquire()
         try:
             future = self._pool.submit(self._run, fn)
