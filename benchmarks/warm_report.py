@@ -16,11 +16,12 @@ batches of ``--batch-size``:
 * **warm (sync)**, ``Cache.warm``: encodes each value into the envelope, reads the tag
   versions, one pipeline per batch (``DEL`` of the lease + ``SET ... PX`` per key), and a
   bus message per batch; ``max_concurrency`` 1 and 4 (threads).
-* **warm (async)**, ``AsyncCache.warm`` with ``max_concurrency`` 4 (tasks).
+* **raw SET, asyncio**: the same with ``redis.asyncio`` (the baseline of the async half).
+* **warm (async)**, ``AsyncCache.warm`` with ``max_concurrency`` 1 and 4 (tasks).
 
 Each phase runs ``--rounds`` times, alternating, and the best round is kept (the machine
 is shared: the best is the least disturbed). The ratio warm / raw is the figure of the
-goal (>= 0.8). No figure here is a pass/fail test.
+goal (>= 0.8; the async half also against the asyncio baseline). No figure here is a pass/fail test.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from time import perf_counter
 
 import redis
+import redis.asyncio
 
 from stratacache import L1, AsyncCache, Cache
 from stratacache._keys import KeySpace
@@ -71,6 +73,33 @@ def raw_set(url: str, n: int, batch: int) -> float:
         return perf_counter() - start
     finally:
         client.close()
+
+
+def raw_set_async(url: str, n: int, batch: int) -> float:
+    """:func:`raw_set` with redis.asyncio (the baseline of ``AsyncCache.warm``)."""
+    cache = Cache(None, namespace=NS)
+    keys = KeySpace(NS)
+    now = time.time()
+    blobs = [
+        (keys.data_key(key), cache._encode_new(key, value, TTL, (), ((), 0), now))
+        for key, value in items(n)
+    ]
+    px = int(TTL * 1000)
+
+    async def run() -> float:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            start = perf_counter()
+            for i in range(0, n, batch):
+                pipe = client.pipeline(transaction=False)
+                for key, blob in blobs[i : i + batch]:
+                    pipe.set(key, blob, px=px)
+                await pipe.execute()
+            return perf_counter() - start
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 def warm_sync(url: str, n: int, batch: int, concurrency: int) -> float:
@@ -120,6 +149,8 @@ def main() -> None:
         "raw pipelined SET": lambda url: raw_set(url, n, batch),
         "warm, sync, concurrency 1": lambda url: warm_sync(url, n, batch, 1),
         "warm, sync, concurrency 4": lambda url: warm_sync(url, n, batch, 4),
+        "raw pipelined SET, asyncio": lambda url: raw_set_async(url, n, batch),
+        "warm, async, concurrency 1": lambda url: warm_async(url, n, batch, 1),
         "warm, async, concurrency 4": lambda url: warm_async(url, n, batch, 4),
     }
     best: dict[str, float] = {}
@@ -138,10 +169,12 @@ def main() -> None:
         f"redis-py {redis.__version__}, CPUs {pinned}, {sys.platform}"
     )
     floor = n / best["raw pipelined SET"]
-    print(f"{'phase':<30} {'seconds':>8} {'items/s':>10} {'vs raw':>7}")
+    afloor = n / best["raw pipelined SET, asyncio"]
+    print(f"{'phase':<30} {'seconds':>8} {'items/s':>10} {'vs raw':>7} {'vs raw asyncio':>15}")
     for name, seconds in best.items():
         rate = n / seconds
-        print(f"{name:<30} {seconds:>8.3f} {rate:>10,.0f} {rate / floor:>7.2f}")
+        versus = f"{rate / afloor:>15.2f}" if "async" in name else ""
+        print(f"{name:<30} {seconds:>8.3f} {rate:>10,.0f} {rate / floor:>7.2f} {versus}")
     print("goal: warm >= 0.80 x raw pipelined SET of the same bytes")
 
 
