@@ -79,6 +79,10 @@ def test_warm_from_a_function(target: tuple[str, bool], source: Path) -> None:
         assert len(cache.keys_for_tag("t")) == 120
     finally:
         cache.close()
+
+
+def test_warm_failures_and_usage_errors(redis_url: str, source: Path) -> None:
+    common = [redis_url, "-n", NS]
     failed = run(
         source,
         "warm",
