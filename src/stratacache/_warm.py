@@ -46,8 +46,9 @@ class WarmReport:
     batches: int = 0
     resumed_batches: int = 0
     checkpoint: Optional[int] = None
-    """The batches completed from the start, as stored under ``resume_key`` (``None``
-    without one; the record is deleted when a run ends with nothing failed)."""
+    """The batches completed from the start, as stored under ``resume_key``: where a
+    re-run starts. ``None`` without a ``resume_key``, and when every batch was done (the
+    record is then deleted; items refused for bad input do not keep it)."""
     errors: tuple[str, ...] = ()
 
     @property

@@ -144,9 +144,11 @@ def test_a_generator_streams_and_progress_has_no_total(pair) -> None:
 def test_bad_items_are_counted_and_the_rest_is_written(pair) -> None:
     a, b = pair
     items: list[Any] = [("ok:1", 1), ("bad", object()), ("", 2), "not-a-pair", ("ok:2", 2)]
-    report = a.warm(items, progress=False)
+    report = a.warm(items, progress=False, resume_key="bad-items")
     assert (report.written, report.failed) == (2, 3)
     assert len(report.errors) == 3
+    # refused again by any re-run: they do not keep the checkpoint
+    assert report.checkpoint is None
     assert b.get("ok:2") == 2
 
 

@@ -176,6 +176,9 @@ class AsyncWarmer:
                     if index < resumed:
                         with self._lock:
                             tally.skipped += len(batch)
+                            done = tally.done
+                        if notify is not None:
+                            notify(done, total)
                         continue
                     pause = limiter.delay(len(batch))
                     if pause:
@@ -193,9 +196,9 @@ class AsyncWarmer:
                 bar.close()
         stored: int | None = None
         if checkpoint_key is not None:
-            if tally.failed:
+            if checkpoint.value < count:
                 stored = checkpoint.value
-            else:
+            else:  # every batch done (items refused for bad input would be refused again)
                 await self._forget_checkpoint(checkpoint_key)
         return WarmReport(
             written=tally.written,

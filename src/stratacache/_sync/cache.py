@@ -650,8 +650,8 @@ class Cache:
         ``None`` for an iterable without ``len``); default: a tqdm bar when stderr is a
         terminal and tqdm is installed; ``False``: none. ``resume_key``: keep a checkpoint
         in Redis (for ``resume_ttl``) so that a run started again with the same key and
-        the same items skips the batches already done; it is deleted when a run ends with
-        nothing failed. A batch whose write fails is retried for ``retry_for`` seconds;
+        the same items skips the batches already done; it is deleted when a run has done
+        every batch. A batch whose write fails is retried for ``retry_for`` seconds;
         one still failing is counted in the report's ``failed`` and its keys are deleted
         in Redis as soon as it answers (never left holding an older value).
         ``fill_l1``: also put the values in this process's L1. Returns a

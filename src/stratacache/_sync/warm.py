@@ -178,6 +178,9 @@ class Warmer:
                     if index < resumed:
                         with self._lock:
                             tally.skipped += len(batch)
+                            done = tally.done
+                        if notify is not None:
+                            notify(done, total)
                         continue
                     pause = limiter.delay(len(batch))
                     if pause:
@@ -195,9 +198,9 @@ class Warmer:
                 bar.close()
         stored: int | None = None
         if checkpoint_key is not None:
-            if tally.failed:
+            if checkpoint.value < count:
                 stored = checkpoint.value
-            else:
+            else:  # every batch done (items refused for bad input would be refused again)
                 self._forget_checkpoint(checkpoint_key)
         return WarmReport(
             written=tally.written,
