@@ -45,6 +45,8 @@ EXPECTED = {
     "RedisCommandError",
     "RedisPermissionError",
     "RedisUnavailableError",
+    "ScheduleInfo",
+    "WarmReport",
     "SerializationError",
     "StratacacheError",
     "TypeRegistry",

@@ -40,12 +40,14 @@ from ._invalidation import AuditRecord, InvalidationRule, InvalidationStats
 from ._keys import KeySpace, make_key
 from ._l1 import L1
 from ._outbox import DeadLetter
+from ._schedule import ScheduleInfo
 from ._sentinel import MISSING
 from ._stats import CacheStats, Histogram, LatencySummary
 from ._sync.bloom import BloomFilter
 from ._sync.cache import Cache
 from ._sync.instances import instances
 from ._sync.lock import DistributedLock
+from ._warm import WarmReport
 
 __version__ = "0.1.0"
 
@@ -88,10 +90,12 @@ __all__ = [
     "RedisCommandError",
     "RedisPermissionError",
     "RedisUnavailableError",
+    "ScheduleInfo",
     "SerializationError",
     "StratacacheError",
     "TypeRegistry",
     "ValueTooLargeError",
+    "WarmReport",
     "__version__",
     "acl_rules",
     "ainstances",

@@ -8,6 +8,7 @@ one module is what lets the rewrite stay a mechanical token swap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import threading
 import time
@@ -575,7 +576,102 @@ def shard_client(cluster: Any, channel: str) -> redis.Redis:
     )
 
 
+# -- bounded concurrency (cache warming: batches in flight at once) -----------------------
+
+
+class AsyncBoundedGroup:
+    """Runs zero-argument coroutine functions as tasks, at most ``limit`` at a time:
+    :meth:`submit` waits for a free slot. The functions must handle their own errors."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def submit(self, fn: Callable[[], Any]) -> None:
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            await fn()
+            return
+        await self._slots.acquire()
+        try:
+            task = asyncio.get_running_loop().create_task(self._run(fn))
+        except BaseException:
+            self._slots.release()
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            await fn()
+        finally:
+            self._slots.release()
+
+    async def join(self) -> None:
+        """Wait for every run started; re-raise the first error one of them let out."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def cancel(self) -> None:
+        """Cancel the runs still in flight and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+class BoundedGroup:
+    """Runs zero-argument functions in threads, at most ``limit`` at a time:
+    :meth:`submit` waits for a free slot. The functions must handle their own errors."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots = threading.Semaphore(limit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix="stratacache-group"
+        )
+        self._futures: list[concurrent.futures.Future[Any]] = []
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            fn()
+            return
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._run, fn)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._futures = [f for f in self._futures if not f.done()]
+        self._futures.append(future)
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        finally:
+            self._slots.release()
+
+    def join(self) -> None:
+        """Wait for every run started; re-raise the first error one of them let out."""
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        """Drop the runs not started yet and wait for the running ones (threads cannot
+        be interrupted)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 __all__ = [
+    "AsyncBoundedGroup",
     "AsyncEvent",
     "AsyncLoadTask",
     "AsyncLock",
@@ -583,6 +679,7 @@ __all__ = [
     "AsyncRedisCluster",
     "AsyncResultSlot",
     "AsyncWorker",
+    "BoundedGroup",
     "Event",
     "LoadTask",
     "Lock",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._invalidation import InvalidationStats
+    from ._schedule import ScheduleInfo
 
 _SAMPLES = 4096  # latency samples kept per series: recent behaviour, bounded memory
 
@@ -140,6 +141,8 @@ class CacheStats:
     bus_lag: LatencySummary = field(default_factory=LatencySummary)
     # invalidation strategies: by type, latency, failures, cascades, queues, reclaim
     invalidation: InvalidationStats | None = None
+    # scheduled invalidations of this instance (next fire time, last fired in the fleet)
+    schedules: tuple[ScheduleInfo, ...] = ()
 
     @property
     def hit_rate(self) -> float:

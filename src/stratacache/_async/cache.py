@@ -70,9 +70,11 @@ from .._primitives import (
     async_forget_connections,
     async_reconnect_once,
 )
+from .._schedule import ScheduleInfo, ScheduleSpec, Targets
 from .._sentinel import MISSING, MissingType
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
+from .._warm import WarmReport
 from .bloom import AsyncBloomFilter, bloom_params, check_name, refresh_seconds
 from .bus import AsyncInvalidationBus
 from .conditional import AsyncConditionalWrites
@@ -81,6 +83,8 @@ from .loader_call import AsyncLoads
 from .lock import AsyncDistributedLock
 from .read_path import AsyncReadPath
 from .redis_tier import AsyncRedisTier
+from .schedule import AsyncScheduler
+from .warm import AsyncWarmer, Progress
 from .write_path import AsyncWritePath
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -183,6 +187,9 @@ class AsyncCache:
             through (``None``, the default: no breaker).
         loader_breaker_window: see ``loader_breaker_threshold``.
         loader_breaker_cooldown: see ``loader_breaker_threshold``.
+        schedule_poll: the longest the scheduler of :meth:`schedule_invalidation` waits
+            between two looks at the clock (it wakes at the next tick if that is sooner;
+            also the retry interval of a tick Redis did not answer).
     """
 
     def __init__(
@@ -228,6 +235,7 @@ class AsyncCache:
         loader_breaker_threshold: int | None = None,
         loader_breaker_window: Duration = 10.0,
         loader_breaker_cooldown: Duration = 5.0,
+        schedule_poll: Duration = 1.0,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -321,6 +329,8 @@ class AsyncCache:
         self._writes = AsyncWritePath(self)
         self._conditional = AsyncConditionalWrites(self)
         self._blooms: dict[str, AsyncBloomFilter] = {}
+        self._schedule_poll = to_seconds(schedule_poll, "schedule_poll", allow_zero=False)
+        self._scheduler = AsyncScheduler(self, self._schedule_poll)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -512,6 +522,8 @@ class AsyncCache:
         self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
+        # the parent's scheduler worker does not run here: a child registers its own
+        self._scheduler = AsyncScheduler(self, self._schedule_poll)
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
         for bloom in self._blooms.values():
             bloom._after_fork_in_child()
@@ -743,6 +755,104 @@ class AsyncCache:
         """Give a live ``key`` a new TTL from now (the seed's SetTTL); False if it is not
         cached, has expired (even if fail-safe still keeps it), or Redis cannot say."""
         return await self._writes.touch(key, ttl)
+
+    async def warm(
+        self,
+        items: Iterable[Any],
+        *,
+        loader_many: Callable[[list[str]], Any] | None = None,
+        ttl: Duration | None = None,
+        tags: Iterable[str] = (),
+        batch_size: int = 500,
+        max_concurrency: int = 4,
+        rate: float | None = None,
+        progress: Progress = None,
+        resume_key: str | None = None,
+        resume_ttl: Duration = 86400.0,
+        retry_for: Duration = 10.0,
+        fill_l1: bool = False,
+    ) -> WarmReport:
+        """Write many entries ahead of the traffic (cache warming); see docs/warming.md.
+
+        ``items``: ``(key, value)`` pairs (or a mapping), or keys when ``loader_many`` is
+        given: a callable (may be async) taking a list of keys and returning a mapping of
+        key to value (keys it leaves out are skipped). Items go in batches of
+        ``batch_size``, each written as :meth:`set_many` writes (one pipeline, leases
+        revoked, tags registered, keys published on the bus), with at most
+        ``max_concurrency`` batches in flight and at most ``rate`` items per second.
+        ``progress``: a callable ``(done, total)`` called after each batch (``total`` is
+        ``None`` for an iterable without ``len``); default: a tqdm bar when stderr is a
+        terminal and tqdm is installed; ``False``: none. ``resume_key``: keep a checkpoint
+        in Redis (for ``resume_ttl``) so that a run started again with the same key and
+        the same items skips the batches already done; it is deleted when a run has done
+        every batch. A batch whose write fails is retried for ``retry_for`` seconds;
+        one still failing is counted in the report's ``failed`` and its keys are deleted
+        in Redis as soon as it answers (never left holding an older value).
+        ``fill_l1``: also put the values in this process's L1. Returns a
+        :class:`WarmReport`.
+        """
+        return await AsyncWarmer(self).run(
+            items,
+            loader_many=loader_many,
+            ttl=ttl,
+            tags=tags,
+            batch_size=batch_size,
+            max_concurrency=max_concurrency,
+            rate=rate,
+            progress=progress,
+            resume_key=resume_key,
+            resume_ttl=resume_ttl,
+            retry_for=retry_for,
+            fill_l1=fill_l1,
+        )
+
+    # -- scheduled invalidation (see schedule.py) ----------------------------------------
+
+    async def schedule_invalidation(
+        self,
+        cron: str,
+        *,
+        name: str,
+        tag: Targets = None,
+        key: Targets = None,
+        pattern: Targets = None,
+        everything: bool = False,
+        reason: str | None = None,
+    ) -> ScheduleInfo:
+        """Invalidate on a cron schedule (UTC), once per tick in the whole fleet; see
+        docs/scheduling.md.
+
+        ``cron``: a cron expression (``"0 3 * * *"``: 03:00 every day). ``name``
+        identifies the schedule across instances (``A-Z a-z 0-9 _ -``): every instance
+        may register the same one, and each tick fires in exactly one of them. What it
+        invalidates: ``tag`` (one or a sequence), ``key``, ``pattern`` (globs), and/or
+        ``everything`` (:meth:`invalidate_all`). A tick missed while every instance was
+        down fires once when one runs again (the most recent missed tick only). Needs
+        croniter. Registering again under the same name replaces the schedule here.
+        """
+        spec = ScheduleSpec.build(
+            name=name,
+            cron=cron,
+            tag=tag,
+            key=key,
+            pattern=pattern,
+            everything=everything,
+            reason=self._reason(reason),
+        )
+        return await self._scheduler.add(spec)
+
+    async def unschedule(self, name: str, *, forget: bool = False) -> bool:
+        """Stop running schedule ``name`` in this instance; True if it ran here.
+        ``forget=True`` also deletes its records in Redis (``stratacache schedules``
+        stops listing it, and its last-fired record is gone)."""
+        return await self._scheduler.remove(name, forget)
+
+    async def run_schedules(self) -> list[str]:
+        """Fire the schedules due now by the cache's clock (the background worker does
+        this by itself; tests with an injected clock call it to step); returns the names
+        of those fired by this instance."""
+        self._scheduler.ensure_running()
+        return await self._scheduler.run_due()
 
     # -- invalidation strategies (see invalidator.py) --------------------------------------
 
@@ -1089,6 +1199,7 @@ class AsyncCache:
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
             invalidation=self._invalidator.stats(),
+            schedules=self._scheduler.infos(),
             **bus_fields,
         )
 
@@ -1181,6 +1292,7 @@ class AsyncCache:
         Loads still running in the background (soft timeouts) get up to ``close_timeout``
         to end and be cached; then async ones are cancelled (giving their lease back)
         and threads are left to end by themselves."""
+        await self._scheduler.aclose()
         for bloom in list(self._blooms.values()):
             await bloom.aclose()
         await self._loads.aclose(self._invalidation_settings.close_timeout)
