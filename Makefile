@@ -109,6 +109,8 @@ bench: setup
 	taskset -c 1 $(PY) benchmarks/l1_report.py
 	taskset -c 1 $(PY) benchmarks/bus_report.py
 	taskset -c 1 $(PY) benchmarks/tag_report.py
+	taskset -c 1 $(PY) benchmarks/django_report.py
+	taskset -c 1 $(PY) benchmarks/warm_report.py --items 30000 --rounds 5
 	$(PY) benchmarks/outbox_report.py --fault pause
 	$(PY) benchmarks/outbox_report.py --fault kill
 

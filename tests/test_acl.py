@@ -19,7 +19,7 @@ import redis
 import redis.cluster
 
 import stratacache
-from stratacache import Cache, RedisPermissionError, _lock_scripts, _scripts
+from stratacache import Cache, RedisPermissionError, _bloom, _lock_scripts, _scripts
 from stratacache._acl import CLUSTER_COMMANDS, SCRIPT_COMMANDS
 from stratacache._keys import KeySpace
 from stratacache.testing import RedisClusterProcesses, RedisServerProcess
@@ -61,7 +61,7 @@ def url_as(server: RedisServerProcess, user: str, password: str) -> str:
 def test_script_commands_are_all_granted() -> None:
     """Every command a Lua script calls is in the allow-list (Redis checks them too)."""
     called = set()
-    for module in (_scripts, _lock_scripts):
+    for module in (_scripts, _lock_scripts, _bloom):
         for value in vars(module).values():
             if isinstance(value, str):
                 called.update(m.lower() for m in re.findall(r"redis\.p?call\('([A-Za-z]+)'", value))
@@ -131,6 +131,16 @@ def test_whole_path_as_restricted_user(server: RedisServerProcess, admin: redis.
             a.set("fenced", 1, fence=lock.token)
         assert b.get("fenced") == 1
         poll(lambda: len(stratacache.instances(url, NS)) == 2, "both instance records")
+        # Bloom filters: every script (SETBIT, GETBIT, state) as the restricted user
+        ids = a.bloom("ids", 1000, 0.01, local=True)
+        ids.rebuild(["1", "2"], progress=False)
+        assert ids.add("3") is True
+        assert ids.refresh() is True
+        theirs = b.bloom("ids", 1000, 0.01)
+        assert theirs.might_contain_many(["1", "3", "absent"]) == [True, True, False]
+        assert ids.stats().pending == 0 and theirs.stats().unknown == 0
+        ids.rebuild(["1"], progress=False)  # the switch deletes the old generation
+        assert theirs.might_contain("1") is True
         assert a.stats().bus_messages_dropped == 0
         assert a.stats().errors == 0
         assert not a.dead_letters()
@@ -248,6 +258,12 @@ def test_cluster_as_restricted_user(redis_cluster: RedisClusterProcesses) -> Non
         with a.lock("job", ttl=5) as lock:
             a.set("fenced", 1, fence=lock.token)
         poll(lambda: len(stratacache.instances(url, NS, cluster=True)) == 2, "instance records")
+        ids = a.bloom("ids", 1000, 0.01, shards=6)
+        ids.rebuild([str(i) for i in range(50)], progress=False)
+        assert ids.add_many(["x", "y"]) == 2
+        theirs = b.bloom("ids", 1000, 0.01, shards=6)
+        assert all(theirs.might_contain_many([str(i) for i in range(50)] + ["x", "y"]))
+        assert theirs.stats().unknown == 0 and ids.stats().pending == 0
         assert not a.dead_letters() and a.stats().errors == 0
         with pytest.raises(redis.exceptions.NoPermissionError):
             intruder.get(KeySpace(NS).data_key("k0"))
@@ -282,5 +298,26 @@ def test_first_refusal_is_logged_once(
         assert len(told) == 1
         assert "check_permissions" in told[0].getMessage()
         assert "get" in told[0].getMessage()
+    finally:
+        cache.close()
+
+
+def test_a_bloom_filter_without_setbit(server: RedisServerProcess, admin: redis.Redis) -> None:
+    """Checks fail open (never a false "absent"); an add is refused loudly, not retried."""
+    admin.set(KeySpace(NS).bloom_keys("ids", 0)[0], b"a||||v1,m=9586,k=7,s=1")  # built, empty
+    line = stratacache.acl_rules(NS, user="nobits", password="pw6").replace(" +setbit", "")
+    create_user(admin, line.replace(" +getbit", ""))
+    cache = Cache(url_as(server, "nobits", "pw6"), namespace=NS)
+    try:
+        ids = cache.bloom("ids", 1000, 0.01)
+        assert ids.params.signature == "v1,m=9586,k=7,s=1"
+        assert ids.might_contain("anything") is True
+        assert ids.stats().unknown == 1
+        with pytest.raises(stratacache.RedisCommandError):
+            ids.add("x")
+        assert ids.stats().pending == 0
+        with pytest.raises(RedisPermissionError) as info:
+            cache.check_permissions()
+        assert any("SETBIT" in m for m in info.value.missing)
     finally:
         cache.close()

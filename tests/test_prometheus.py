@@ -42,6 +42,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "stratacache_coalesced_total": ("counter", frozenset()),
     "stratacache_lease_waits_total": ("counter", frozenset()),
     "stratacache_fills_refused_total": ("counter", frozenset()),
+    "stratacache_bloom_rejected_total": ("counter", frozenset()),
     "stratacache_stale_served_total": ("counter", frozenset()),
     "stratacache_decode_errors_total": ("counter", frozenset()),
     "stratacache_redis_errors_total": ("counter", frozenset()),
@@ -49,6 +50,11 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "stratacache_l1_evictions_total": ("counter", frozenset()),
     "stratacache_breaker_open": ("gauge", frozenset({"redis"})),
     "stratacache_breaker_openings_total": ("counter", frozenset({"redis"})),
+    "stratacache_loader_timeouts_total": ("counter", frozenset({"kind"})),
+    "stratacache_loader_background_loads": ("gauge", frozenset()),
+    "stratacache_loader_rejected_total": ("counter", frozenset()),
+    "stratacache_loader_breaker_open": ("gauge", frozenset()),
+    "stratacache_loader_breaker_openings_total": ("counter", frozenset()),
     "stratacache_l2_latency_seconds": ("histogram", frozenset()),
     "stratacache_load_duration_seconds": ("histogram", frozenset()),
     "stratacache_bus_healthy": ("gauge", frozenset()),
@@ -119,7 +125,11 @@ def test_every_metric_of_the_contract_moves_with_use_and_faults(
     redis_server_factory: Any, redis_url: str, registry: CollectorRegistry
 ) -> None:
     server = redis_server_factory()
-    options: dict[str, Any] = {"redis_timeout": 0.1, "breaker_cooldown": 0.2}
+    options: dict[str, Any] = {
+        "redis_timeout": 0.1,
+        "breaker_cooldown": 0.2,
+        "loader_breaker_threshold": 5,
+    }
     a = Cache(server.url, namespace="prom", failover=redis_url, **options)
     b = Cache(server.url, namespace="prom", **options)
     try:
@@ -181,6 +191,8 @@ def test_every_metric_of_the_contract_moves_with_use_and_faults(
         )
         assert used.value("cache_invalidation_cascade_depth_count", trigger_type="key") >= 1
         assert used.value("stratacache_breaker_open", redis="primary") == 0
+        assert used.value("stratacache_loader_breaker_open") == 0
+        assert used.value("stratacache_loader_timeouts_total", kind="hard") == 0
 
         # Redis killed: the writes wait in the outbox, the failures are counted
         server.kill()

@@ -8,8 +8,15 @@ import stratacache
 
 EXPECTED = {
     "MISSING",
+    "AsyncBloomFilter",
     "AsyncCache",
     "AsyncDistributedLock",
+    "BloomFilter",
+    "BloomFilterMismatch",
+    "BloomParams",
+    "BloomRebuildConflict",
+    "BloomStats",
+    "InvalidBloomParameters",
     "AuditRecord",
     "DeadLetter",
     "DistributedLock",
@@ -33,9 +40,13 @@ EXPECTED = {
     "KeySpace",
     "L1",
     "LatencySummary",
+    "LoaderTimeout",
+    "LoaderUnavailable",
     "RedisCommandError",
     "RedisPermissionError",
     "RedisUnavailableError",
+    "ScheduleInfo",
+    "WarmReport",
     "SerializationError",
     "StratacacheError",
     "TypeRegistry",
@@ -54,7 +65,7 @@ def test_exported_names_are_pinned() -> None:
     assert set(stratacache.__all__) == EXPECTED
     public = {n for n in dir(stratacache) if not n.startswith("_")}
     # submodules imported by other tests are attributes too, not exports
-    assert public - {"annotations", "testing", "prometheus"} <= EXPECTED
+    assert public - {"annotations", "testing", "prometheus", "contrib"} <= EXPECTED
 
 
 def test_every_public_name_and_method_has_a_docstring() -> None:
@@ -79,3 +90,39 @@ def test_sync_and_async_caches_have_the_same_methods() -> None:
         return {n for n, m in vars(cls).items() if not n.startswith("_") and callable(m)}
 
     assert methods(stratacache.Cache) == methods(stratacache.AsyncCache)
+
+
+CONTRIB_EXPECTED = {
+    "django": {
+        "FOREVER",
+        "StrataCache",
+        "ashutdown",
+        "invalidate_on_change",
+        "model_tag",
+        "shutdown",
+    },
+    "fastapi": {"CacheDep", "StrataCache", "get_cache"},
+    "flask": {"StrataCache"},
+}
+
+
+def test_contrib_surfaces_are_pinned_and_documented() -> None:
+    import importlib
+
+    undocumented = []
+    for module_name, expected in CONTRIB_EXPECTED.items():
+        module = importlib.import_module(f"stratacache.contrib.{module_name}")
+        assert set(module.__all__) == expected, module_name
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not inspect.isclass(obj) and not inspect.isfunction(obj):
+                continue  # constants and type aliases: documented in the module
+            if not (inspect.getdoc(obj) or "").strip():
+                undocumented.append(f"{module_name}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_") or not callable(member):
+                        continue
+                    if not (inspect.getdoc(member) or "").strip():
+                        undocumented.append(f"{module_name}.{name}.{attr}")
+    assert undocumented == []

@@ -29,12 +29,14 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "del",
     "exists",
     "get",
+    "getbit",
     "incr",
     "pexpire",
     "pexpireat",
     "pttl",
     "rename",
     "set",
+    "setbit",
     "time",
     "unlink",
     "zadd",
@@ -44,7 +46,8 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "zrem",
     "zremrangebyrank",
 )
-"""The commands the Lua scripts (``_scripts.py``, ``_lock_scripts.py``) call."""
+"""The commands the Lua scripts (``_scripts.py``, ``_lock_scripts.py``, ``_bloom.py``)
+call."""
 
 CACHE_COMMANDS: tuple[str, ...] = (
     # connection: HELLO (redis-py with protocol=3), the bus's prober and health checks.
@@ -155,6 +158,8 @@ try('PEXPIRE', KEYS[1], 10000)
 try('PEXPIREAT', KEYS[1], 4102444800000)
 try('INCR', KEYS[1])
 try('RENAME', KEYS[1], KEYS[2])
+try('SETBIT', KEYS[2], 7, 1)
+try('GETBIT', KEYS[2], 7)
 try('UNLINK', KEYS[2])
 try('DEL', KEYS[1], KEYS[2])
 try('ZADD', KEYS[3], 1, 'probe')

@@ -1,8 +1,13 @@
-"""Circuit breaker for the Redis tier: closed, open, half-open (no I/O, clock injected).
+"""Circuit breaker: closed, open, half-open (no I/O, clock injected). It guards each
+Redis (the tier) and, optionally, the loader (``loader_breaker_threshold``).
 
 After ``threshold`` consecutive failures the breaker opens and callers skip Redis (L1
 and the loader keep serving). After ``cooldown`` seconds one probe call is let through
 (half-open); its success closes the breaker, its failure opens it for another cooldown.
+
+With a ``window`` (the loader's breaker) it opens after ``threshold`` failures within the
+last ``window`` seconds, whatever succeeded in between, and only the probe's success
+closes it (a slow call that started before it opened and succeeds later does not).
 
 The transitions an operator must know about are logged on ``stratacache.breaker``: a
 WARNING when the breaker opens from closed, an INFO when it closes again with how long
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -37,9 +43,14 @@ class CircuitBreaker:
         timer: monotonic clock in seconds (tests inject a fake one).
         name: what it guards, for the log lines.
         on_close: called (outside the lock) when the breaker closes after being open.
+        window: count failures within this many seconds instead of consecutive ones
+            (``None``: consecutive).
+        effect: what callers get while it is open, for the WARNING it logs on opening
+            (default: the Redis tier's fallbacks).
     """
 
     __slots__ = (
+        "_effect",
         "_failures",
         "_lock",
         "_on_close",
@@ -48,10 +59,12 @@ class CircuitBreaker:
         "_probe_in_flight",
         "_state",
         "_timer",
+        "_times",
         "cooldown",
         "name",
         "opened",
         "threshold",
+        "window",
     )
 
     def __init__(
@@ -62,11 +75,20 @@ class CircuitBreaker:
         timer: Callable[[], float] | None = None,
         name: str = "Redis",
         on_close: Callable[[], None] | None = None,
+        window: float | None = None,
+        effect: str | None = None,
     ) -> None:
         if not isinstance(threshold, int) or threshold < 1:
             raise ValueError(f"threshold must be an int >= 1, got {threshold!r}")
         if not cooldown > 0:
             raise ValueError(f"cooldown must be > 0 seconds, got {cooldown!r}")
+        if window is not None and not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+        self.window = None if window is None else float(window)
+        self._times: deque[float] = deque()
+        self._effect = effect or (
+            "calls skip it (reads fall back to L1 and the loader, writes wait in the outbox)"
+        )
         self.threshold = threshold
         self.cooldown = float(cooldown)
         self._timer = timer or time.monotonic
@@ -104,11 +126,15 @@ class CircuitBreaker:
             return True
 
     def record_success(self) -> None:
-        """The call succeeded: close the breaker."""
-        if self._state is BreakerState.CLOSED and self._failures == 0:
+        """The call succeeded: close the breaker (with a ``window``: only a probe's
+        success closes it, and a success does not forget the failures in the window)."""
+        if self._state is BreakerState.CLOSED and (self._failures == 0 or self.window):
             return
         with self._lock:
+            if self.window is not None and self._state is not BreakerState.HALF_OPEN:
+                return  # closed (the window keeps its failures), or open: not a probe
             was_open = self._state is not BreakerState.CLOSED
+            self._times.clear()
             self._failures = 0
             self._state = BreakerState.CLOSED
             self._probe_in_flight = False
@@ -130,10 +156,10 @@ class CircuitBreaker:
             opened = self._open()
         if opened:
             logger.warning(
-                "circuit breaker of the %s opened: %s; calls skip it (reads fall back to L1 "
-                "and the loader, writes wait in the outbox) until it answers again",
+                "circuit breaker of the %s opened: %s; %s until it answers again",
                 self.name,
                 why,
+                self._effect,
             )
 
     def _open(self) -> bool:
@@ -152,20 +178,38 @@ class CircuitBreaker:
         """An allowed call ended with no verdict (cancelled): let another probe through."""
         self._probe_in_flight = False
 
-    def record_failure(self) -> None:
-        """The call failed: count it, and open the breaker at the threshold or after a probe."""
+    def record_failure(self, cause: str | None = None) -> None:
+        """The call failed (``cause``: what went wrong, for the log line): count it, and
+        open the breaker at the threshold or after a probe."""
         opened = False
         with self._lock:
             self._failures += 1
-            if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
-                opened = self._open()
+            count = self._failures
+            if self.window is not None:
+                now = self._timer()
+                times = self._times
+                times.append(now)
+                while times and times[0] <= now - self.window:
+                    times.popleft()
+                count = len(times)
+            if self._state is BreakerState.HALF_OPEN or count >= self.threshold:
+                if self._state is not BreakerState.OPEN or self.window is None:
+                    opened = self._open()
+                self._times.clear()
         if opened:
+            within = (
+                "consecutive failures"
+                if self.window is None
+                else f"failures within {self.window:.2f} s"
+            )
             logger.warning(
-                "circuit breaker of the %s opened after %d consecutive failures: calls "
-                "skip it (reads fall back to L1 and the loader, writes wait in the outbox) "
-                "and one probe is let through every %.2f s",
+                "circuit breaker of the %s opened after %d %s%s: %s and one probe is let "
+                "through every %.2f s",
                 self.name,
                 self.threshold,
+                within,
+                "" if cause is None else f" (last: {cause})",
+                self._effect,
                 self.cooldown,
             )
 

@@ -38,6 +38,7 @@ from ._codec import Codec
 from ._errors import CorruptEntryError, StratacacheError
 from ._instances import InstanceInfo
 from ._keys import KeySpace
+from ._schedule import decode_definition, decode_last, index_key, next_tick, schedule_keys
 from ._sync.cache import Cache
 from ._sync.instances import instances as read_instances
 
@@ -905,6 +906,188 @@ def acl(namespace: str, user: str, password: str, cluster: bool) -> None:
         click.echo(acl_rules(namespace, user=user, password=password, cluster=cluster))
     except ValueError as exc:
         raise CliError(str(exc)) from None
+
+
+# -- warming and schedules --------------------------------------------------------------------
+
+
+def _import_callable(spec: str, what: str) -> Callable[..., Any]:
+    """The callable named ``module:function`` (``module.sub:obj.attr`` too), imported with
+    the current directory on the path, as ``python -m`` would."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{spec!r} is not module:function", param_hint=what)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r} ({what}): {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"{module_name!r} has no {attr!r} ({what})") from None
+    if not callable(obj):
+        raise CliError(f"{spec} is not callable ({what})")
+    return obj  # type: ignore[no-any-return]
+
+
+@cli.command()
+@_target_options
+@_json_option
+@click.argument("source")
+@click.option(
+    "--loader-many",
+    metavar="MODULE:FUNCTION",
+    help="SOURCE yields keys; this function takes a list of keys and returns a mapping "
+    "of key to value.",
+)
+@click.option("--batch-size", default=500, show_default=True, help="Items per pipeline.")
+@click.option("--concurrency", default=4, show_default=True, help="Batches in flight at once.")
+@click.option("--rate", type=float, default=None, help="At most this many items per second.")
+@click.option("--ttl", type=float, default=None, help="TTL of the entries (seconds).")
+@click.option("--tag", "tags", multiple=True, help="Tag every entry (repeat for several).")
+@click.option(
+    "--resume-key",
+    default=None,
+    help="Keep a checkpoint under this name: run again after a failure to skip the batches done.",
+)
+@click.option(
+    "--retry-for",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a failed batch is retried while Redis does not answer.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A progress bar (default: when stderr is a terminal and tqdm is installed).",
+)
+def warm(
+    url: str,
+    namespace: str,
+    cluster: bool,
+    as_json: bool,
+    source: str,
+    loader_many: Optional[str],
+    batch_size: int,
+    concurrency: int,
+    rate: Optional[float],
+    ttl: Optional[float],
+    tags: tuple[str, ...],
+    resume_key: Optional[str],
+    retry_for: float,
+    progress: Optional[bool],
+) -> None:
+    """Warm the cache from SOURCE, a MODULE:FUNCTION that returns or yields (key, value)
+    pairs or a mapping (or keys, with --loader-many). Entries are written as the
+    application's writes are (same envelope, tags, bus), in batches. Exit status 1 if
+    any item failed (see --resume-key)."""
+    produce = _import_callable(source, "SOURCE")
+    load = None if loader_many is None else _import_callable(loader_many, "--loader-many")
+    with _target(url, namespace, cluster) as target, target.cache() as cache:
+        report = cache.warm(
+            produce(),
+            loader_many=load,
+            ttl=ttl,
+            tags=tags,
+            batch_size=batch_size,
+            max_concurrency=concurrency,
+            rate=rate,
+            progress=progress,
+            resume_key=resume_key,
+            retry_for=retry_for,
+        )
+    if as_json:
+        _print_json({**report.__dict__, "rate": report.rate})
+    else:
+        click.echo(
+            f"warmed namespace {namespace!r}: {report.written} written, {report.skipped} "
+            f"skipped, {report.failed} failed in {report.seconds:.2f} s "
+            f"({report.rate:,.0f}/s, {report.batches} batches"
+            + (f", {report.resumed_batches} resumed" if report.resumed_batches else "")
+            + ")"
+        )
+        for line in report.errors:
+            click.echo(f"  {line}", err=True)
+        if report.checkpoint is not None:
+            click.echo(
+                f"checkpoint {resume_key!r} at batch {report.checkpoint}: run again with "
+                "--resume-key to write the rest",
+                err=True,
+            )
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+def _schedule_rows(target: Target) -> list[dict[str, Any]]:
+    """The schedules recorded in the namespace, with their last-fired records."""
+    client = target.client
+    names = [
+        n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+        for n in client.zrange(index_key(target.keys), 0, -1)
+    ]
+    if not names:
+        return []
+    keys = [k for name in names for k in schedule_keys(target.keys, name)]
+    raw = _mget(client, keys, target.cluster)
+    now = time.time()
+    rows = []
+    for i, name in enumerate(names):
+        definition = decode_definition(raw[2 * i])
+        last = decode_last(raw[2 * i + 1])
+        row: dict[str, Any] = {"name": name, "cron": None, "next_fire": None}
+        if definition is not None:
+            row["cron"] = definition["cron"]
+            targets = [f"tag {t!r}" for t in definition.get("tags", ())]
+            targets += [f"key {k!r}" for k in definition.get("keys", ())]
+            targets += [f"pattern {p!r}" for p in definition.get("patterns", ())]
+            if definition.get("everything"):
+                targets.append("everything")
+            row["invalidates"] = ", ".join(targets)
+            row["registered_by"] = definition.get("instance")
+            row["registered_at"] = definition.get("registered_at")
+            try:
+                row["next_fire"] = next_tick(definition["cron"], now)
+            except Exception:  # a record written by a newer croniter, say
+                pass
+        fired = last is not None and last.instance is not None
+        row["last_tick"] = last.tick if fired and last else None
+        row["last_fired_at"] = last.fired_at if fired and last else None
+        row["last_fired_by"] = last.instance if fired and last else None
+        rows.append(row)
+    return rows
+
+
+@cli.command()
+@_target_options
+@_json_option
+def schedules(url: str, namespace: str, cluster: bool, as_json: bool) -> None:
+    """The scheduled invalidations registered in a namespace: cron, what each
+    invalidates, the next tick (UTC) and the last tick fired (when, by which instance)."""
+    with _target(url, namespace, cluster) as target:
+        rows = _schedule_rows(target)
+        if not rows:
+            target.require_namespace()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"stratacache schedules of {namespace!r}: {len(rows)}")
+    for column in ("name", "cron", "invalidates", "next fire", "last tick", "fired at", "by"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["cron"] or "[bold red]?[/]",
+            row.get("invalidates", ""),
+            _when(row["next_fire"]),
+            _when(row["last_tick"]),
+            _when(row["last_fired_at"]),
+            row["last_fired_by"] or "-",
+        )
+    _out.print(table)
 
 
 def _wait_for_signal() -> None:

@@ -82,3 +82,37 @@ class RedisPermissionError(StratacacheError):
         super().__init__(message)
         self.missing = missing
         """One line per refusal: what was tried and Redis's ``NOPERM`` answer."""
+
+
+class LoaderTimeout(StratacacheError, TimeoutError):
+    """The loader did not answer within ``hard_timeout`` and no fail-safe value was at
+    hand (see ``docs/loader.md``).
+
+    An async loader is cancelled; a sync loader (``Cache``) cannot be, so it runs on in
+    its worker thread and its result is still cached when it arrives. Callers waiting on
+    the same load (single-flight, in the process or through the lease) get it too: none
+    waits longer than the hard timeout of the call that started the load.
+    """
+
+
+class LoaderUnavailable(StratacacheError):
+    """The loader's circuit breaker is open (it failed too often lately) and no fail-safe
+    value was at hand: the loader was not called. Raised at once, so that callers do not
+    pile up on a failing database; one probe call per cool-down finds out when it answers
+    again (see ``docs/loader.md``)."""
+class InvalidBloomParameters(StratacacheError, ValueError):
+    """A Bloom filter's capacity, error rate or shard count is unusable (see
+    ``Cache.bloom``)."""
+
+
+class BloomFilterMismatch(StratacacheError, ValueError):
+    """The Bloom filter of that name in Redis was built with other parameters (capacity,
+    error rate or shards) than this instance's: its bits sit elsewhere, so reading it
+    with these parameters would answer "absent" for items it holds. Use the same
+    parameters everywhere, or another name."""
+
+
+class BloomRebuildConflict(StratacacheError):
+    """Another ``rebuild()`` of the same Bloom filter began after this one: this one stops
+    without switching (the filter keeps its current generation; the newer rebuild will
+    switch when it is complete)."""

@@ -96,6 +96,9 @@ def judge(
         degraded.append(f"primary Redis breaker {stats.breaker_state}")
     if stats.failover_breaker_state not in ("off", "closed"):
         degraded.append(f"failover Redis breaker {stats.failover_breaker_state}")
+    if stats.loader_breaker_state not in ("off", "closed"):
+        # the loader failed too often: misses get fail-safe values or LoaderUnavailable
+        degraded.append(f"loader breaker {stats.loader_breaker_state}")
     # "starting": no call has needed the bus yet (it starts with the first one)
     if stats.bus_state == "unhealthy":
         degraded.append("invalidation bus unhealthy")

@@ -20,6 +20,11 @@ new one, so new code never reads bytes laid out differently)::
                       scored by expiry (ms)
     ns:v1:i:{ns}:ID   heartbeat record of one     (instance_key; same slot: one MGET reads all)
                       instance (msgpack, PX TTL)
+    ns:v1:b:{N/S}:p   state of shard S of Bloom   (bloom_keys; ``_bloom.py``: current and
+                      filter N                    building generation, rebuild token,
+                                                  parameters)
+    ns:v1:b:{N/S}:a   the bit arrays of the two   (bloom_keys; same slot as the state: one
+    ns:v1:b:{N/S}:b   generations of that shard   script reads the state and the bits)
     ns:v1:bus         invalidation channel        (channel)
 
 The two indexes (``e``, ``z``) are sorted sets scored by when each member expires; they
@@ -28,7 +33,7 @@ layout version, so that data, versions and the bus stay shared with older instan
 while no command meets a key of the other type (old ``s`` sets expire by themselves;
 old ``g`` sets, which had no expiry, can be deleted by hand).
 
-``K`` / ``T`` / ``N`` is the user key / tag / lock name with ``%``, ``{`` and ``}``
+``K`` / ``T`` / ``N`` is the user key / tag / lock or Bloom filter name with ``%``, ``{`` and ``}``
 percent-escaped (``%25``, ``%7B``, ``%7D``), so it can sit inside a Redis Cluster hash tag
 and the mapping stays injective. When the escaped form is longer than
 :data:`HASH_THRESHOLD` it is replaced by ``%h`` + the SHA-256 hex of the key; ``%h`` never
@@ -137,6 +142,7 @@ class KeySpace:
     """
 
     __slots__ = (
+        "_bloom",
         "_channel",
         "_counter",
         "_data",
@@ -173,6 +179,7 @@ class KeySpace:
         self._fence = base + "f:{"
         self._lock = base + "k:{"
         self._counter = base + "c:{"
+        self._bloom = base + "b:{"
         self._meta = f"{base}m:{{{namespace}}}:"
         self._instances = f"{base}i:{{{namespace}}}"
         self._channel = base + "bus"
@@ -202,6 +209,15 @@ class KeySpace:
         same Cluster slot as :meth:`lock_key` (acquiring sets one and increments the other
         in one script)."""
         return self._counter + _hash_tag_body(name) + "}"
+
+    def bloom_keys(self, name: str, shard: int) -> tuple[str, str, str]:
+        """The state key and the two generation bit arrays of shard ``shard`` of the Bloom
+        filter ``name`` (validated like a cache key), all in one Cluster slot; different
+        shards hash apart, so a large filter spreads over the masters. The shard number
+        follows the last ``/`` inside the braces (it has none), so the layout stays
+        injective whatever the name holds."""
+        prefix = f"{self._bloom}{_hash_tag_body(name)}/{shard}}}:"
+        return prefix + "p", prefix + "a", prefix + "b"
 
     def tag_key(self, tag: str) -> str:
         """The Redis key holding the state of ``tag``."""

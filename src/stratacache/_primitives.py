@@ -8,6 +8,7 @@ one module is what lets the rewrite stay a mechanical token swap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import threading
 import time
@@ -117,6 +118,122 @@ def call_loader(loader: Callable[[], T]) -> T:
     return loader()
 
 
+async def async_call_loader_within(
+    loader: Callable[[], Any], seconds: float, on_timeout: Callable[[], BaseException]
+) -> Any:
+    """Call a loader; if its awaitable has not finished within ``seconds``, cancel it
+    and raise ``on_timeout()``. (A loader that blocks the event loop without awaiting
+    cannot be interrupted: the limit applies to awaitable loaders.)"""
+    result = loader()
+    if not inspect.isawaitable(result):
+        return result
+    if hasattr(asyncio, "timeout"):  # 3.11+: a timer on this task, no task of its own
+        limit = asyncio.timeout(max(seconds, 0.0))
+        try:
+            async with limit:
+                return await result
+        except TimeoutError:
+            if limit.expired():
+                raise on_timeout() from None
+            raise  # the loader's own TimeoutError
+    inner = asyncio.ensure_future(result)
+    try:
+        done, _ = await asyncio.wait({inner}, timeout=max(seconds, 0.0))
+    except BaseException:  # cancelled ourselves: the loader goes with us
+        inner.cancel()
+        raise
+    if not done:
+        inner.cancel()
+        await asyncio.wait({inner})  # let it run its cleanup before the caller moves on
+        raise on_timeout()
+    return inner.result()
+
+
+def call_loader_within(
+    loader: Callable[[], T], seconds: float, on_timeout: Callable[[], BaseException]
+) -> T:
+    """Call a loader (in the load's worker thread): a thread cannot be interrupted, so
+    the loader runs to its end and its result is still cached; callers stop waiting for
+    it at the hard timeout (see ``loader_call.py``)."""
+    return loader()
+
+
+class AsyncLoadTask:
+    """A load running as an asyncio task, so that callers can stop waiting for it (soft
+    and hard timeouts) while it goes on. ``on_done`` is called when it ends, however."""
+
+    __slots__ = ("_task",)
+
+    def __init__(
+        self, run: Callable[[], Any], name: str, on_done: Callable[[AsyncLoadTask], None]
+    ) -> None:
+        self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(run(), name=name)
+        self._task.add_done_callback(lambda _task: on_done(self))
+
+    def done(self) -> bool:
+        """Whether the load has ended."""
+        return self._task.done()
+
+    def outcome(self) -> Any:
+        """The load's result, or raise its exception (``CancelledError`` if cancelled)."""
+        return self._task.result()
+
+    def cancel(self) -> bool:
+        """Cancel the load (True: a cancellation was requested)."""
+        return self._task.cancel()
+
+    async def join(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the load to end; True if it has."""
+        if not self._task.done():
+            await asyncio.wait({self._task}, timeout=timeout)
+        return self._task.done()
+
+
+class LoadTask:
+    """A load running in a worker thread of its own, so that callers can stop waiting
+    for it (soft and hard timeouts) while it goes on; a thread cannot be cancelled.
+    ``on_done`` is called (in the thread) when it ends, however."""
+
+    __slots__ = ("_done", "_error", "_result", "_thread")
+
+    def __init__(
+        self, run: Callable[[], Any], name: str, on_done: Callable[[LoadTask], None]
+    ) -> None:
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._result = run()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.set()
+                on_done(self)
+
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        """Whether the load has ended."""
+        return self._done.is_set()
+
+    def outcome(self) -> Any:
+        """The load's result, or raise its exception."""
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> bool:
+        """A thread cannot be cancelled: False."""
+        return False
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the load to end; True if it has."""
+        return self._done.wait(timeout)
+
+
 # -- a one-shot result that several callers wait on -------------------------------------
 
 
@@ -147,6 +264,20 @@ class AsyncResultSlot(Generic[T]):
             raise self._exception
         return self._value  # type: ignore[return-value]
 
+    async def settled(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: no limit) for the outcome; True if
+        it is there (read it with :meth:`outcome`)."""
+        if timeout is None:
+            await self._done.wait()
+            return True
+        return await async_wait_event(self._done, timeout)
+
+    def outcome(self) -> T:
+        """The value, or raise the exception (the outcome must be set)."""
+        if self._exception is not None:
+            raise self._exception
+        return self._value  # type: ignore[return-value]
+
 
 class ResultSlot(Generic[T]):
     """A result or exception set once by a leader thread and waited on by other threads."""
@@ -171,6 +302,17 @@ class ResultSlot(Generic[T]):
     def wait(self) -> T:
         """Wait for the outcome; return the value or raise the exception."""
         self._done.wait()
+        if self._exception is not None:
+            raise self._exception
+        return self._value  # type: ignore[return-value]
+
+    def settled(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: no limit) for the outcome; True if
+        it is there (read it with :meth:`outcome`)."""
+        return self._done.wait(timeout)
+
+    def outcome(self) -> T:
+        """The value, or raise the exception (the outcome must be set)."""
         if self._exception is not None:
             raise self._exception
         return self._value  # type: ignore[return-value]
@@ -434,14 +576,112 @@ def shard_client(cluster: Any, channel: str) -> redis.Redis:
     )
 
 
+# -- bounded concurrency (cache warming: batches in flight at once) -----------------------
+
+
+class AsyncBoundedGroup:
+    """Runs zero-argument coroutine functions as tasks, at most ``limit`` at a time:
+    :meth:`submit` waits for a free slot. The functions must handle their own errors."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def submit(self, fn: Callable[[], Any]) -> None:
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            await fn()
+            return
+        await self._slots.acquire()
+        try:
+            task = asyncio.get_running_loop().create_task(self._run(fn))
+        except BaseException:
+            self._slots.release()
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            await fn()
+        finally:
+            self._slots.release()
+
+    async def join(self) -> None:
+        """Wait for every run started; re-raise the first error one of them let out."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def cancel(self) -> None:
+        """Cancel the runs still in flight and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+class BoundedGroup:
+    """Runs zero-argument functions in threads, at most ``limit`` at a time:
+    :meth:`submit` waits for a free slot. The functions must handle their own errors."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots = threading.Semaphore(limit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix="stratacache-group"
+        )
+        self._futures: list[concurrent.futures.Future[Any]] = []
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Start ``fn()`` once fewer than ``limit`` runs are in flight (with a limit of
+        1: run it now, in the caller)."""
+        if self._limit == 1:
+            fn()
+            return
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._run, fn)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._futures = [f for f in self._futures if not f.done()]
+        self._futures.append(future)
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        finally:
+            self._slots.release()
+
+    def join(self) -> None:
+        """Wait for every run started; re-raise the first error one of them let out."""
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        """Drop the runs not started yet and wait for the running ones (threads cannot
+        be interrupted)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 __all__ = [
+    "AsyncBoundedGroup",
     "AsyncEvent",
+    "AsyncLoadTask",
     "AsyncLock",
     "AsyncRedis",
     "AsyncRedisCluster",
     "AsyncResultSlot",
     "AsyncWorker",
+    "BoundedGroup",
     "Event",
+    "LoadTask",
     "Lock",
     "Redis",
     "RedisCluster",
@@ -450,6 +690,7 @@ __all__ = [
     "async_bind_fast_cached",
     "async_bind_fast_get",
     "async_call_loader",
+    "async_call_loader_within",
     "async_close_client",
     "async_cluster_no_retry",
     "async_current_loop",
@@ -462,6 +703,7 @@ __all__ = [
     "bind_fast_cached",
     "bind_fast_get",
     "call_loader",
+    "call_loader_within",
     "close_client",
     "cluster_no_retry",
     "current_loop",

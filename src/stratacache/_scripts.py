@@ -30,6 +30,19 @@ redis.call('DEL', KEYS[2])
 return n
 """
 
+# KEYS: data, lease. ARGV: expected blob ('' = no entry), new blob, px. Compare-and-set for
+# add() and incr(): written only if the entry is still what the caller decided on (an entry
+# blob is never empty), and, like WRITE, it revokes any lease on the key.
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or (current == false and ARGV[1] == '') then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
 # KEYS: data. ARGV: expected blob, new blob, px. Compare-and-set for touch(): the entry is
 # re-encoded with its new expiry only if nobody replaced it in between.
 REPLACE_IF_UNCHANGED = """

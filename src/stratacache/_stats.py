@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._invalidation import InvalidationStats
+    from ._schedule import ScheduleInfo
 
 _SAMPLES = 4096  # latency samples kept per series: recent behaviour, bounded memory
 
@@ -105,6 +106,9 @@ class CacheStats:
     decode_errors: int = 0
     lease_waits: int = 0
     fills_refused: int = 0
+    bloom_rejected: int = 0
+    """Reads a Bloom filter guard answered with the default: the item was definitely
+    never added, so neither Redis nor the loader was asked."""
     l1_size: int = 0
     l1_evictions: int = 0
     breaker_state: str = "closed"
@@ -112,6 +116,15 @@ class CacheStats:
     # the failover Redis's own breaker ("off" without a failover Redis)
     failover_breaker_state: str = "off"
     failover_breaker_opened: int = 0
+    # the loader's time limits and circuit breaker (docs/loader.md); the breaker's state
+    # is "off" without loader_breaker_threshold
+    loader_breaker_state: str = "off"
+    loader_breaker_opened: int = 0
+    loader_rejected: int = 0  # calls the open breaker kept from the loader
+    loader_soft_timeouts: int = 0  # callers given the fail-safe value at the soft timeout
+    loader_hard_timeouts: int = 0  # callers that stopped waiting at the hard timeout
+    loader_background_loads: int = 0  # timed loads running now (callers gone or waiting)
+    loader_background_completed: int = 0  # timed loads that ended after a caller left
     load_latency: LatencySummary = field(default_factory=LatencySummary)
     l2_latency: LatencySummary = field(default_factory=LatencySummary)
     # the invalidation bus ("off" without one); flushes are counted by cause
@@ -128,6 +141,8 @@ class CacheStats:
     bus_lag: LatencySummary = field(default_factory=LatencySummary)
     # invalidation strategies: by type, latency, failures, cascades, queues, reclaim
     invalidation: InvalidationStats | None = None
+    # scheduled invalidations of this instance (next fire time, last fired in the fleet)
+    schedules: tuple[ScheduleInfo, ...] = ()
 
     @property
     def hit_rate(self) -> float:
@@ -183,6 +198,7 @@ class Counters:
     """The tier counters a cache keeps in Python (L1 hits and misses live in the L1)."""
 
     __slots__ = (
+        "bloom_rejected",
         "coalesced",
         "decode_errors",
         "errors",
@@ -206,5 +222,6 @@ class Counters:
         self.decode_errors = 0
         self.lease_waits = 0
         self.fills_refused = 0
+        self.bloom_rejected = 0
         self.load_latency = LatencyRecorder()
         self.l2_latency = LatencyRecorder()

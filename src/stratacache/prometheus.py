@@ -199,6 +199,13 @@ METRICS: tuple[MetricSpec, ...] = (
         _one(lambda s: s.fills_refused),
     ),
     MetricSpec(
+        "stratacache_bloom_rejected_total",
+        "counter",
+        "Reads a Bloom filter guard answered without Redis or the loader (absent ids)",
+        (),
+        _one(lambda s: s.bloom_rejected),
+    ),
+    MetricSpec(
         "stratacache_stale_served_total",
         "counter",
         "Stale values served by fail-safe",
@@ -241,6 +248,48 @@ METRICS: tuple[MetricSpec, ...] = (
         "Times a Redis's circuit breaker opened",
         ("redis",),
         _breakers(lambda _, opened: opened),
+    ),
+    # -- the loader's time limits and circuit breaker (docs/loader.md) ---------------------
+    MetricSpec(
+        "stratacache_loader_timeouts_total",
+        "counter",
+        "Callers that stopped waiting for the loader (soft: given the fail-safe value while "
+        "the load goes on; hard: given the fail-safe value or LoaderTimeout)",
+        ("kind",),
+        lambda s: [(("soft",), s.loader_soft_timeouts), (("hard",), s.loader_hard_timeouts)],
+    ),
+    MetricSpec(
+        "stratacache_loader_background_loads",
+        "gauge",
+        "Loads under a time limit running now (including those no caller waits for)",
+        (),
+        _one(lambda s: s.loader_background_loads),
+    ),
+    MetricSpec(
+        "stratacache_loader_rejected_total",
+        "counter",
+        "Loads the loader's open circuit breaker kept from the loader",
+        (),
+        _one(lambda s: s.loader_rejected),
+    ),
+    MetricSpec(
+        "stratacache_loader_breaker_open",
+        "gauge",
+        "1 while the loader's circuit breaker is open or half-open, else 0 (absent without one)",
+        (),
+        lambda s: (
+            []
+            if s.loader_breaker_state == "off"
+            else [((), 0.0 if s.loader_breaker_state == "closed" else 1.0)]
+        ),
+        combine="max",
+    ),
+    MetricSpec(
+        "stratacache_loader_breaker_openings_total",
+        "counter",
+        "Times the loader's circuit breaker opened (absent without one)",
+        (),
+        lambda s: [] if s.loader_breaker_state == "off" else [((), s.loader_breaker_opened)],
     ),
     MetricSpec(
         "stratacache_l2_latency_seconds",

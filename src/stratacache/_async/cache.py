@@ -56,6 +56,7 @@ from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
 from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
+from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
 from .._outbox import DeadLetter
 from .._primitives import (
@@ -69,14 +70,21 @@ from .._primitives import (
     async_forget_connections,
     async_reconnect_once,
 )
-from .._sentinel import MISSING
+from .._schedule import ScheduleInfo, ScheduleSpec, Targets
+from .._sentinel import MISSING, MissingType
 from .._stats import CacheStats, Counters
 from .._tags import TagVersions, expand_tags
+from .._warm import WarmReport
+from .bloom import AsyncBloomFilter, bloom_params, check_name, refresh_seconds
 from .bus import AsyncInvalidationBus
+from .conditional import AsyncConditionalWrites
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
+from .loader_call import AsyncLoads
 from .lock import AsyncDistributedLock
 from .read_path import AsyncReadPath
 from .redis_tier import AsyncRedisTier
+from .schedule import AsyncScheduler
+from .warm import AsyncWarmer, Progress
 from .write_path import AsyncWritePath
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +176,23 @@ class AsyncCache:
             an unsigned bus even with a signed codec. Every instance on the channel
             needs the same setting: a signed and an unsigned instance do not hear each
             other.
+        soft_timeout: with a fail-safe value at hand, a caller waits this long for the
+            loader, then gets that value while the load goes on in the background (its
+            result is cached when it arrives); without one it waits on, up to
+            ``hard_timeout`` (``None``: off). See ``docs/loader.md``.
+        hard_timeout: no caller waits longer for a load: it gets the fail-safe value if
+            there is one, else :class:`LoaderTimeout`; an async loader is cancelled, a
+            sync one finishes in its worker thread and is still cached (``None``: off).
+        loader_breaker_threshold: loader failures (errors and hard timeouts) within
+            ``loader_breaker_window`` seconds that open the loader's circuit breaker:
+            for ``loader_breaker_cooldown`` seconds callers get the fail-safe value or
+            :class:`LoaderUnavailable` at once, then one probe call at a time is let
+            through (``None``, the default: no breaker).
+        loader_breaker_window: see ``loader_breaker_threshold``.
+        loader_breaker_cooldown: see ``loader_breaker_threshold``.
+        schedule_poll: the longest the scheduler of :meth:`schedule_invalidation` waits
+            between two looks at the clock (it wakes at the next tick if that is sooner;
+            also the retry interval of a tick Redis did not answer).
     """
 
     def __init__(
@@ -208,6 +233,12 @@ class AsyncCache:
         instance: str | None = None,
         instance_ttl: Duration = 5.0,
         bus_secret: bytes | Sequence[bytes] | Literal[False] | None = None,
+        soft_timeout: Duration | None = None,
+        hard_timeout: Duration | None = None,
+        loader_breaker_threshold: int | None = None,
+        loader_breaker_window: Duration = 10.0,
+        loader_breaker_cooldown: Duration = 5.0,
+        schedule_poll: Duration = 1.0,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -249,6 +280,13 @@ class AsyncCache:
         self._per_node_breakers = cluster or isinstance(redis, AsyncRedisCluster)
         self._breaker = self._new_breaker("primary Redis")
         self._flights: dict[str, AsyncResultSlot[Any]] = {}
+        # the loader's time limits and breaker (loader_call.py, docs/loader.md)
+        self._loader_limits = LoaderLimits.build(soft_timeout, hard_timeout)
+        self._loader_breaker_settings = LoaderBreakerSettings.build(
+            loader_breaker_threshold, loader_breaker_window, loader_breaker_cooldown
+        )
+        self._loader_breaker = self._new_loader_breaker()
+        self._loads = AsyncLoads(self)
         self._invalidation_settings = InvalidationSettings(
             retry_backoff=retry_backoff,  # type: ignore[arg-type]
             retry_backoff_max=retry_backoff_max,  # type: ignore[arg-type]
@@ -292,6 +330,10 @@ class AsyncCache:
         self._invalidator = self._make_invalidator()
         self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
+        self._conditional = AsyncConditionalWrites(self)
+        self._blooms: dict[str, AsyncBloomFilter] = {}
+        self._schedule_poll = to_seconds(schedule_poll, "schedule_poll", allow_zero=False)
+        self._scheduler = AsyncScheduler(self, self._schedule_poll)
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -340,6 +382,22 @@ class AsyncCache:
             timer=self._timer,
             name=name,
             on_close=self._redis_answers if primary else self._nudge_outbox,
+        )
+
+    def _new_loader_breaker(self) -> CircuitBreaker | None:
+        settings = self._loader_breaker_settings
+        if settings is None:
+            return None
+        return CircuitBreaker(
+            settings.threshold,
+            settings.cooldown,
+            timer=self._timer,
+            name=f"loader of namespace {self._keys.namespace!r}",
+            window=settings.window,
+            effect=(
+                "calls do not reach the loader (callers get the fail-safe value, else "
+                "LoaderUnavailable at once)"
+            ),
         )
 
     def _redis_answers(self) -> None:
@@ -452,6 +510,8 @@ class AsyncCache:
         if self._stale is not None:
             self._stale.reset()
         self._flights = {}
+        self._loads = AsyncLoads(self)  # the parent's load tasks and threads are not ours
+        self._loader_breaker = self._new_loader_breaker()
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
         self._failover_breaker = self._new_breaker("failover Redis", primary=False)
@@ -465,7 +525,11 @@ class AsyncCache:
         self._versions.reset_after_fork()
         self._bus = self._make_bus()
         self._invalidator = self._make_invalidator()
+        # the parent's scheduler worker does not run here: a child registers its own
+        self._scheduler = AsyncScheduler(self, self._schedule_poll)
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
+        for bloom in self._blooms.values():
+            bloom._after_fork_in_child()
 
     def _l1_open(self) -> bool:
         """Whether L1 may take new entries (False while the bus is unhealthy)."""
@@ -486,6 +550,7 @@ class AsyncCache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._loads.flights.clear()  # the old loop's load tasks ended with it
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     async_forget_connections(tier.client)
@@ -555,16 +620,77 @@ class AsyncCache:
         loader: Callable[[], Any],
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Any = MISSING,
+        bloom_default: Any = None,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this call
+        (``None``: off; default: the cache's); see ``docs/loader.md``.
+        ``bloom``: a filter (:meth:`bloom`) of the ids that exist. After an L1 miss, an
+        id the filter has definitely never seen (``bloom_item``, default: ``key``) gets
+        ``bloom_default`` at once — no L2 read, no loader call — and counts in
+        ``stats().bloom_rejected``; a "maybe" goes on as usual.
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
             return value
-        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags)
+        if bloom is not None:
+            validate_key(key)
+            if not await bloom.might_contain(key if bloom_item is MISSING else bloom_item):
+                self._counters.bloom_rejected += 1
+                return bloom_default
+        limits = self._loader_limits
+        if soft_timeout is not MISSING or hard_timeout is not MISSING:
+            limits = limits_for(limits, soft_timeout, hard_timeout)
+        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits)
+
+    def bloom(
+        self,
+        name: str,
+        capacity: int,
+        error_rate: float = 0.01,
+        *,
+        shards: int | None = None,
+        local: bool = False,
+        refresh_interval: Duration = 5.0,
+    ) -> AsyncBloomFilter:
+        """The Bloom filter ``name`` of this namespace, kept in Redis and shared by every
+        instance (see ``docs/bloom.md``): sized for ``capacity`` items at a
+        false-positive rate of ``error_rate``, split into ``shards`` bit arrays (default:
+        one per 2^26 bits). Every instance must use the same three values (a mismatch
+        raises :class:`BloomFilterMismatch` at the first call); bad values raise
+        :class:`InvalidBloomParameters`. ``local=True`` keeps a copy in the process,
+        refreshed every ``refresh_interval`` seconds, that answers present items without
+        Redis. The same name gives the same object.
+
+        Use it to guard :meth:`get_or_set` and :meth:`cached` (``bloom=``). It answers
+        "maybe" for everything until its first ``rebuild()``.
+        """
+        name = check_name(name)
+        params = bloom_params(capacity, error_rate, shards)
+        interval = refresh_seconds(refresh_interval)
+        if self._tier is None:
+            raise ValueError("Bloom filters live in Redis: this cache has none")
+        existing = self._blooms.get(name)
+        if existing is not None:
+            if existing.params != params:
+                raise ValueError(
+                    f"Bloom filter {name!r} is already open here with other parameters "
+                    f"({existing!r})"
+                )
+            return existing
+        made = self._blooms[name] = AsyncBloomFilter(
+            self, name, params, local=local, refresh_interval=interval
+        )
+        return made
 
     # -- writes -------------------------------------------------------------------------
 
@@ -599,6 +725,28 @@ class AsyncCache:
         Redis faults are handled as for :meth:`set`."""
         await self._writes.set_many(mapping, ttl, tags)
 
+    async def add(
+        self, key: str, value: Any, ttl: Duration | None = None, tags: Iterable[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; True if it was stored.
+
+        Atomic across processes (a compare-and-set in Redis): of concurrent ``add`` calls
+        on one key, one wins. An expired entry, or one whose tag or namespace was
+        invalidated, counts as absent. Needs Redis to answer: raises
+        :class:`RedisUnavailableError` otherwise, having written nothing.
+        """
+        return await self._conditional.add(key, value, ttl, tags)
+
+    async def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the int cached under ``key`` and return the new value.
+
+        Atomic across processes (compare-and-set in Redis: no increment is lost); the entry
+        keeps its expiry and tags. ``KeyError`` if ``key`` has no live entry, ``TypeError``
+        if its value is not an ``int``; :class:`RedisUnavailableError` if Redis does not
+        answer (nothing changed then).
+        """
+        return await self._conditional.incr(key, delta)
+
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from L1 and L2 and revoke any lease on it; True if it existed.
 
@@ -610,6 +758,104 @@ class AsyncCache:
         """Give a live ``key`` a new TTL from now (the seed's SetTTL); False if it is not
         cached, has expired (even if fail-safe still keeps it), or Redis cannot say."""
         return await self._writes.touch(key, ttl)
+
+    async def warm(
+        self,
+        items: Iterable[Any],
+        *,
+        loader_many: Callable[[list[str]], Any] | None = None,
+        ttl: Duration | None = None,
+        tags: Iterable[str] = (),
+        batch_size: int = 500,
+        max_concurrency: int = 4,
+        rate: float | None = None,
+        progress: Progress = None,
+        resume_key: str | None = None,
+        resume_ttl: Duration = 86400.0,
+        retry_for: Duration = 10.0,
+        fill_l1: bool = False,
+    ) -> WarmReport:
+        """Write many entries ahead of the traffic (cache warming); see docs/warming.md.
+
+        ``items``: ``(key, value)`` pairs (or a mapping), or keys when ``loader_many`` is
+        given: a callable (may be async) taking a list of keys and returning a mapping of
+        key to value (keys it leaves out are skipped). Items go in batches of
+        ``batch_size``, each written as :meth:`set_many` writes (one pipeline, leases
+        revoked, tags registered, keys published on the bus), with at most
+        ``max_concurrency`` batches in flight and at most ``rate`` items per second.
+        ``progress``: a callable ``(done, total)`` called after each batch (``total`` is
+        ``None`` for an iterable without ``len``); default: a tqdm bar when stderr is a
+        terminal and tqdm is installed; ``False``: none. ``resume_key``: keep a checkpoint
+        in Redis (for ``resume_ttl``) so that a run started again with the same key and
+        the same items skips the batches already done; it is deleted when a run has done
+        every batch. A batch whose write fails is retried for ``retry_for`` seconds;
+        one still failing is counted in the report's ``failed`` and its keys are deleted
+        in Redis as soon as it answers (never left holding an older value).
+        ``fill_l1``: also put the values in this process's L1. Returns a
+        :class:`WarmReport`.
+        """
+        return await AsyncWarmer(self).run(
+            items,
+            loader_many=loader_many,
+            ttl=ttl,
+            tags=tags,
+            batch_size=batch_size,
+            max_concurrency=max_concurrency,
+            rate=rate,
+            progress=progress,
+            resume_key=resume_key,
+            resume_ttl=resume_ttl,
+            retry_for=retry_for,
+            fill_l1=fill_l1,
+        )
+
+    # -- scheduled invalidation (see schedule.py) ----------------------------------------
+
+    async def schedule_invalidation(
+        self,
+        cron: str,
+        *,
+        name: str,
+        tag: Targets = None,
+        key: Targets = None,
+        pattern: Targets = None,
+        everything: bool = False,
+        reason: str | None = None,
+    ) -> ScheduleInfo:
+        """Invalidate on a cron schedule (UTC), once per tick in the whole fleet; see
+        docs/scheduling.md.
+
+        ``cron``: a cron expression (``"0 3 * * *"``: 03:00 every day). ``name``
+        identifies the schedule across instances (``A-Z a-z 0-9 _ -``): every instance
+        may register the same one, and each tick fires in exactly one of them. What it
+        invalidates: ``tag`` (one or a sequence), ``key``, ``pattern`` (globs), and/or
+        ``everything`` (:meth:`invalidate_all`). A tick missed while every instance was
+        down fires once when one runs again (the most recent missed tick only). Needs
+        croniter. Registering again under the same name replaces the schedule here.
+        """
+        spec = ScheduleSpec.build(
+            name=name,
+            cron=cron,
+            tag=tag,
+            key=key,
+            pattern=pattern,
+            everything=everything,
+            reason=self._reason(reason),
+        )
+        return await self._scheduler.add(spec)
+
+    async def unschedule(self, name: str, *, forget: bool = False) -> bool:
+        """Stop running schedule ``name`` in this instance; True if it ran here.
+        ``forget=True`` also deletes its records in Redis (``stratacache schedules``
+        stops listing it, and its last-fired record is gone)."""
+        return await self._scheduler.remove(name, forget)
+
+    async def run_schedules(self) -> list[str]:
+        """Fire the schedules due now by the cache's clock (the background worker does
+        this by itself; tests with an injected clock call it to step); returns the names
+        of those fired by this instance."""
+        self._scheduler.ensure_running()
+        return await self._scheduler.run_due()
 
     # -- invalidation strategies (see invalidator.py) --------------------------------------
 
@@ -801,6 +1047,12 @@ class AsyncCache:
         ttl: Duration | None = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
+        *,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: AsyncBloomFilter | None = None,
+        bloom_item: Callable[..., Any] | None = None,
+        bloom_default: Any = None,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -818,8 +1070,16 @@ class AsyncCache:
         is part of the default key (as the class's qualified name: subclasses do not
         share entries); a staticmethod is keyed like a function. The decorator may sit
         above or below ``@staticmethod`` / ``@classmethod``.
+
+        ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
+        loads (``None``: off; default: the cache's); see ``docs/loader.md``.
+        ``bloom``: guard the function with a Bloom filter of the ids that exist (see
+        :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
+        the id to check (default: the cache key); a definitely absent id returns
+        ``bloom_default`` without calling the function.
         """
         tag_tuple = self._tags(tags)
+        limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
         if ttl is not None:
             self._positive_ttl(ttl)
 
@@ -828,9 +1088,21 @@ class AsyncCache:
                 return cast(F, type(fn)(decorate(fn.__func__)))
             make_key = KeyMaker(fn, key)
 
+            def guard(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if bloom is None:
+                    return {}
+                item = cache_key if bloom_item is None else bloom_item(*args, **kwargs)
+                return {"bloom": bloom, "bloom_item": item, "bloom_default": bloom_default}
+
             async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.get_or_set(
-                    cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    cache_key,
+                    functools.partial(fn, *args, **kwargs),
+                    ttl,
+                    tag_tuple,
+                    soft_timeout=soft_timeout,
+                    hard_timeout=hard_timeout,
+                    **guard(cache_key, args, kwargs),
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
@@ -846,7 +1118,13 @@ class AsyncCache:
                     if value is not MISSING:
                         return value
                     return await self.get_or_set(
-                        cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                        cache_key,
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        soft_timeout=soft_timeout,
+                        hard_timeout=hard_timeout,
+                        **guard(cache_key, args, kwargs),
                     )
 
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -885,6 +1163,18 @@ class AsyncCache:
                 "bus_lag": state.lag.summary(),
             }
         failover_fields: dict[str, Any] = {}
+        loader = self._loads.counters
+        breaker = self._loader_breaker
+        loader_fields: dict[str, Any] = {
+            "loader_soft_timeouts": loader.soft_timeouts,
+            "loader_hard_timeouts": loader.hard_timeouts,
+            "loader_rejected": loader.rejected,
+            "loader_background_loads": self._loads.in_flight(),
+            "loader_background_completed": loader.background_completed,
+        }
+        if breaker is not None:
+            loader_fields["loader_breaker_state"] = breaker.state.value
+            loader_fields["loader_breaker_opened"] = breaker.opened
         if self._failover is not None:
             failover_fields = {
                 "failover_breaker_state": self._failover_breaker.state.value,
@@ -902,14 +1192,17 @@ class AsyncCache:
             decode_errors=c.decode_errors,
             lease_waits=c.lease_waits,
             fills_refused=c.fills_refused,
+            bloom_rejected=c.bloom_rejected,
             l1_size=len(self._l1),
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
             breaker_opened=self._breaker.opened,
             **failover_fields,
+            **loader_fields,
             load_latency=c.load_latency.summary(),
             l2_latency=c.l2_latency.summary(),
             invalidation=self._invalidator.stats(),
+            schedules=self._scheduler.infos(),
             **bus_fields,
         )
 
@@ -997,7 +1290,15 @@ class AsyncCache:
 
     async def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
-        become dead letters), stop the bus, and close the Redis clients the cache created."""
+        become dead letters), stop the bus, and close the Redis clients the cache created.
+
+        Loads still running in the background (soft timeouts) get up to ``close_timeout``
+        to end and be cached; then async ones are cancelled (giving their lease back)
+        and threads are left to end by themselves."""
+        await self._scheduler.aclose()
+        for bloom in list(self._blooms.values()):
+            await bloom.aclose()
+        await self._loads.aclose(self._invalidation_settings.close_timeout)
         await self._invalidator.aclose()
         if self._bus is not None:
             await self._bus.aclose()

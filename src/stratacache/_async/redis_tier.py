@@ -49,6 +49,7 @@ from .._primitives import (
 from .._scripts import (
     BUMP_TAG,
     BUMP_VERSION,
+    COMPARE_AND_SET,
     DELETE,
     DEPENDENT_ADD,
     DEPENDENT_REMOVE,
@@ -140,6 +141,7 @@ class AsyncRedisTier:
         self._write_if_lease = client.register_script(WRITE_IF_LEASE)
         self._delete = client.register_script(DELETE)
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
+        self._compare_and_set = client.register_script(COMPARE_AND_SET)
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
         self._reclaim_scan = client.register_script(RECLAIM_SCAN)
@@ -383,6 +385,21 @@ class AsyncRedisTier:
         return bool(
             await self._call(self._replace, keys=keys, args=[old, new, _px(ttl)], _route=keys)
         )
+
+    async def compare_and_set(
+        self, key: str, old: bytes | None, new: bytes, ttl: float, tags: Sequence[str] = ()
+    ) -> bool:
+        """Store ``new`` only if the entry's blob is still ``old`` (``None``: no entry),
+        revoking any lease on ``key``; False if another write came first (add, incr)."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        args = [old or b"", new, _px(ttl)]
+        if not tags:
+            return bool(await self._call(self._compare_and_set, keys=keys, args=args, _route=keys))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", COMPARE_AND_SET, 2, *keys, *args)
+        self._add_members(pipe, tags, [key], ttl)
+        results = await self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        return bool(results[0])
 
     async def read_or_lease(self, key: str, token: bytes, ttl: float) -> tuple[bytes | None, bool]:
         """One atomic step: the entry's blob (or None), and whether we took the lease for

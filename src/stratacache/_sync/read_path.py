@@ -12,6 +12,7 @@ forked child's fresh pieces are the ones used.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -19,14 +20,21 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .._codec import Entry
-from .._errors import RedisUnavailableError
+from .._errors import LoaderTimeout, LoaderUnavailable, RedisUnavailableError
 from .._keys import validate_key
+from .._loader import LoaderLimits, describe_failure
 from .._options import Duration, to_seconds
-from .._primitives import ResultSlot, call_loader, sleep
+from .._primitives import (
+    ResultSlot,
+    call_loader,
+    call_loader_within,
+    sleep,
+)
 from .._sentinel import MISSING
 
 if TYPE_CHECKING:
     from .cache import Cache
+    from .loader_call import Flight
 
 _POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
 _POLL_MAX = 0.05  # longest pause between polls
@@ -140,28 +148,37 @@ class SyncReadPath:
         loader: Callable[[], Any],
         ttl: Duration | None,
         tags: Iterable[str],
+        limits: LoaderLimits | None = None,
     ) -> Any:
         """:meth:`AsyncCache.get_or_set` after an L1 miss: single-flight in the process,
-        then :meth:`_fill`."""
+        then :meth:`_fill` (as a task of its own under ``limits``: ``loader_call.py``)."""
         c = self._cache
         validate_key(key)
         tag_tuple = c._tags(tags)
         if ttl is not None:
             to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
         c._bus_started()
+        loads = c._loads
         while True:
-            slot: ResultSlot[Any] = ResultSlot()
+            flight = None if limits is None else loads.new_flight(limits)
+            slot: ResultSlot[Any] = ResultSlot() if flight is None else flight
             leader = c._flights.setdefault(key, slot)
-            if leader is not slot:
-                c._counters.coalesced += 1
-                try:
-                    return leader.wait()
-                except _LeaderGone:
-                    # the leader was cancelled: a waiter that took over may have filled L1
-                    value = c._l1.peek(key, MISSING)
-                    if value is not MISSING:
-                        return value
-                    continue  # take over, or follow the waiter that did
+            try:
+                if leader is not slot:
+                    c._counters.coalesced += 1
+                    if flight is None and type(leader) is ResultSlot:
+                        return leader.wait()
+                    return loads.follow(key, leader, limits)
+                if flight is not None:
+                    assert limits is not None
+                    fill = functools.partial(self._fill, key, loader, ttl, tag_tuple, flight)
+                    return loads.lead(key, flight, fill, limits)
+            except _LeaderGone:
+                # the leader was cancelled: a waiter that took over may have filled L1
+                value = c._l1.peek(key, MISSING)
+                if value is not MISSING:
+                    return value
+                continue  # take over, or follow the waiter that did
             try:
                 value = self._fill(key, loader, ttl, tag_tuple)
             except Exception as exc:
@@ -179,9 +196,15 @@ class SyncReadPath:
                     del c._flights[key]
 
     def _fill(
-        self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Duration | None,
+        tags: tuple[str, ...],
+        flight: Flight | None = None,
     ) -> Any:
-        """The leader's work on an L1 miss: L2, lease, loader, guarded writes."""
+        """The leader's work on an L1 miss: L2, lease, loader, guarded writes (``flight``:
+        under a time limit, as the flight's task)."""
         c = self._cache
         ticket = c._l1.ticket(key)
         ticket_open = True
@@ -197,7 +220,9 @@ class SyncReadPath:
                 pass
             elif entry is None or self._expired(entry):
                 stale = entry
-                lease_state = self._take_lease(key)
+                if flight is not None and flight.fallback is MISSING:
+                    flight.fallback = self._fail_safe_value(key, stale)
+                lease_state = self._take_lease(key, flight)
                 if not isinstance(lease_state, Entry):
                     token = lease_state
                     entry = None
@@ -212,7 +237,7 @@ class SyncReadPath:
             # the tag versions *before* the loader reads: an invalidation of a tag while
             # it loads makes this entry stale at birth (a miss for every reader)
             stamps = self._stamps(tags) if token is not None else None
-            value, is_stale = self._load(key, loader, stale)
+            value, is_stale = self._load(key, loader, stale, flight)
             if is_stale:
                 return value
             ttl_s = c._ttl_for(value, ttl)
@@ -225,8 +250,12 @@ class SyncReadPath:
                     stored = c._tier.write_if_lease(
                         key, token, blob, c.settings.physical_ttl(ttl_s), tags
                     )
-                except RedisUnavailableError:
+                except RedisUnavailableError as exc:
                     stored = True  # unknown outcome; nothing says the lease was revoked
+                    if exc.transient:
+                        # the lease may still be there: give it back (by its token, so
+                        # harmless if the write ran) through the outbox once Redis answers
+                        c._invalidator.release_lease_later(key, token)
                 token = None
                 if not stored:
                     # revoked: the key was written or invalidated while we loaded
@@ -250,9 +279,12 @@ class SyncReadPath:
             if exc.transient:  # else it expires by itself after lease_ttl
                 c._invalidator.release_lease_later(key, token)
 
-    def _take_lease(self, key: str) -> bytes | Entry | None:
+    def _take_lease(
+        self, key: str, flight: Flight | None = None
+    ) -> bytes | Entry | None:
         """The lease token; or the entry a holder elsewhere wrote while we waited; or None
-        (no Redis, or ``lease_wait`` passed: load without writing L2)."""
+        (no Redis, or ``lease_wait`` passed: load without writing L2). Under a hard
+        timeout the wait ends at the flight's deadline with :class:`LoaderTimeout`."""
         c = self._cache
         if c._tier is None:
             return None
@@ -291,24 +323,78 @@ class SyncReadPath:
                 c._counters.lease_waits += 1
             if c._timer() >= deadline:
                 return None
+            if flight is not None and flight.hard_at is not None:
+                left = flight.remaining()
+                assert left is not None
+                if left <= 0:
+                    c._loads.expire(
+                        key, flight, "another process's lease outlived the hard timeout"
+                    )
+                    raise LoaderTimeout(
+                        f"another process's load of {key!r} did not finish within the hard timeout"
+                    )
+                pause = min(pause, left)
             sleep(pause)
             pause = min(pause * 2, _POLL_MAX)
 
     def _load(
-        self, key: str, loader: Callable[[], Any], stale: Entry | None
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        stale: Entry | None,
+        flight: Flight | None = None,
     ) -> tuple[Any, bool]:
-        """Run the loader; with fail-safe, answer its error with the last known value."""
+        """Run the loader (within the flight's hard deadline, behind the loader's
+        breaker); with fail-safe, answer its error with the last known value."""
         c = self._cache
+        breaker = c._loader_breaker
+        if breaker is not None and not breaker.allow():
+            c._loads.counters.rejected += 1
+            fallback = self._fail_safe_value(key, stale)
+            if fallback is MISSING:
+                raise LoaderUnavailable(
+                    f"the loader's circuit breaker is open (namespace "
+                    f"{c.settings.namespace!r}): {key!r} was not loaded and no fail-safe "
+                    "value was at hand"
+                )
+            c._counters.stale_served += 1
+            return fallback, True
         c._counters.loads += 1
         start = perf_counter()
         try:
-            return call_loader(loader), False
-        except Exception:
+            if flight is None or flight.hard_at is None:
+                value = call_loader(loader)
+            else:
+                value = call_loader_within(
+                    loader,
+                    flight.hard_at - time.monotonic(),
+                    lambda: LoaderTimeout(
+                        f"the loader of {key!r} was cancelled at the hard timeout"
+                    ),
+                )
+        except LoaderTimeout:
+            # the flight's hard deadline: its callers answer it (loader_call.py)
+            assert flight is not None
+            c._loads.expire(key, flight, "no answer within the hard timeout")
+            if breaker is not None:
+                breaker.abandon()
+            raise
+        except Exception as exc:
+            if breaker is not None:
+                breaker.record_failure(describe_failure(exc))
             fallback = self._fail_safe_value(key, stale)
             if fallback is MISSING:
                 raise
             c._counters.stale_served += 1
             return fallback, True
+        except BaseException:
+            if breaker is not None:
+                breaker.abandon()
+            raise
+        else:
+            if breaker is not None:
+                breaker.record_success()
+            return value, False
         finally:
             c._counters.load_latency.record(perf_counter() - start)
 

@@ -1,0 +1,328 @@
+"""Run every benchmark report and write one report with charts: benchmarks/results/.
+
+    python benchmarks/report.py [--quick] [--only l1,cache,bus,scaling]
+
+Each part runs as its own process pinned to one CPU (``taskset -c 1``, as ``make bench``
+does; the redis-server each part starts inherits the pinning) and writes its numbers as
+JSON; this script then writes ``results/report.md`` and one PNG chart per table
+(matplotlib, from the dev extra). Every figure in a table is a ratio to the baseline
+measured in the same run: absolute times on this kind of machine move by tens of percent
+between runs, ratios by a few.
+
+Parts: ``l1`` (l1_report.py: stratacache's L1 beside dict, lru_cache, cachetools, cachebox
+and theine, plus its scaling from 1k to 10M entries), ``cache`` (cache_report.py: L1 hit,
+decorated hit, L2 hit, get_many and the miss path beside raw redis-py, dogpile.cache,
+cashews and aiocache), ``bus`` (bus_report.py), ``scaling`` (scaling_report.py: L2 hit
+under client threads, bus propagation against subscribers, tag invalidation against tag
+size). ``--quick`` keeps the whole run under 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PARTS = {
+    "l1": "l1_report.py",
+    "cache": "cache_report.py",
+    "bus": "bus_report.py",
+    "scaling": "scaling_report.py",
+}
+
+
+def run_part(name: str, quick: bool) -> dict[str, Any]:
+    """Run one report script pinned to one CPU; its JSON numbers."""
+    out = RESULTS / f"{name}.json"
+    cmd = [sys.executable, str(HERE / PARTS[name]), "--json", str(out)]
+    if quick:
+        cmd.append("--quick")
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1:
+        cmd = ["taskset", "-c", str(max(os.sched_getaffinity(0))), *cmd]
+    print(f"=== {name}: {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    subprocess.run(cmd, check=True)
+    print(f"=== {name}: {time.monotonic() - started:.0f} s", flush=True)
+    return json.loads(out.read_text())
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 1e-6:
+        return f"{s * 1e9:.0f} ns"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    return f"{s * 1e3:.2f} ms"
+
+
+def _slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-").replace("--", "-")
+
+
+def bar_chart(title: str, labels: list[str], ratios: list[float], path: Path) -> None:
+    """Horizontal bars of ratios to the baseline (1.0 drawn as a line); stratacache in blue,
+    baselines in grey, peers in orange."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = [
+        "#1f77b4" if "stratacache" in label else "#999999" if "baseline" in label else "#ff7f0e"
+        for label in labels
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), ratios, color=colors)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    if max(ratios) / max(min(ratios), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("x baseline of the same run (lower is better)")
+    ax.set_title(title, fontsize=10)
+    for i, r in enumerate(ratios):
+        ax.text(r, i, f" {r:.2f}x", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def line_chart(
+    title: str,
+    x: list[float],
+    series: dict[str, list[float]],
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    logx: bool = True,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ys in series.items():
+        style = "-o" if "stratacache" in name else "--s"
+        ax.plot(x, ys, style, label=name, markersize=4)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_tables(tables: list[dict[str, Any]], lines: list[str]) -> None:
+    """Tables in the shared format: ``{"title", "rows": [{"name", "seconds", "ratio"}]}``,
+    ``ratio`` to the group's baseline row (None before the first baseline)."""
+    for table in tables:
+        title = table["title"]
+        png = f"{_slug(title)}.png"
+        lines += [f"### {title}", ""]
+        if table.get("note"):
+            lines += [table["note"], ""]
+        lines += ["| case | per op | x baseline |", "|---|---:|---:|"]
+        labels, ratios = [], []
+        for row in table["rows"]:
+            ratio = row.get("ratio")
+            cell = f"{ratio:.2f}" if ratio is not None else "-"
+            lines.append(f"| {row['name']} | {_fmt_seconds(row['seconds'])} | {cell} |")
+            if ratio is not None:
+                labels.append(row["name"])
+                ratios.append(ratio)
+        if ratios:
+            bar_chart(title, labels, ratios, RESULTS / png)
+            lines += ["", f"![{title}]({png})"]
+        lines.append("")
+
+
+def render_l1(data: dict[str, Any], lines: list[str]) -> None:
+    columns = [c for c in data["columns"]]
+    lines += [
+        "## L1 (in-process)",
+        "",
+        data.get("header", ""),
+        "",
+        "| implementation | " + " | ".join(columns) + " | notes |",
+        "|---|" + "---:|" * len(columns) + "---|",
+    ]
+    labels, ratios = [], []
+    for name, row in data["rows"].items():
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            cells.append(
+                "-" if value is None else f"{value:.2f}" if col.startswith("x ") else f"{value:.0f}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('note', '')} |")
+        if row.get("x dict.get") is not None:
+            labels.append(name)
+            ratios.append(row["x dict.get"])
+    lines.append("")
+    if ratios:
+        bar_chart("L1 get hit, x dict.get", labels, ratios, RESULTS / "l1-get-hit.png")
+        lines += ["![L1 get hit](l1-get-hit.png)", ""]
+    for label, ratio in data.get("ratios", {}).items():
+        lines.append(f"- {label}: **{ratio:.2f}**")
+    lines.append("")
+    for table in data.get("tables", []):
+        render_tables([table], lines)
+    scaling = data.get("scaling")
+    if scaling:
+        sizes = [p["entries"] for p in scaling]
+        series = {k: [p[k] for p in scaling] for k in scaling[0] if k != "entries"}
+        line_chart(
+            "L1 cost against entries",
+            sizes,
+            series,
+            "entries in the L1",
+            "ns per call",
+            RESULTS / "l1-scaling.png",
+        )
+        lines += ["### L1 cost against entries", "", "![L1 scaling](l1-scaling.png)", ""]
+
+
+def render_scaling(data: dict[str, Any], lines: list[str]) -> None:
+    lines += ["## Scaling", ""]
+    rows = data["l2_hit_threads"]
+    threads = [r["threads"] for r in rows]
+    line_chart(
+        "L2 hit against client threads (wall µs per read)",
+        threads,
+        {
+            "raw redis-py GET + unpackb (baseline)": [r["raw_us"] for r in rows],
+            "stratacache Cache.get": [r["strata_us"] for r in rows],
+        },
+        "client threads",
+        "µs per read",
+        RESULTS / "scaling-l2-threads.png",
+    )
+    lines += [
+        "### L2 hit against client threads",
+        "",
+        "| threads | r.get + unpackb | Cache.get | x |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['threads']} | {r['raw_us']:.1f} µs | {r['strata_us']:.1f} µs | "
+        f"{r['strata_us'] / r['raw_us']:.2f} |"
+        for r in rows
+    ]
+    lines += ["", "![L2 hit against threads](scaling-l2-threads.png)", ""]
+
+    rows = data["bus_readers"]
+    readers = [r["readers"] for r in rows]
+    line_chart(
+        "Bus propagation p99 against subscribing processes",
+        readers,
+        {
+            "raw PUBLISH -> receive p99 (baseline)": [r["raw_p99_ms"] for r in rows],
+            "stratacache write -> served p99": [r["bus_p99_ms"] for r in rows],
+        },
+        "subscribing processes",
+        "ms",
+        RESULTS / "scaling-bus-readers.png",
+    )
+    lines += [
+        "### Bus propagation against subscribing processes",
+        "",
+        "| readers | raw p50 | raw p99 | bus p50 | bus p99 | p99 x |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['readers']} | {r['raw_p50_ms']:.2f} ms | {r['raw_p99_ms']:.2f} ms | "
+        f"{r['bus_p50_ms']:.2f} ms | {r['bus_p99_ms']:.2f} ms | "
+        f"{r['bus_p99_ms'] / r['raw_p99_ms']:.2f} |"
+        for r in rows
+    ]
+    lines += ["", "![Bus against readers](scaling-bus-readers.png)", ""]
+
+    rows = data["tag_sizes"]
+    sizes = [r["size"] for r in rows]
+    line_chart(
+        "Tag invalidation against tag size",
+        sizes,
+        {
+            "stratacache invalidate_tag returns": [r["call_ms"] for r in rows],
+            "stratacache another instance stops serving": [r["unserved_ms"] for r in rows],
+        },
+        "entries under the tag",
+        "ms",
+        RESULTS / "scaling-tag-size.png",
+    )
+    lines += [
+        "### Tag invalidation against tag size",
+        "",
+        "| entries | invalidate_tag returns | another instance stops serving |",
+        "|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['size']:,} | {r['call_ms']:.2f} ms | {r['unserved_ms']:.2f} ms |" for r in rows
+    ]
+    lines += ["", "![Tag invalidation against size](scaling-tag-size.png)", ""]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (< 3 minutes)")
+    parser.add_argument("--only", help="comma-separated parts to run (default: all)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render from the JSON files already there"
+    )
+    args = parser.parse_args(argv)
+    parts = args.only.split(",") if args.only else list(PARTS)
+    RESULTS.mkdir(exist_ok=True)
+    started = time.monotonic()
+    data = {}
+    for name in parts:
+        data[name] = (
+            json.loads((RESULTS / f"{name}.json").read_text())
+            if args.render_only
+            else run_part(name, args.quick)
+        )
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# stratacache benchmark report",
+        "",
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{'quick' if args.quick else 'full'} mode, {stamp}. "
+        "Each part ran pinned to one CPU with its own redis-server on the same CPU. Every "
+        "ratio is to a baseline measured in the same run; compare ratios, not absolute times.",
+        "",
+    ]
+    if "l1" in data:
+        render_l1(data["l1"], lines)
+    if "cache" in data:
+        lines += ["## Tiered cache", ""]
+        render_tables(data["cache"]["tables"], lines)
+    if "bus" in data:
+        lines += ["## Invalidation bus", ""]
+        render_tables(data["bus"]["tables"], lines)
+    if "scaling" in data:
+        render_scaling(data["scaling"], lines)
+    notes = HERE / "report_notes.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'report.md'} in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
