@@ -41,6 +41,8 @@ REPLACEMENTS = {
     "AsyncInvalidator": "Invalidator",
     "AsyncReclaimer": "Reclaimer",
     "AsyncWorker": "Worker",
+    "AsyncBackground": "Background",
+    "AsyncEarlyRefresh": "EarlyRefresh",
     "async_shard_client": "shard_client",
     "async_forget_connections": "forget_connections",
     "async_redis_call": "redis_call",

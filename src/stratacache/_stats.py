@@ -105,6 +105,11 @@ class CacheStats:
     decode_errors: int = 0
     lease_waits: int = 0
     fills_refused: int = 0
+    # early refresh (XFetch): refreshes whose value was stored; found already refreshed
+    # by another process (its entry installed, no load); failed (loader or Redis error)
+    early_refreshes: int = 0
+    early_refreshes_adopted: int = 0
+    early_refresh_failures: int = 0
     l1_size: int = 0
     l1_evictions: int = 0
     breaker_state: str = "closed"

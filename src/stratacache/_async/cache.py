@@ -40,16 +40,19 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
+from .._adaptive import AdaptiveTTL, check_ttl_option, resolve_ttl
 from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage, bus_keys
 from .._codec import Codec, normalize_secrets
+from .._copying import copy_option, make_copier
 from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
@@ -77,6 +80,7 @@ from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched
 from .lock import AsyncDistributedLock
 from .read_path import AsyncReadPath
 from .redis_tier import AsyncRedisTier
+from .refresh import AsyncEarlyRefresh
 from .write_path import AsyncWritePath
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -165,6 +169,15 @@ class AsyncCache:
             an unsigned bus even with a signed codec. Every instance on the channel
             needs the same setting: a signed and an unsigned instance do not hear each
             other.
+        early_refresh: the default of ``get_or_set``'s and ``cached``'s
+            ``early_refresh`` (``False``: off; ``True`` or a float ``beta``: recompute a
+            hot value in the background shortly before it expires, XFetch; see
+            ``docs/read-path.md``).
+        copy_on_read: hand out a deep copy of each value read instead of the live object
+            L1 holds (default ``False``: every reader of a key shares one object, so a
+            caller that mutates a value changes it for everyone in the process).
+        rand: uniform [0, 1) source of early refresh's XFetch test (tests pass a fixed
+            one; default ``random.random``).
     """
 
     def __init__(
@@ -205,6 +218,9 @@ class AsyncCache:
         instance: str | None = None,
         instance_ttl: Duration = 5.0,
         bus_secret: bytes | Sequence[bytes] | Literal[False] | None = None,
+        early_refresh: bool | float = False,
+        copy_on_read: bool = False,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -289,11 +305,18 @@ class AsyncCache:
         self._invalidator = self._make_invalidator()
         self._reads = AsyncReadPath(self)
         self._writes = AsyncWritePath(self)
+        self._refresher = AsyncEarlyRefresh(self, early_refresh, rand or random.random)
+        self._copy_on_read = copy_option(copy_on_read)
+        self._copy = make_copier(self._codec)
+        # False when an L1 hit may have more to do than return the value (early refresh
+        # or copy on read by default, reads counted for an AdaptiveTTL): the hit paths
+        # test it first, so that a cache using none of these pays one attribute read
+        self._plain_hits = not self._copy_on_read and self._refresher.default_beta is None
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
         fast_get = async_bind_fast_get(self._l1, self._reads._get_after_l1_miss)
-        if fast_get is not None:
+        if fast_get is not None and not self._copy_on_read:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
     def _make_bus(self) -> AsyncInvalidationBus | None:
@@ -449,6 +472,7 @@ class AsyncCache:
         if self._stale is not None:
             self._stale.reset()
         self._flights = {}
+        self._refresher.reset()
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
         self._failover_breaker = self._new_breaker("failover Redis", primary=False)
@@ -483,6 +507,7 @@ class AsyncCache:
             self._versions.clear()
             self._l1.clear()
             self._flights = {}
+            self._refresher.reset()
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     async_forget_connections(tier.client)
@@ -525,14 +550,31 @@ class AsyncCache:
     # -- reads --------------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key`` from L1, else L2, else ``default``. Never calls a loader."""
+        """The value of ``key`` from L1, else L2, else ``default``. Never calls a loader.
+
+        The value is the live object L1 holds (shared by every reader in the process)
+        unless the cache was built with ``copy_on_read=True``."""
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            return value
-        return await self._reads._get_after_l1_miss(key, default)
+            return self._copy(value) if self._copy_on_read else value
+        if not self._copy_on_read:
+            return await self._reads._get_after_l1_miss(key, default)
+        value = await self._reads._get_after_l1_miss(key, MISSING)
+        return default if value is MISSING else self._copy(value)
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Values of the keys that are cached (L1, then one L2 round trip for the rest)."""
+    async def get_many(
+        self, keys: Iterable[str], *, copy_on_read: bool | None = None
+    ) -> dict[str, Any]:
+        """Values of the keys that are cached (L1, then one L2 round trip for the rest).
+
+        ``copy_on_read``: return copies rather than the live objects L1 holds (default:
+        the cache's setting)."""
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            copy = self._copy
+            return {k: copy(v) for k, v in (await self._get_many(keys)).items()}
+        return await self._get_many(keys)
+
+    async def _get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         missing: list[str] = []
         l1 = self._l1
@@ -550,18 +592,57 @@ class AsyncCache:
         self,
         key: str,
         loader: Callable[[], Any],
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
+        *,
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
     ) -> Any:
         """The cached value of ``key``, or the loader's result, cached (single-flight).
 
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
+
+        ``ttl``: seconds, a ``timedelta``, ``None`` (the default TTL), a callable of the
+        value returning one of those (``ttl=lambda user: 60 if user.active else 3600``),
+        or an :class:`AdaptiveTTL`. ``early_refresh``: ``True`` or a float ``beta``
+        recomputes the value in the background shortly before it expires (XFetch;
+        callers keep getting the current value meanwhile), ``False`` never; ``None``:
+        the cache's default. ``copy_on_read``: return a copy rather than the live object
+        L1 holds (``None``: the cache's default).
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            return value
-        return await self._reads.get_or_set_after_l1(key, loader, ttl, tags)
+            if self._plain_hits and early_refresh is None and copy_on_read is None:
+                return value
+            return self._hit_with_options(
+                key, value, loader, ttl, tags, early_refresh, copy_on_read
+            )
+        beta = self._refresher.beta(early_refresh)
+        value = await self._reads.get_or_set_after_l1(key, loader, ttl, tags, beta)
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            return self._copy(value)
+        return value
+
+    def _hit_with_options(
+        self,
+        key: str,
+        value: Any,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        early_refresh: bool | float | None,
+        copy_on_read: bool | None,
+    ) -> Any:
+        """An L1 hit of ``get_or_set`` with more to do than return the value."""
+        if isinstance(ttl, AdaptiveTTL):
+            ttl.hit(key)
+        beta = self._refresher.beta(early_refresh)
+        if beta is not None:
+            self._refresher.on_l1_hit(key, loader, ttl, tags, beta)
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            return self._copy(value)
+        return value
 
     # -- writes -------------------------------------------------------------------------
 
@@ -569,12 +650,13 @@ class AsyncCache:
         self,
         key: str,
         value: Any,
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
         *,
         fence: int | None = None,
     ) -> None:
-        """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``).
+        """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``;
+        also a callable of the value, or an :class:`AdaptiveTTL`).
 
         The value is encoded first: an unsupported value raises ``SerializationError``
         (a ``TypeError``) before anything is written. If Redis cannot take the write, the
@@ -590,10 +672,12 @@ class AsyncCache:
         await self._writes.set(key, value, ttl, tags, fence)
 
     async def set_many(
-        self, mapping: Mapping[str, Any], ttl: Duration | None = None, tags: Iterable[str] = ()
+        self, mapping: Mapping[str, Any], ttl: Any = None, tags: Iterable[str] = ()
     ) -> None:
         """Store several values (one pipeline); all are encoded before any is written.
-        Redis faults are handled as for :meth:`set`."""
+        Redis faults are handled as for :meth:`set`. A callable ``ttl`` (or an
+        :class:`AdaptiveTTL`) gives each value its own TTL: one pipeline per distinct
+        TTL."""
         await self._writes.set_many(mapping, ttl, tags)
 
     async def delete(self, key: str) -> bool:
@@ -795,9 +879,12 @@ class AsyncCache:
 
     def cached(
         self,
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
+        *,
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
     ) -> Callable[[F], F]:
         """Decorate a function so its results are cached by its arguments.
 
@@ -815,10 +902,23 @@ class AsyncCache:
         is part of the default key (as the class's qualified name: subclasses do not
         share entries); a staticmethod is keyed like a function. The decorator may sit
         above or below ``@staticmethod`` / ``@classmethod``.
+
+        ``ttl``, ``early_refresh`` and ``copy_on_read`` are as for :meth:`get_or_set`
+        (a ttl callable receives the function's result).
         """
         tag_tuple = self._tags(tags)
-        if ttl is not None:
-            self._positive_ttl(ttl)
+        check_ttl_option(ttl, allow_zero=False)
+        if early_refresh is not None:
+            self._refresher.beta(early_refresh)  # a bad option fails at decoration
+        if copy_on_read is not None:
+            copy_option(copy_on_read)
+        # hits of the plain kind may skip Python entirely (sync: one C call)
+        plain = (
+            self._plain_hits
+            and early_refresh is None
+            and copy_on_read is None
+            and not isinstance(ttl, AdaptiveTTL)
+        )
 
         def decorate(fn: F) -> F:
             if isinstance(fn, (staticmethod, classmethod)):
@@ -831,10 +931,10 @@ class AsyncCache:
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
-            wrapper: Any = async_bind_fast_cached(self._l1, make_key, load)
+            wrapper: Any = async_bind_fast_cached(self._l1, make_key, load) if plain else None
             if wrapper is not None:
                 functools.update_wrapper(wrapper, fn)
-            else:
+            elif plain:
 
                 @functools.wraps(fn)
                 async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -844,6 +944,19 @@ class AsyncCache:
                         return value
                     return await self.get_or_set(
                         cache_key, functools.partial(fn, *args, **kwargs), ttl, tag_tuple
+                    )
+
+            else:
+
+                @functools.wraps(fn)
+                async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return await self.get_or_set(
+                        make_key(args, kwargs),
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        early_refresh=early_refresh,
+                        copy_on_read=copy_on_read,
                     )
 
             async def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -899,6 +1012,9 @@ class AsyncCache:
             decode_errors=c.decode_errors,
             lease_waits=c.lease_waits,
             fills_refused=c.fills_refused,
+            early_refreshes=self._refresher.refreshed,
+            early_refreshes_adopted=self._refresher.adopted,
+            early_refresh_failures=self._refresher.failures,
             l1_size=len(self._l1),
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
@@ -994,7 +1110,10 @@ class AsyncCache:
 
     async def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
-        become dead letters), stop the bus, and close the Redis clients the cache created."""
+        become dead letters), stop the bus, and close the Redis clients the cache created.
+        Early refreshes still running are cancelled (``Cache``: waited for, up to
+        ``close_timeout``) and give their leases back."""
+        await self._refresher.aclose(self._invalidation_settings.close_timeout)
         await self._invalidator.aclose()
         if self._bus is not None:
             await self._bus.aclose()
@@ -1021,6 +1140,7 @@ class AsyncCache:
         tags: tuple[str, ...],
         stamps: tuple[tuple[int, ...], int] | None,
         now: float,
+        load_time: float = 0.0,
     ) -> bytes:
         """The L2 blob of a new entry written at ``now`` for ``ttl`` seconds, stamped with
         its tags' versions and the epoch (``None``: Redis could not say; the blob is then
@@ -1033,17 +1153,24 @@ class AsyncCache:
             tags=tags,
             stamps=None if stamps is None else stamps[0],
             epoch=0 if stamps is None else stamps[1],
+            load_time=load_time,
         )
 
-    def _ttl_for(self, value: Any, ttl: Duration | None) -> float:
+    def _ttl_for(self, value: Any, ttl: Any, key: str) -> float:
+        """The TTL of a loader's ``value`` for ``key`` (``ttl`` as get_or_set takes it)."""
         if value is None and self.settings.negative_ttl is not None:
             return self.settings.negative_ttl
-        return self.settings.entry_ttl(ttl)
+        if isinstance(ttl, AdaptiveTTL):
+            self._plain_hits = False  # its hits are counted from now on
+        return self.settings.entry_ttl(resolve_ttl(ttl, key, value))
 
-    def _positive_ttl(self, ttl: Duration | None) -> float:
-        if ttl is not None:
-            to_seconds(ttl, "ttl", allow_zero=False)
-        return self.settings.entry_ttl(ttl)
+    def _positive_ttl(self, ttl: Any, key: str | None = None, value: Any = MISSING) -> float:
+        """The TTL (> 0) of a written ``value`` of ``key`` (without one, ``ttl`` must be
+        fixed: ``touch``)."""
+        fixed = ttl if value is MISSING else resolve_ttl(ttl, key, value)
+        if fixed is not None:
+            to_seconds(fixed, "ttl", allow_zero=False)
+        return self.settings.entry_ttl(fixed)
 
     @staticmethod
     def _tags(tags: Iterable[str]) -> tuple[str, ...]:

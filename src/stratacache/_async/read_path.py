@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from .._adaptive import check_ttl_option
 from .._codec import Entry
 from .._errors import RedisUnavailableError
 from .._keys import validate_key
-from .._options import Duration, to_seconds
 from .._primitives import AsyncResultSlot, async_call_loader, async_sleep
 from .._sentinel import MISSING
 
@@ -136,16 +136,16 @@ class AsyncReadPath:
         self,
         key: str,
         loader: Callable[[], Any],
-        ttl: Duration | None,
+        ttl: Any,
         tags: Iterable[str],
+        beta: float | None = None,
     ) -> Any:
         """:meth:`AsyncCache.get_or_set` after an L1 miss: single-flight in the process,
-        then :meth:`_fill`."""
+        then :meth:`_fill` (``beta``: early refresh's, None when off)."""
         c = self._cache
         validate_key(key)
         tag_tuple = c._tags(tags)
-        if ttl is not None:
-            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
+        check_ttl_option(ttl)  # a bad ttl fails before the loader runs, not after
         await c._bus_started()
         while True:
             slot: AsyncResultSlot[Any] = AsyncResultSlot()
@@ -161,7 +161,7 @@ class AsyncReadPath:
                         return value
                     continue  # take over, or follow the waiter that did
             try:
-                value = await self._fill(key, loader, ttl, tag_tuple)
+                value = await self._fill(key, loader, ttl, tag_tuple, beta)
             except Exception as exc:
                 slot.set_exception(exc)
                 raise
@@ -177,7 +177,12 @@ class AsyncReadPath:
                     del c._flights[key]
 
     async def _fill(
-        self, key: str, loader: Callable[[], Any], ttl: Duration | None, tags: tuple[str, ...]
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: tuple[str, ...],
+        beta: float | None = None,
     ) -> Any:
         """The leader's work on an L1 miss: L2, lease, loader, guarded writes."""
         c = self._cache
@@ -205,20 +210,25 @@ class AsyncReadPath:
                 c._counters.l2_hits += 1
                 ticket_open = False
                 self._install(ticket, key, entry.value, entry)
+                if beta is not None:
+                    c._refresher.on_l2_hit(key, entry, loader, ttl, tags, beta)
                 return entry.value
             c._counters.l2_misses += 1
             # the tag versions *before* the loader reads: an invalidation of a tag while
             # it loads makes this entry stale at birth (a miss for every reader)
             stamps = await self._stamps(tags) if token is not None else None
+            started = perf_counter()
             value, is_stale = await self._load(key, loader, stale)
+            load_time = perf_counter() - started  # stored in the entry (early refresh)
             if is_stale:
                 return value
-            ttl_s = c._ttl_for(value, ttl)
+            ttl_s = c._ttl_for(value, ttl, key)
             if ttl_s == 0:
                 return value
+            now = c._clock()
             if token is not None and stamps is not None:
                 assert c._tier is not None
-                blob = c._encode_new(key, value, ttl_s, tags, stamps, c._clock())
+                blob = c._encode_new(key, value, ttl_s, tags, stamps, now, load_time)
                 try:
                     stored = await c._tier.write_if_lease(
                         key, token, blob, c.settings.physical_ttl(ttl_s), tags
@@ -232,6 +242,8 @@ class AsyncReadPath:
                     return value
             ticket_open = False
             self._install_value(ticket, key, value, ttl_s, tags)
+            if beta is not None:
+                c._refresher.note(key, now, now + ttl_s, load_time)
             return value
         finally:
             if ticket_open:
