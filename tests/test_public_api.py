@@ -8,6 +8,7 @@ import stratacache
 
 EXPECTED = {
     "MISSING",
+    "AdaptiveTTL",
     "AsyncCache",
     "AsyncDistributedLock",
     "AuditRecord",

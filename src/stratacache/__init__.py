@@ -8,6 +8,7 @@ and never let a late fill write stale data. See the README for a tour.
 from __future__ import annotations
 
 from ._acl import acl_rules
+from ._adaptive import AdaptiveTTL
 from ._async.cache import AsyncCache
 from ._async.instances import instances as ainstances
 from ._async.lock import AsyncDistributedLock
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "MISSING",
+    "AdaptiveTTL",
     "AsyncCache",
     "AsyncDistributedLock",
     "AuditRecord",

@@ -18,7 +18,7 @@ Design notes
   ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], [stamps...], epoch, payload]``
   so ``decode`` is one ``msgpack.unpackb`` call; the payload is nested, not a second blob.
   An entry written by a loader fill carries a ninth item, ``load_us``: how long the
-  loader took, in whole microseconds (early refresh, ``_xfetch.py``, needs it). It is
+  loader took, in whole microseconds, rounded up (early refresh, ``_xfetch.py``, needs it). It is
   optional (an 8-item envelope reads as ``load_time=0.0``), so entries written before it
   existed, and by ``set()``, stay byte-for-byte what they were; a 9-item envelope is a
   miss (a ``decode_errors`` count) to a release that predates it.
@@ -73,6 +73,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import hmac
+import math
 import struct
 import threading
 import uuid
@@ -567,7 +568,7 @@ class Codec:
             epoch,
             self._prepare(value, 0),
         ]
-        load_us = int(load_time * 1e6) if load_time < 1e9 else 10**15
+        load_us = math.ceil(load_time * 1e6) if load_time < 1e9 else 10**15
         if load_us:
             envelope.append(load_us)
         return self._finish(envelope, self._entry_key)

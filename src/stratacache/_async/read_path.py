@@ -454,14 +454,16 @@ class AsyncReadPath:
 
     def _install_value(
         self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
-    ) -> None:
-        """Install through the L1 guard (and the fail-safe store if the guard allows)."""
+    ) -> bool:
+        """Install through the L1 guard (and the fail-safe store if the guard allows);
+        False if the guard refused it (an invalidation since the ticket), or L1 is shut."""
         c = self._cache
         if not c._l1_open():
             c._l1.release(ticket, key)
-            return
+            return False
         if c._l1.install(ticket, key, value, ttl=min(ttl, c.settings.l1_max_ttl), tags=tags):
             if c._stale is not None:
                 c._stale.set(key, value, ttl=ttl + c.settings.fail_safe_max_age, tags=tags)
-        else:
-            c._counters.fills_refused += 1
+            return True
+        c._counters.fills_refused += 1
+        return False

@@ -205,9 +205,9 @@ class AsyncEarlyRefresh:
                     c._counters.fills_refused += 1
                     raise _Refused  # the key was written or invalidated meanwhile
             ticket_open = False
-            reads._install_value(ticket, key, value, ttl_s, tag_tuple)
-            self.note(key, now, now + ttl_s, load_time)
-            self.refreshed += 1
+            if reads._install_value(ticket, key, value, ttl_s, tag_tuple):
+                self.note(key, now, now + ttl_s, load_time)
+                self.refreshed += 1
         finally:
             if ticket_open:
                 c._l1.release(ticket, key)
