@@ -174,6 +174,7 @@ async def test_one_loader_call_for_two_instances(
         load.gate.set()
         await refreshes_done(a)
         assert a.l1.peek("k") == "v-2"
+        clock.advance(0.5)  # past b's quiet period (it found the lease taken)
         # b's next read refreshes again (its entry is still the old one): it takes the
         # lease, finds a's newer entry in L2 and installs it
         assert await b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
@@ -230,8 +231,12 @@ async def test_a_failed_refresh_keeps_serving(clock: FakeClock, target: tuple[st
         await refreshes_done(cache)
         assert cache.stats().early_refresh_failures == 1
         assert await cache.get_or_set("k", load, ttl=TTL) == "v-1"
-        # the lease was given back: the next refresh (source back) takes it and loads
+        # the lease was given back: the next refresh (source back, and the quiet second
+        # after a failure over) takes it and loads
         load.error = None
+        await cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0  # still quiet
+        clock.advance(1)
         await cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
         await refreshes_done(cache)
         assert cache.l1.peek("k") == "v-3"

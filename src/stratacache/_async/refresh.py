@@ -21,6 +21,10 @@ close to its expiry serves it at once and recomputes it in the background.
   ``early_refresh_failures`` and logged (rate limited); the current value stays served
   until it expires, when the normal miss path takes over. A Redis write whose outcome
   is unknown is not installed in L1 either.
+* **Quiet periods.** So that a hot key does not start a job on every read meanwhile, a
+  key is not tried again in this process for ``_FAILED_QUIET`` seconds after a failed
+  refresh, and for one load time (at least ``_BUSY_QUIET``) after finding the lease
+  taken (by the cache's ``timer``).
 * **Lifecycle.** Jobs are asyncio tasks (``Cache``: daemon threads), at most
   ``_LIMIT`` at a time (a refresh that cannot start is skipped: a later read tries
   again). ``close`` cancels the tasks and waits for them (a sync cache waits for its
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger("stratacache.refresh")
 _LIMIT = 16  # refreshes running at a time, per cache
 _NOTED_LIMIT_FACTOR = 2  # expiries noted: at most this many times l1_maxsize
+_FAILED_QUIET = 1.0  # seconds without a new try after a failed refresh
+_BUSY_QUIET = 0.01  # at least this long after finding another process refreshing
 
 
 class _Refused(Exception):
@@ -65,6 +71,7 @@ class AsyncEarlyRefresh:
         self._noted: dict[str, tuple[float, float | None, float]] = {}
         self._noted_limit = _NOTED_LIMIT_FACTOR * cache.settings.l1_maxsize
         self._running: set[str] = set()
+        self._quiet: dict[str, float] = {}  # key -> timer() before which not to try
         self._jobs = AsyncBackground(_LIMIT)
         self._warnings = LogLimiter(_log, 10.0)
         self.refreshed = 0  # loader ran and its value was stored
@@ -87,7 +94,7 @@ class AsyncEarlyRefresh:
     ) -> None:
         """An L1 hit with early refresh on: start a refresh if XFetch says so."""
         noted = self._noted.get(key)
-        if noted is None or key in self._running:
+        if noted is None or key in self._running or self._quieted(key):
             return
         if should_refresh(self._cache._clock(), noted[1], noted[2], beta, self._rand):
             self._start(key, loader, ttl, tags, noted[0])
@@ -104,12 +111,29 @@ class AsyncEarlyRefresh:
         """An L2 hit (installed in L1) with early refresh on: note it, and start a
         refresh if XFetch says so."""
         self.note(key, entry.created_at, entry.expires_at, entry.load_time)
-        if key in self._running:
+        if key in self._running or self._quieted(key):
             return
         if should_refresh(
             self._cache._clock(), entry.expires_at, entry.load_time, beta, self._rand
         ):
             self._start(key, loader, ttl, tags, entry.created_at)
+
+    def _quieted(self, key: str) -> bool:
+        quiet = self._quiet
+        if not quiet:
+            return False
+        until = quiet.get(key)
+        if until is None:
+            return False
+        if self._cache._timer() < until:
+            return True
+        del quiet[key]
+        return False
+
+    def _quiet_for(self, key: str, seconds: float) -> None:
+        if len(self._quiet) >= self._noted_limit:
+            self._quiet.clear()
+        self._quiet[key] = self._cache._timer() + seconds
 
     def running(self) -> int:
         """Refresh jobs running now."""
@@ -119,6 +143,7 @@ class AsyncEarlyRefresh:
         """A forked child or a new event loop: the parent's jobs are not ours."""
         self._running = set()
         self._noted = {}
+        self._quiet = {}
         self._jobs.reset()
 
     async def aclose(self, timeout: float) -> None:
@@ -144,6 +169,7 @@ class AsyncEarlyRefresh:
             pass
         except Exception as exc:
             self.failures += 1
+            self._quiet_for(key, _FAILED_QUIET)
             self._warnings.warning(
                 "early refresh of %r failed; its current value stays served until it "
                 "expires, then the next read loads it: %r",
@@ -179,7 +205,10 @@ class AsyncEarlyRefresh:
                     self.adopted += 1
                     return
                 if token is None:
-                    return  # another process holds the lease: it is loading the key
+                    # another process holds the lease: it is loading the key
+                    noted = self._noted.get(key)
+                    self._quiet_for(key, max(_BUSY_QUIET, noted[2] if noted else 0.0))
+                    return
             stamps = await reads._stamps(tag_tuple) if token is not None else None
             if token is not None and stamps is None:
                 raise RedisUnavailableError("tag versions unavailable: refresh not written")
