@@ -25,6 +25,9 @@ from typing import Optional
 __all__ = ["early_beta", "should_refresh"]
 
 DEFAULT_BETA = 1.0
+MAX_DRAW = 37.0
+"""-ln of the smallest nonzero ``random.random()`` (2**-53) is 36.7: with that generator, a
+read more than ``MAX_DRAW * delta * beta`` before expiry never refreshes."""
 
 
 def early_beta(option: object, name: str = "early_refresh") -> Optional[float]:

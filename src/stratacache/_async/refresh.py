@@ -34,7 +34,9 @@ close to its expiry serves it at once and recomputes it in the background.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,7 @@ from .._codec import Entry
 from .._errors import RedisUnavailableError
 from .._logging import LogLimiter
 from .._primitives import async_call_loader
-from .._xfetch import early_beta, should_refresh
+from .._xfetch import MAX_DRAW, early_beta, should_refresh
 
 if TYPE_CHECKING:
     from .cache import AsyncCache
@@ -67,8 +69,13 @@ class AsyncEarlyRefresh:
         self._cache = cache
         self.default_beta = early_beta(default)
         self._rand = rand
+        self._clock = cache._clock
+        # random.random() is a multiple of 2**-53: -ln of a nonzero draw is at most
+        # MAX_DRAW, so a read further than MAX_DRAW load times from expiry cannot refresh
+        # (a zero draw, once in 2**53, is the exception accepted): no draw needed
+        self._horizon = MAX_DRAW if rand is random.random else math.inf
         # key -> (created_at, expires_at, load_time) of the entry this process holds
-        self._noted: dict[str, tuple[float, float | None, float]] = {}
+        self._noted: dict[str, tuple[float, float, float]] = {}
         self._noted_limit = _NOTED_LIMIT_FACTOR * cache.settings.l1_maxsize
         self._running: set[str] = set()
         self._quiet: dict[str, float] = {}  # key -> timer() before which not to try
@@ -85,6 +92,9 @@ class AsyncEarlyRefresh:
     def note(self, key: str, created_at: float, expires_at: float | None, load_time: float) -> None:
         """Remember the entry of ``key`` this process now holds (for its L1 hits)."""
         noted = self._noted
+        if expires_at is None or load_time <= 0.0:
+            noted.pop(key, None)  # never refreshed early
+            return
         if len(noted) >= self._noted_limit and key not in noted:
             noted.clear()  # crude but bounded: forgotten keys just expire as usual
         noted[key] = (created_at, expires_at, load_time)
@@ -92,12 +102,19 @@ class AsyncEarlyRefresh:
     def on_l1_hit(
         self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str], beta: float
     ) -> None:
-        """An L1 hit with early refresh on: start a refresh if XFetch says so."""
+        """An L1 hit with early refresh on: start a refresh if XFetch says so (inlined
+        ``should_refresh``: this runs on every such hit)."""
         noted = self._noted.get(key)
-        if noted is None or key in self._running or self._quieted(key):
+        if noted is None:
             return
-        if should_refresh(self._cache._clock(), noted[1], noted[2], beta, self._rand):
-            self._start(key, loader, ttl, tags, noted[0])
+        created_at, expiry, delta = noted
+        now = self._clock()
+        lead = delta * beta
+        if now < expiry - lead * self._horizon or key in self._running or self._quieted(key):
+            return
+        r = self._rand()
+        if r <= 0.0 or now - lead * math.log(r) >= expiry:
+            self._start(key, loader, ttl, tags, created_at)
 
     def on_l2_hit(
         self,
@@ -113,9 +130,7 @@ class AsyncEarlyRefresh:
         self.note(key, entry.created_at, entry.expires_at, entry.load_time)
         if key in self._running or self._quieted(key):
             return
-        if should_refresh(
-            self._cache._clock(), entry.expires_at, entry.load_time, beta, self._rand
-        ):
+        if should_refresh(self._clock(), entry.expires_at, entry.load_time, beta, self._rand):
             self._start(key, loader, ttl, tags, entry.created_at)
 
     def _quieted(self, key: str) -> bool:

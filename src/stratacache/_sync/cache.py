@@ -639,7 +639,7 @@ class Cache:
         """An L1 hit of ``get_or_set`` with more to do than return the value."""
         if isinstance(ttl, AdaptiveTTL):
             ttl.hit(key)
-        beta = self._refresher.beta(early_refresh)
+        beta = 1.0 if early_refresh is True else self._refresher.beta(early_refresh)
         if beta is not None:
             self._refresher.on_l1_hit(key, loader, ttl, tags, beta)
         if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
