@@ -68,7 +68,7 @@ def measure(url: str, mode: str, barrier: Any, seconds: float) -> dict[str, Any]
     base: list[list[float]] = [[] for _ in range(THREADS)]
     cache.set("static", "s", ttl=3600)
     barrier.wait()  # every process ready: the run starts now for all of them
-    start_at = time.time() + 0.2
+    start_at = time.time() + 0.3
 
     def run(i: int) -> None:
         mine_hot, mine_base = hot[i], base[i]
@@ -121,7 +121,7 @@ def measure(url: str, mode: str, barrier: Any, seconds: float) -> dict[str, Any]
 def run_fleet(url: str, mode: str, seconds: float) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES)
+    barrier = ctx.Barrier(PROCESSES + 1)
     out = ctx.Queue()
     procs = [
         ctx.Process(target=worker, args=(url, mode, barrier, seconds, out))
@@ -129,6 +129,12 @@ def run_fleet(url: str, mode: str, seconds: float) -> dict[str, Any]:
     ]
     for p in procs:
         p.start()
+    # the key is filled once every process is ready, just before the reads start (not
+    # counted): every stall measured is an expiry's
+    warm = Cache(url, namespace=f"er-{mode}", bus=False)
+    barrier.wait()
+    warm.get_or_set("hot", lambda: "x" * 100, TTL)
+    warm.close()
     results = [out.get(timeout=seconds + 300) for _ in procs]
     for p in procs:
         p.join()
@@ -144,6 +150,7 @@ def run_fleet(url: str, mode: str, seconds: float) -> dict[str, Any]:
         "hot_p99": percentile(hot, 0.99),
         "hot_max": max(hot),
         "hot_p999": percentile(hot, 0.999),
+        "hot_p9999": percentile(hot, 0.9999),
         "slow": sum(1 for x in hot if x > 0.01),
         "base_p99": percentile(base, 0.99),
         "early_refreshes": sum(r["early_refreshes"] for r in results),
@@ -166,21 +173,22 @@ def main() -> None:
     print()
     print(
         f"{'early refresh':<14}{'reads':>9}{'loads':>7}{'per expiry':>12}{'>10ms':>7}"
-        f"{'hot p50':>10}{'hot p99':>10}{'p99.9':>10}{'hot max':>10}{'L1-hit p99':>12}"
+        f"{'hot p50':>10}{'hot p99':>10}{'p99.9':>10}{'p99.99':>10}{'hot max':>10}"
+        f"{'L1-hit p99':>12}"
         f"{'p99 ratio':>11}"
     )
     for mode, r in rows.items():
         print(
             f"{mode:<14}{r['reads']:>9}{r['calls']:>7}"
-            f"{(r['calls'] - 1) / r['expiries']:>12.2f}{r['slow']:>7}"
+            f"{r['calls'] / r['expiries']:>12.2f}{r['slow']:>7}"
             f"{r['hot_p50'] * 1e6:>8.0f}us{r['hot_p99'] * 1e6:>8.0f}us"
-            f"{r['hot_p999'] * 1e6:>8.0f}us"
+            f"{r['hot_p999'] * 1e6:>8.0f}us{r['hot_p9999'] * 1e3:>8.1f}ms"
             f"{r['hot_max'] * 1e3:>8.1f}ms{r['base_p99'] * 1e6:>10.0f}us"
             f"{r['hot_p99'] / r['base_p99']:>10.2f}x"
         )
     print(
-        "\nper expiry: loads after the first fill / TTL periods in the run (fleet-wide, "
-        "counted in Redis); >10ms: hot reads that waited for a load"
+        "\nper expiry: loads / TTL periods in the run (fleet-wide, counted in Redis; the "
+        "key is filled before the run); >10ms: hot reads that waited for a load"
     )
     on = rows["on"]
     print()
