@@ -70,6 +70,15 @@ def make(
     )
 
 
+async def ready(*caches: AsyncCache) -> None:
+    """Wait for each cache's bus to be healthy: its first subscription flushes L1, which
+    would drop what a test just filled."""
+    for cache in caches:
+        if cache._bus is not None:
+            await cache._bus_started()
+            await async_until(lambda cache=cache: cache.stats().bus_state == "healthy", 30)
+
+
 async def refreshes_done(cache: AsyncCache) -> None:
     await async_until(lambda: cache._refresher.running() == 0, 30)
 
@@ -87,6 +96,7 @@ async def test_refresh_happens_early_and_serves_the_current_value(
 ) -> None:
     draw = Draw(1.0)
     cache = make(target, clock, draw)
+    await ready(cache)
     load = Loader()
     try:
         assert await cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
@@ -159,6 +169,7 @@ async def test_one_loader_call_for_two_instances(
     draw = Draw(1.0)
     a = make(target, clock, draw)
     b = make(target, clock, draw)
+    await ready(a, b)
     load = Loader()
     try:
         assert await a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
@@ -195,6 +206,7 @@ async def test_a_write_during_a_refresh_wins(
 ) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    await ready(cache)
     load = Loader()
     try:
         await cache.get_or_set("k", load, ttl=TTL, tags=["t"], early_refresh=True)
@@ -223,6 +235,7 @@ async def test_a_write_during_a_refresh_wins(
 async def test_a_failed_refresh_keeps_serving(clock: FakeClock, target: tuple[str, bool]) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    await ready(cache)
     load = Loader()
     try:
         await cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
@@ -284,6 +297,7 @@ async def test_close_stops_refreshes_and_leaks_no_lease(
 ) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    await ready(cache)
     load = Loader()
     await cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
     load.gate = AsyncEvent()
@@ -342,6 +356,7 @@ def test_bad_early_refresh_options_are_refused(clock: FakeClock) -> None:
 
 async def test_callable_ttl_everywhere(target: tuple[str, bool], raw, clock: FakeClock) -> None:
     cache = make(target, clock, Draw())
+    await ready(cache)
     keys = KeySpace(NS)
 
     def by_status(user: dict[str, Any]) -> float:
@@ -389,6 +404,7 @@ async def test_adaptive_ttl_lengthens_read_keys(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
     cache = make(target, clock, Draw(), l1_max_ttl=10_000)
+    await ready(cache)
     adaptive = AdaptiveTTL(10, 1000, timer=clock)
     load = Loader()
     keys = KeySpace(NS)
@@ -417,6 +433,7 @@ async def test_copy_on_read_isolates_mutations(
     target: tuple[str, bool], clock: FakeClock, redis: str
 ) -> None:
     cache = make(target if redis == "redis" else None, clock, Draw())
+    await ready(cache)
 
     async def load() -> dict[str, Any]:
         return {"n": 1, "items": [1, 2], "t": (1, 2)}
@@ -444,6 +461,7 @@ async def test_copy_on_read_isolates_mutations(
         await cache.close()
     # per cache: get, get_many and get_or_set all copy
     copying = make(target if redis == "redis" else None, clock, Draw(), copy_on_read=True)
+    await ready(copying)
     try:
         await copying.set("k", {"a": [1]})
         (await copying.get("k"))["a"].append(2)

@@ -72,6 +72,15 @@ def make(
     )
 
 
+def ready(*caches: Cache) -> None:
+    """Wait for each cache's bus to be healthy: its first subscription flushes L1, which
+    would drop what a test just filled."""
+    for cache in caches:
+        if cache._bus is not None:
+            cache._bus_started()
+            until(lambda cache=cache: cache.stats().bus_state == "healthy", 30)
+
+
 def refreshes_done(cache: Cache) -> None:
     until(lambda: cache._refresher.running() == 0, 30)
 
@@ -89,6 +98,7 @@ def test_refresh_happens_early_and_serves_the_current_value(
 ) -> None:
     draw = Draw(1.0)
     cache = make(target, clock, draw)
+    ready(cache)
     load = Loader()
     try:
         assert cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
@@ -161,6 +171,7 @@ def test_one_loader_call_for_two_instances(
     draw = Draw(1.0)
     a = make(target, clock, draw)
     b = make(target, clock, draw)
+    ready(a, b)
     load = Loader()
     try:
         assert a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
@@ -197,6 +208,7 @@ def test_a_write_during_a_refresh_wins(
 ) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    ready(cache)
     load = Loader()
     try:
         cache.get_or_set("k", load, ttl=TTL, tags=["t"], early_refresh=True)
@@ -225,6 +237,7 @@ def test_a_write_during_a_refresh_wins(
 def test_a_failed_refresh_keeps_serving(clock: FakeClock, target: tuple[str, bool]) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    ready(cache)
     load = Loader()
     try:
         cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
@@ -286,6 +299,7 @@ def test_close_stops_refreshes_and_leaks_no_lease(
 ) -> None:
     draw = Draw(0.0)
     cache = make(target, clock, draw)
+    ready(cache)
     load = Loader()
     cache.get_or_set("k", load, ttl=TTL, early_refresh=True)
     load.gate = Event()
@@ -344,6 +358,7 @@ def test_bad_early_refresh_options_are_refused(clock: FakeClock) -> None:
 
 def test_callable_ttl_everywhere(target: tuple[str, bool], raw, clock: FakeClock) -> None:
     cache = make(target, clock, Draw())
+    ready(cache)
     keys = KeySpace(NS)
 
     def by_status(user: dict[str, Any]) -> float:
@@ -391,6 +406,7 @@ def test_adaptive_ttl_lengthens_read_keys(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
     cache = make(target, clock, Draw(), l1_max_ttl=10_000)
+    ready(cache)
     adaptive = AdaptiveTTL(10, 1000, timer=clock)
     load = Loader()
     keys = KeySpace(NS)
@@ -419,6 +435,7 @@ def test_copy_on_read_isolates_mutations(
     target: tuple[str, bool], clock: FakeClock, redis: str
 ) -> None:
     cache = make(target if redis == "redis" else None, clock, Draw())
+    ready(cache)
 
     def load() -> dict[str, Any]:
         return {"n": 1, "items": [1, 2], "t": (1, 2)}
@@ -446,6 +463,7 @@ def test_copy_on_read_isolates_mutations(
         cache.close()
     # per cache: get, get_many and get_or_set all copy
     copying = make(target if redis == "redis" else None, clock, Draw(), copy_on_read=True)
+    ready(copying)
     try:
         copying.set("k", {"a": [1]})
         (copying.get("k"))["a"].append(2)
