@@ -115,6 +115,7 @@ def measure(url: str, mode: str, barrier: Any, seconds: float) -> dict[str, Any]
         "early_refreshes": stats.early_refreshes,
         "adopted": stats.early_refreshes_adopted,
         "failures": stats.early_refresh_failures,
+        "refused": stats.fills_refused,
     }
 
 
@@ -156,6 +157,7 @@ def run_fleet(url: str, mode: str, seconds: float) -> dict[str, Any]:
         "early_refreshes": sum(r["early_refreshes"] for r in results),
         "adopted": sum(r["adopted"] for r in results),
         "failures": sum(r["failures"] for r in results),
+        "refused": sum(r["refused"] for r in results),
     }
 
 
@@ -193,8 +195,15 @@ def main() -> None:
     on = rows["on"]
     print()
     print(
-        f"early refresh on: {on['early_refreshes']} refreshes loaded, {on['adopted']} adopted "
-        f"from another process, {on['failures']} failed"
+        f"early refresh on: {on['early_refreshes']} refreshes loaded and stored, "
+        f"{on['adopted']} adopted from another process (no load), {on['failures']} failed, "
+        f"{on['refused']} fills refused; loads that stored no entry: "
+        f"{on['failures'] + on['refused']} of {on['calls']}"
+    )
+    print(
+        "(a refresh replaces the entry before it expires, so with early refresh an entry "
+        f"lives {args.seconds / max(on['calls'], 1):.2f} s on average instead of {TTL:g} s: "
+        "more loads per TTL period, each one a single load for the fleet)"
     )
 
 
