@@ -197,8 +197,9 @@ def main() -> None:
     print(
         f"early refresh on: {on['early_refreshes']} refreshes loaded and stored, "
         f"{on['adopted']} adopted from another process (no load), {on['failures']} failed, "
-        f"{on['refused']} fills refused; loads that stored no entry: "
-        f"{on['failures'] + on['refused']} of {on['calls']}"
+        f"{on['refused']} L1 installs refused; of {on['calls']} loads, "
+        f"{on['calls'] - on['early_refreshes']} were not a stored refresh (a miss: the "
+        "entry expired before a refresh replaced it, or a failed refresh)"
     )
     print(
         "(a refresh replaces the entry before it expires, so with early refresh an entry "
