@@ -310,10 +310,12 @@ class Cache:
         self._refresher = EarlyRefresh(self, early_refresh, rand or random.random)
         self._copy_on_read = copy_option(copy_on_read)
         self._copy = make_copier(self._codec)
-        # False when an L1 hit may have more to do than return the value (early refresh
-        # or copy on read by default, reads counted for an AdaptiveTTL): the hit paths
-        # test it first, so that a cache using none of these pays one attribute read
-        self._plain_hits = not self._copy_on_read and self._refresher.default_beta is None
+        # False once an L1 hit may have more to do than return the value (early refresh
+        # or copy on read by default, reads counted for an AdaptiveTTL): get_or_set is
+        # then _get_or_set_checked (see _check_hits), so a plain cache tests nothing
+        self._plain_hits = True
+        if self._copy_on_read or self._refresher.default_beta is not None:
+            self._check_hits()
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
@@ -616,11 +618,48 @@ class Cache:
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            if self._plain_hits and early_refresh is None and copy_on_read is None:
+            if early_refresh is None and copy_on_read is None:
                 return value
             return self._hit_with_options(
                 key, value, loader, ttl, tags, early_refresh, copy_on_read
             )
+        return self._get_or_set_miss(key, loader, ttl, tags, early_refresh, copy_on_read)
+
+    def _get_or_set_checked(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any = None,
+        tags: Iterable[str] = (),
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
+    ) -> Any:
+        """:meth:`get_or_set` of a cache whose every hit may have more to do than return
+        the value (early refresh or copy on read by default, hits counted for an
+        AdaptiveTTL): set over ``get_or_set`` on the instance by :meth:`_check_hits`, so
+        that the plain method tests nothing of the cache's on a hit."""
+        value = self._l1.get(key, MISSING)
+        if value is not MISSING:
+            return self._hit_with_options(
+                key, value, loader, ttl, tags, early_refresh, copy_on_read
+            )
+        return self._get_or_set_miss(key, loader, ttl, tags, early_refresh, copy_on_read)
+
+    def _check_hits(self) -> None:
+        """From now on, every ``get_or_set`` hit goes through :meth:`_hit_with_options`."""
+        if self._plain_hits:
+            self._plain_hits = False
+            setattr(self, "get_or_set", self._get_or_set_checked)  # noqa: B010
+
+    def _get_or_set_miss(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        early_refresh: bool | float | None,
+        copy_on_read: bool | None,
+    ) -> Any:
         beta = self._refresher.beta(early_refresh)
         value = self._reads.get_or_set_after_l1(key, loader, ttl, tags, beta)
         if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
@@ -1164,7 +1203,7 @@ class Cache:
         if value is None and self.settings.negative_ttl is not None:
             return self.settings.negative_ttl
         if isinstance(ttl, AdaptiveTTL):
-            self._plain_hits = False  # its hits are counted from now on
+            self._check_hits()  # its hits are counted from now on
         return self.settings.entry_ttl(resolve_ttl(ttl, key, value))
 
     def _positive_ttl(self, ttl: Any, key: str | None = None, value: Any = MISSING) -> float:
