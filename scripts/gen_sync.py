@@ -46,6 +46,8 @@ REPLACEMENTS = {
     "AsyncBoundedGroup": "BoundedGroup",
     "AsyncWarmer": "Warmer",
     "AsyncScheduler": "Scheduler",
+    "AsyncBackground": "Background",
+    "AsyncEarlyRefresh": "EarlyRefresh",
     "async_shard_client": "shard_client",
     "async_forget_connections": "forget_connections",
     "async_redis_call": "redis_call",

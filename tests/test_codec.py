@@ -670,7 +670,9 @@ def test_wrong_key_is_corrupt(codec: Codec) -> None:
         (FORMAT_VERSION, KEY, 0.0, None, ["t"], ["1"], 0, 1),
         (FORMAT_VERSION, KEY, 0.0, None, [], {}, 0, 1),
         (FORMAT_VERSION, KEY, 0.0, None, [], [], 0.0, 1),  # the epoch is an int
-        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0, 1, 2),
+        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0, 1, -2),  # load_us: an int >= 0
+        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0, 1, 2.0),
+        (FORMAT_VERSION, KEY, 0.0, None, [], [], 0, 1, 2, 3),
     ],
 )
 def test_malformed_envelopes_are_corrupt(codec: Codec, fields: tuple[Any, ...]) -> None:

@@ -9,6 +9,7 @@ import stratacache
 EXPECTED = {
     "MISSING",
     "AsyncBloomFilter",
+    "AdaptiveTTL",
     "AsyncCache",
     "AsyncDistributedLock",
     "BloomFilter",

@@ -8,6 +8,7 @@ and never let a late fill write stale data. See docs/index.md for a tour.
 from __future__ import annotations
 
 from ._acl import acl_rules
+from ._adaptive import AdaptiveTTL
 from ._async.bloom import AsyncBloomFilter, BloomStats
 from ._async.cache import AsyncCache
 from ._async.instances import instances as ainstances
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "MISSING",
+    "AdaptiveTTL",
     "AsyncBloomFilter",
     "AsyncCache",
     "AsyncDistributedLock",

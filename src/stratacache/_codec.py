@@ -17,6 +17,11 @@ Design notes
 * **One unpack on the hit path.** An entry is a single msgpack array
   ``[FORMAT_VERSION, key, created_at, expires_at, [tags...], [stamps...], epoch, payload]``
   so ``decode`` is one ``msgpack.unpackb`` call; the payload is nested, not a second blob.
+  An entry written by a loader fill carries a ninth item, ``load_us``: how long the
+  loader took, in whole microseconds, rounded up (early refresh, ``_xfetch.py``, needs it). It is
+  optional (an 8-item envelope reads as ``load_time=0.0``), so entries written before it
+  existed, and by ``set()``, stay byte-for-byte what they were; a 9-item envelope is a
+  miss (a ``decode_errors`` count) to a release that predates it.
   (With a secret, the 32-byte tag is a prefix: ``tag || array``.) ``stamps`` holds, for
   each tag, the tag's version when the entry was written, and ``epoch`` the namespace
   epoch: the cache treats an entry whose tag was invalidated since (or written before the
@@ -68,6 +73,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import hmac
+import math
 import struct
 import threading
 import uuid
@@ -168,6 +174,8 @@ class Entry(NamedTuple):
     """The version of each of ``tags`` when the entry was written (same order)."""
     epoch: int = 0
     """The namespace epoch when the entry was written."""
+    load_time: float = 0.0
+    """Seconds the loader took to compute the value (0.0: unknown, e.g. ``set()``)."""
 
 
 _new_entry = tuple.__new__
@@ -522,11 +530,14 @@ class Codec:
         tags: tuple[str, ...] = (),
         stamps: Optional[tuple[int, ...]] = None,
         epoch: int = 0,
+        load_time: float = 0.0,
     ) -> bytes:
         """The blob stored under ``key``.
 
         ``stamps`` are the versions of ``tags`` (default: all 0) and ``epoch`` the
         namespace epoch, both checked by the cache when it reads the entry.
+        ``load_time``: seconds the loader took (stored in whole microseconds; ``0``
+        writes the 8-item envelope of entries without one).
 
         Raises :class:`SerializationError` (a ``TypeError``) for an unsupported or too
         deeply nested value, :class:`ValueTooLargeError` when the blob exceeds
@@ -545,6 +556,8 @@ class Codec:
                 raise TypeError("stamps must be one int per tag")
         if type(epoch) is not int:
             raise TypeError(f"epoch must be an int, not {type(epoch).__name__}")
+        if not (isinstance(load_time, (int, float)) and load_time >= 0.0):
+            raise ValueError(f"load_time must be seconds >= 0, got {load_time!r}")
         envelope = [
             FORMAT_VERSION,
             key,
@@ -555,11 +568,21 @@ class Codec:
             epoch,
             self._prepare(value, 0),
         ]
+        load_us = math.ceil(load_time * 1e6) if load_time < 1e9 else 10**15
+        if load_us:
+            envelope.append(load_us)
         return self._finish(envelope, self._entry_key)
 
     def encode_value(self, value: Any) -> bytes:
         """A bare value (no envelope), under the same types and limits."""
         return self._finish(self._prepare(value, 0), self._value_key)
+
+    def copy_value(self, value: Any) -> Any:
+        """A deep copy of ``value`` by a msgpack round trip: what an L2 hit of it would
+        return (same types and limits; no signature, no ``max_size``: nothing leaves the
+        process). :class:`SerializationError` for a value the codec cannot encode."""
+        packed = self._pack(self._prepare(value, 0))
+        return msgpack.unpackb(packed, strict_map_key=False, ext_hook=self._ext_hook)
 
     def _finish(self, prepared: Any, mac_key: Optional[bytes]) -> bytes:
         body = self._pack(prepared)
@@ -669,6 +692,13 @@ class Codec:
             obj = msgpack.unpackb(data, strict_map_key=False, ext_hook=self._ext_hook)
             if type(obj) is not list:
                 raise CorruptEntryError("not an entry envelope")
+            if len(obj) == 9:
+                load_us = obj.pop()
+                if type(load_us) is not int or load_us < 0:
+                    raise CorruptEntryError("bad load time")
+                load_time = load_us / 1e6
+            else:
+                load_time = 0.0
             version, stored_key, created_at, expires_at, tags, stamps, epoch, value = obj
             if type(version) is not int or version != FORMAT_VERSION:
                 raise CorruptEntryError(f"unknown envelope version {version!r}")
@@ -699,7 +729,9 @@ class Codec:
                 stamps = tuple(stamps)
             else:
                 tags = stamps = ()
-            return _new_entry(Entry, (value, created_at, expires_at, tags, stamps, epoch))  # type: ignore[no-any-return]
+            return _new_entry(  # type: ignore[no-any-return]
+                Entry, (value, created_at, expires_at, tags, stamps, epoch, load_time)
+            )
         except CorruptEntryError:
             raise
         except Exception as exc:  # anything msgpack, an ext decoder or a bomb can raise

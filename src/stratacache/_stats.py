@@ -109,6 +109,11 @@ class CacheStats:
     bloom_rejected: int = 0
     """Reads a Bloom filter guard answered with the default: the item was definitely
     never added, so neither Redis nor the loader was asked."""
+    # early refresh (XFetch): refreshes whose value was stored; found already refreshed
+    # by another process (its entry installed, no load); failed (loader or Redis error)
+    early_refreshes: int = 0
+    early_refreshes_adopted: int = 0
+    early_refresh_failures: int = 0
     l1_size: int = 0
     l1_evictions: int = 0
     breaker_state: str = "closed"

@@ -42,16 +42,19 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
+from .._adaptive import AdaptiveTTL, check_ttl_option, resolve_ttl
 from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage, bus_keys
 from .._codec import Codec, normalize_secrets
+from .._copying import copy_option, make_copier
 from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
@@ -85,6 +88,7 @@ from .loader_call import Loads
 from .lock import DistributedLock
 from .read_path import SyncReadPath
 from .redis_tier import RedisTier
+from .refresh import EarlyRefresh
 from .schedule import Scheduler
 from .warm import Warmer, Progress
 from .write_path import SyncWritePath
@@ -195,6 +199,15 @@ class Cache:
         schedule_poll: the longest the scheduler of :meth:`schedule_invalidation` waits
             between two looks at the clock (it wakes at the next tick if that is sooner;
             also the retry interval of a tick Redis did not answer).
+        early_refresh: the default of ``get_or_set``'s and ``cached``'s
+            ``early_refresh`` (``False``: off; ``True`` or a float ``beta``: recompute a
+            hot value in the background shortly before it expires, XFetch; see
+            ``docs/read-path.md``).
+        copy_on_read: hand out a deep copy of each value read instead of the live object
+            L1 holds (default ``False``: every reader of a key shares one object, so a
+            caller that mutates a value changes it for everyone in the process).
+        rand: uniform [0, 1) source of early refresh's XFetch test (tests pass a fixed
+            one; default ``random.random``).
     """
 
     def __init__(
@@ -241,6 +254,9 @@ class Cache:
         loader_breaker_window: Duration = 10.0,
         loader_breaker_cooldown: Duration = 5.0,
         schedule_poll: Duration = 1.0,
+        early_refresh: bool | float = False,
+        copy_on_read: bool = False,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         self._keys = KeySpace(namespace)
         self.settings = CacheSettings.build(
@@ -336,11 +352,20 @@ class Cache:
         self._blooms: dict[str, BloomFilter] = {}
         self._schedule_poll = to_seconds(schedule_poll, "schedule_poll", allow_zero=False)
         self._scheduler = Scheduler(self, self._schedule_poll)
+        self._refresher = EarlyRefresh(self, early_refresh, rand or random.random)
+        self._copy_on_read = copy_option(copy_on_read)
+        self._copy = make_copier(self._codec)
+        # False once an L1 hit may have more to do than return the value (early refresh
+        # or copy on read by default, reads counted for an AdaptiveTTL): get_or_set is
+        # then _get_or_set_checked (see _check_hits), so a plain cache tests nothing
+        self._plain_hits = True
+        if self._copy_on_read or self._refresher.default_beta is not None:
+            self._check_hits()
         _FORK_AWARE.add(self)
         # Sync only: ``get`` becomes the L1's compiled getter, so a hit runs no Python
         # frame of ours; misses continue in the read path. (Same behaviour as get.)
         fast_get = bind_fast_get(self._l1, self._reads._get_after_l1_miss)
-        if fast_get is not None:
+        if fast_get is not None and not self._copy_on_read:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
     def _make_bus(self) -> InvalidationBus | None:
@@ -514,6 +539,7 @@ class Cache:
         self._flights = {}
         self._loads = Loads(self)  # the parent's load tasks and threads are not ours
         self._loader_breaker = self._new_loader_breaker()
+        self._refresher.reset()
         # a lock held by one of the parent's threads at the fork would never be released
         self._breaker = self._new_breaker("primary Redis")
         self._failover_breaker = self._new_breaker("failover Redis", primary=False)
@@ -553,6 +579,7 @@ class Cache:
             self._l1.clear()
             self._flights = {}
             self._loads.flights.clear()  # the old loop's load tasks ended with it
+            self._refresher.reset()
             for tier in (self._tier, self._failover):
                 if tier is not None:
                     forget_connections(tier.client)
@@ -595,14 +622,31 @@ class Cache:
     # -- reads --------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key`` from L1, else L2, else ``default``. Never calls a loader."""
+        """The value of ``key`` from L1, else L2, else ``default``. Never calls a loader.
+
+        The value is the live object L1 holds (shared by every reader in the process)
+        unless the cache was built with ``copy_on_read=True``."""
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            return value
-        return self._reads._get_after_l1_miss(key, default)
+            return self._copy(value) if self._copy_on_read else value
+        if not self._copy_on_read:
+            return self._reads._get_after_l1_miss(key, default)
+        value = self._reads._get_after_l1_miss(key, MISSING)
+        return default if value is MISSING else self._copy(value)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Values of the keys that are cached (L1, then one L2 round trip for the rest)."""
+    def get_many(
+        self, keys: Iterable[str], *, copy_on_read: bool | None = None
+    ) -> dict[str, Any]:
+        """Values of the keys that are cached (L1, then one L2 round trip for the rest).
+
+        ``copy_on_read``: return copies rather than the live objects L1 holds (default:
+        the cache's setting)."""
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            copy = self._copy
+            return {k: copy(v) for k, v in (self._get_many(keys)).items()}
+        return self._get_many(keys)
+
+    def _get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         missing: list[str] = []
         l1 = self._l1
@@ -620,9 +664,12 @@ class Cache:
         self,
         key: str,
         loader: Callable[[], Any],
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
-        *,
+        # (not keyword-only: CPython fills missing keyword-only defaults from a dict, which
+        # made every plain hit ~25% slower; pass them by keyword all the same)
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
         soft_timeout: Duration | MissingType | None = MISSING,
         hard_timeout: Duration | MissingType | None = MISSING,
         bloom: BloomFilter | None = None,
@@ -634,6 +681,13 @@ class Cache:
         ``loader`` is a zero-argument callable; it may return an awaitable. Its
         exceptions reach every caller waiting on it and nothing is cached.
 
+        ``ttl``: seconds, a ``timedelta``, ``None`` (the default TTL), a callable of the
+        value returning one of those (``ttl=lambda user: 60 if user.active else 3600``),
+        or an :class:`AdaptiveTTL`. ``early_refresh``: ``True`` or a float ``beta``
+        recomputes the value in the background shortly before it expires (XFetch;
+        callers keep getting the current value meanwhile), ``False`` never; ``None``:
+        the cache's default. ``copy_on_read``: return a copy rather than the live object
+        L1 holds (``None``: the cache's default).
         ``soft_timeout`` / ``hard_timeout`` override the cache's for this call
         (``None``: off; default: the cache's); see ``docs/loader.md``.
         ``bloom``: a filter (:meth:`bloom`) of the ids that exist. After an L1 miss, an
@@ -643,7 +697,82 @@ class Cache:
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            return value
+            if early_refresh is None and copy_on_read is None:
+                return value
+            return self._hit_with_options(
+                key, value, loader, ttl, tags, early_refresh, copy_on_read
+            )
+        return self._get_or_set_miss(
+            key,
+            loader,
+            ttl,
+            tags,
+            early_refresh,
+            copy_on_read,
+            soft_timeout,
+            hard_timeout,
+            bloom,
+            bloom_item,
+            bloom_default,
+        )
+
+    def _get_or_set_checked(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any = None,
+        tags: Iterable[str] = (),
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: BloomFilter | None = None,
+        bloom_item: Any = MISSING,
+        bloom_default: Any = None,
+    ) -> Any:
+        """:meth:`get_or_set` of a cache whose every hit may have more to do than return
+        the value (early refresh or copy on read by default, hits counted for an
+        AdaptiveTTL): set over ``get_or_set`` on the instance by :meth:`_check_hits`, so
+        that the plain method tests nothing of the cache's on a hit."""
+        value = self._l1.get(key, MISSING)
+        if value is not MISSING:
+            return self._hit_with_options(
+                key, value, loader, ttl, tags, early_refresh, copy_on_read
+            )
+        return self._get_or_set_miss(
+            key,
+            loader,
+            ttl,
+            tags,
+            early_refresh,
+            copy_on_read,
+            soft_timeout,
+            hard_timeout,
+            bloom,
+            bloom_item,
+            bloom_default,
+        )
+
+    def _check_hits(self) -> None:
+        """From now on, every ``get_or_set`` hit goes through :meth:`_hit_with_options`."""
+        if self._plain_hits:
+            self._plain_hits = False
+            setattr(self, "get_or_set", self._get_or_set_checked)  # noqa: B010
+
+    def _get_or_set_miss(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        early_refresh: bool | float | None,
+        copy_on_read: bool | None,
+        soft_timeout: Duration | MissingType | None = MISSING,
+        hard_timeout: Duration | MissingType | None = MISSING,
+        bloom: BloomFilter | None = None,
+        bloom_item: Any = MISSING,
+        bloom_default: Any = None,
+    ) -> Any:
         if bloom is not None:
             validate_key(key)
             if not bloom.might_contain(key if bloom_item is MISSING else bloom_item):
@@ -652,7 +781,31 @@ class Cache:
         limits = self._loader_limits
         if soft_timeout is not MISSING or hard_timeout is not MISSING:
             limits = limits_for(limits, soft_timeout, hard_timeout)
-        return self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits)
+        beta = self._refresher.beta(early_refresh)
+        value = self._reads.get_or_set_after_l1(key, loader, ttl, tags, limits, beta)
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            return self._copy(value)
+        return value
+
+    def _hit_with_options(
+        self,
+        key: str,
+        value: Any,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        early_refresh: bool | float | None,
+        copy_on_read: bool | None,
+    ) -> Any:
+        """An L1 hit of ``get_or_set`` with more to do than return the value."""
+        if isinstance(ttl, AdaptiveTTL):
+            ttl.hit(key)
+        beta = 1.0 if early_refresh is True else self._refresher.beta(early_refresh)
+        if beta is not None:
+            self._refresher.on_l1_hit(key, loader, ttl, tags, beta)
+        if self._copy_on_read if copy_on_read is None else copy_option(copy_on_read):
+            return self._copy(value)
+        return value
 
     def bloom(
         self,
@@ -700,12 +853,13 @@ class Cache:
         self,
         key: str,
         value: Any,
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
         *,
         fence: int | None = None,
     ) -> None:
-        """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``).
+        """Store ``value`` in L2 and L1 for ``ttl`` seconds (default: ``default_ttl``;
+        also a callable of the value, or an :class:`AdaptiveTTL`).
 
         The value is encoded first: an unsupported value raises ``SerializationError``
         (a ``TypeError``) before anything is written. If Redis cannot take the write, the
@@ -721,10 +875,12 @@ class Cache:
         self._writes.set(key, value, ttl, tags, fence)
 
     def set_many(
-        self, mapping: Mapping[str, Any], ttl: Duration | None = None, tags: Iterable[str] = ()
+        self, mapping: Mapping[str, Any], ttl: Any = None, tags: Iterable[str] = ()
     ) -> None:
         """Store several values (one pipeline); all are encoded before any is written.
-        Redis faults are handled as for :meth:`set`."""
+        Redis faults are handled as for :meth:`set`. A callable ``ttl`` (or an
+        :class:`AdaptiveTTL`) gives each value its own TTL: one pipeline per distinct
+        TTL."""
         self._writes.set_many(mapping, ttl, tags)
 
     def add(
@@ -1046,10 +1202,12 @@ class Cache:
 
     def cached(
         self,
-        ttl: Duration | None = None,
+        ttl: Any = None,
         tags: Iterable[str] = (),
         key: str | Callable[..., str] | None = None,
         *,
+        early_refresh: bool | float | None = None,
+        copy_on_read: bool | None = None,
         soft_timeout: Duration | MissingType | None = MISSING,
         hard_timeout: Duration | MissingType | None = MISSING,
         bloom: BloomFilter | None = None,
@@ -1079,11 +1237,23 @@ class Cache:
         :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
         the id to check (default: the cache key); a definitely absent id returns
         ``bloom_default`` without calling the function.
+        ``ttl``, ``early_refresh`` and ``copy_on_read`` are as for :meth:`get_or_set`
+        (a ttl callable receives the function's result).
         """
         tag_tuple = self._tags(tags)
         limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
-        if ttl is not None:
-            self._positive_ttl(ttl)
+        check_ttl_option(ttl, allow_zero=False)
+        if early_refresh is not None:
+            self._refresher.beta(early_refresh)  # a bad option fails at decoration
+        if copy_on_read is not None:
+            copy_option(copy_on_read)
+        # hits of the plain kind may skip Python entirely (sync: one C call)
+        plain = (
+            self._plain_hits
+            and early_refresh is None
+            and copy_on_read is None
+            and not isinstance(ttl, AdaptiveTTL)
+        )
 
         def decorate(fn: F) -> F:
             if isinstance(fn, (staticmethod, classmethod)):
@@ -1108,10 +1278,10 @@ class Cache:
                 )
 
             # sync: the L1's memoized callable answers hits in one C call
-            wrapper: Any = bind_fast_cached(self._l1, make_key, load)
+            wrapper: Any = bind_fast_cached(self._l1, make_key, load) if plain else None
             if wrapper is not None:
                 functools.update_wrapper(wrapper, fn)
-            else:
+            elif plain:
 
                 @functools.wraps(fn)
                 def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -1124,6 +1294,23 @@ class Cache:
                         functools.partial(fn, *args, **kwargs),
                         ttl,
                         tag_tuple,
+                        soft_timeout=soft_timeout,
+                        hard_timeout=hard_timeout,
+                        **guard(cache_key, args, kwargs),
+                    )
+
+            else:
+
+                @functools.wraps(fn)
+                def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    cache_key = make_key(args, kwargs)
+                    return self.get_or_set(
+                        cache_key,
+                        functools.partial(fn, *args, **kwargs),
+                        ttl,
+                        tag_tuple,
+                        early_refresh=early_refresh,
+                        copy_on_read=copy_on_read,
                         soft_timeout=soft_timeout,
                         hard_timeout=hard_timeout,
                         **guard(cache_key, args, kwargs),
@@ -1195,6 +1382,9 @@ class Cache:
             lease_waits=c.lease_waits,
             fills_refused=c.fills_refused,
             bloom_rejected=c.bloom_rejected,
+            early_refreshes=self._refresher.refreshed,
+            early_refreshes_adopted=self._refresher.adopted,
+            early_refresh_failures=self._refresher.failures,
             l1_size=len(self._l1),
             l1_evictions=self._l1.evictions,
             breaker_state=self._breaker.state.value,
@@ -1296,8 +1486,11 @@ class Cache:
 
         Loads still running in the background (soft timeouts) get up to ``close_timeout``
         to end and be cached; then async ones are cancelled (giving their lease back)
-        and threads are left to end by themselves."""
+        and threads are left to end by themselves. Early refreshes still running are
+        cancelled (``Cache``: waited for, up to ``close_timeout``) and give their leases
+        back."""
         self._scheduler.close()
+        self._refresher.close(self._invalidation_settings.close_timeout)
         for bloom in list(self._blooms.values()):
             bloom.close()
         self._loads.close(self._invalidation_settings.close_timeout)
@@ -1327,6 +1520,7 @@ class Cache:
         tags: tuple[str, ...],
         stamps: tuple[tuple[int, ...], int] | None,
         now: float,
+        load_time: float = 0.0,
     ) -> bytes:
         """The L2 blob of a new entry written at ``now`` for ``ttl`` seconds, stamped with
         its tags' versions and the epoch (``None``: Redis could not say; the blob is then
@@ -1339,17 +1533,24 @@ class Cache:
             tags=tags,
             stamps=None if stamps is None else stamps[0],
             epoch=0 if stamps is None else stamps[1],
+            load_time=load_time,
         )
 
-    def _ttl_for(self, value: Any, ttl: Duration | None) -> float:
+    def _ttl_for(self, value: Any, ttl: Any, key: str) -> float:
+        """The TTL of a loader's ``value`` for ``key`` (``ttl`` as get_or_set takes it)."""
         if value is None and self.settings.negative_ttl is not None:
             return self.settings.negative_ttl
-        return self.settings.entry_ttl(ttl)
+        if isinstance(ttl, AdaptiveTTL):
+            self._check_hits()  # its hits are counted from now on
+        return self.settings.entry_ttl(resolve_ttl(ttl, key, value))
 
-    def _positive_ttl(self, ttl: Duration | None) -> float:
-        if ttl is not None:
-            to_seconds(ttl, "ttl", allow_zero=False)
-        return self.settings.entry_ttl(ttl)
+    def _positive_ttl(self, ttl: Any, key: str | None = None, value: Any = MISSING) -> float:
+        """The TTL (> 0) of a written ``value`` of ``key`` (without one, ``ttl`` must be
+        fixed: ``touch``)."""
+        fixed = ttl if value is MISSING else resolve_ttl(ttl, key, value)
+        if fixed is not None:
+            to_seconds(fixed, "ttl", allow_zero=False)
+        return self.settings.entry_ttl(fixed)
 
     @staticmethod
     def _tags(tags: Iterable[str]) -> tuple[str, ...]:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from .._adaptive import check_ttl_option
 from .._codec import Entry
 from .._errors import LoaderTimeout, LoaderUnavailable, RedisUnavailableError
 from .._keys import validate_key
 from .._loader import LoaderLimits, describe_failure
-from .._options import Duration, to_seconds
 from .._primitives import (
     ResultSlot,
     call_loader,
@@ -146,17 +146,18 @@ class SyncReadPath:
         self,
         key: str,
         loader: Callable[[], Any],
-        ttl: Duration | None,
+        ttl: Any,
         tags: Iterable[str],
         limits: LoaderLimits | None = None,
+        beta: float | None = None,
     ) -> Any:
         """:meth:`AsyncCache.get_or_set` after an L1 miss: single-flight in the process,
-        then :meth:`_fill` (as a task of its own under ``limits``: ``loader_call.py``)."""
+        then :meth:`_fill` (as a task of its own under ``limits``: ``loader_call.py``;
+        ``beta``: early refresh's, None when off)."""
         c = self._cache
         validate_key(key)
         tag_tuple = c._tags(tags)
-        if ttl is not None:
-            to_seconds(ttl, "ttl")  # a bad ttl fails before the loader runs, not after
+        check_ttl_option(ttl)  # a bad ttl fails before the loader runs, not after
         c._bus_started()
         loads = c._loads
         while True:
@@ -171,7 +172,7 @@ class SyncReadPath:
                     return loads.follow(key, leader, limits)
                 if flight is not None:
                     assert limits is not None
-                    fill = functools.partial(self._fill, key, loader, ttl, tag_tuple, flight)
+                    fill = functools.partial(self._fill, key, loader, ttl, tag_tuple, flight, beta)
                     return loads.lead(key, flight, fill, limits)
             except _LeaderGone:
                 # the leader was cancelled: a waiter that took over may have filled L1
@@ -180,7 +181,7 @@ class SyncReadPath:
                     return value
                 continue  # take over, or follow the waiter that did
             try:
-                value = self._fill(key, loader, ttl, tag_tuple)
+                value = self._fill(key, loader, ttl, tag_tuple, beta=beta)
             except Exception as exc:
                 slot.set_exception(exc)
                 raise
@@ -199,9 +200,10 @@ class SyncReadPath:
         self,
         key: str,
         loader: Callable[[], Any],
-        ttl: Duration | None,
+        ttl: Any,
         tags: tuple[str, ...],
         flight: Flight | None = None,
+        beta: float | None = None,
     ) -> Any:
         """The leader's work on an L1 miss: L2, lease, loader, guarded writes (``flight``:
         under a time limit, as the flight's task)."""
@@ -232,20 +234,25 @@ class SyncReadPath:
                 c._counters.l2_hits += 1
                 ticket_open = False
                 self._install(ticket, key, entry.value, entry)
+                if beta is not None:
+                    c._refresher.on_l2_hit(key, entry, loader, ttl, tags, beta)
                 return entry.value
             c._counters.l2_misses += 1
             # the tag versions *before* the loader reads: an invalidation of a tag while
             # it loads makes this entry stale at birth (a miss for every reader)
             stamps = self._stamps(tags) if token is not None else None
+            started = perf_counter()
             value, is_stale = self._load(key, loader, stale, flight)
+            load_time = perf_counter() - started  # stored in the entry (early refresh)
             if is_stale:
                 return value
-            ttl_s = c._ttl_for(value, ttl)
+            ttl_s = c._ttl_for(value, ttl, key)
             if ttl_s == 0:
                 return value
+            now = c._clock()
             if token is not None and stamps is not None:
                 assert c._tier is not None
-                blob = c._encode_new(key, value, ttl_s, tags, stamps, c._clock())
+                blob = c._encode_new(key, value, ttl_s, tags, stamps, now, load_time)
                 try:
                     stored = c._tier.write_if_lease(
                         key, token, blob, c.settings.physical_ttl(ttl_s), tags
@@ -263,6 +270,8 @@ class SyncReadPath:
                     return value
             ticket_open = False
             self._install_value(ticket, key, value, ttl_s, tags)
+            if beta is not None:
+                c._refresher.note(key, now, now + ttl_s, load_time)
             return value
         finally:
             if ticket_open:
@@ -530,14 +539,16 @@ class SyncReadPath:
 
     def _install_value(
         self, ticket: int, key: str, value: Any, ttl: float, tags: tuple[str, ...]
-    ) -> None:
-        """Install through the L1 guard (and the fail-safe store if the guard allows)."""
+    ) -> bool:
+        """Install through the L1 guard (and the fail-safe store if the guard allows);
+        False if the guard refused it (an invalidation since the ticket), or L1 is shut."""
         c = self._cache
         if not c._l1_open():
             c._l1.release(ticket, key)
-            return
+            return False
         if c._l1.install(ticket, key, value, ttl=min(ttl, c.settings.l1_max_ttl), tags=tags):
             if c._stale is not None:
                 c._stale.set(key, value, ttl=ttl + c.settings.fail_safe_max_age, tags=tags)
-        else:
-            c._counters.fills_refused += 1
+            return True
+        c._counters.fills_refused += 1
+        return False

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._adaptive import is_dynamic_ttl
 from .._bus_messages import Action
 from .._errors import FencingTokenRejected, RedisUnavailableError
 from .._keys import validate_key
@@ -50,7 +51,7 @@ class SyncWritePath:
         self,
         key: str,
         value: Any,
-        ttl: Duration | None,
+        ttl: Any,
         tags: Iterable[str],
         fence: int | None,
     ) -> None:
@@ -58,7 +59,7 @@ class SyncWritePath:
         c = self._cache
         validate_key(key)
         tag_tuple = c._tags(tags)
-        ttl_s = c._positive_ttl(ttl)
+        ttl_s = c._positive_ttl(ttl, key, value)
         if fence is not None:
             if type(fence) is not int or fence < 0:
                 raise TypeError(f"fence must be a non-negative int token, got {fence!r}")
@@ -95,15 +96,18 @@ class SyncWritePath:
         if error is not None and (fence is not None or c._raise_on_write_error):
             raise error
 
-    def set_many(
-        self, mapping: Mapping[str, Any], ttl: Duration | None, tags: Iterable[str]
-    ) -> None:
+    def set_many(self, mapping: Mapping[str, Any], ttl: Any, tags: Iterable[str]) -> None:
         """See :meth:`AsyncCache.set_many`."""
         c = self._cache
         tag_tuple = c._tags(tags)
-        ttl_s = c._positive_ttl(ttl)
         for key in mapping:
             validate_key(key)
+        # one TTL for all, or (a callable / AdaptiveTTL) one per value
+        ttls = (
+            {key: c._positive_ttl(ttl, key, value) for key, value in mapping.items()}
+            if is_dynamic_ttl(ttl)
+            else dict.fromkeys(mapping, c._positive_ttl(ttl))
+        )
         tier = c._tier
         stamps: tuple[tuple[int, ...], int] | None = ((0,) * len(tag_tuple), 0)
         if tier is not None and mapping:
@@ -112,16 +116,20 @@ class SyncWritePath:
         now = c._clock()
         # every value is encoded before anything is written: one bad value writes nothing
         blobs = [
-            (key, c._encode_new(key, value, ttl_s, tag_tuple, stamps, now))
+            (key, c._encode_new(key, value, ttls[key], tag_tuple, stamps, now))
             for key, value in mapping.items()
         ]
         error: RedisUnavailableError | None = None
         if tier is not None and blobs:
             keys = [key for key, _ in blobs]
+            by_ttl: dict[float, list[tuple[str, bytes]]] = {}
+            for key, blob in blobs:
+                by_ttl.setdefault(ttls[key], []).append((key, blob))
             try:
                 if stamps is None:
                     raise RedisUnavailableError("tag versions unavailable: nothing was written")
-                tier.write_many(blobs, c.settings.physical_ttl(ttl_s), tag_tuple)
+                for ttl_s, group in by_ttl.items():
+                    tier.write_many(group, c.settings.physical_ttl(ttl_s), tag_tuple)
             except RedisUnavailableError as exc:
                 error = exc
                 c._invalidator.write_failed(keys, exc)
@@ -129,7 +137,7 @@ class SyncWritePath:
                 c._invalidator.write_succeeded(keys)
             c._publish(Action.INVALIDATE_KEYS, keys)
         for key, value in mapping.items():
-            self._write_l1(key, value, ttl_s, tag_tuple)
+            self._write_l1(key, value, ttls[key], tag_tuple)
         if error is not None and c._raise_on_write_error:
             raise error
 
