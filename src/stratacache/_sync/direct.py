@@ -35,7 +35,7 @@ of the connection; the connection's own parser, hiredis when installed):
 
 The fast path is off (every call through the client) for clients it cannot serve as they
 would: a single-connection client, a pool with client-side caching, a cluster client
-reading from replicas.
+reading from replicas, a client whose class overrides ``execute_command`` (instrumented).
 """
 
 from __future__ import annotations
@@ -57,12 +57,17 @@ from redis.exceptions import (
 )
 
 from .._primitives import (
+    Redis,
+    RedisCluster,
     borrow_connection,
     current_loop,
     direct_source,
     give_back_connection,
     fork_generation,
 )
+
+# the execute_command of redis-py's own client classes (standalone, cluster)
+_BASE_EXECUTE = {False: Redis.execute_command, True: RedisCluster.execute_command}
 
 IDLE_PER_NODE = 4  # borrowed connections a tier keeps between calls, per Redis node
 
@@ -89,6 +94,8 @@ class Direct:
         self._client = client
         self._cluster = cluster
         self.enabled = direct_source(client, None) is not None or cluster
+        if type(client).execute_command is not _BASE_EXECUTE[cluster]:
+            self.enabled = False  # instrumented by a subclass: every call through it
         if cluster and getattr(client, "read_from_replicas", False):
             self.enabled = False
         if cluster and getattr(client, "load_balancing_strategy", None) is not None:
