@@ -351,10 +351,39 @@ class AsyncRedisTier:
         if not tags:
             await self._script(self._s_write, self._write, keys, [blob, _px(ttl)])
             return
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write
+            command = ("EVALSHA", script.sha, 2, *keys, blob, _px(ttl))
+            done = await self._tagged(command, script, tags, key, ttl, route)
+            if done is not FALLBACK:
+                return
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        await self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        await self._call(pipe.execute, _route=route)
+
+    async def _tagged(
+        self,
+        command: tuple[Any, ...],
+        script: Script,
+        tags: Sequence[str],
+        key: str,
+        ttl: float,
+        route: list[str],
+    ) -> Any:
+        """An entry script and the TAG_ADD of ``key`` under ``tags`` in one direct
+        pipeline (``EVALSHA`` each); the replies, or FALLBACK."""
+        commands: list[tuple[Any, ...]] = [command]
+        px = _px(ttl)
+        member = self._keys.tag_member(key)
+        tag_add = self._s_tag_add
+        for tag in tags:
+            commands.append(
+                ("EVALSHA", tag_add.sha, 1, self._keys.tag_members_key(tag), px, member)
+            )
+        scripts = [script, *([tag_add] * len(tags))]
+        return await self._call(self._direct.pipeline, route[0], commands, scripts, _route=route)
 
     async def write_fenced(
         self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
@@ -450,10 +479,17 @@ class AsyncRedisTier:
             )
         # a refused fill registers the key under its tags too: harmless (a reclaim of a
         # key that is not there deletes nothing)
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write_if_lease
+            command = ("EVALSHA", script.sha, 2, *keys, token, blob, _px(ttl))
+            results = await self._tagged(command, script, tags, key, ttl, route)
+            if results is not FALLBACK:
+                return bool(results[0])
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = await self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        results = await self._call(pipe.execute, _route=route)
         return bool(results[0])
 
     async def release_lease(self, key: str, token: bytes) -> None:

@@ -140,8 +140,8 @@ class Direct:
         commands: Sequence[tuple[Any, ...]],
         scripts: Sequence[Script | None],
     ) -> Any:
-        """Send several commands in one write and read their replies (a list, errors as
-        exception objects, like a non-transactional pipeline's ``raise_on_error=False``);
+        """Send several commands in one write and read their replies (a list; the first
+        error reply is raised once all are read, as a pipeline's ``execute`` does);
         ``scripts[i]`` names the script of an ``EVALSHA`` command (None for others).
         All keys must live on the node of ``route_key``. :data:`FALLBACK` if not done."""
         return self._run(route_key, commands, scripts)
@@ -245,6 +245,9 @@ class Direct:
                         replies[index] = conn.read_response()
                     except ResponseError as exc:
                         replies[index] = exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # as a pipeline's execute() does; the connection is clean
         return replies
 
     def _give_back_list(self, held: tuple[Any, list[Any]]) -> None:

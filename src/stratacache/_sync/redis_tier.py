@@ -353,10 +353,39 @@ class RedisTier:
         if not tags:
             self._script(self._s_write, self._write, keys, [blob, _px(ttl)])
             return
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write
+            command = ("EVALSHA", script.sha, 2, *keys, blob, _px(ttl))
+            done = self._tagged(command, script, tags, key, ttl, route)
+            if done is not FALLBACK:
+                return
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        self._call(pipe.execute, _route=route)
+
+    def _tagged(
+        self,
+        command: tuple[Any, ...],
+        script: Script,
+        tags: Sequence[str],
+        key: str,
+        ttl: float,
+        route: list[str],
+    ) -> Any:
+        """An entry script and the TAG_ADD of ``key`` under ``tags`` in one direct
+        pipeline (``EVALSHA`` each); the replies, or FALLBACK."""
+        commands: list[tuple[Any, ...]] = [command]
+        px = _px(ttl)
+        member = self._keys.tag_member(key)
+        tag_add = self._s_tag_add
+        for tag in tags:
+            commands.append(
+                ("EVALSHA", tag_add.sha, 1, self._keys.tag_members_key(tag), px, member)
+            )
+        scripts = [script, *([tag_add] * len(tags))]
+        return self._call(self._direct.pipeline, route[0], commands, scripts, _route=route)
 
     def write_fenced(
         self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
@@ -452,10 +481,17 @@ class RedisTier:
             )
         # a refused fill registers the key under its tags too: harmless (a reclaim of a
         # key that is not there deletes nothing)
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write_if_lease
+            command = ("EVALSHA", script.sha, 2, *keys, token, blob, _px(ttl))
+            results = self._tagged(command, script, tags, key, ttl, route)
+            if results is not FALLBACK:
+                return bool(results[0])
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        results = self._call(pipe.execute, _route=route)
         return bool(results[0])
 
     def release_lease(self, key: str, token: bytes) -> None:
