@@ -48,8 +48,6 @@ REPLACEMENTS = {
     "async_direct_source": "direct_source",
     "async_borrow_connection": "borrow_connection",
     "async_give_back_connection": "give_back_connection",
-    "async_cancels_requested": "cancels_requested",
-    "async_lost_cancel": "lost_cancel",
     "async_current_loop": "current_loop",
     "AsyncSingleFlight": "SingleFlight",
     "AsyncUserService": "UserService",

@@ -327,27 +327,6 @@ def give_back_connection(source: Any, conn: Any) -> None:
     source.release(conn)
 
 
-def async_cancels_requested() -> int:
-    """The running task's count of pending cancel requests (see :func:`async_redis_call`)."""
-    return _cancels_requested()
-
-
-def cancels_requested() -> int:
-    """Threads cannot be cancelled: always 0."""
-    return 0
-
-
-def async_lost_cancel(before: int) -> None:
-    """Raise the CancelledError a redis.asyncio call swallowed (see
-    :func:`async_redis_call`): more cancel requests are pending than ``before``."""
-    if _cancels_requested() > before:
-        raise asyncio.CancelledError()
-
-
-def lost_cancel(before: int) -> None:
-    """Threads cannot be cancelled: nothing to do."""
-
-
 class AsyncWorker:
     """A background loop as an asyncio task (started in the running loop).
 
@@ -543,14 +522,12 @@ __all__ = [
     "async_bind_fast_get",
     "async_borrow_connection",
     "async_call_loader",
-    "async_cancels_requested",
     "async_close_client",
     "async_cluster_no_retry",
     "async_current_loop",
     "async_direct_source",
     "async_forget_connections",
     "async_give_back_connection",
-    "async_lost_cancel",
     "async_reconnect_once",
     "async_redis_call",
     "async_shard_client",
@@ -560,7 +537,6 @@ __all__ = [
     "bind_fast_get",
     "borrow_connection",
     "call_loader",
-    "cancels_requested",
     "close_client",
     "cluster_no_retry",
     "current_loop",
@@ -568,7 +544,6 @@ __all__ = [
     "forget_connections",
     "fork_generation",
     "give_back_connection",
-    "lost_cancel",
     "reconnect_once",
     "redis_call",
     "shard_client",
