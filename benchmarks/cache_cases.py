@@ -213,3 +213,32 @@ def get_many_cases(url: str, n: int) -> dict[str, Case]:
         "redis-py MGET(100) + msgpack.unpackb (baseline)": raw_mget,
         "stratacache get_many(100) (L2)": strata_get_many,
     }
+
+
+def miss_cases(url: str, n: int) -> dict[str, Case]:
+    """A miss filled by its loader: ``get_or_set`` (read + lease, then the guarded write)
+    vs raw GET + SET of the same bytes, untagged and tagged. Each operation uses a new key."""
+    raw = redis.Redis.from_url(url)
+    cache = Cache(url, namespace="bench-miss", l1_maxsize=10)
+    _sync_resources.extend([raw, cache])
+    blob = msgpack.packb(VALUE)
+    counter = iter(range(10**9))
+
+    def raw_get_set() -> None:
+        for _ in range(n):
+            key = f"raw-miss:{next(counter)}"
+            raw.get(key)
+            raw.set(key, blob, px=60_000)
+
+    def strata(tags: tuple[str, ...]) -> Case:
+        def run() -> None:
+            for _ in range(n):
+                cache.get_or_set(f"miss:{next(counter)}", lambda: VALUE, ttl=60, tags=tags)
+
+        return run
+
+    return {
+        "redis-py GET + SET (baseline)": raw_get_set,
+        "stratacache get_or_set miss (untagged)": strata(()),
+        "stratacache get_or_set miss (tagged)": strata(("t1",)),
+    }

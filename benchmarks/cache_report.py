@@ -25,6 +25,7 @@ from cache_cases import (
     get_many_cases,
     l1_hit_cases,
     l2_hit_cases,
+    miss_cases,
 )
 
 
@@ -58,6 +59,7 @@ def main() -> None:
             ["(baseline)", "(async baseline)"],
         )
         table("get_many(100), L2", get_many_cases(server.url, 200), 200, ["(baseline)"])
+        table("get_or_set, miss (loader)", miss_cases(server.url, 1_000), 1_000, ["(baseline)"])
         close_resources(loop)
     loop.close()
 

@@ -227,7 +227,10 @@ async def test_get_or_set_cancelled_in_the_l2_read_hands_over_to_a_waiter(
     cache: AsyncCache, client: PausingRedis
 ) -> None:
     leader = await blocked_at(
-        client, data_get, lambda: cache.get_or_set("k", lambda: "v"), "_read_l2"
+        client,
+        script(cache, "_read_else_lease"),
+        lambda: cache.get_or_set("k", lambda: "v"),
+        "_lookup",
     )
     waiter = asyncio.ensure_future(cache.get_or_set("k", lambda: "from-waiter"))
     loop = asyncio.get_running_loop()
@@ -245,7 +248,7 @@ async def test_get_or_set_cancelled_checking_the_l2_entry(
 ) -> None:
     await cache.set("k", "v")
     cache.l1.clear()
-    await cancel_at(client, versions_mget, lambda: cache.get_or_set("k", lambda: "x"), "_read_l2")
+    await cancel_at(client, versions_mget, lambda: cache.get_or_set("k", lambda: "x"), "_lookup")
     await assert_nothing_left(cache, "k")
 
 
@@ -338,6 +341,6 @@ async def test_a_decorated_function_cancelled_in_the_l2_read(
     async def item(n: int) -> str:
         return "v"
 
-    await cancel_at(client, data_get, lambda: item(1), "_read_l2")
+    await cancel_at(client, script(cache, "_read_else_lease"), lambda: item(1), "_lookup")
     await assert_nothing_left(cache, "item:1")
     assert await item(1) == "refilled"  # the entry the later fill installed

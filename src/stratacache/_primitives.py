@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -398,6 +399,76 @@ def redis_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 
 
+# -- connections borrowed from a client's pool (``_async/direct.py``) ------------------
+
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def fork_generation() -> int:
+    """How many forks lie between the first process and this one (connections borrowed
+    before a fork belong to the parent)."""
+    return _forks
+
+
+def async_direct_source(client: Any, node: Any) -> Any:
+    """Where ``AsyncDirect`` borrows connections for ``node`` (a cluster node; None on a
+    standalone client): the client's pool, or the asyncio cluster node itself; None if
+    the client must be used as it is (a single-connection client, no node)."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return node
+    if getattr(client, "connection", None) is not None:
+        return None
+    return client.connection_pool
+
+
+def direct_source(client: Any, node: Any) -> Any:
+    """Where ``Direct`` borrows connections for ``node`` (a cluster node; None on a
+    standalone client): a connection pool; None if the client must be used as it is (a
+    single-connection client, client-side caching, no node)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        if node is None or node.redis_connection is None:
+            return None
+        pool = node.redis_connection.connection_pool
+    else:
+        if getattr(client, "connection", None) is not None:
+            return None
+        pool = client.connection_pool
+    return None if getattr(pool, "cache", None) is not None else pool
+
+
+async def async_borrow_connection(source: Any) -> Any:
+    """Check a connection out of ``source`` (see :func:`async_direct_source`)."""
+    if isinstance(source, redis.asyncio.cluster.ClusterNode):
+        return source.acquire_connection()
+    return await source.get_connection()
+
+
+def borrow_connection(source: Any) -> Any:
+    """Check a connection out of a pool."""
+    return source.get_connection()
+
+
+async def async_give_back_connection(source: Any, conn: Any) -> None:
+    """Return a connection to ``source``."""
+    if isinstance(source, redis.asyncio.cluster.ClusterNode):
+        source.release(conn)
+    else:
+        await source.release(conn)
+
+
+def give_back_connection(source: Any, conn: Any) -> None:
+    """Return a connection to its pool."""
+    source.release(conn)
+
+
 class AsyncWorker:
     """A background loop as an asyncio task (started in the running loop).
 
@@ -689,12 +760,15 @@ __all__ = [
     "Worker",
     "async_bind_fast_cached",
     "async_bind_fast_get",
+    "async_borrow_connection",
     "async_call_loader",
     "async_call_loader_within",
     "async_close_client",
     "async_cluster_no_retry",
     "async_current_loop",
+    "async_direct_source",
     "async_forget_connections",
+    "async_give_back_connection",
     "async_reconnect_once",
     "async_redis_call",
     "async_shard_client",
@@ -702,12 +776,16 @@ __all__ = [
     "async_wait_event",
     "bind_fast_cached",
     "bind_fast_get",
+    "borrow_connection",
     "call_loader",
     "call_loader_within",
     "close_client",
     "cluster_no_retry",
     "current_loop",
+    "direct_source",
     "forget_connections",
+    "fork_generation",
+    "give_back_connection",
     "reconnect_once",
     "redis_call",
     "shard_client",

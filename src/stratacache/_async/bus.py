@@ -44,7 +44,6 @@ from .._primitives import (
     async_current_loop,
     async_redis_call,
     async_shard_client,
-    async_sleep,
     async_wait_event,
 )
 from .redis_tier import AsyncRedisTier
@@ -218,8 +217,9 @@ class AsyncInvalidationBus:
         self, action: Action, args: Iterable[str] = (), *, at_once: bool = False
     ) -> None:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
-        the bus is quiet, else with the others of the same ``batch_window`` as one message;
-        with no window or ``at_once``, sent before this returns."""
+        no publish is in flight, else with the others that arrive meanwhile as one
+        message; with no window (``batch_window == 0``) or ``at_once``, sent before this
+        returns."""
         run = self._run
         if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
@@ -264,10 +264,10 @@ class AsyncInvalidationBus:
                     # no need to wait for heartbeat_timeout of silence to know it
                     self.state.on_publish_failed()
                 self.state.check_health()
-                if batch and self._window > 0:
-                    # Leading-edge batching: a write on a quiet bus goes out at once; what
-                    # arrives in the next window (a burst) goes out as one message.
-                    await async_sleep(self._window)
+                # No pause after a send: a write on a quiet bus goes out at once, and what
+                # arrived while a publish was in flight (a burst) goes out next, as one
+                # message (add() set ``wake`` for it). A pause here would delay a lone
+                # write that follows another by up to the pause.
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 await async_wait_event(run.stop, self._interval)
 

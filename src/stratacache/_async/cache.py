@@ -138,8 +138,10 @@ class AsyncCache:
             other instances write from this L1 (default: on when ``redis`` is given).
         heartbeat_timeout: the bus is unhealthy when this instance has not heard its own
             heartbeat for this long; heartbeats go out four times as often.
-        bus_batch_window: invalidations within this window travel as one message
-            (``0``: one message per write, sent before the write returns).
+        bus_batch_window: above ``0`` (default), batching: a write's invalidation is sent
+            at once by the publisher when no publish is in flight, and those that arrive
+            while one is travel together as one message (``0``: one message per write,
+            sent before the write returns).
         bus_unhealthy: ``"bypass_l1"`` (default): while the bus is unhealthy, L1 is kept
             empty and reads go to L2 and the loader; ``"serve_l1"``: keep serving L1
             (each entry is still bounded by ``l1_max_ttl``), availability over freshness.

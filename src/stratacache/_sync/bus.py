@@ -46,7 +46,6 @@ from .._primitives import (
     current_loop,
     redis_call,
     shard_client,
-    sleep,
     wait_event,
 )
 from .redis_tier import RedisTier
@@ -220,8 +219,9 @@ class InvalidationBus:
         self, action: Action, args: Iterable[str] = (), *, at_once: bool = False
     ) -> None:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
-        the bus is quiet, else with the others of the same ``batch_window`` as one message;
-        with no window or ``at_once``, sent before this returns."""
+        no publish is in flight, else with the others that arrive meanwhile as one
+        message; with no window (``batch_window == 0``) or ``at_once``, sent before this
+        returns."""
         run = self._run
         if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
@@ -266,10 +266,10 @@ class InvalidationBus:
                     # no need to wait for heartbeat_timeout of silence to know it
                     self.state.on_publish_failed()
                 self.state.check_health()
-                if batch and self._window > 0:
-                    # Leading-edge batching: a write on a quiet bus goes out at once; what
-                    # arrives in the next window (a burst) goes out as one message.
-                    sleep(self._window)
+                # No pause after a send: a write on a quiet bus goes out at once, and what
+                # arrived while a publish was in flight (a burst) goes out next, as one
+                # message (add() set ``wake`` for it). A pause here would delay a lone
+                # write that follows another by up to the pause.
             except Exception:  # pragma: no cover - never let the loop die (bug guard)
                 wait_event(run.stop, self._interval)
 

@@ -217,18 +217,12 @@ class SyncReadPath:
         # it nor fill it; the loader's value goes to L1 only
         skip_l2 = outbox is not None and outbox.active and outbox.blocks(key, tags)
         try:
-            entry = None if skip_l2 else self._read_l2(key)
-            if skip_l2:
-                pass
-            elif entry is None or self._expired(entry):
-                stale = entry
-                if flight is not None and flight.fallback is MISSING:
-                    flight.fallback = self._fail_safe_value(key, stale)
-                lease_state = self._take_lease(key, flight)
+            entry = None
+            if not skip_l2:
+                lease_state, stale = self._lookup(key, flight)
                 if not isinstance(lease_state, Entry):
                     token = lease_state
-                    entry = None
-                else:  # a holder elsewhere filled it while we waited
+                else:  # a hit, or a holder elsewhere filled it while we waited
                     entry = lease_state
             if entry is not None:
                 c._counters.l2_hits += 1
@@ -288,17 +282,65 @@ class SyncReadPath:
             if exc.transient:  # else it expires by itself after lease_ttl
                 c._invalidator.release_lease_later(key, token)
 
-    def _take_lease(
+    def _lookup(
         self, key: str, flight: Flight | None = None
+    ) -> tuple[bytes | Entry | None, Entry | None]:
+        """A miss's first step, one round trip in the common cases (``READ_ELSE_LEASE``):
+        the valid, fresh L2 entry (a hit), else the lease token, else None (see
+        :meth:`_take_lease`); and an expired entry found on the way (fail-safe material).
+        An entry that is there but expired or invalidated, or a lease held elsewhere,
+        continues as :meth:`_take_lease`. Under a time limit, a miss notes the flight's
+        fail-safe value before any wait (a soft timeout may answer with it)."""
+        c = self._cache
+        if c._tier is None:
+            self._note_fallback(flight, key, None)
+            return None, None
+        candidate = os.urandom(12)
+        try:
+            blob, taken = c._tier.read_else_lease(key, candidate, c.settings.lease_ttl)
+        except RedisUnavailableError as exc:
+            if exc.transient:
+                c._invalidator.release_lease_later(key, candidate)
+            return None, None
+        except BaseException:
+            # cancelled with the command perhaps sent: it may still take the lease
+            c._invalidator.release_lease_later(key, candidate, unreachable=False)
+            raise
+        if taken:
+            self._note_fallback(flight, key, None)
+            return candidate, None  # no entry: ours to fill
+        if blob is None:  # another holder is filling it: wait for its write
+            self._note_fallback(flight, key, None)
+            return self._take_lease(key, flight, waited=True), None
+        entry = self._decode(key, blob)
+        if entry is not None:
+            entry = self._valid(key, entry)
+        if entry is not None and not self._expired(entry):
+            return entry, None
+        # there but expired (kept for fail-safe) or invalidated: the lease regardless
+        self._note_fallback(flight, key, entry)
+        return self._take_lease(key, flight), entry
+
+    def _note_fallback(self, flight: Flight | None, key: str, stale: Entry | None) -> None:
+        if flight is not None and flight.fallback is MISSING:
+            flight.fallback = self._fail_safe_value(key, stale)
+
+    def _take_lease(
+        self, key: str, flight: Flight | None = None, waited: bool = False
     ) -> bytes | Entry | None:
         """The lease token; or the entry a holder elsewhere wrote while we waited; or None
         (no Redis, or ``lease_wait`` passed: load without writing L2). Under a hard
-        timeout the wait ends at the flight's deadline with :class:`LoaderTimeout`."""
+        timeout the wait ends at the flight's deadline with :class:`LoaderTimeout`.
+        ``waited``: the lease was just seen held elsewhere (pause before the first try)."""
         c = self._cache
         if c._tier is None:
             return None
         deadline = c._timer() + c.settings.lease_wait
         pause = _POLL_FIRST
+        if waited:
+            c._counters.lease_waits += 1
+            sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
         while True:
             candidate = os.urandom(12)
             try:

@@ -56,6 +56,7 @@ from .._scripts import (
     DEPENDENT_ADD,
     DEPENDENT_REMOVE,
     INVALIDATE_KEY,
+    READ_ELSE_LEASE,
     READ_OR_LEASE,
     RECLAIM,
     RECLAIM_SCAN,
@@ -66,6 +67,7 @@ from .._scripts import (
     WRITE_IF_LEASE,
 )
 from .._stats import Counters
+from .direct import FALLBACK, Direct, Script
 
 # OSError covers socket errors redis-py lets through; TimeoutError is an OSError on 3.11+
 # RedisClusterException is no RedisError: a cluster client raises it when no startup node
@@ -146,8 +148,17 @@ class RedisTier:
         self._compare_and_set = client.register_script(COMPARE_AND_SET)
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
+        self._read_else_lease = client.register_script(READ_ELSE_LEASE)
         self._reclaim_scan = client.register_script(RECLAIM_SCAN)
         self._reclaim = client.register_script(RECLAIM)
+        # the hot calls (GET, MGET, the entry scripts): see direct.py
+        self._direct = Direct(client, self._cluster)
+        self._fast = self._direct.enabled
+        self._s_write = Script(WRITE)
+        self._s_write_if_lease = Script(WRITE_IF_LEASE)
+        self._s_read_or_lease = Script(READ_OR_LEASE)
+        self._s_read_else_lease = Script(READ_ELSE_LEASE)
+        self._s_tag_add = Script(TAG_ADD)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
     def use_breaker(self, breaker: CircuitBreaker | NodeBreakers) -> None:
@@ -308,13 +319,33 @@ class RedisTier:
     def get(self, key: str) -> bytes | None:
         """The raw blob of ``key``, or None."""
         data_key = self._keys.data_key(key)
-        return self._call(self.client.get, data_key, _route=(data_key,))  # type: ignore[no-any-return]
+        route = (data_key,)
+        if self._fast:
+            blob = self._call(self._direct.execute, data_key, "GET", data_key, _route=route)
+            if blob is not FALLBACK:
+                return blob  # type: ignore[no-any-return]
+        return self._call(self.client.get, data_key, _route=route)  # type: ignore[no-any-return]
+
+    def _script(
+        self, script: Script, registered: Any, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Run an entry script (``EVALSHA``) on the direct path, else through the client
+        (``registered``: the client's ``Script`` object)."""
+        if self._fast:
+            result = self._call(self._direct.evalsha, script, keys, args, _route=keys)
+            if result is not FALLBACK:
+                return result
+        return self._call(registered, keys=keys, args=args, _route=keys)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Raw blobs of ``keys`` in order: one MGET (per cluster node on a cluster)."""
         data_keys = [self._keys.data_key(k) for k in keys]
         if self._cluster:
             return self._call(self.client.mget_nonatomic, data_keys, _route=data_keys)  # type: ignore[no-any-return]
+        if self._fast and data_keys:
+            blobs = self._call(self._direct.execute, "", "MGET", *data_keys)
+            if blobs is not FALLBACK:
+                return blobs  # type: ignore[no-any-return]
         return self._call(self.client.mget, data_keys)  # type: ignore[no-any-return]
 
     def write(self, key: str, blob: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
@@ -322,12 +353,41 @@ class RedisTier:
         key under each of ``tags`` (for the tags' background reclaim)."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
         if not tags:
-            self._call(self._write, keys=keys, args=[blob, _px(ttl)], _route=keys)
+            self._script(self._s_write, self._write, keys, [blob, _px(ttl)])
             return
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write
+            command = ("EVALSHA", script.sha, 2, *keys, blob, _px(ttl))
+            done = self._tagged(command, script, tags, key, ttl, route)
+            if done is not FALLBACK:
+                return
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        self._call(pipe.execute, _route=route)
+
+    def _tagged(
+        self,
+        command: tuple[Any, ...],
+        script: Script,
+        tags: Sequence[str],
+        key: str,
+        ttl: float,
+        route: list[str],
+    ) -> Any:
+        """An entry script and the TAG_ADD of ``key`` under ``tags`` in one direct
+        pipeline (``EVALSHA`` each); the replies, or FALLBACK."""
+        commands: list[tuple[Any, ...]] = [command]
+        px = _px(ttl)
+        member = self._keys.tag_member(key)
+        tag_add = self._s_tag_add
+        for tag in tags:
+            commands.append(
+                ("EVALSHA", tag_add.sha, 1, self._keys.tag_members_key(tag), px, member)
+            )
+        scripts = [script, *([tag_add] * len(tags))]
+        return self._call(self._direct.pipeline, route[0], commands, scripts, _route=route)
 
     def write_fenced(
         self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
@@ -408,8 +468,20 @@ class RedisTier:
         ``ttl`` seconds under ``token`` (False if another holder has it). The caller
         makes the token, so that it can release a lease whose command timed out."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        blob, taken = self._call(
-            self._read_or_lease, keys=keys, args=[token, _px(ttl)], _route=keys
+        blob, taken = self._script(
+            self._s_read_or_lease, self._read_or_lease, keys, [token, _px(ttl)]
+        )
+        return (blob or None), bool(taken)
+
+    def read_else_lease(
+        self, key: str, token: bytes, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        """One atomic step: the entry's blob if there is one (no lease taken); else
+        whether we took the lease for ``ttl`` seconds under ``token`` (False if another
+        holder has it). A miss's read and lease in one round trip."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key)]
+        blob, taken = self._script(
+            self._s_read_else_lease, self._read_else_lease, keys, [token, _px(ttl)]
         )
         return (blob or None), bool(taken)
 
@@ -420,16 +492,23 @@ class RedisTier:
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
         if not tags:
             return bool(
-                self._call(
-                    self._write_if_lease, keys=keys, args=[token, blob, _px(ttl)], _route=keys
+                self._script(
+                    self._s_write_if_lease, self._write_if_lease, keys, [token, blob, _px(ttl)]
                 )
             )
         # a refused fill registers the key under its tags too: harmless (a reclaim of a
         # key that is not there deletes nothing)
+        route = [*keys, *self._members_keys(tags)]
+        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
+            script = self._s_write_if_lease
+            command = ("EVALSHA", script.sha, 2, *keys, token, blob, _px(ttl))
+            results = self._tagged(command, script, tags, key, ttl, route)
+            if results is not FALLBACK:
+                return bool(results[0])
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
+        results = self._call(pipe.execute, _route=route)
         return bool(results[0])
 
     def release_lease(self, key: str, token: bytes) -> None:
@@ -756,6 +835,8 @@ class RedisTier:
                     shard.close()
 
     def close(self) -> None:
-        """Close the client if the cache created it."""
+        """Give back the connections borrowed for the direct path; close the client if
+        the cache created it."""
+        self._direct.give_back()
         if self._owns_client:
             close_client(self.client)
