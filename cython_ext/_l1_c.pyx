@@ -165,8 +165,10 @@ cdef class _Node:
     cdef PyObject* next
     cdef double deadline  # +inf: no expiry
     cdef Py_ssize_t weight
-    cdef int heap_index  # -1: not in the expiry heap (no deadline, or removed)
+    cdef int heap_index  # -1: no deadline (or removed); else its slot in _heap or _fifo
     cdef unsigned char cause
+    cdef unsigned char in_fifo  # heap_index is a slot of _fifo, not of _heap
+    cdef unsigned char region  # tinylfu: _WINDOW, _PROBATION or _PROTECTED
 
 
 @cython.final
@@ -276,6 +278,14 @@ cdef class L1:
     cdef _HeapItem* _heap
     cdef Py_ssize_t _heap_len
     cdef Py_ssize_t _heap_cap
+    # FIFO fast path for deadlines that arrive in order (the common case: one ttl for
+    # all entries): slots _fifo_head.._fifo_tail of _fifo, sorted by (deadline, seq);
+    # a removed entry leaves a hole (node NULL) that the head skips and compaction drops.
+    cdef _HeapItem* _fifo
+    cdef Py_ssize_t _fifo_head
+    cdef Py_ssize_t _fifo_tail
+    cdef Py_ssize_t _fifo_cap
+    cdef Py_ssize_t _fifo_live
     cdef unsigned long long _seq
     cdef unsigned long long _hits
     cdef unsigned long long _misses
@@ -319,6 +329,7 @@ cdef class L1:
 
     def __dealloc__(self):
         free(self._heap)
+        free(self._fifo)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -361,7 +372,7 @@ cdef class L1:
         cdef PyObject* found
         cdef _Node node
         cdef double now = -INFINITY
-        if self._timer is not None and self._heap_len:
+        if self._timer is not None and (self._heap_len or self._fifo_live):
             now = self._now()  # Python code: before the operation starts
         with cython.critical_section(self):
             found = PyDict_GetItemWithError(self._map, key)
@@ -459,7 +470,7 @@ cdef class L1:
         cdef Py_ssize_t weight = self._weigh(key, value)
         cdef double now = -INFINITY
         cdef object removed
-        if seconds != INFINITY or self._heap_len:
+        if seconds != INFINITY or self._heap_len or self._fifo_live:
             now = self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
@@ -492,6 +503,7 @@ cdef class L1:
                 node.heap_index = -1
             self._root.prev = self._root.next = <PyObject*>self._root
             self._heap_len = 0
+            self._fifo_head = self._fifo_tail = self._fifo_live = 0
             self._weight = 0
             self._epoch += 1
             self._clear_epoch = self._epoch
@@ -499,6 +511,10 @@ cdef class L1:
                 free(self._heap)
                 self._heap = NULL
                 self._heap_cap = 0
+            if self._fifo_cap > 64:
+                free(self._fifo)
+                self._fifo = NULL
+                self._fifo_cap = 0
 
     def expire(self, limit=_DEFAULT_EXPIRE_LIMIT):
         """Drop at most ``limit`` expired entries, earliest deadline first; how many."""
@@ -506,17 +522,21 @@ cdef class L1:
         cdef _Node node
         cdef double now
         cdef Py_ssize_t n
+        cdef PyObject* found
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError("limit must be an int")
         if limit < 0:
             raise ValueError("limit must be >= 0")
         n = min(limit, sys.maxsize)
-        if not self._heap_len:
+        if not (self._heap_len or self._fifo_live):
             return 0
         now = self._now()
         with cython.critical_section(self):
-            while len(removed) < n and self._heap_len and self._heap[0].deadline <= now:
-                node = <_Node>self._heap[0].node
+            while len(removed) < n:
+                found = self._expired_head(now)
+                if found is NULL:
+                    break
+                node = <_Node>found
                 self._remove(node, CAUSE_EXPIRED)
                 removed.append(node)
         self._notify(removed)
@@ -612,7 +632,7 @@ cdef class L1:
             seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
             tagt = _tag_tuple(tags)
             weight = self._weigh(key, value)
-            if seconds != INFINITY or self._heap_len:
+            if seconds != INFINITY or self._heap_len or self._fifo_live:
                 now = self._now()
         except BaseException:
             self.release(ticket, key)
@@ -728,7 +748,7 @@ cdef class L1:
 
     cdef inline double _clock_if_timed(self) except? -1.0:
         """Now, read before the operation starts, or -inf if no entry has a deadline."""
-        if self._heap_len:
+        if self._heap_len or self._fifo_live:
             return self._now()
         return -INFINITY
 
@@ -764,7 +784,8 @@ cdef class L1:
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
-            self._heap_reserve()  # the only allocation that can fail: do it first
+            self._heap_reserve()  # the only allocations that can fail: do them first
+            self._fifo_reserve()
         self._bump_key(key)
         found = PyDict_GetItemWithError(self._map, key)
         if found is not NULL:
@@ -779,8 +800,9 @@ cdef class L1:
         while PyDict_Size(self._map) >= self._maxsize or (
             self._max_weight >= 0 and self._weight + weight > self._max_weight
         ):
-            if self._heap_len and self._heap[0].deadline <= now:
-                victim = <_Node>self._heap[0].node  # expired ones go before live ones
+            found = self._expired_head(now)
+            if found is not NULL:
+                victim = <_Node>found  # expired ones go before live ones
                 cause = CAUSE_EXPIRED
             else:
                 victim = <_Node>self._root.next
@@ -801,7 +823,10 @@ cdef class L1:
         self._root.prev = <PyObject*>node
         self._weight += weight
         if deadline != INFINITY:
-            self._heap_push(node)
+            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
+                self._fifo_push(node)  # in deadline order: O(1)
+            else:
+                self._heap_push(node)
         for tag in tags:
             keys = self._tags.get(tag)
             if keys is None:
@@ -828,7 +853,10 @@ cdef class L1:
         (<_Node>node.next).prev = node.prev
         node.prev = node.next = NULL
         if node.heap_index >= 0:
-            self._heap_remove(node.heap_index)
+            if node.in_fifo:
+                self._fifo_remove(node.heap_index)
+            else:
+                self._heap_remove(node.heap_index)
             node.heap_index = -1
         for tag in node.tags:
             found = PyDict_GetItemWithError(self._tags, tag)
@@ -958,6 +986,66 @@ cdef class L1:
         self._heap = grown
         self._heap_cap = cap
         return 0
+
+    cdef PyObject* _expired_head(self, double now) noexcept:
+        """The timed node with the earliest (deadline, seq) if that deadline has passed
+        (borrowed), else NULL: the FIFO head or the heap top."""
+        cdef _HeapItem* best = NULL
+        if self._fifo_live:
+            best = &self._fifo[self._fifo_head]
+        if self._heap_len and (best is NULL or _before(&self._heap[0], best)):
+            best = &self._heap[0]
+        if best is NULL or best.deadline > now:
+            return NULL
+        return best.node
+
+    cdef int _fifo_reserve(self) except -1:
+        """Room for one more slot at the tail: drop the holes, or grow."""
+        cdef Py_ssize_t cap, i, j
+        cdef _HeapItem* grown
+        if self._fifo_tail < self._fifo_cap:
+            return 0
+        if self._fifo_cap and self._fifo_live <= self._fifo_cap // 2:
+            j = 0
+            for i in range(self._fifo_head, self._fifo_tail):
+                if self._fifo[i].node is not NULL:
+                    self._fifo[j] = self._fifo[i]
+                    (<_Node>self._fifo[j].node).heap_index = <int>j
+                    j += 1
+            self._fifo_head = 0
+            self._fifo_tail = j
+            return 0
+        cap = 64 if self._fifo_cap == 0 else self._fifo_cap * 2
+        grown = <_HeapItem*>realloc(self._fifo, cap * sizeof(_HeapItem))
+        if grown is NULL:
+            raise MemoryError()
+        self._fifo = grown
+        self._fifo_cap = cap
+        return 0
+
+    cdef inline void _fifo_push(self, _Node node) noexcept:
+        cdef Py_ssize_t i
+        if self._fifo_live == 0:
+            self._fifo_head = self._fifo_tail = 0
+        i = self._fifo_tail
+        self._seq += 1
+        self._fifo[i].deadline = node.deadline
+        self._fifo[i].seq = self._seq
+        self._fifo[i].node = <PyObject*>node
+        node.heap_index = <int>i
+        node.in_fifo = 1
+        self._fifo_tail = i + 1
+        self._fifo_live += 1
+
+    cdef inline void _fifo_remove(self, Py_ssize_t i) noexcept:
+        (<_Node>self._fifo[i].node).in_fifo = 0
+        self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order still holds
+        self._fifo_live -= 1
+        if self._fifo_live == 0:
+            self._fifo_head = self._fifo_tail = 0
+        elif i == self._fifo_head:
+            while self._fifo[self._fifo_head].node is NULL:
+                self._fifo_head += 1
 
     cdef inline void _heap_put(self, Py_ssize_t i, _HeapItem item) noexcept:
         self._heap[i] = item
