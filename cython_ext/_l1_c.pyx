@@ -86,7 +86,9 @@ from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetIte
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memset
 
 import datetime
 import fnmatch
@@ -124,6 +126,90 @@ cdef extern from *:
     """
     double stratacache_coarse_now() noexcept nogil
 
+# W-TinyLFU's count-min sketch and its stable key hash; the pure twin is _tinylfu.py,
+# and the two must agree bit for bit (the policy test checks an exact hit count).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline uint64_t strata_mix(uint64_t h, uint64_t c) {
+        h ^= c; h *= 0xFF51AFD7ED558CCDULL; h ^= h >> 29; return h;
+    }
+    static inline uint64_t strata_mix_bytes(uint64_t h, const unsigned char* p, Py_ssize_t n) {
+        uint64_t c; int i;
+        for (; n >= 8; p += 8, n -= 8) {
+            c = 0;
+            for (i = 7; i >= 0; i--) c = (c << 8) | p[i];  /* little-endian, any host */
+            h = strata_mix(h, c);
+        }
+        if (n > 0) {
+            c = 0;
+            for (i = (int)n - 1; i >= 0; i--) c = (c << 8) | p[i];
+            h = strata_mix(h, c);
+        }
+        return h;
+    }
+    /* 0 and *err = 1 if hash(key) raised. */
+    static uint64_t strata_stable_hash(PyObject* key, int* err) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL;
+        if (PyUnicode_CheckExact(key)) {
+            Py_ssize_t n = PyUnicode_GET_LENGTH(key), i;
+            int kind = PyUnicode_KIND(key);
+            const void* data = PyUnicode_DATA(key);
+            h ^= (uint64_t)n;
+            if (kind == PyUnicode_1BYTE_KIND) {
+                h = strata_mix_bytes(h, (const unsigned char*)data, n);
+            } else {
+                for (i = 0; i < n; i++) h = strata_mix(h, (uint64_t)PyUnicode_READ(kind, data, i));
+            }
+        } else if (PyBytes_CheckExact(key)) {
+            Py_ssize_t n = PyBytes_GET_SIZE(key);
+            h ^= (uint64_t)n;
+            h = strata_mix_bytes(h, (const unsigned char*)PyBytes_AS_STRING(key), n);
+        } else {
+            Py_hash_t x = PyObject_Hash(key);
+            if (x == -1 && PyErr_Occurred()) { *err = 1; return 0; }
+            h = strata_mix(h, (uint64_t)x);
+        }
+        h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53ULL; h ^= h >> 33;
+        return h;
+    }
+    /* Four 4-bit counters per key, packed two per byte; index k = (h1 + k*h2) & mask.
+       Conservative increment: only the counters at the key's minimum grow. */
+    static inline void strata_sketch_add(unsigned char* t, uint64_t mask, uint64_t h) {
+        uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1, idx[4], i;
+        unsigned char b; int k, shift, c, least = 15;
+        for (k = 0; k < 4; k++) {
+            i = idx[k] = (h1 + (uint64_t)k * h2) & mask;
+            c = (t[i >> 1] >> ((int)(i & 1) * 4)) & 15;
+            if (c < least) least = c;
+        }
+        if (least == 15) return;
+        for (k = 0; k < 4; k++) {
+            i = idx[k];
+            b = t[i >> 1]; shift = (int)(i & 1) * 4;
+            if (((b >> shift) & 15) == least) t[i >> 1] = (unsigned char)(b + (1 << shift));
+        }
+    }
+    static inline int strata_sketch_freq(const unsigned char* t, uint64_t mask, uint64_t h) {
+        uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1, i;
+        int k, c, best = 15;
+        for (k = 0; k < 4; k++) {
+            i = (h1 + (uint64_t)k * h2) & mask;
+            c = (t[i >> 1] >> ((int)(i & 1) * 4)) & 15;
+            if (c < best) best = c;
+        }
+        return best;
+    }
+    static void strata_sketch_halve(unsigned char* t, size_t nbytes) {
+        size_t i;
+        for (i = 0; i < nbytes; i++) t[i] = (unsigned char)((t[i] >> 1) & 0x77);
+    }
+    """
+    uint64_t strata_stable_hash(object key, int* err)
+    void strata_sketch_add(unsigned char* t, uint64_t mask, uint64_t h) noexcept nogil
+    int strata_sketch_freq(const unsigned char* t, uint64_t mask, uint64_t h) noexcept nogil
+    void strata_sketch_halve(unsigned char* t, size_t nbytes) noexcept nogil
+
 __all__ = ["L1"]
 
 _log = logging.getLogger("stratacache.l1")
@@ -137,6 +223,14 @@ cdef enum:
     CAUSE_SIZE = 1
     CAUSE_EXPIRED = 2
     CAUSE_INVALIDATED = 3
+
+# Regions of the tinylfu policy (the lru policy keeps every node in _WINDOW = _root).
+cdef enum:
+    _WINDOW = 0
+    _PROBATION = 1
+    _PROTECTED = 2
+
+cdef Py_ssize_t _SKETCH_CAP = 1 << 24  # the sketch is sized for at most this many entries
 
 cdef tuple _CAUSE_NAMES = (None, "size", "expired", "invalidated")
 cdef tuple _NO_TAGS = ()
@@ -269,6 +363,19 @@ cdef class L1:
     cdef dict _map  # key -> _Node, owns the nodes
     cdef dict _tags  # tag -> {key: _Node}
     cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
+    # tinylfu policy: _root is the window; main = probation + protected (SLRU)
+    cdef bint _tinylfu
+    cdef _Node _probation
+    cdef _Node _protected
+    cdef Py_ssize_t _n_window
+    cdef Py_ssize_t _n_protected
+    cdef Py_ssize_t _window_max
+    cdef Py_ssize_t _protected_max
+    cdef unsigned char* _sketch
+    cdef size_t _sketch_bytes
+    cdef uint64_t _sketch_mask
+    cdef Py_ssize_t _samples
+    cdef Py_ssize_t _sample_size
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _max_weight  # -1: unbounded
     cdef Py_ssize_t _weight
@@ -303,6 +410,10 @@ cdef class L1:
         self._root = _Node.__new__(_Node)
         self._root.prev = self._root.next = <PyObject*>self._root
         self._root.heap_index = -1
+        self._probation = _Node.__new__(_Node)
+        self._probation.prev = self._probation.next = <PyObject*>self._probation
+        self._protected = _Node.__new__(_Node)
+        self._protected.prev = self._protected.next = <PyObject*>self._protected
         self._map = {}
         self._tags = {}
         self._pending = {}
@@ -317,7 +428,9 @@ cdef class L1:
         weigher=None,
         timer=None,
         on_evict=None,
+        policy="lru",
     ):
+        cdef Py_ssize_t sized, width
         for name, fn in (("weigher", weigher), ("timer", timer), ("on_evict", on_evict)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
@@ -326,10 +439,35 @@ cdef class L1:
         self._weigher = weigher
         self._timer = timer
         self._on_evict = on_evict
+        if not isinstance(policy, str):
+            raise TypeError(f"policy must be a str, not {type(policy).__name__}")
+        if policy not in ("lru", "tinylfu"):
+            raise ValueError(f"policy must be 'lru' or 'tinylfu', got {policy!r}")
+        if self._map:
+            raise RuntimeError("L1.__init__ called on a cache in use")
+        free(self._sketch)
+        self._sketch = NULL
+        self._tinylfu = policy == "tinylfu"
+        if self._tinylfu:
+            self._window_max = max(1, self._maxsize // 100)
+            self._protected_max = (self._maxsize - self._window_max) * 4 // 5
+            sized = min(self._maxsize, _SKETCH_CAP)
+            width = 16
+            while width < sized:
+                width <<= 1
+            width *= 8  # counters: eight per entry (4 bytes), see _tinylfu.py
+            self._sketch_bytes = <size_t>(width // 2)
+            self._sketch_mask = <uint64_t>(width - 1)
+            self._sample_size = 20 * sized
+            self._samples = 0
+            self._sketch = <unsigned char*>calloc(self._sketch_bytes, 1)
+            if self._sketch is NULL:
+                raise MemoryError()
 
     def __dealloc__(self):
         free(self._heap)
         free(self._fifo)
+        free(self._sketch)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -387,7 +525,10 @@ cdef class L1:
                     self._misses += 1
                     self._remove(node, CAUSE_EXPIRED)
             if node.cause == CAUSE_NONE:
-                self._to_mru(node)
+                if self._tinylfu:
+                    self._lfu_hit(node)
+                else:
+                    self._to_mru(node)
                 self._hits += 1
                 return node.value
         self._notify(node)
@@ -502,6 +643,9 @@ cdef class L1:
                 node.prev = node.next = NULL  # a racing get() must see them as removed
                 node.heap_index = -1
             self._root.prev = self._root.next = <PyObject*>self._root
+            self._probation.prev = self._probation.next = <PyObject*>self._probation
+            self._protected.prev = self._protected.next = <PyObject*>self._protected
+            self._n_window = self._n_protected = 0
             self._heap_len = 0
             self._fifo_head = self._fifo_tail = self._fifo_live = 0
             self._weight = 0
@@ -717,12 +861,20 @@ cdef class L1:
             self._pending = {}
             self._tag_epochs = {}
             self._tag_floor = 0
+            if self._sketch is not NULL:
+                memset(self._sketch, 0, self._sketch_bytes)
+                self._samples = 0
         self.reset_counters()
 
     @property
     def weight(self):
         """Total weight of the stored entries."""
         return self._weight
+
+    @property
+    def policy(self):
+        """The eviction policy: ``"lru"`` or ``"tinylfu"``."""
+        return "tinylfu" if self._tinylfu else "lru"
 
     @property
     def maxsize(self):
@@ -786,6 +938,8 @@ cdef class L1:
             deadline = now + seconds
             self._heap_reserve()  # the only allocations that can fail: do them first
             self._fifo_reserve()
+        if self._tinylfu:
+            self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
         found = PyDict_GetItemWithError(self._map, key)
         if found is not NULL:
@@ -797,9 +951,9 @@ cdef class L1:
                 self._remove(old, CAUSE_NONE)
         if deadline <= now:  # ttl == 0: expired on arrival, never stored
             return removed
-        while PyDict_Size(self._map) >= self._maxsize or (
+        while not self._tinylfu and (PyDict_Size(self._map) >= self._maxsize or (
             self._max_weight >= 0 and self._weight + weight > self._max_weight
-        ):
+        )):
             found = self._expired_head(now)
             if found is not NULL:
                 victim = <_Node>found  # expired ones go before live ones
@@ -833,6 +987,100 @@ cdef class L1:
                 keys = {}
                 self._tags[tag] = keys
             keys[key] = node
+        if self._tinylfu:  # the new node is in the window: make room after inserting it
+            self._n_window += 1
+            removed = self._lfu_make_room(removed, now)
+        return removed
+
+    # -- tinylfu policy (W-TinyLFU as in Caffeine: window LRU, count-min sketch
+    # admission, SLRU main of probation + protected) --------------------------------
+
+    cdef inline uint64_t _key_hash(self, object key) except? 0:
+        cdef int err = 0
+        cdef uint64_t h = strata_stable_hash(key, &err)
+        if err:
+            return 0  # hash(key) raised: the error is set, ``except? 0`` propagates it
+        return h
+
+    cdef inline int _sketch_add(self, uint64_t h) except -1:
+        strata_sketch_add(self._sketch, self._sketch_mask, h)
+        self._samples += 1
+        if self._samples >= self._sample_size:  # aging: halve every counter
+            strata_sketch_halve(self._sketch, self._sketch_bytes)
+            self._samples //= 2
+        return 0
+
+    cdef inline int _freq(self, object key) except -1:
+        return strata_sketch_freq(self._sketch, self._sketch_mask, self._key_hash(key))
+
+    cdef inline void _move_to(self, _Node node, _Node root) noexcept:
+        """Unlink ``node`` and put it at the MRU end of ``root``'s list."""
+        (<_Node>node.prev).next = node.next
+        (<_Node>node.next).prev = node.prev
+        node.prev = root.prev
+        node.next = <PyObject*>root
+        (<_Node>root.prev).next = <PyObject*>node
+        root.prev = <PyObject*>node
+
+    cdef int _lfu_hit(self, _Node node) except -1:
+        cdef _Node demoted
+        self._sketch_add(self._key_hash(node.key))
+        if node.region == _WINDOW:
+            self._move_to(node, self._root)
+        elif node.region == _PROBATION:
+            self._move_to(node, self._protected)
+            node.region = _PROTECTED
+            self._n_protected += 1
+            if self._n_protected > self._protected_max:
+                demoted = <_Node>self._protected.next
+                self._move_to(demoted, self._probation)
+                demoted.region = _PROBATION
+                self._n_protected -= 1
+        else:
+            self._move_to(node, self._protected)
+        return 0
+
+    cdef object _lfu_make_room(self, object removed, double now):
+        """Window overflow to probation, then evict while over a bound: an expired entry
+        first, else the probation LRU (victim) or the candidate (the last entry moved out
+        of the window by this write), whichever the sketch says is less frequent (ties
+        evict the candidate); without a candidate, the victim."""
+        cdef _Node node
+        cdef _Node victim
+        cdef _Node candidate
+        cdef PyObject* found
+        cdef unsigned char cause
+        candidate = None
+        while self._n_window > self._window_max:
+            node = <_Node>self._root.next
+            self._move_to(node, self._probation)
+            node.region = _PROBATION
+            self._n_window -= 1
+            candidate = node
+        while PyDict_Size(self._map) > self._maxsize or (
+            self._max_weight >= 0 and self._weight > self._max_weight
+        ):
+            found = self._expired_head(now)
+            if found is not NULL:
+                victim = <_Node>found
+                cause = CAUSE_EXPIRED
+            else:
+                cause = CAUSE_SIZE
+                if self._probation.next != <PyObject*>self._probation:
+                    victim = <_Node>self._probation.next
+                    if (
+                        candidate is not None
+                        and candidate is not victim
+                        and candidate.prev is not NULL  # not removed (expired) meanwhile
+                        and not self._freq(candidate.key) > self._freq(victim.key)
+                    ):
+                        victim = candidate
+                elif self._protected.next != <PyObject*>self._protected:
+                    victim = <_Node>self._protected.next
+                else:
+                    victim = <_Node>self._root.next
+            self._remove(victim, cause)
+            removed = _collect(removed, victim)
         return removed
 
     cdef inline void _to_mru(self, _Node node) noexcept:
@@ -867,6 +1115,11 @@ cdef class L1:
             if not keys:
                 PyDict_DelItem(self._tags, tag)
         self._weight -= node.weight
+        if self._tinylfu:
+            if node.region == _WINDOW:
+                self._n_window -= 1
+            elif node.region == _PROTECTED:
+                self._n_protected -= 1
         node.cause = cause
         if cause == CAUSE_SIZE:
             self._evictions += 1
@@ -1190,21 +1443,30 @@ cdef int _l1_traverse(PyObject* o, _visit_fn visit, void* arg) noexcept:
     cdef int r = _generated_l1_traverse(o, visit, arg)
     cdef PyObject* root
     cdef PyObject* p
+    cdef int which
     if r or (<L1>o)._root is None:
         return r
-    root = <PyObject*>(<L1>o)._root
-    p = (<_Node>root).next
-    while p is not NULL and p != root:
-        r = visit(<PyObject*>(<_Node>p).key, arg)
-        if r:
-            return r
-        r = visit(<PyObject*>(<_Node>p).value, arg)
-        if r:
-            return r
-        r = visit(<PyObject*>(<_Node>p).tags, arg)
-        if r:
-            return r
-        p = (<_Node>p).next
+    for which in range(3):  # the window/LRU list, then tinylfu's probation and protected
+        if which == 0:
+            root = <PyObject*>(<L1>o)._root
+        elif which == 1:
+            root = <PyObject*>(<L1>o)._probation
+        else:
+            root = <PyObject*>(<L1>o)._protected
+        if root is NULL or <object>root is None:
+            continue
+        p = (<_Node>root).next
+        while p is not NULL and p != root:
+            r = visit(<PyObject*>(<_Node>p).key, arg)
+            if r:
+                return r
+            r = visit(<PyObject*>(<_Node>p).value, arg)
+            if r:
+                return r
+            r = visit(<PyObject*>(<_Node>p).tags, arg)
+            if r:
+                return r
+            p = (<_Node>p).next
     return 0
 
 

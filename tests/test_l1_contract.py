@@ -24,10 +24,15 @@ from stratacache._sentinel import MISSING
 from l1_impls import IMPL_IDS, FakeClock, Recorder, load_l1
 
 
-@pytest.fixture(params=IMPL_IDS)
+@pytest.fixture(
+    params=[(impl, policy) for impl in IMPL_IDS for policy in ("lru", "tinylfu")],
+    ids=lambda p: "-".join(p),
+)
 def l1_impl(request: pytest.FixtureRequest) -> Any:
-    """Each L1 implementation in turn."""
-    return load_l1(request.param)
+    """Each L1 implementation in turn, with each eviction policy."""
+    impl_id, policy = request.param
+    cls = load_l1(impl_id)
+    return cls if policy == "lru" else functools.partial(cls, policy=policy)
 
 
 @pytest.fixture
