@@ -19,25 +19,31 @@ import sys
 import tempfile
 
 _CHILD = r"""
-import sys
-sys.path.insert(0, {bench_dir!r})
-import l1_report
+import random, sys
 case, impl, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 n = 10_000
-keys = l1_report.make_keys(n, "key")
-other = l1_report.make_keys(n, "new")
+
+def make_keys(prefix):
+    keys = [f"{{prefix}}:{{i:08d}}" for i in range(n)]
+    random.Random(1).shuffle(keys)
+    return keys
+
+keys = make_keys("key")
+other = make_keys("new")
 value = object()
 ttl = 3600.0
 if impl.startswith("stratacache"):
-    policy = "tinylfu" if impl.endswith("tinylfu") else None
-    cls = l1_report.L1_IMPLS["c" if "compiled" in impl else "py"]
-    cache = cls(n) if policy is None else cls(n, policy=policy)
+    if "compiled" in impl:
+        from stratacache._l1_c import L1 as cls
+    else:
+        from stratacache._l1_py import L1 as cls
+    cache = cls(n, policy="tinylfu") if impl.endswith("tinylfu") else cls(n)
     put = cache.set
     get = cache.get
 elif impl == "cachebox.TTLCache":
     import cachebox
     cache = cachebox.TTLCache(n, ttl)
-    put = lambda k, v, t: cache.insert(k, v)
+    put = lambda k, v, t=None: cache.insert(k, v)
     get = cache.get
 elif impl == "cachebox.LRUCache":
     import cachebox
@@ -81,9 +87,20 @@ def instructions(case: str, impl: str, reps: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, "-c", code, case, impl, str(reps)],
-            capture_output=True, text=True, check=True,
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                code,
+                case,
+                impl,
+                str(reps),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         match = re.search(r"Collected : (\d+)", proc.stderr)
         assert match, proc.stderr[-2000:]
@@ -102,10 +119,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impls", default="")
     args = parser.parse_args(argv)
-    impls = args.impls.split(",") if args.impls else [
-        "loop", "dict", "stratacache.L1 (compiled)", "stratacache.L1 (compiled) tinylfu",
-        "cachebox.LRUCache", "cachebox.TTLCache",
-    ]
+    impls = (
+        args.impls.split(",")
+        if args.impls
+        else [
+            "loop",
+            "dict",
+            "stratacache.L1 (compiled)",
+            "stratacache.L1 (compiled) tinylfu",
+            "cachebox.LRUCache",
+            "cachebox.TTLCache",
+        ]
+    )
     print("| implementation | " + " | ".join(f"{c} (Ir/op)" for c in CASES) + " |")
     print("|---|" + "---|" * len(CASES))
     for impl in impls:

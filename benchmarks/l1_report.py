@@ -461,8 +461,8 @@ def scaling_table(sizes: list[int], repeats: int) -> dict[str, dict[str, float]]
             for k in keys:
                 put(k, k)
             get = cache.get
-            g = best_ns(lambda: _loop1(get, sample), len(sample), repeats)
-            s = best_ns(lambda: _loop2(put, fresh, 1), len(fresh), 1)
+            g = best_ns(functools.partial(_loop1, get, sample), len(sample), repeats)
+            s = best_ns(functools.partial(_loop2, put, fresh, 1), len(fresh), 1)
             rows.setdefault(str(size), {})[name] = g
             rows[str(size)][name + " set"] = s
             cells.append(f"{g:.0f} / {s:.0f}")

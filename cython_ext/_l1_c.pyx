@@ -458,7 +458,7 @@ cdef class L1:
             width *= 8  # counters: eight per entry (4 bytes), see _tinylfu.py
             self._sketch_bytes = <size_t>(width // 2)
             self._sketch_mask = <uint64_t>(width - 1)
-            self._sample_size = 20 * sized
+            self._sample_size = 80 * sized  # _tinylfu.SAMPLE_FACTOR
             self._samples = 0
             self._sketch = <unsigned char*>calloc(self._sketch_bytes, 1)
             if self._sketch is NULL:

@@ -62,14 +62,14 @@ def test_sketch_counts_and_ages() -> None:
         sketch.increment(h)
     assert sketch.frequency(h) == 15  # 4-bit counters saturate
     assert sketch.frequency(stable_hash("never")) <= 1
-    for i in range(400):  # past 20 * 16 samples every counter is halved
+    for i in range(1300):  # past SAMPLE_FACTOR (80) * 16 samples every counter is halved
         sketch.increment(stable_hash(f"other{i}"))
     assert sketch.frequency(h) <= 7
 
 
 # Computed once with the pure spec; the compiled L1 must reach exactly the same counts.
-ZIPF_HITS = {"lru": 11973, "tinylfu": 13559}
-SCAN_HITS = {"lru": 9252, "tinylfu": 10651}
+ZIPF_HITS = {"lru": 11973, "tinylfu": 13578}
+SCAN_HITS = {"lru": 9252, "tinylfu": 10656}
 
 
 @pytest.mark.parametrize("policy", ["lru", "tinylfu"])
