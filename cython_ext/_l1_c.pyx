@@ -12,6 +12,15 @@ Layout
     plus four pointer stores. Nodes with a deadline are also in an intrusive 4-ary
     min-heap (a C array of ``(deadline, seq, node)``, ``node.heap_index`` points back), so
     any node leaves the heap in O(log n) and the earliest deadline is at ``_heap[0]``.
+    Deadlines that arrive in order (every entry with the same ttl, the common case) skip
+    the heap: a node whose deadline is >= the last one queued goes to ``_fifo``, a C
+    array used as a queue sorted by (deadline, seq) (a removed node leaves a hole, skipped
+    at the head and dropped when the array is compacted), so both its insertion and its
+    eviction are O(1); the earliest deadline is the earlier of the FIFO head and the heap
+    top (Caffeine keeps expire-after-write entries in such a write-order queue too).
+    With ``policy="tinylfu"`` the recency list is split into three lists (window =
+    ``_root``, ``_probation``, ``_protected``, ``node.region`` says which) and a count-min
+    sketch decides admission; see ``_lfu_make_room`` and ``stratacache/_tinylfu.py``.
     ``_tags`` is a dict tag -> {key: node}; a node keeps its tags as a tuple, so removing
     it touches only its own tags. (Caffeine's ``BoundedLocalCache`` keeps the same
     access-order deque + expiry structure next to its hash table; cachetools' ``TLRUCache``
