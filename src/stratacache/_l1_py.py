@@ -304,7 +304,8 @@ class L1:
 
     def __len__(self) -> int:
         """Entries stored, including expired ones not dropped yet (see ``expire``)."""
-        return len(self._lru)
+        with self._lock:  # tinylfu inserts before it evicts: never show the +1 in between
+            return len(self._lru)
 
     def keys(self) -> list[Hashable]:
         """A snapshot of the live keys (order unspecified)."""
@@ -564,7 +565,8 @@ class L1:
     @property
     def weight(self) -> int:
         """Total weight of the stored entries."""
-        return int(self._lru.currsize)
+        with self._lock:
+            return int(self._lru.currsize)
 
     @property
     def policy(self) -> str:
