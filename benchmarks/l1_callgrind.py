@@ -98,6 +98,7 @@ def instructions(case: str, impl: str, reps: int) -> int:
                 impl,
                 str(reps),
             ],
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
             capture_output=True,
             text=True,
             check=True,
