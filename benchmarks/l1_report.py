@@ -2,6 +2,8 @@
 
     taskset -c 1 python benchmarks/l1_report.py          # ~1 minute
     taskset -c 1 python benchmarks/l1_report.py --quick  # fewer repeats
+    python benchmarks/l1_report.py --hit-ratio            # policies on Zipf / scan traces
+    python benchmarks/l1_report.py --scaling [--full]     # get/set cost, 1k..1M (10M)
 
 Timings are tight Python loops (``for k in keys: fn(k)``) over 10,000 pre-built ``str``
 keys, the best of several repeats (the noise on a shared VM only ever adds time), and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import os
 import random
@@ -104,6 +107,15 @@ def adapters() -> list[Adapter]:
                 cls,
                 get=lambda c: c.get,
                 set_=lambda c: c.set,
+            )
+        )
+        result.append(
+            Adapter(
+                f"stratacache.L1 ({label}), tinylfu",
+                functools.partial(cls, policy="tinylfu"),
+                get=lambda c: c.get,
+                set_=lambda c: c.set,
+                note="policy='tinylfu'",
             )
         )
         result.append(
@@ -326,6 +338,140 @@ def memory_per_entry(name: str, n: int, trace: bool) -> float:
     return float(json.loads(out.stdout))
 
 
+# -- hit ratio (policies) -------------------------------------------------------------
+
+
+def zipf_trace(n_keys: int, n: int, s: float, seed: int) -> list[str]:
+    """``n`` requests over ``n_keys`` keys, Zipf(``s``) popularity, ranks shuffled."""
+    rng = random.Random(seed)
+    cum = list(itertools.accumulate(1.0 / (i + 1) ** s for i in range(n_keys)))
+    perm = list(range(n_keys))
+    rng.shuffle(perm)
+    return [f"k{perm[i]}" for i in rng.choices(range(n_keys), cum_weights=cum, k=n)]
+
+
+def scan_trace(n_keys: int, n: int, seed: int, every: int, scan: int) -> list[str]:
+    """The Zipf trace with a one-hit sequential scan of ``scan`` new keys every ``every``."""
+    base = zipf_trace(n_keys, n, 0.99, seed)
+    out: list[str] = []
+    for i in range(0, len(base), every):
+        out += base[i : i + every]
+        out += [f"scan{i}:{j}" for j in range(scan)]
+    return out
+
+
+def hit_ratio(make: Callable[[], Any], trace: list[str], theine_api: bool = False) -> float:
+    """Read-through replay: ``get``; on a miss ``set``."""
+    cache = make()
+    hits = 0
+    if theine_api:
+        for k in trace:
+            if cache.get(k)[1]:
+                hits += 1
+            else:
+                cache.set(k, 1)
+    else:
+        get, put = cache.get, cache.set
+        for k in trace:
+            if get(k) is None:
+                put(k, 1)
+            else:
+                hits += 1
+    close(cache)
+    return hits / len(trace)
+
+
+def belady(trace: list[str], capacity: int) -> float:
+    """The optimal (clairvoyant) hit ratio: evict the key next used farthest ahead."""
+    import heapq
+
+    nxt = [0] * len(trace)
+    last: dict[str, int] = {}
+    for i in range(len(trace) - 1, -1, -1):
+        nxt[i] = last.get(trace[i], len(trace) + i)
+        last[trace[i]] = i
+    cached: dict[str, int] = {}
+    heap: list[tuple[int, str]] = []
+    hits = 0
+    for i, k in enumerate(trace):
+        if k in cached:
+            hits += 1
+        elif len(cached) >= capacity:
+            while True:
+                neg, victim = heapq.heappop(heap)
+                if cached.get(victim) == -neg:
+                    del cached[victim]
+                    break
+        cached[k] = nxt[i]
+        heapq.heappush(heap, (-nxt[i], k))
+    return hits / len(trace)
+
+
+def hit_ratio_table(n_requests: int) -> dict[str, dict[str, float]]:
+    cap = 10_000
+    traces = {
+        "zipf 0.99, 100k keys": zipf_trace(100_000, n_requests, 0.99, 7),
+        "zipf + scans": scan_trace(100_000, n_requests, 7, every=20_000, scan=5_000),
+    }
+    impl = L1_IMPLS.get("c", L1_IMPLS["py"])
+    rows: dict[str, dict[str, float]] = {}
+    for name, trace in traces.items():
+        rows[name] = {
+            "L1 lru": hit_ratio(lambda: impl(cap), trace),
+            "L1 tinylfu": hit_ratio(lambda: impl(cap, policy="tinylfu"), trace),
+            "theine (W-TinyLFU)": hit_ratio(lambda: theine.Cache(cap), trace, theine_api=True),
+            "Belady (optimal)": belady(trace, cap),
+        }
+    print(f"Hit ratio, capacity {cap}, {n_requests} requests, read-through replay")
+    print()
+    cols = list(next(iter(rows.values())))
+    print("| trace | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[c] * 100:.1f} %" for c in cols) + " |")
+    return rows
+
+
+# -- scaling --------------------------------------------------------------------------
+
+
+def scaling_table(sizes: list[int], repeats: int) -> dict[str, dict[str, float]]:
+    """ns per get hit / set with eviction, L1 of ``size`` entries (10,000 sampled keys)."""
+    rows: dict[str, dict[str, float]] = {}
+    cases: list[tuple[str, Callable[[int], Any]]] = []
+    for impl_id, cls in L1_IMPLS.items():
+        if impl_id == "c":
+            cases.append(("L1 compiled lru", cls))
+            cases.append(("L1 compiled tinylfu", functools.partial(cls, policy="tinylfu")))
+    cases.append(("cachebox.LRUCache", cachebox.LRUCache))
+    cases.append(("dict", lambda n: {}))
+    print("| entries | " + " | ".join(f"{name} get / set" for name, _ in cases) + " |")
+    print("|---|" + "---|" * len(cases))
+    for size in sizes:
+        keys = [f"key:{i:09d}" for i in range(size)]
+        sample = random.Random(1).sample(keys, min(N, size))
+        fresh = [f"new:{i:09d}" for i in range(len(sample))]
+        cells = []
+        for name, make in cases:
+            cache = make(size)
+            if isinstance(cache, dict):
+                put = cache.__setitem__
+            else:
+                put = cache.insert if hasattr(cache, "insert") else cache.set
+            for k in keys:
+                put(k, k)
+            get = cache.get
+            g = best_ns(functools.partial(_loop1, get, sample), len(sample), repeats)
+            s = best_ns(functools.partial(_loop2, put, fresh, 1), len(fresh), 1)
+            rows.setdefault(str(size), {})[name] = g
+            rows[str(size)][name + " set"] = s
+            cells.append(f"{g:.0f} / {s:.0f}")
+            del cache, get, put
+            gc.collect()
+        print(f"| {size} | " + " | ".join(cells) + " |", flush=True)
+    return rows
+
+
 # -- the table ------------------------------------------------------------------------
 
 
@@ -333,7 +479,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", help="also write the raw numbers to this file")
+    parser.add_argument("--hit-ratio", action="store_true", help="only the hit-ratio table")
+    parser.add_argument("--scaling", action="store_true", help="only the scaling curve")
+    parser.add_argument("--full", action="store_true", help="scaling up to 10M entries")
     args = parser.parse_args(argv)
+    if args.hit_ratio:
+        result: Any = hit_ratio_table(300_000 if args.quick else 1_000_000)
+    elif args.scaling:
+        sizes = [1_000, 10_000, 100_000, 1_000_000] + ([10_000_000] if args.full else [])
+        result = scaling_table(sizes, 3 if args.quick else 7)
+    if args.hit_ratio or args.scaling:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return
     repeats = 7 if args.quick else 25
     keys = make_keys(N, "key")
     other = make_keys(N, "new")
@@ -407,6 +566,12 @@ def main(argv: list[str] | None = None) -> None:
             / box["set+evict"],
             "compiled mem / cachetools.LRUCache mem (RSS)": c["mem B/entry (RSS)"]
             / rows["cachetools.LRUCache"]["mem B/entry (RSS)"],
+            "compiled mem / cachebox.LRUCache mem (RSS)": c["mem B/entry (RSS)"]
+            / rows["cachebox.LRUCache"]["mem B/entry (RSS)"],
+            "compiled tinylfu get hit / compiled lru get hit": rows[
+                "stratacache.L1 (compiled), tinylfu"
+            ]["get hit"]
+            / c["get hit"],
         }
         print()
         for label, ratio in ratios.items():

@@ -12,6 +12,15 @@ Layout
     plus four pointer stores. Nodes with a deadline are also in an intrusive 4-ary
     min-heap (a C array of ``(deadline, seq, node)``, ``node.heap_index`` points back), so
     any node leaves the heap in O(log n) and the earliest deadline is at ``_heap[0]``.
+    Deadlines that arrive in order (every entry with the same ttl, the common case) skip
+    the heap: a node whose deadline is >= the last one queued goes to ``_fifo``, a C
+    array used as a queue sorted by (deadline, seq) (a removed node leaves a hole, skipped
+    at the head and dropped when the array is compacted), so both its insertion and its
+    eviction are O(1); the earliest deadline is the earlier of the FIFO head and the heap
+    top (Caffeine keeps expire-after-write entries in such a write-order queue too).
+    With ``policy="tinylfu"`` the recency list is split into three lists (window =
+    ``_root``, ``_probation``, ``_protected``, ``node.region`` says which) and a count-min
+    sketch decides admission; see ``_lfu_make_room`` and ``stratacache/_tinylfu.py``.
     ``_tags`` is a dict tag -> {key: node}; a node keeps its tags as a tuple, so removing
     it touches only its own tags. (Caffeine's ``BoundedLocalCache`` keeps the same
     access-order deque + expiry structure next to its hash table; cachetools' ``TLRUCache``
@@ -86,7 +95,9 @@ from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetIte
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memset
 
 import datetime
 import fnmatch
@@ -124,6 +135,90 @@ cdef extern from *:
     """
     double stratacache_coarse_now() noexcept nogil
 
+# W-TinyLFU's count-min sketch and its stable key hash; the pure twin is _tinylfu.py,
+# and the two must agree bit for bit (the policy test checks an exact hit count).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline uint64_t strata_mix(uint64_t h, uint64_t c) {
+        h ^= c; h *= 0xFF51AFD7ED558CCDULL; h ^= h >> 29; return h;
+    }
+    static inline uint64_t strata_mix_bytes(uint64_t h, const unsigned char* p, Py_ssize_t n) {
+        uint64_t c; int i;
+        for (; n >= 8; p += 8, n -= 8) {
+            c = 0;
+            for (i = 7; i >= 0; i--) c = (c << 8) | p[i];  /* little-endian, any host */
+            h = strata_mix(h, c);
+        }
+        if (n > 0) {
+            c = 0;
+            for (i = (int)n - 1; i >= 0; i--) c = (c << 8) | p[i];
+            h = strata_mix(h, c);
+        }
+        return h;
+    }
+    /* 0 and *err = 1 if hash(key) raised. */
+    static uint64_t strata_stable_hash(PyObject* key, int* err) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL;
+        if (PyUnicode_CheckExact(key)) {
+            Py_ssize_t n = PyUnicode_GET_LENGTH(key), i;
+            int kind = PyUnicode_KIND(key);
+            const void* data = PyUnicode_DATA(key);
+            h ^= (uint64_t)n;
+            if (kind == PyUnicode_1BYTE_KIND) {
+                h = strata_mix_bytes(h, (const unsigned char*)data, n);
+            } else {
+                for (i = 0; i < n; i++) h = strata_mix(h, (uint64_t)PyUnicode_READ(kind, data, i));
+            }
+        } else if (PyBytes_CheckExact(key)) {
+            Py_ssize_t n = PyBytes_GET_SIZE(key);
+            h ^= (uint64_t)n;
+            h = strata_mix_bytes(h, (const unsigned char*)PyBytes_AS_STRING(key), n);
+        } else {
+            Py_hash_t x = PyObject_Hash(key);
+            if (x == -1 && PyErr_Occurred()) { *err = 1; return 0; }
+            h = strata_mix(h, (uint64_t)x);
+        }
+        h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53ULL; h ^= h >> 33;
+        return h;
+    }
+    /* Four 4-bit counters per key, packed two per byte; index k = (h1 + k*h2) & mask.
+       Conservative increment: only the counters at the key's minimum grow. */
+    static inline void strata_sketch_add(unsigned char* t, uint64_t mask, uint64_t h) {
+        uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1, idx[4], i;
+        unsigned char b; int k, shift, c, least = 15;
+        for (k = 0; k < 4; k++) {
+            i = idx[k] = (h1 + (uint64_t)k * h2) & mask;
+            c = (t[i >> 1] >> ((int)(i & 1) * 4)) & 15;
+            if (c < least) least = c;
+        }
+        if (least == 15) return;
+        for (k = 0; k < 4; k++) {
+            i = idx[k];
+            b = t[i >> 1]; shift = (int)(i & 1) * 4;
+            if (((b >> shift) & 15) == least) t[i >> 1] = (unsigned char)(b + (1 << shift));
+        }
+    }
+    static inline int strata_sketch_freq(const unsigned char* t, uint64_t mask, uint64_t h) {
+        uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1, i;
+        int k, c, best = 15;
+        for (k = 0; k < 4; k++) {
+            i = (h1 + (uint64_t)k * h2) & mask;
+            c = (t[i >> 1] >> ((int)(i & 1) * 4)) & 15;
+            if (c < best) best = c;
+        }
+        return best;
+    }
+    static void strata_sketch_halve(unsigned char* t, size_t nbytes) {
+        size_t i;
+        for (i = 0; i < nbytes; i++) t[i] = (unsigned char)((t[i] >> 1) & 0x77);
+    }
+    """
+    uint64_t strata_stable_hash(object key, int* err)
+    void strata_sketch_add(unsigned char* t, uint64_t mask, uint64_t h) noexcept nogil
+    int strata_sketch_freq(const unsigned char* t, uint64_t mask, uint64_t h) noexcept nogil
+    void strata_sketch_halve(unsigned char* t, size_t nbytes) noexcept nogil
+
 __all__ = ["L1"]
 
 _log = logging.getLogger("stratacache.l1")
@@ -137,6 +232,14 @@ cdef enum:
     CAUSE_SIZE = 1
     CAUSE_EXPIRED = 2
     CAUSE_INVALIDATED = 3
+
+# Regions of the tinylfu policy (the lru policy keeps every node in _WINDOW = _root).
+cdef enum:
+    _WINDOW = 0
+    _PROBATION = 1
+    _PROTECTED = 2
+
+cdef Py_ssize_t _SKETCH_CAP = 1 << 24  # the sketch is sized for at most this many entries
 
 cdef tuple _CAUSE_NAMES = (None, "size", "expired", "invalidated")
 cdef tuple _NO_TAGS = ()
@@ -165,8 +268,10 @@ cdef class _Node:
     cdef PyObject* next
     cdef double deadline  # +inf: no expiry
     cdef Py_ssize_t weight
-    cdef int heap_index  # -1: not in the expiry heap (no deadline, or removed)
+    cdef int heap_index  # -1: no deadline (or removed); else its slot in _heap or _fifo
     cdef unsigned char cause
+    cdef unsigned char in_fifo  # heap_index is a slot of _fifo, not of _heap
+    cdef unsigned char region  # tinylfu: _WINDOW, _PROBATION or _PROTECTED
 
 
 @cython.final
@@ -267,6 +372,19 @@ cdef class L1:
     cdef dict _map  # key -> _Node, owns the nodes
     cdef dict _tags  # tag -> {key: _Node}
     cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
+    # tinylfu policy: _root is the window; main = probation + protected (SLRU)
+    cdef bint _tinylfu
+    cdef _Node _probation
+    cdef _Node _protected
+    cdef Py_ssize_t _n_window
+    cdef Py_ssize_t _n_protected
+    cdef Py_ssize_t _window_max
+    cdef Py_ssize_t _protected_max
+    cdef unsigned char* _sketch
+    cdef size_t _sketch_bytes
+    cdef uint64_t _sketch_mask
+    cdef Py_ssize_t _samples
+    cdef Py_ssize_t _sample_size
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _max_weight  # -1: unbounded
     cdef Py_ssize_t _weight
@@ -276,6 +394,14 @@ cdef class L1:
     cdef _HeapItem* _heap
     cdef Py_ssize_t _heap_len
     cdef Py_ssize_t _heap_cap
+    # FIFO fast path for deadlines that arrive in order (the common case: one ttl for
+    # all entries): slots _fifo_head.._fifo_tail of _fifo, sorted by (deadline, seq);
+    # a removed entry leaves a hole (node NULL) that the head skips and compaction drops.
+    cdef _HeapItem* _fifo
+    cdef Py_ssize_t _fifo_head
+    cdef Py_ssize_t _fifo_tail
+    cdef Py_ssize_t _fifo_cap
+    cdef Py_ssize_t _fifo_live
     cdef unsigned long long _seq
     cdef unsigned long long _hits
     cdef unsigned long long _misses
@@ -293,6 +419,10 @@ cdef class L1:
         self._root = _Node.__new__(_Node)
         self._root.prev = self._root.next = <PyObject*>self._root
         self._root.heap_index = -1
+        self._probation = _Node.__new__(_Node)
+        self._probation.prev = self._probation.next = <PyObject*>self._probation
+        self._protected = _Node.__new__(_Node)
+        self._protected.prev = self._protected.next = <PyObject*>self._protected
         self._map = {}
         self._tags = {}
         self._pending = {}
@@ -307,7 +437,9 @@ cdef class L1:
         weigher=None,
         timer=None,
         on_evict=None,
+        policy="lru",
     ):
+        cdef Py_ssize_t sized, width
         for name, fn in (("weigher", weigher), ("timer", timer), ("on_evict", on_evict)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
@@ -316,9 +448,35 @@ cdef class L1:
         self._weigher = weigher
         self._timer = timer
         self._on_evict = on_evict
+        if not isinstance(policy, str):
+            raise TypeError(f"policy must be a str, not {type(policy).__name__}")
+        if policy not in ("lru", "tinylfu"):
+            raise ValueError(f"policy must be 'lru' or 'tinylfu', got {policy!r}")
+        if self._map:
+            raise RuntimeError("L1.__init__ called on a cache in use")
+        free(self._sketch)
+        self._sketch = NULL
+        self._tinylfu = policy == "tinylfu"
+        if self._tinylfu:
+            self._window_max = max(1, self._maxsize // 100)
+            self._protected_max = (self._maxsize - self._window_max) * 4 // 5
+            sized = min(self._maxsize, _SKETCH_CAP)
+            width = 16
+            while width < sized:
+                width <<= 1
+            width *= 8  # counters: eight per entry (4 bytes), see _tinylfu.py
+            self._sketch_bytes = <size_t>(width // 2)
+            self._sketch_mask = <uint64_t>(width - 1)
+            self._sample_size = 80 * sized  # _tinylfu.SAMPLE_FACTOR
+            self._samples = 0
+            self._sketch = <unsigned char*>calloc(self._sketch_bytes, 1)
+            if self._sketch is NULL:
+                raise MemoryError()
 
     def __dealloc__(self):
         free(self._heap)
+        free(self._fifo)
+        free(self._sketch)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -361,7 +519,7 @@ cdef class L1:
         cdef PyObject* found
         cdef _Node node
         cdef double now = -INFINITY
-        if self._timer is not None and self._heap_len:
+        if self._timer is not None and (self._heap_len or self._fifo_live):
             now = self._now()  # Python code: before the operation starts
         with cython.critical_section(self):
             found = PyDict_GetItemWithError(self._map, key)
@@ -376,7 +534,10 @@ cdef class L1:
                     self._misses += 1
                     self._remove(node, CAUSE_EXPIRED)
             if node.cause == CAUSE_NONE:
-                self._to_mru(node)
+                if self._tinylfu:
+                    self._lfu_hit(node)
+                else:
+                    self._to_mru(node)
                 self._hits += 1
                 return node.value
         self._notify(node)
@@ -459,7 +620,7 @@ cdef class L1:
         cdef Py_ssize_t weight = self._weigh(key, value)
         cdef double now = -INFINITY
         cdef object removed
-        if seconds != INFINITY or self._heap_len:
+        if seconds != INFINITY or self._heap_len or self._fifo_live:
             now = self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
@@ -491,7 +652,11 @@ cdef class L1:
                 node.prev = node.next = NULL  # a racing get() must see them as removed
                 node.heap_index = -1
             self._root.prev = self._root.next = <PyObject*>self._root
+            self._probation.prev = self._probation.next = <PyObject*>self._probation
+            self._protected.prev = self._protected.next = <PyObject*>self._protected
+            self._n_window = self._n_protected = 0
             self._heap_len = 0
+            self._fifo_head = self._fifo_tail = self._fifo_live = 0
             self._weight = 0
             self._epoch += 1
             self._clear_epoch = self._epoch
@@ -499,6 +664,10 @@ cdef class L1:
                 free(self._heap)
                 self._heap = NULL
                 self._heap_cap = 0
+            if self._fifo_cap > 64:
+                free(self._fifo)
+                self._fifo = NULL
+                self._fifo_cap = 0
 
     def expire(self, limit=_DEFAULT_EXPIRE_LIMIT):
         """Drop at most ``limit`` expired entries, earliest deadline first; how many."""
@@ -506,17 +675,21 @@ cdef class L1:
         cdef _Node node
         cdef double now
         cdef Py_ssize_t n
+        cdef PyObject* found
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError("limit must be an int")
         if limit < 0:
             raise ValueError("limit must be >= 0")
         n = min(limit, sys.maxsize)
-        if not self._heap_len:
+        if not (self._heap_len or self._fifo_live):
             return 0
         now = self._now()
         with cython.critical_section(self):
-            while len(removed) < n and self._heap_len and self._heap[0].deadline <= now:
-                node = <_Node>self._heap[0].node
+            while len(removed) < n:
+                found = self._expired_head(now)
+                if found is NULL:
+                    break
+                node = <_Node>found
                 self._remove(node, CAUSE_EXPIRED)
                 removed.append(node)
         self._notify(removed)
@@ -612,7 +785,7 @@ cdef class L1:
             seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
             tagt = _tag_tuple(tags)
             weight = self._weigh(key, value)
-            if seconds != INFINITY or self._heap_len:
+            if seconds != INFINITY or self._heap_len or self._fifo_live:
                 now = self._now()
         except BaseException:
             self.release(ticket, key)
@@ -697,12 +870,20 @@ cdef class L1:
             self._pending = {}
             self._tag_epochs = {}
             self._tag_floor = 0
+            if self._sketch is not NULL:
+                memset(self._sketch, 0, self._sketch_bytes)
+                self._samples = 0
         self.reset_counters()
 
     @property
     def weight(self):
         """Total weight of the stored entries."""
         return self._weight
+
+    @property
+    def policy(self):
+        """The eviction policy: ``"lru"`` or ``"tinylfu"``."""
+        return "tinylfu" if self._tinylfu else "lru"
 
     @property
     def maxsize(self):
@@ -728,7 +909,7 @@ cdef class L1:
 
     cdef inline double _clock_if_timed(self) except? -1.0:
         """Now, read before the operation starts, or -inf if no entry has a deadline."""
-        if self._heap_len:
+        if self._heap_len or self._fifo_live:
             return self._now()
         return -INFINITY
 
@@ -764,7 +945,10 @@ cdef class L1:
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
-            self._heap_reserve()  # the only allocation that can fail: do it first
+            self._heap_reserve()  # the only allocations that can fail: do them first
+            self._fifo_reserve()
+        if self._tinylfu:
+            self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
         found = PyDict_GetItemWithError(self._map, key)
         if found is not NULL:
@@ -776,11 +960,12 @@ cdef class L1:
                 self._remove(old, CAUSE_NONE)
         if deadline <= now:  # ttl == 0: expired on arrival, never stored
             return removed
-        while PyDict_Size(self._map) >= self._maxsize or (
+        while not self._tinylfu and (PyDict_Size(self._map) >= self._maxsize or (
             self._max_weight >= 0 and self._weight + weight > self._max_weight
-        ):
-            if self._heap_len and self._heap[0].deadline <= now:
-                victim = <_Node>self._heap[0].node  # expired ones go before live ones
+        )):
+            found = self._expired_head(now)
+            if found is not NULL:
+                victim = <_Node>found  # expired ones go before live ones
                 cause = CAUSE_EXPIRED
             else:
                 victim = <_Node>self._root.next
@@ -801,13 +986,110 @@ cdef class L1:
         self._root.prev = <PyObject*>node
         self._weight += weight
         if deadline != INFINITY:
-            self._heap_push(node)
+            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
+                self._fifo_push(node)  # in deadline order: O(1)
+            else:
+                self._heap_push(node)
         for tag in tags:
             keys = self._tags.get(tag)
             if keys is None:
                 keys = {}
                 self._tags[tag] = keys
             keys[key] = node
+        if self._tinylfu:  # the new node is in the window: make room after inserting it
+            self._n_window += 1
+            removed = self._lfu_make_room(removed, now)
+        return removed
+
+    # -- tinylfu policy (W-TinyLFU as in Caffeine: window LRU, count-min sketch
+    # admission, SLRU main of probation + protected) --------------------------------
+
+    cdef inline uint64_t _key_hash(self, object key) except? 0:
+        cdef int err = 0
+        cdef uint64_t h = strata_stable_hash(key, &err)
+        if err:
+            return 0  # hash(key) raised: the error is set, ``except? 0`` propagates it
+        return h
+
+    cdef inline int _sketch_add(self, uint64_t h) except -1:
+        strata_sketch_add(self._sketch, self._sketch_mask, h)
+        self._samples += 1
+        if self._samples >= self._sample_size:  # aging: halve every counter
+            strata_sketch_halve(self._sketch, self._sketch_bytes)
+            self._samples //= 2
+        return 0
+
+    cdef inline int _freq(self, object key) except -1:
+        return strata_sketch_freq(self._sketch, self._sketch_mask, self._key_hash(key))
+
+    cdef inline void _move_to(self, _Node node, _Node root) noexcept:
+        """Unlink ``node`` and put it at the MRU end of ``root``'s list."""
+        (<_Node>node.prev).next = node.next
+        (<_Node>node.next).prev = node.prev
+        node.prev = root.prev
+        node.next = <PyObject*>root
+        (<_Node>root.prev).next = <PyObject*>node
+        root.prev = <PyObject*>node
+
+    cdef int _lfu_hit(self, _Node node) except -1:
+        cdef _Node demoted
+        self._sketch_add(self._key_hash(node.key))
+        if node.region == _WINDOW:
+            self._move_to(node, self._root)
+        elif node.region == _PROBATION:
+            self._move_to(node, self._protected)
+            node.region = _PROTECTED
+            self._n_protected += 1
+            if self._n_protected > self._protected_max:
+                demoted = <_Node>self._protected.next
+                self._move_to(demoted, self._probation)
+                demoted.region = _PROBATION
+                self._n_protected -= 1
+        else:
+            self._move_to(node, self._protected)
+        return 0
+
+    cdef object _lfu_make_room(self, object removed, double now):
+        """Window overflow to probation, then evict while over a bound: an expired entry
+        first, else the probation LRU (victim) or the candidate (the last entry moved out
+        of the window by this write), whichever the sketch says is less frequent (ties
+        evict the candidate); without a candidate, the victim."""
+        cdef _Node node
+        cdef _Node victim
+        cdef _Node candidate
+        cdef PyObject* found
+        cdef unsigned char cause
+        candidate = None
+        while self._n_window > self._window_max:
+            node = <_Node>self._root.next
+            self._move_to(node, self._probation)
+            node.region = _PROBATION
+            self._n_window -= 1
+            candidate = node
+        while PyDict_Size(self._map) > self._maxsize or (
+            self._max_weight >= 0 and self._weight > self._max_weight
+        ):
+            found = self._expired_head(now)
+            if found is not NULL:
+                victim = <_Node>found
+                cause = CAUSE_EXPIRED
+            else:
+                cause = CAUSE_SIZE
+                if self._probation.next != <PyObject*>self._probation:
+                    victim = <_Node>self._probation.next
+                    if (
+                        candidate is not None
+                        and candidate is not victim
+                        and candidate.prev is not NULL  # not removed (expired) meanwhile
+                        and not self._freq(candidate.key) > self._freq(victim.key)
+                    ):
+                        victim = candidate
+                elif self._protected.next != <PyObject*>self._protected:
+                    victim = <_Node>self._protected.next
+                else:
+                    victim = <_Node>self._root.next
+            self._remove(victim, cause)
+            removed = _collect(removed, victim)
         return removed
 
     cdef inline void _to_mru(self, _Node node) noexcept:
@@ -828,7 +1110,10 @@ cdef class L1:
         (<_Node>node.next).prev = node.prev
         node.prev = node.next = NULL
         if node.heap_index >= 0:
-            self._heap_remove(node.heap_index)
+            if node.in_fifo:
+                self._fifo_remove(node.heap_index)
+            else:
+                self._heap_remove(node.heap_index)
             node.heap_index = -1
         for tag in node.tags:
             found = PyDict_GetItemWithError(self._tags, tag)
@@ -839,6 +1124,11 @@ cdef class L1:
             if not keys:
                 PyDict_DelItem(self._tags, tag)
         self._weight -= node.weight
+        if self._tinylfu:
+            if node.region == _WINDOW:
+                self._n_window -= 1
+            elif node.region == _PROTECTED:
+                self._n_protected -= 1
         node.cause = cause
         if cause == CAUSE_SIZE:
             self._evictions += 1
@@ -958,6 +1248,66 @@ cdef class L1:
         self._heap = grown
         self._heap_cap = cap
         return 0
+
+    cdef PyObject* _expired_head(self, double now) noexcept:
+        """The timed node with the earliest (deadline, seq) if that deadline has passed
+        (borrowed), else NULL: the FIFO head or the heap top."""
+        cdef _HeapItem* best = NULL
+        if self._fifo_live:
+            best = &self._fifo[self._fifo_head]
+        if self._heap_len and (best is NULL or _before(&self._heap[0], best)):
+            best = &self._heap[0]
+        if best is NULL or best.deadline > now:
+            return NULL
+        return best.node
+
+    cdef int _fifo_reserve(self) except -1:
+        """Room for one more slot at the tail: drop the holes, or grow."""
+        cdef Py_ssize_t cap, i, j
+        cdef _HeapItem* grown
+        if self._fifo_tail < self._fifo_cap:
+            return 0
+        if self._fifo_cap and self._fifo_live <= self._fifo_cap // 2:
+            j = 0
+            for i in range(self._fifo_head, self._fifo_tail):
+                if self._fifo[i].node is not NULL:
+                    self._fifo[j] = self._fifo[i]
+                    (<_Node>self._fifo[j].node).heap_index = <int>j
+                    j += 1
+            self._fifo_head = 0
+            self._fifo_tail = j
+            return 0
+        cap = 64 if self._fifo_cap == 0 else self._fifo_cap * 2
+        grown = <_HeapItem*>realloc(self._fifo, cap * sizeof(_HeapItem))
+        if grown is NULL:
+            raise MemoryError()
+        self._fifo = grown
+        self._fifo_cap = cap
+        return 0
+
+    cdef inline void _fifo_push(self, _Node node) noexcept:
+        cdef Py_ssize_t i
+        if self._fifo_live == 0:
+            self._fifo_head = self._fifo_tail = 0
+        i = self._fifo_tail
+        self._seq += 1
+        self._fifo[i].deadline = node.deadline
+        self._fifo[i].seq = self._seq
+        self._fifo[i].node = <PyObject*>node
+        node.heap_index = <int>i
+        node.in_fifo = 1
+        self._fifo_tail = i + 1
+        self._fifo_live += 1
+
+    cdef inline void _fifo_remove(self, Py_ssize_t i) noexcept:
+        (<_Node>self._fifo[i].node).in_fifo = 0
+        self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order still holds
+        self._fifo_live -= 1
+        if self._fifo_live == 0:
+            self._fifo_head = self._fifo_tail = 0
+        elif i == self._fifo_head:
+            while self._fifo[self._fifo_head].node is NULL:
+                self._fifo_head += 1
 
     cdef inline void _heap_put(self, Py_ssize_t i, _HeapItem item) noexcept:
         self._heap[i] = item
@@ -1102,21 +1452,30 @@ cdef int _l1_traverse(PyObject* o, _visit_fn visit, void* arg) noexcept:
     cdef int r = _generated_l1_traverse(o, visit, arg)
     cdef PyObject* root
     cdef PyObject* p
+    cdef int which
     if r or (<L1>o)._root is None:
         return r
-    root = <PyObject*>(<L1>o)._root
-    p = (<_Node>root).next
-    while p is not NULL and p != root:
-        r = visit(<PyObject*>(<_Node>p).key, arg)
-        if r:
-            return r
-        r = visit(<PyObject*>(<_Node>p).value, arg)
-        if r:
-            return r
-        r = visit(<PyObject*>(<_Node>p).tags, arg)
-        if r:
-            return r
-        p = (<_Node>p).next
+    for which in range(3):  # the window/LRU list, then tinylfu's probation and protected
+        if which == 0:
+            root = <PyObject*>(<L1>o)._root
+        elif which == 1:
+            root = <PyObject*>(<L1>o)._probation
+        else:
+            root = <PyObject*>(<L1>o)._protected
+        if root is NULL or <object>root is None:
+            continue
+        p = (<_Node>root).next
+        while p is not NULL and p != root:
+            r = visit(<PyObject*>(<_Node>p).key, arg)
+            if r:
+                return r
+            r = visit(<PyObject*>(<_Node>p).value, arg)
+            if r:
+                return r
+            r = visit(<PyObject*>(<_Node>p).tags, arg)
+            if r:
+                return r
+            p = (<_Node>p).next
     return 0
 
 

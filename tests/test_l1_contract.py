@@ -24,10 +24,25 @@ from stratacache._sentinel import MISSING
 from l1_impls import IMPL_IDS, FakeClock, Recorder, load_l1
 
 
-@pytest.fixture(params=IMPL_IDS)
+@pytest.fixture(
+    params=[(impl, policy) for impl in IMPL_IDS for policy in ("lru", "tinylfu")],
+    ids=lambda p: "-".join(p),
+)
 def l1_impl(request: pytest.FixtureRequest) -> Any:
-    """Each L1 implementation in turn."""
-    return load_l1(request.param)
+    """Each L1 implementation in turn, with each eviction policy."""
+    impl_id, policy = request.param
+    cls = load_l1(impl_id)
+    if policy == "lru":
+        return cls
+    factory = functools.partial(cls, policy=policy)
+    factory.policy_name = policy  # type: ignore[attr-defined]
+    return factory
+
+
+def lru_only(l1_impl: Any) -> None:
+    """Skip a test of which entry LRU evicts (tinylfu's choice is tests/test_l1_policy.py's)."""
+    if getattr(l1_impl, "policy_name", "lru") != "lru":
+        pytest.skip("asserts the LRU eviction order")
 
 
 @pytest.fixture
@@ -123,6 +138,7 @@ def test_get_marks_recently_used(l1_impl: Any) -> None:
 
 
 def test_peek_does_not_touch_recency_or_counters(l1_impl: Any) -> None:
+    lru_only(l1_impl)
     cache = l1_impl(2)
     cache.set("a", 1)
     cache.set("b", 2)
@@ -134,6 +150,7 @@ def test_peek_does_not_touch_recency_or_counters(l1_impl: Any) -> None:
 
 
 def test_contains_does_not_touch_recency(l1_impl: Any) -> None:
+    lru_only(l1_impl)
     cache = l1_impl(2)
     cache.set("a", 1)
     cache.set("b", 2)
@@ -219,6 +236,7 @@ def test_keys_is_a_snapshot(l1_impl: Any) -> None:
 
 
 def test_lru_eviction_by_count(l1_impl: Any) -> None:
+    lru_only(l1_impl)
     events = Recorder()
     cache = l1_impl(3, on_evict=events)
     for i in range(5):
@@ -229,6 +247,7 @@ def test_lru_eviction_by_count(l1_impl: Any) -> None:
 
 
 def test_weight_bound(l1_impl: Any) -> None:
+    lru_only(l1_impl)
     events = Recorder()
     cache = l1_impl(100, max_weight=10, weigher=lambda k, v: len(v), on_evict=events)
     cache.set("a", "xxxx")
@@ -621,6 +640,7 @@ def test_counters_are_read_only(l1_impl: Any) -> None:
 
 
 def test_listener_runs_after_the_mutation(l1_impl: Any) -> None:
+    lru_only(l1_impl)
     seen = []
 
     def on_evict(key: Any, value: Any, cause: str) -> None:
@@ -638,6 +658,7 @@ def test_listener_runs_after_the_mutation(l1_impl: Any) -> None:
 def test_listener_exceptions_are_logged_and_swallowed(
     l1_impl: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    lru_only(l1_impl)
     calls = []
 
     def on_evict(key: Any, value: Any, cause: str) -> None:

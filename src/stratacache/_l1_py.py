@@ -27,12 +27,14 @@ import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, Union
 
 from cachetools import Cache, LRUCache
 
 from ._sentinel import MISSING
+from ._tinylfu import FrequencySketch, stable_hash
 
 __all__ = ["L1"]
 
@@ -49,6 +51,12 @@ Weigher = Callable[[Any, Any], int]
 OnEvict = Callable[[Any, Any, str], object]
 Timer = Callable[[], float]
 _Note = tuple[Any, Any, str]
+
+POLICIES: Final = ("lru", "tinylfu")
+_WINDOW: Final = 0
+_PROBATION: Final = 1
+_PROTECTED: Final = 2
+_NO_KEY: Final = object()
 
 
 def _ttl_seconds(ttl: TTL) -> float:
@@ -97,11 +105,12 @@ def _bound(value: object, name: str) -> int:
 class _Entry:
     """One cached value and what the cache needs to know about it."""
 
-    __slots__ = ("deadline", "seq", "tags", "value", "weight")
+    __slots__ = ("deadline", "region", "seq", "tags", "value", "weight")
 
     def __init__(
         self, value: Any, deadline: float, tags: tuple[str, ...], weight: int, seq: int
     ) -> None:
+        self.region = _WINDOW  # tinylfu policy only
         self.value = value
         self.deadline = deadline
         self.tags = tags
@@ -135,6 +144,13 @@ class L1:
         on_evict: ``on_evict(key, value, cause)`` with cause ``"size"``, ``"expired"``
             or ``"invalidated"``, called after the operation finished; an exception
             from it is logged (logger ``stratacache.l1``) and swallowed.
+        policy: ``"lru"`` (default) evicts the least recently used entry; ``"tinylfu"``
+            is W-TinyLFU as in Caffeine: new entries enter a window LRU (1 % of
+            ``maxsize``); one leaving it is admitted to the main SLRU (probation +
+            protected, 20/80) only if a count-min sketch of recent accesses (``get``
+            hits and writes) says it is used more often than the main region's victim.
+            Entries that are hit once and never again (scans) no longer push out the
+            frequently used ones. See docs/l1.md.
     """
 
     def __init__(
@@ -145,6 +161,7 @@ class L1:
         weigher: Weigher | None = None,
         timer: Timer | None = None,
         on_evict: OnEvict | None = None,
+        policy: str = "lru",
     ) -> None:
         for name, fn in (("weigher", weigher), ("timer", timer), ("on_evict", on_evict)):
             if fn is not None and not callable(fn):
@@ -154,6 +171,19 @@ class L1:
         self._weigher = weigher
         self._timer: Timer = time.monotonic if timer is None else timer
         self._on_evict = on_evict
+        if not isinstance(policy, str):
+            raise TypeError(f"policy must be a str, not {type(policy).__name__}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be 'lru' or 'tinylfu', got {policy!r}")
+        self._policy = policy
+        self._tinylfu = policy == "tinylfu"
+        # tinylfu: regions as ordered key sets (LRU first) and the sketch
+        self._window: OrderedDict[Hashable, None] = OrderedDict()
+        self._probation: OrderedDict[Hashable, None] = OrderedDict()
+        self._protected: OrderedDict[Hashable, None] = OrderedDict()
+        self._window_max = max(1, self._maxsize // 100)
+        self._protected_max = (self._maxsize - self._window_max) * 4 // 5
+        self._sketch = FrequencySketch(self._maxsize) if self._tinylfu else None
         self._lock = threading.RLock()
         self._lru: LRUCache[Hashable, _Entry] = LRUCache(_INF, getsizeof=_entry_weight)
         self._expiry: list[tuple[float, int, Hashable]] = []  # heap, stale items skipped
@@ -180,6 +210,8 @@ class L1:
                 return default
             if entry.deadline == _INF or self._timer() < entry.deadline:
                 self._lru[key]  # cachetools' __getitem__ is what moves it to MRU
+                if self._tinylfu:
+                    self._lfu_hit(key, entry)
                 self._hits += 1
                 return entry.value
             self._misses += 1
@@ -272,7 +304,8 @@ class L1:
 
     def __len__(self) -> int:
         """Entries stored, including expired ones not dropped yet (see ``expire``)."""
-        return len(self._lru)
+        with self._lock:  # tinylfu inserts before it evicts: never show the +1 in between
+            return len(self._lru)
 
     def keys(self) -> list[Hashable]:
         """A snapshot of the live keys (order unspecified)."""
@@ -348,6 +381,7 @@ class L1:
             weigher=self._weigher,
             timer=self._timer,
             on_evict=self._on_evict,
+            policy=self._policy,
         )
         self._epoch = self._clear_epoch = epoch
 
@@ -355,6 +389,9 @@ class L1:
         """Remove everything; no ``on_evict`` calls and no counters change."""
         with self._lock:
             self._lru.clear()
+            self._window.clear()
+            self._probation.clear()
+            self._protected.clear()
             self._expiry.clear()
             self._timed = 0
             self._tags.clear()
@@ -528,7 +565,13 @@ class L1:
     @property
     def weight(self) -> int:
         """Total weight of the stored entries."""
-        return int(self._lru.currsize)
+        with self._lock:
+            return int(self._lru.currsize)
+
+    @property
+    def policy(self) -> str:
+        """The eviction policy: ``"lru"`` or ``"tinylfu"``."""
+        return self._policy
 
     @property
     def maxsize(self) -> int:
@@ -568,6 +611,8 @@ class L1:
     ) -> list[_Note]:
         notes: list[_Note] = []
         now = self._timer() if (seconds != _INF or self._timed) else -_INF
+        if self._sketch is not None:
+            self._sketch.increment(stable_hash(key))  # a write is an access
         self._bump_key(key)
         old = self._entry(key)
         if old is not None:
@@ -578,8 +623,9 @@ class L1:
         deadline = _INF if seconds == _INF else now + seconds
         if deadline <= now:  # ttl == 0: expired on arrival, never stored
             return notes
-        while len(self._lru) >= self._maxsize or (
-            self._max_weight is not None and self._lru.currsize + weight > self._max_weight
+        while not self._tinylfu and (
+            len(self._lru) >= self._maxsize
+            or (self._max_weight is not None and self._lru.currsize + weight > self._max_weight)
         ):
             expired = self._expired_head(now)
             if expired is not None:  # an expired entry goes before any live one
@@ -596,7 +642,67 @@ class L1:
         if deadline != _INF:
             self._timed += 1
             heapq.heappush(self._expiry, (deadline, self._seq, key))
+        if self._tinylfu:  # the new entry is in the window: make room after inserting it
+            self._window[key] = None
+            self._lfu_make_room(now, notes)
         return notes
+
+    # -- tinylfu policy -----------------------------------------------------------------
+
+    def _freq(self, key: Hashable) -> int:
+        assert self._sketch is not None
+        return self._sketch.frequency(stable_hash(key))
+
+    def _lfu_hit(self, key: Hashable, entry: _Entry) -> None:
+        assert self._sketch is not None
+        self._sketch.increment(stable_hash(key))
+        if entry.region == _WINDOW:
+            self._window.move_to_end(key)
+        elif entry.region == _PROBATION:
+            del self._probation[key]
+            self._protected[key] = None
+            entry.region = _PROTECTED
+            if len(self._protected) > self._protected_max:
+                demoted, _ = self._protected.popitem(last=False)
+                self._probation[demoted] = None
+                self._stored(demoted).region = _PROBATION
+        else:
+            self._protected.move_to_end(key)
+
+    def _lfu_make_room(self, now: float, notes: list[_Note]) -> None:
+        """Window overflow to probation, then evict while over a bound: an expired entry
+        first, else the probation LRU (victim) or the candidate (the last entry moved out
+        of the window by this write), whichever the sketch says is less frequent (ties
+        evict the candidate); without a candidate, the victim."""
+        candidate: Hashable = _NO_KEY
+        while len(self._window) > self._window_max:
+            candidate, _ = self._window.popitem(last=False)
+            self._probation[candidate] = None
+            self._stored(candidate).region = _PROBATION
+        while len(self._lru) > self._maxsize or (
+            self._max_weight is not None and self._lru.currsize > self._max_weight
+        ):
+            expired = self._expired_head(now)
+            if expired is not None:
+                notes.append(self._expire_entry(expired, self._stored(expired)))
+                continue
+            if self._probation:
+                victim = next(iter(self._probation))
+                if (
+                    candidate is not _NO_KEY
+                    and candidate is not victim
+                    and candidate in self._probation
+                    and not self._freq(candidate) > self._freq(victim)
+                ):
+                    victim = candidate
+            elif self._protected:
+                victim = next(iter(self._protected))
+            else:
+                victim = next(iter(self._window))
+            entry = self._stored(victim)
+            self._drop(victim, entry)
+            self._evictions += 1
+            notes.append((victim, entry.value, "size"))
 
     def _entry(self, key: Hashable) -> _Entry | None:
         """The stored entry, expired or not, without touching recency."""
@@ -650,6 +756,13 @@ class L1:
 
     def _drop(self, key: Hashable, entry: _Entry) -> None:
         del self._lru[key]
+        if self._tinylfu:
+            if entry.region == _WINDOW:
+                del self._window[key]
+            elif entry.region == _PROBATION:
+                del self._probation[key]
+            else:
+                del self._protected[key]
         self._unindex(key, entry)
 
     def _unindex(self, key: Hashable, entry: _Entry) -> None:

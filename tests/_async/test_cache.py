@@ -747,6 +747,19 @@ async def test_without_redis_the_cache_is_l1_only(clock: FakeClock) -> None:
     await cache.close()
 
 
+async def test_l1_policy_tinylfu_keeps_a_hot_key_through_a_scan(clock: FakeClock) -> None:
+    cache = AsyncCache(None, timer=clock, clock=clock, l1_maxsize=100, l1_policy="tinylfu")
+    for _ in range(5):
+        await cache.set("hot", 1, ttl=60)
+        assert await cache.get("hot") == 1
+    for i in range(1000):
+        await cache.set(f"scan{i}", i, ttl=60)
+    assert await cache.get("hot") == 1  # under LRU the scan would have evicted it
+    with pytest.raises(ValueError):
+        AsyncCache(None, l1_policy="lfu")  # type: ignore[arg-type]
+    await cache.close()
+
+
 async def _client_ids(raw) -> set[tuple[str, str]]:
     """The connections the server side lists, as (node, client id) (every node of a
     cluster); ids are never reused, so connections opened later are new ids."""

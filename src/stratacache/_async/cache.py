@@ -113,6 +113,8 @@ class AsyncCache:
         namespace: prefix of every Redis key; caches in different namespaces never see
             each other's entries.
         l1_maxsize: most entries kept in the process.
+        l1_policy: the L1's eviction policy: ``"lru"`` (default) or ``"tinylfu"``
+            (W-TinyLFU admission: frequent keys survive scans; see docs/l1.md).
         default_ttl: TTL of entries written without one (seconds or ``timedelta``).
         l1_max_ttl: the longest an entry lives in L1, whatever its TTL (a backstop
             against missed invalidations).
@@ -216,6 +218,7 @@ class AsyncCache:
         *,
         namespace: str = "stratacache",
         l1_maxsize: int = 10_000,
+        l1_policy: Literal["lru", "tinylfu"] = "lru",
         default_ttl: Duration = 300.0,
         l1_max_ttl: Duration = 60.0,
         jitter: float = 0.0,
@@ -289,7 +292,7 @@ class AsyncCache:
             bus_secrets = normalize_secrets(bus_secret)
         # per-channel keys: a message signed for another namespace does not verify here
         self._bus_keys = bus_keys(bus_secrets, self._keys.channel())
-        self._l1 = L1(l1_maxsize, timer=timer)
+        self._l1 = L1(l1_maxsize, timer=timer, policy=l1_policy)
         # Last known good values for fail-safe: a second L1 whose entries outlive their
         # TTL by the fail-safe window. Only fills write it, so the hit path pays nothing.
         self._stale = L1(l1_maxsize, timer=timer) if self.settings.fail_safe else None

@@ -1,0 +1,151 @@
+"""Instruction counts per L1 operation under ``valgrind --tool=callgrind`` (stable on a
+noisy machine, unlike timings).
+
+    python benchmarks/l1_callgrind.py            # the table (needs valgrind)
+
+Each case runs a child process twice, with ``n`` and with ``2n`` operations after the same
+set-up, and reports (Ir(2n) - Ir(n)) / n: the start-up, import and fill costs cancel out.
+The loops are the same ``for k in keys: fn(k)`` loops as ``l1_report.py`` (their own cost,
+"loop + id(k)", is a row of its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+_CHILD = r"""
+import random, sys
+case, impl, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = 10_000
+
+def make_keys(prefix):
+    keys = [f"{{prefix}}:{{i:08d}}" for i in range(n)]
+    random.Random(1).shuffle(keys)
+    return keys
+
+keys = make_keys("key")
+other = make_keys("new")
+value = object()
+ttl = 3600.0
+if impl.startswith("stratacache"):
+    if "compiled" in impl:
+        from stratacache._l1_c import L1 as cls
+    else:
+        from stratacache._l1_py import L1 as cls
+    cache = cls(n, policy="tinylfu") if impl.endswith("tinylfu") else cls(n)
+    put = cache.set
+    get = cache.get
+elif impl == "cachebox.TTLCache":
+    import cachebox
+    cache = cachebox.TTLCache(n, ttl)
+    put = lambda k, v, t=None: cache.insert(k, v)
+    get = cache.get
+elif impl == "cachebox.LRUCache":
+    import cachebox
+    cache = cachebox.LRUCache(n)
+    put = lambda k, v, t=None: cache.insert(k, v)
+    get = cache.get
+elif impl == "dict":
+    cache = {{}}
+    put = lambda k, v, t=None: cache.__setitem__(k, v)
+    get = cache.get
+elif impl == "loop":
+    get = put = id
+withttl = case.endswith("_ttl")
+for k in keys:
+    if impl == "loop":
+        break
+    if withttl:
+        put(k, value, ttl)
+    else:
+        put(k, value)
+batches = [other, keys]
+for r in range(reps):
+    batch = batches[r % 2]
+    if case.startswith("get"):
+        for k in keys:
+            get(k)
+    elif impl == "loop":
+        for k in batch:
+            id(k)
+    elif withttl:
+        for k in batch:
+            put(k, value, ttl)
+    else:
+        for k in batch:
+            put(k, value)
+"""
+
+
+def instructions(case: str, impl: str, reps: int) -> int:
+    code = _CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                code,
+                case,
+                impl,
+                str(reps),
+            ],
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        match = re.search(r"Collected : (\d+)", proc.stderr)
+        assert match, proc.stderr[-2000:]
+        return int(match.group(1))
+
+
+def per_op(case: str, impl: str) -> float:
+    """Instructions per operation: the difference between 2 and 1 rounds of 10,000."""
+    return (instructions(case, impl, 2) - instructions(case, impl, 1)) / 10_000
+
+
+CASES = ("get_hit", "set_evict", "set_evict_ttl")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impls", default="")
+    args = parser.parse_args(argv)
+    impls = (
+        args.impls.split(",")
+        if args.impls
+        else [
+            "loop",
+            "dict",
+            "stratacache.L1 (compiled)",
+            "stratacache.L1 (compiled) tinylfu",
+            "cachebox.LRUCache",
+            "cachebox.TTLCache",
+        ]
+    )
+    print("| implementation | " + " | ".join(f"{c} (Ir/op)" for c in CASES) + " |")
+    print("|---|" + "---|" * len(CASES))
+    for impl in impls:
+        cells = []
+        for case in CASES:
+            if impl == "dict" and case.startswith("set"):
+                cells.append("-")
+                continue
+            try:
+                cells.append(f"{per_op(case, impl):.0f}")
+            except subprocess.CalledProcessError:
+                cells.append("n/a")
+        print(f"| {impl} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
