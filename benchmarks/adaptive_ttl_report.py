@@ -11,16 +11,21 @@ of rank r is read in proportion to 1/r) at 500 reads per simulated second, throu
 ``--change-every`` seconds (600). The same reads and the same source changes (one seed)
 are replayed for every TTL policy.
 
-Staleness, both reported:
+Staleness and memory, all reported:
 
 * *mean age*: the mean, over reads, of how long ago the value served was loaded;
 * *stale reads*: the fraction of reads that served a value whose source had changed
-  since it was loaded.
+  since it was loaded (read-weighted);
+* *stale key-time*: every ``PROBE_EVERY`` simulated seconds every key is peeked in L1:
+  the fraction of (key, instant) pairs holding a value whose source has changed (per
+  key, time-averaged, every key weighing the same);
+* *mean entries*: the mean number of entries L1 holds at those instants (memory).
 
 Each fixed TTL from ``min`` to ``max`` (doubling) is run, and ``AdaptiveTTL(min, max)``
-beside them; then the fixed TTL that has the same stale-read fraction as the adaptive run
-is interpolated from the fixed runs (log-linear between the two neighbours), with its
-loader calls: the question is whether AdaptiveTTL loads less at equal staleness. No
+beside them; then, for each of the four measures, the fixed TTL that has the adaptive run's
+value is interpolated from the fixed runs (log-linear between the two neighbours), with
+its loader calls: the question is whether AdaptiveTTL loads less at equal staleness (or
+at equal memory). No
 figure here is a pass/fail test.
 """
 
@@ -41,6 +46,9 @@ class SimClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+PROBE_EVERY = 10.0  # simulated seconds between snapshots of every key
 
 
 def workload(keys: int, reads: int, rate: float, change_every: float, seed: int) -> Any:
@@ -77,9 +85,24 @@ def simulate(
     age_sum = 0.0
     stale = 0
     step = 1.0 / rate
+    names = [f"k{k}" for k in range(len(changes))]
+    peek = cache.l1.peek
+    probes = cached = stale_held = 0
+    next_probe = PROBE_EVERY
 
     for i, k in enumerate(picks):
         now = i * step
+        if now >= next_probe:
+            # a snapshot of every key: is a value cached (memory), is it stale (per key)
+            clock.now = next_probe
+            probes += 1
+            for j, name in enumerate(names):
+                held = peek(name)
+                if held is not None:
+                    cached += 1
+                    if held[0] < bisect.bisect_right(changes[j], next_probe):
+                        stale_held += 1
+            next_probe += PROBE_EVERY
         clock.now = now
         version = bisect.bisect_right(changes[k], now)
 
@@ -94,7 +117,21 @@ def simulate(
             stale += 1
     cache.close()
     n = len(picks)
-    return {"loads": loads, "age": age_sum / n, "stale": stale / n}
+    slots = max(1, probes * len(names))
+    return {
+        "loads": loads,
+        "age": age_sum / n,
+        "stale": stale / n,
+        "keystale": stale_held / slots,
+        "entries": cached / max(1, probes),
+    }
+
+
+def line(row: dict[str, float]) -> str:
+    return (
+        f"{row['loads']:>14}{row['age']:>14.1f}{row['stale']:>12.2%}"
+        f"{row['keystale']:>15.2%}{row['entries']:>14.0f}"
+    )
 
 
 def main() -> None:
@@ -114,19 +151,27 @@ def main() -> None:
         f"{args.change_every:g} s on average"
     )
     print()
-    print(f"{'policy':<26}{'loader calls':>14}{'mean age (s)':>14}{'stale reads':>13}")
+    print(
+        f"{'policy':<26}{'loader calls':>14}{'mean age (s)':>14}{'stale reads':>13}"
+        f"{'stale key-time':>16}{'mean entries':>14}"
+    )
     fixed: list[tuple[float, dict[str, float]]] = []
     ttl = args.min
     while ttl <= args.max:
         row = simulate(ttl, picks, changes, args.rate)
         fixed.append((ttl, row))
-        print(f"{f'fixed {ttl:g} s':<26}{row['loads']:>14}{row['age']:>14.1f}{row['stale']:>12.2%}")
+        print(f"{f'fixed {ttl:g} s':<26}{line(row)}")
         ttl *= 2
     adaptive = AdaptiveTTL(args.min, args.max)
     row = simulate(adaptive, picks, changes, args.rate)
-    print(f"{adaptive!r:<26}{row['loads']:>14}{row['age']:>14.1f}{row['stale']:>12.2%}")
+    print(f"{adaptive!r:<26}{line(row)}")
     print()
-    for metric, label in (("stale", "stale reads"), ("age", "mean age")):
+    for metric, label in (
+        ("stale", "stale reads"),
+        ("age", "mean age"),
+        ("keystale", "stale key-time"),
+        ("entries", "mean entries (memory)"),
+    ):
         target = row[metric]
         for (t0, r0), (t1, r1) in zip(fixed, fixed[1:]):
             if r0[metric] <= target <= r1[metric]:

@@ -19,7 +19,7 @@ def early_refresh_worker(
     results: Any,
 ) -> None:
     """Fill or read the key, wait for ``go`` (the parent moved the shared clock near
-    expiry), read once more with early refresh on (the draw is 0: it refreshes), wait
+    expiry: the entry is due), read once more with early refresh on (it refreshes), wait
     for the refresh to end, report the value and the refresh counters."""
     client = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
 

@@ -5,6 +5,7 @@ happens when the test says, not after a sleep."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 
 from refresh_workers import early_refresh_worker
@@ -16,7 +17,10 @@ def test_three_processes_refresh_a_key_with_one_loader_call(target: tuple[str, b
     namespace = "rp"
     ctx = multiprocessing.get_context("spawn")
     clock = ctx.Value("d", 1_000_000.0)
-    draw = ctx.Value("d", 1.0)  # XFetch's draw: 1 never refreshes early, 0 always does
+    # XFetch's draw, one per entry and process: -ln(draw) = 25, so each process's entry
+    # is due 25 load times (>= 1.25 s: the loader sleeps 50 ms) before its expiry, and
+    # not at the first read unless a load takes over 1.2 s
+    draw = ctx.Value("d", math.exp(-25.0))
     go = ctx.Event()
     results = ctx.Queue()
     procs = [
@@ -32,8 +36,8 @@ def test_three_processes_refresh_a_key_with_one_loader_call(target: tuple[str, b
         ready = [results.get(timeout=120) for _ in procs]
         assert [r[0] for r in ready] == ["ready"] * 3
         assert int(client.get(f"{namespace}:loads")) == 1  # one fill, two L2 hits
-        clock.value += 29.0  # one second before expiry, and a draw of 0: every process
-        draw.value = 0.0  # now starts a refresh on its next read
+        clock.value += 29.0  # one second before expiry: every process's entry is due,
+        # each starts a refresh on its next read
         go.set()
         done = [results.get(timeout=120) for _ in procs]
         for p in procs:

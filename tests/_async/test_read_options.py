@@ -94,7 +94,7 @@ def clock() -> FakeClock:
 async def test_refresh_happens_early_and_serves_the_current_value(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
-    draw = Draw(1.0)
+    draw = Draw(0.0)  # drawn when the entry is noted: its refresh time is now
     cache = make(target, clock, draw)
     await ready(cache)
     load = Loader()
@@ -104,13 +104,9 @@ async def test_refresh_happens_early_and_serves_the_current_value(
         entry = cache._codec.decode("k", await raw.get(KeySpace(NS).data_key("k")))
         assert entry.load_time > 0
         clock.advance(TTL - 1)  # one second before expiry
-        # a draw of 1: no early refresh, however close the expiry
-        assert await cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
-        await refreshes_done(cache)
-        assert load.calls == 1
         # a call without early refresh never refreshes, whatever the draw
-        draw.value = 0.0
         assert await cache.get_or_set("k", load, ttl=TTL) == "v-1"
+        await refreshes_done(cache)
         assert load.calls == 1
         # with it: the caller gets the current value at once, the refresh runs behind
         load.block()
@@ -140,15 +136,28 @@ async def test_refresh_follows_the_xfetch_rule(clock: FakeClock) -> None:
         return "slow"
 
     try:
+        # a draw of 1 (lead 0): the refresh time is the expiry itself
         await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
-        delta = cache._refresher._noted["k"][2]
+        delta = cache._refresher._noted["k"][3]
         assert delta >= 0.02
-        clock.advance(TTL - 10 * delta)  # 10 load times before expiry
-        # -ln(r) = 5: 5 * delta short of expiry, no refresh; -ln(r) = 15: refresh
+        clock.advance(TTL - delta / 100)
+        await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        # one draw per entry, when it is noted: a later draw changes nothing for it
+        draw.value = 0.0
+        await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        clock.advance(delta)  # expired: the miss path fills it (draw -ln(r) = 5 now)
         draw.value = 2.718281828459045**-5
         await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
         assert cache._refresher.running() == 0
-        draw.value = 2.718281828459045**-15
+        delta = cache._refresher._noted["k"][3]
+        assert delta >= 0.02
+        # refresh time: expiry - 5 * delta (beta 1)
+        clock.advance(TTL - 6 * delta)  # 6 load times before expiry: not yet
+        await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        clock.advance(2 * delta)  # 4 load times before expiry: refresh
         await cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
         assert cache._refresher.running() == 1
         await refreshes_done(cache)
@@ -166,20 +175,19 @@ async def test_one_loader_call_for_two_instances(
 ) -> None:
     """Two caches on one Redis (two processes, as far as L1 and the lease go): one of
     them refreshes, the other adopts its entry without loading."""
-    draw = Draw(1.0)
+    draw = Draw(0.0)  # every entry noted is due at once
     a = make(target, clock, draw)
     b = make(target, clock, draw)
     await ready(a, b)
     load = Loader()
     try:
         assert await a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
-        assert await b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"  # L2 hit
         assert load.calls == 1
         clock.advance(TTL - 1)
-        draw.value = 0.0
         load.block()
         assert await a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         await async_wait_event(load.entered)  # a holds the lease and loads
+        # b's L2 hit notes the entry (due) and tries to refresh it
         assert await b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         await refreshes_done(b)  # b found the lease taken and left it to a
         load.gate.set()
@@ -328,10 +336,12 @@ async def test_early_refresh_without_redis_and_per_decorator(clock: FakeClock) -
 
     try:
         assert await f(1) == "f1-1"
-        assert await f(1) == "f1-1"  # the hit starts a refresh (draw 0)
+        draw.value = 1.0  # the refreshed entry's draw: not due before its expiry
+        assert await f(1) == "f1-1"  # the hit starts a refresh (the fill's draw was 0)
         await refreshes_done(cache)
-        draw.value = 1.0
         assert await f(1) == "f1-2"
+        assert await f(1) == "f1-2"
+        await refreshes_done(cache)
         draw.value = 0.0
         assert await g(1) == "g1-3"
         assert await g(1) == "g1-3"

@@ -96,7 +96,7 @@ def clock() -> FakeClock:
 def test_refresh_happens_early_and_serves_the_current_value(
     target: tuple[str, bool], raw, clock: FakeClock
 ) -> None:
-    draw = Draw(1.0)
+    draw = Draw(0.0)  # drawn when the entry is noted: its refresh time is now
     cache = make(target, clock, draw)
     ready(cache)
     load = Loader()
@@ -106,13 +106,9 @@ def test_refresh_happens_early_and_serves_the_current_value(
         entry = cache._codec.decode("k", raw.get(KeySpace(NS).data_key("k")))
         assert entry.load_time > 0
         clock.advance(TTL - 1)  # one second before expiry
-        # a draw of 1: no early refresh, however close the expiry
-        assert cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
-        refreshes_done(cache)
-        assert load.calls == 1
         # a call without early refresh never refreshes, whatever the draw
-        draw.value = 0.0
         assert cache.get_or_set("k", load, ttl=TTL) == "v-1"
+        refreshes_done(cache)
         assert load.calls == 1
         # with it: the caller gets the current value at once, the refresh runs behind
         load.block()
@@ -142,15 +138,28 @@ def test_refresh_follows_the_xfetch_rule(clock: FakeClock) -> None:
         return "slow"
 
     try:
+        # a draw of 1 (lead 0): the refresh time is the expiry itself
         cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
-        delta = cache._refresher._noted["k"][2]
+        delta = cache._refresher._noted["k"][3]
         assert delta >= 0.02
-        clock.advance(TTL - 10 * delta)  # 10 load times before expiry
-        # -ln(r) = 5: 5 * delta short of expiry, no refresh; -ln(r) = 15: refresh
+        clock.advance(TTL - delta / 100)
+        cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        # one draw per entry, when it is noted: a later draw changes nothing for it
+        draw.value = 0.0
+        cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        clock.advance(delta)  # expired: the miss path fills it (draw -ln(r) = 5 now)
         draw.value = 2.718281828459045**-5
         cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
         assert cache._refresher.running() == 0
-        draw.value = 2.718281828459045**-15
+        delta = cache._refresher._noted["k"][3]
+        assert delta >= 0.02
+        # refresh time: expiry - 5 * delta (beta 1)
+        clock.advance(TTL - 6 * delta)  # 6 load times before expiry: not yet
+        cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
+        assert cache._refresher.running() == 0
+        clock.advance(2 * delta)  # 4 load times before expiry: refresh
         cache.get_or_set("k", slow, ttl=TTL, early_refresh=True)
         assert cache._refresher.running() == 1
         refreshes_done(cache)
@@ -168,20 +177,19 @@ def test_one_loader_call_for_two_instances(
 ) -> None:
     """Two caches on one Redis (two processes, as far as L1 and the lease go): one of
     them refreshes, the other adopts its entry without loading."""
-    draw = Draw(1.0)
+    draw = Draw(0.0)  # every entry noted is due at once
     a = make(target, clock, draw)
     b = make(target, clock, draw)
     ready(a, b)
     load = Loader()
     try:
         assert a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
-        assert b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"  # L2 hit
         assert load.calls == 1
         clock.advance(TTL - 1)
-        draw.value = 0.0
         load.block()
         assert a.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         wait_event(load.entered)  # a holds the lease and loads
+        # b's L2 hit notes the entry (due) and tries to refresh it
         assert b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         refreshes_done(b)  # b found the lease taken and left it to a
         load.gate.set()
@@ -330,10 +338,12 @@ def test_early_refresh_without_redis_and_per_decorator(clock: FakeClock) -> None
 
     try:
         assert f(1) == "f1-1"
-        assert f(1) == "f1-1"  # the hit starts a refresh (draw 0)
+        draw.value = 1.0  # the refreshed entry's draw: not due before its expiry
+        assert f(1) == "f1-1"  # the hit starts a refresh (the fill's draw was 0)
         refreshes_done(cache)
-        draw.value = 1.0
         assert f(1) == "f1-2"
+        assert f(1) == "f1-2"
+        refreshes_done(cache)
         draw.value = 0.0
         assert g(1) == "g1-3"
         assert g(1) == "g1-3"

@@ -356,6 +356,7 @@ class AsyncCache:
         self._schedule_poll = to_seconds(schedule_poll, "schedule_poll", allow_zero=False)
         self._scheduler = AsyncScheduler(self, self._schedule_poll)
         self._refresher = AsyncEarlyRefresh(self, early_refresh, rand or random.random)
+        self._refresh_due = self._refresher.due  # same dict: the hit path reads it
         self._copy_on_read = copy_option(copy_on_read)
         self._copy = make_copier(self._codec)
         # False once an L1 hit may have more to do than return the value (early refresh
@@ -700,8 +701,14 @@ class AsyncCache:
         """
         value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            if early_refresh is None and copy_on_read is None:
-                return value
+            if copy_on_read is None:
+                if early_refresh is None:
+                    return value
+                if early_refresh is True and not isinstance(ttl, AdaptiveTTL):
+                    # the early-refresh hit: is the entry's refresh time (beta 1) here?
+                    due = self._refresh_due.get(key)
+                    if due is None or self._clock() < due:
+                        return value
             return self._hit_with_options(
                 key, value, loader, ttl, tags, early_refresh, copy_on_read
             )

@@ -34,9 +34,7 @@ close to its expiry serves it at once and recomputes it in the background.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -46,7 +44,7 @@ from .._codec import Entry
 from .._errors import RedisUnavailableError
 from .._logging import LogLimiter
 from .._primitives import async_call_loader
-from .._xfetch import MAX_DRAW, early_beta, should_refresh
+from .._xfetch import draw_lead, early_beta
 
 if TYPE_CHECKING:
     from .cache import AsyncCache
@@ -70,12 +68,12 @@ class AsyncEarlyRefresh:
         self.default_beta = early_beta(default)
         self._rand = rand
         self._clock = cache._clock
-        # random.random() is a multiple of 2**-53: -ln of a nonzero draw is at most
-        # MAX_DRAW, so a read further than MAX_DRAW load times from expiry cannot refresh
-        # (a zero draw, once in 2**53, is the exception accepted): no draw needed
-        self._horizon = MAX_DRAW if rand is random.random else math.inf
-        # key -> (created_at, expires_at, load_time) of the entry this process holds
-        self._noted: dict[str, tuple[float, float, float]] = {}
+        # key -> (created_at, expires_at, lead, load_time) of the entry this process holds: it is
+        # refreshed from expires_at - lead * beta on (lead: load time x -ln(draw))
+        self._noted: dict[str, tuple[float, float, float, float]] = {}
+        # key -> expires_at - lead: the refresh time at beta 1, looked up by the cache's
+        # hit path itself (kept in step with _noted; cleared in place, never rebound)
+        self.due: dict[str, float] = {}
         self._noted_limit = _NOTED_LIMIT_FACTOR * cache.settings.l1_maxsize
         self._running: set[str] = set()
         self._quiet: dict[str, float] = {}  # key -> timer() before which not to try
@@ -90,31 +88,32 @@ class AsyncEarlyRefresh:
         return self.default_beta if option is None else early_beta(option)
 
     def note(self, key: str, created_at: float, expires_at: float | None, load_time: float) -> None:
-        """Remember the entry of ``key`` this process now holds (for its L1 hits)."""
+        """Remember the entry of ``key`` this process now holds (for its L1 hits), with
+        its XFetch draw: one per entry and process (see ``_xfetch.py``)."""
         noted = self._noted
         if expires_at is None or load_time <= 0.0:
             noted.pop(key, None)  # never refreshed early
+            self.due.pop(key, None)
             return
         if len(noted) >= self._noted_limit and key not in noted:
             noted.clear()  # crude but bounded: forgotten keys just expire as usual
-        noted[key] = (created_at, expires_at, load_time)
+            self.due.clear()
+        lead = load_time * draw_lead(self._rand)
+        noted[key] = (created_at, expires_at, lead, load_time)
+        self.due[key] = expires_at - lead
 
     def on_l1_hit(
         self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str], beta: float
     ) -> None:
-        """An L1 hit with early refresh on: start a refresh if XFetch says so (inlined
-        ``should_refresh``: this runs on every such hit)."""
+        """An L1 hit with early refresh on: start a refresh if the entry's refresh time
+        (drawn by ``note``) has come."""
         noted = self._noted.get(key)
         if noted is None:
             return
-        created_at, expiry, delta = noted
-        now = self._clock()
-        lead = delta * beta
-        if now < expiry - lead * self._horizon or key in self._running or self._quieted(key):
+        created_at, expiry, lead, _ = noted
+        if self._clock() < expiry - lead * beta or key in self._running or self._quieted(key):
             return
-        r = self._rand()
-        if r <= 0.0 or now - lead * math.log(r) >= expiry:
-            self._start(key, loader, ttl, tags, created_at)
+        self._start(key, loader, ttl, tags, created_at)
 
     def on_l2_hit(
         self,
@@ -125,13 +124,14 @@ class AsyncEarlyRefresh:
         tags: Iterable[str],
         beta: float,
     ) -> None:
-        """An L2 hit (installed in L1) with early refresh on: note it, and start a
-        refresh if XFetch says so."""
+        """An L2 hit (installed in L1) with early refresh on: note it (a new draw), and
+        start a refresh if its refresh time has come."""
         self.note(key, entry.created_at, entry.expires_at, entry.load_time)
-        if key in self._running or self._quieted(key):
-            return
-        if should_refresh(self._clock(), entry.expires_at, entry.load_time, beta, self._rand):
-            self._start(key, loader, ttl, tags, entry.created_at)
+        self.on_l1_hit(key, loader, ttl, tags, beta)
+
+    def _load_time(self, key: str) -> float:
+        noted = self._noted.get(key)
+        return noted[3] if noted is not None else 0.0
 
     def _quieted(self, key: str) -> bool:
         quiet = self._quiet
@@ -158,6 +158,7 @@ class AsyncEarlyRefresh:
         """A forked child or a new event loop: the parent's jobs are not ours."""
         self._running = set()
         self._noted = {}
+        self.due.clear()
         self._quiet = {}
         self._jobs.reset()
 
@@ -221,8 +222,7 @@ class AsyncEarlyRefresh:
                     return
                 if token is None:
                     # another process holds the lease: it is loading the key
-                    noted = self._noted.get(key)
-                    self._quiet_for(key, max(_BUSY_QUIET, noted[2] if noted else 0.0))
+                    self._quiet_for(key, max(_BUSY_QUIET, self._load_time(key)))
                     return
             stamps = await reads._stamps(tag_tuple) if token is not None else None
             if token is not None and stamps is None:
