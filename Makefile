@@ -4,7 +4,8 @@
 #                suite through nox: compiled L1 on every supported Python, pure L1 once, the
 #                packaging checks once (docs/development.md, "What make test runs")
 #   make docs    the documentation site into site/ (mkdocs build --strict)
-#   make bench   the benchmarks (pytest-benchmark) and the peer report
+#   make bench   the benchmarks (pytest-benchmark), then benchmarks/results/report.md with
+#                charts (`make bench-quick`: the report alone, under 3 minutes)
 #   make chaos   the consistency checker under faults (issue 11), standalone and cluster
 #   make fuzz    every atheris fuzz target for FUZZ_TIME seconds (default 60) each
 #   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
@@ -18,7 +19,7 @@ NOX    := $(PY) -m nox
 # pytest-xdist workers per suite run (each worker starts its own Redis servers); 0 = serial
 PYTEST_WORKERS ?= 2
 
-.PHONY: all demo test test-compiled test-pure test-matrix lint rules docs bench chaos fuzz sync setup redis prometheus clean
+.PHONY: all demo test bench-quick test-compiled test-pure test-matrix lint rules docs bench chaos fuzz sync setup redis prometheus clean
 
 all: test
 
@@ -104,15 +105,20 @@ test: lint rules docs test-matrix
 demo: setup
 	$(PY) examples/demo.py
 
+# Ends with the one report: benchmarks/results/report.md and its PNG charts (report.py runs
+# l1_report, cache_report, bus_report and scaling_report itself). `make bench-quick`: that
+# report alone, with fewer repeats (under 3 minutes).
 bench: setup
 	taskset -c 1 $(PY) -m pytest -p no:cacheprovider benchmarks -o python_files='bench_*.py' --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
-	taskset -c 1 $(PY) benchmarks/l1_report.py
-	taskset -c 1 $(PY) benchmarks/bus_report.py
 	taskset -c 1 $(PY) benchmarks/tag_report.py
 	taskset -c 1 $(PY) benchmarks/django_report.py
 	taskset -c 1 $(PY) benchmarks/warm_report.py --items 30000 --rounds 5
 	$(PY) benchmarks/outbox_report.py --fault pause
 	$(PY) benchmarks/outbox_report.py --fault kill
+	$(PY) benchmarks/report.py
+
+bench-quick: setup
+	$(PY) benchmarks/report.py --quick
 
 # Longer runs than the suite's 9 s one (~6 minutes); not pinned: workers and Redis need both
 # CPUs. Every run prints its report; the target fails if any run missed a goal.

@@ -10,7 +10,8 @@ measured in the same run: absolute times on this kind of machine move by tens of
 between runs, ratios by a few.
 
 Parts: ``l1`` (l1_report.py: stratacache's L1 beside dict, lru_cache, cachetools, cachebox
-and theine, plus its scaling from 1k to 10M entries), ``cache`` (cache_report.py: L1 hit,
+and theine), ``l1-hit-ratio`` (LRU and W-TinyLFU beside theine and Belady's optimum),
+``l1-scaling`` (get and set cost from 1k to 1M entries), ``cache`` (cache_report.py: L1 hit,
 decorated hit, L2 hit, get_many and the miss path beside raw redis-py, dogpile.cache,
 cashews and aiocache), ``bus`` (bus_report.py), ``scaling`` (scaling_report.py: L2 hit
 under client threads, bus propagation against subscribers, tag invalidation against tag
@@ -33,17 +34,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PARTS = {
-    "l1": "l1_report.py",
-    "cache": "cache_report.py",
-    "bus": "bus_report.py",
-    "scaling": "scaling_report.py",
+    "l1": ["l1_report.py"],
+    "l1-hit-ratio": ["l1_report.py", "--hit-ratio"],
+    "l1-scaling": ["l1_report.py", "--scaling"],
+    "cache": ["cache_report.py"],
+    "bus": ["bus_report.py"],
+    "scaling": ["scaling_report.py"],
 }
 
 
 def run_part(name: str, quick: bool) -> dict[str, Any]:
     """Run one report script pinned to one CPU; its JSON numbers."""
     out = RESULTS / f"{name}.json"
-    cmd = [sys.executable, str(HERE / PARTS[name]), "--json", str(out)]
+    script, *options = PARTS[name]
+    cmd = [sys.executable, str(HERE / script), *options, "--json", str(out)]
     if quick:
         cmd.append("--quick")
     if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1:
@@ -153,27 +157,39 @@ def render_tables(tables: list[dict[str, Any]], lines: list[str]) -> None:
         lines.append("")
 
 
+L1_COLUMNS = [
+    "get hit",
+    "x dict.get",
+    "get miss",
+    "set+evict",
+    "invalidate_tag 10k (us)",
+    "mem B/entry (RSS)",
+]
+
+
 def render_l1(data: dict[str, Any], lines: list[str]) -> None:
-    columns = [c for c in data["columns"]]
+    """l1_report.py's rows (ns per call, bytes per entry) and its ratios."""
+    rows = {name: row for name, row in data.items() if name != "ratios"}
     lines += [
         "## L1 (in-process)",
         "",
-        data.get("header", ""),
+        "ns per call (every figure includes the benchmark loop), bytes per entry.",
         "",
-        "| implementation | " + " | ".join(columns) + " | notes |",
-        "|---|" + "---:|" * len(columns) + "---|",
+        "| implementation | " + " | ".join(L1_COLUMNS) + " | notes |",
+        "|---|" + "---:|" * len(L1_COLUMNS) + "---|",
     ]
     labels, ratios = [], []
-    for name, row in data["rows"].items():
+    for name, row in rows.items():
         cells = []
-        for col in columns:
+        for col in L1_COLUMNS:
             value = row.get(col)
-            cells.append(
-                "-" if value is None else f"{value:.2f}" if col.startswith("x ") else f"{value:.0f}"
-            )
+            if value is None:
+                cells.append("-")
+            else:
+                cells.append(f"{value:.2f}" if col.startswith("x ") else f"{value:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('note', '')} |")
-        if row.get("x dict.get") is not None:
-            labels.append(name)
+        if row.get("x dict.get") is not None and "pure" not in name:
+            labels.append(name if name != "dict" else "dict (baseline)")
             ratios.append(row["x dict.get"])
     lines.append("")
     if ratios:
@@ -182,21 +198,66 @@ def render_l1(data: dict[str, Any], lines: list[str]) -> None:
     for label, ratio in data.get("ratios", {}).items():
         lines.append(f"- {label}: **{ratio:.2f}**")
     lines.append("")
-    for table in data.get("tables", []):
-        render_tables([table], lines)
-    scaling = data.get("scaling")
-    if scaling:
-        sizes = [p["entries"] for p in scaling]
-        series = {k: [p[k] for p in scaling] for k in scaling[0] if k != "entries"}
-        line_chart(
-            "L1 cost against entries",
-            sizes,
-            series,
-            "entries in the L1",
-            "ns per call",
-            RESULTS / "l1-scaling.png",
-        )
-        lines += ["### L1 cost against entries", "", "![L1 scaling](l1-scaling.png)", ""]
+
+
+def render_l1_hit_ratio(data: dict[str, Any], lines: list[str]) -> None:
+    """Hit ratio per trace and policy (higher is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = list(data)
+    policies = list(data[traces[0]])
+    lines += [
+        "### L1 hit ratio by eviction policy (capacity 10,000)",
+        "",
+        "| trace | " + " | ".join(policies) + " |",
+        "|---|" + "---:|" * len(policies),
+    ]
+    for trace in traces:
+        cells = " | ".join(f"{data[trace][p] * 100:.1f} %" for p in policies)
+        lines.append(f"| {trace} | {cells} |")
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(policies)
+    for i, policy in enumerate(policies):
+        xs = [t + i * width for t in range(len(traces))]
+        ax.bar(xs, [data[t][policy] * 100 for t in traces], width, label=policy)
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(traces))], traces)
+    ax.set_ylabel("hit ratio, % (higher is better)")
+    ax.set_title("L1 hit ratio by eviction policy", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "l1-hit-ratio.png", dpi=110)
+    plt.close(fig)
+    lines += ["", "![L1 hit ratio](l1-hit-ratio.png)", ""]
+
+
+def render_l1_scaling(data: dict[str, Any], lines: list[str]) -> None:
+    """ns per get hit and per set against the number of entries."""
+    sizes = sorted(data, key=int)
+    names = [n for n in data[sizes[0]] if not n.endswith(" set")]
+    lines += [
+        "### L1 cost against entries",
+        "",
+        "| entries | " + " | ".join(f"{n} get / set (ns)" for n in names) + " |",
+        "|---:|" + "---:|" * len(names),
+    ]
+    for size in sizes:
+        cells = " | ".join(f"{data[size][n]:.0f} / {data[size][n + ' set']:.0f}" for n in names)
+        lines.append(f"| {int(size):,} | {cells} |")
+    xs = [int(size) for size in sizes]
+    series = {f"{n} get": [data[size][n] for size in sizes] for n in names}
+    series.update({f"{n} set": [data[size][n + " set"] for size in sizes] for n in names})
+    line_chart(
+        "L1 cost against entries",
+        xs,
+        series,
+        "entries",
+        "ns per call",
+        RESULTS / "l1-scaling.png",
+    )
+    lines += ["", "![L1 scaling](l1-scaling.png)", ""]
 
 
 def render_scaling(data: dict[str, Any], lines: list[str]) -> None:
@@ -309,6 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if "l1" in data:
         render_l1(data["l1"], lines)
+    if "l1-hit-ratio" in data:
+        render_l1_hit_ratio(data["l1-hit-ratio"], lines)
+    if "l1-scaling" in data:
+        render_l1_scaling(data["l1-scaling"], lines)
     if "cache" in data:
         lines += ["## Tiered cache", ""]
         render_tables(data["cache"]["tables"], lines)
