@@ -9,6 +9,7 @@ session of the oldest supported Python (``STRATACACHE_TEST_PACKAGING=1``), or by
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -52,10 +53,25 @@ def _venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+def _tracked_copy(dest: Path) -> Path:
+    """The checkout's tracked files, copied: the build sees what a clean clone holds, and
+    no file another test (another xdist worker) creates or removes meanwhile in the tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", out, ROOT)
+    tree = _tracked_copy(tmp_path_factory.mktemp("checkout"))
+    _run(sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", out, tree)
     (path,) = out.glob("stratacache-*.tar.gz")
     return path
 
