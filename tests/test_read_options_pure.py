@@ -69,26 +69,38 @@ def test_early_beta_option() -> None:
 # -- AdaptiveTTL ---------------------------------------------------------------------------
 
 
+def curve(gap: float, high: float) -> float:
+    return math.sqrt(gap * gap + high * high) - gap
+
+
 def test_adaptive_ttl_rule() -> None:
     clock = FakeClock(0.0)
     ttl = AdaptiveTTL(10, 100, timer=clock)
     assert ttl.ttl_for("k") == 10  # first fill: min
-    for _ in range(3):
-        ttl.hit("k")
-    clock.advance(10)
-    assert ttl.ttl_for("k") == 40  # (1 + 3) * 10
+    # one read in its life, refilled 150 s after the fill: gap 150 / 2 = 75 -> 125 - 75
+    ttl.hit("k")
+    clock.advance(150)
+    assert ttl.ttl_for("k") == pytest.approx(50)
+    # read often (20 reads in a 50 s life): gap 50 / 21, close to max
     for _ in range(20):
         ttl.hit("k")
-    clock.advance(40)
-    assert ttl.ttl_for("k") == 100  # (1 + 20) * 10, capped at max
-    clock.advance(100)
-    assert ttl.ttl_for("k") == 10  # no read during its lifetime: min
-    # reads spread over the whole time since the fill: 9 reads in one 10 s lifetime,
-    # but the next fill comes 30 s later -> rate 9 * 10 / 30 = 3 -> 40
+    clock.advance(50)
+    assert ttl.ttl_for("k") == pytest.approx(curve(50 / 21, 100))
+    assert 95 < curve(50 / 21, 100) < 100
+    # never above max, however hot
+    for _ in range(10_000):
+        ttl.hit("k")
+    clock.advance(1)  # refilled early (a set): the reads are spread over the last ttl
+    assert 99.9 < ttl.ttl_for("k") <= 100
+    # no read in 1000 s: curve(1000) ~ 5 -> min
+    clock.advance(1000)
+    assert ttl.ttl_for("k") == 10
+    # reads spread over the whole time since the fill: 9 reads in one 10 s lifetime, but
+    # the next fill comes an hour later -> gap 360 -> ~13.6, not ~max
     for _ in range(9):
         ttl.hit("k")
-    clock.advance(30)
-    assert ttl.ttl_for("k") == pytest.approx(40)
+    clock.advance(3600)
+    assert ttl.ttl_for("k") == pytest.approx(curve(360, 100))
     # a hit on a key never filled is ignored
     ttl.hit("other")
     assert ttl.reads("other") == 0

@@ -7,6 +7,7 @@ longer and keys rarely read expire sooner, without a TTL per key to tune by hand
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -27,17 +28,19 @@ class AdaptiveTTL:
     ``get_or_set`` and of ``cached`` functions; plain ``get`` does not count). At the
     next fill of the key, at ``now``::
 
-        elapsed = now - filled_at
-        rate    = reads * ttl / max(ttl, elapsed)   # reads per previous lifetime
-        new_ttl = clamp(min * (1 + rate), min, max)
+        gap     = max(ttl, now - filled_at) / (reads + 1)   # 1 / read rate
+        new_ttl = max(min, sqrt(gap**2 + max**2) - gap)
 
-    and ``reads`` starts again from 0. A key filled for the first time (or forgotten,
-    see ``max_keys``) gets ``min``. So a key read ``k`` times during its last lifetime
-    gets ``(1 + k) * min`` next; one read at least once per ``min`` seconds grows to
-    ``max`` within a few fills; one read less than once per ``min`` stays near ``min``.
-    The ``max(ttl, elapsed)`` term spreads the reads over the whole time since the last
-    fill, so a key that was hot an hour ago and cold since does not come back with a
-    long TTL.
+    and ``reads`` starts again from 0 (the ``+ 1`` counts the read that found the entry
+    expired and fills it). A key filled for the first time (or forgotten, see
+    ``max_keys``) gets ``min``. ``new_ttl`` grows with the read rate ``1 / gap``: about
+    ``max**2 / (2 * gap)`` for a rarely read key (never below ``min``), close to ``max``
+    for a key read many times per ``max`` seconds, never above it. This is,
+    approximately, the TTL that minimises loader calls for a given stale key-time (each
+    key weighing the same, sources changing out of band; see docs/read-path.md), with its
+    constant set by ``max``. The ``max(ttl, ...)`` term spreads the reads over the whole
+    time since the last fill, so a key that was hot an hour ago and cold since does not
+    come back with a long TTL.
 
     ``max_keys`` bounds the history (oldest fills forgotten first). Counting is
     approximate under threads (a racing increment may be lost: it only shortens a TTL
@@ -95,8 +98,11 @@ class AdaptiveTTL:
                     del history[next(iter(history))]
             else:
                 filled_at, last_ttl, reads = record
-                rate = reads * last_ttl / max(last_ttl, now - filled_at)
-                ttl = min(self._max, max(self._min, self._min * (1.0 + rate)))
+                # gap = 1 / rate: time since the fill per read in it (+1: this fill's)
+                gap = max(last_ttl, now - filled_at) / (reads + 1)
+                high = self._max
+                # sqrt(gap^2 + max^2) - gap, written without the cancellation
+                ttl = max(self._min, high * high / (gap + math.sqrt(gap * gap + high * high)))
             history[key] = [now, ttl, 0]
         return ttl
 

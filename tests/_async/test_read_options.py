@@ -415,7 +415,7 @@ async def test_adaptive_ttl_lengthens_read_keys(
 ) -> None:
     cache = make(target, clock, Draw(), l1_max_ttl=10_000)
     await ready(cache)
-    adaptive = AdaptiveTTL(10, 1000, timer=clock)
+    adaptive = AdaptiveTTL(10, 100, timer=clock)
     load = Loader()
     keys = KeySpace(NS)
     try:
@@ -426,10 +426,12 @@ async def test_adaptive_ttl_lengthens_read_keys(
             await cache.get_or_set("hot", load, ttl=adaptive)
         assert adaptive.reads("hot") == 4
         assert adaptive.reads("cold") == 0
-        clock.advance(10)  # both expired
+        clock.advance(1000)  # both expired; read again 1000 s after their fill
         await cache.get_or_set("hot", load, ttl=adaptive)
         await cache.get_or_set("cold", load, ttl=adaptive)
-        assert 49_000 < await raw.pttl(keys.data_key("hot")) <= 50_000  # (1 + 4) * 10
+        # hot: gap 1000 / (4 + 1) = 200 -> sqrt(200^2 + 100^2) - 200 ~ 23.6 s
+        assert 23_000 < await raw.pttl(keys.data_key("hot")) <= 23_607
+        # cold: gap 1000 -> ~5 s, clamped to min
         assert 9_000 < await raw.pttl(keys.data_key("cold")) <= 10_000
     finally:
         await cache.close()

@@ -417,7 +417,7 @@ def test_adaptive_ttl_lengthens_read_keys(
 ) -> None:
     cache = make(target, clock, Draw(), l1_max_ttl=10_000)
     ready(cache)
-    adaptive = AdaptiveTTL(10, 1000, timer=clock)
+    adaptive = AdaptiveTTL(10, 100, timer=clock)
     load = Loader()
     keys = KeySpace(NS)
     try:
@@ -428,10 +428,12 @@ def test_adaptive_ttl_lengthens_read_keys(
             cache.get_or_set("hot", load, ttl=adaptive)
         assert adaptive.reads("hot") == 4
         assert adaptive.reads("cold") == 0
-        clock.advance(10)  # both expired
+        clock.advance(1000)  # both expired; read again 1000 s after their fill
         cache.get_or_set("hot", load, ttl=adaptive)
         cache.get_or_set("cold", load, ttl=adaptive)
-        assert 49_000 < raw.pttl(keys.data_key("hot")) <= 50_000  # (1 + 4) * 10
+        # hot: gap 1000 / (4 + 1) = 200 -> sqrt(200^2 + 100^2) - 200 ~ 23.6 s
+        assert 23_000 < raw.pttl(keys.data_key("hot")) <= 23_607
+        # cold: gap 1000 -> ~5 s, clamped to min
         assert 9_000 < raw.pttl(keys.data_key("cold")) <= 10_000
     finally:
         cache.close()
