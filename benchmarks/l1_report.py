@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
         return
-    repeats = 7 if args.quick else 25
+    repeats = 5 if args.quick else 25
     keys = make_keys(N, "key")
     other = make_keys(N, "new")
     absent = make_keys(N, "absent")
@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
             None if adapter.name == "dict" else time_set_evicting(adapter, keys, other, repeats)
         )
         row["mem B/entry (RSS)"] = memory_per_entry(adapter.name, mem_n, trace=False)
-        if adapter.ttl is None and adapter.name.startswith(_TRACEABLE):
+        # --quick (report.py's quick mode, under 3 minutes): RSS only, one subprocess each
+        if not args.quick and adapter.ttl is None and adapter.name.startswith(_TRACEABLE):
             row["mem B/entry (tracemalloc)"] = memory_per_entry(adapter.name, mem_n, trace=True)
     for impl_id, cls in L1_IMPLS.items():
         label = "compiled" if impl_id == "c" else "pure"

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         print("\nbus propagation, write -> served in N other processes")
         results["bus_readers"] = bus_curve(
-            server.url, [1, 4, 16] if args.quick else [1, 2, 4, 8, 16], 50 if args.quick else 200
+            server.url, [1, 4, 8] if args.quick else [1, 2, 4, 8, 16], 50 if args.quick else 200
         )
         print("\ntag invalidation against tag size")
         results["tag_sizes"] = tag_curve(
