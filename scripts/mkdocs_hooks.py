@@ -129,3 +129,17 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if API_MARKER in markdown:
         markdown = markdown.replace(API_MARKER, remaining_api(markdown))
     return markdown
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """The charts of ``benchmarks/results/`` beside the benchmarks page, which includes
+    ``report.md`` (its image links are relative to the report's own folder)."""
+    from pathlib import Path
+
+    from mkdocs.structure.files import File
+
+    results = Path(config["docs_dir"]).parent / "benchmarks" / "results"
+    for chart in sorted(results.glob("*.png")):
+        if files.get_file_from_path(chart.name) is None:
+            files.append(File.generated(config, chart.name, abs_src_path=str(chart)))
+    return files

@@ -7,8 +7,8 @@ cluster (ids ``standalone`` / ``cluster``); ``l1only`` is the cache with no Redi
 from __future__ import annotations
 
 import inspect
-import time
 import pickle
+import time
 from datetime import timedelta
 
 import pytest
