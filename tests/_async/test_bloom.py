@@ -6,6 +6,7 @@ is generated.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -276,7 +277,9 @@ async def test_rebuild_has_no_window(cache: AsyncCache, other: AsyncCache, raw: 
 
     progress: list[tuple[int, Any]] = []
     task = AsyncTask(reader)
-    database = list(kept)  # the system of record: an id is written there, then added
+    # the system of record: an id is written there, then added; bulk ids make the rebuild
+    # long enough (a dozen batches) for the writer to add ids while it runs
+    database = list(kept) + [f"bulk:{i}" for i in range(10_000)]
 
     snapshot: list[str] = []
 
@@ -285,7 +288,10 @@ async def test_rebuild_has_no_window(cache: AsyncCache, other: AsyncCache, raw: 
         # generator: no len(), so the callback's total is None); the ids written after
         # that reach the new generation only through the adds made during the rebuild
         snapshot.extend(database)
-        yield from snapshot
+        for i, item in enumerate(snapshot):
+            if i % 1000 == 999:
+                time.sleep(0.002)  # Cache: the writer thread gets the GIL between batches
+            yield item
 
     async def writer() -> None:
         for i in range(100_000):
@@ -303,7 +309,7 @@ async def test_rebuild_has_no_window(cache: AsyncCache, other: AsyncCache, raw: 
         done = True
         await task.join()
         await writing.join()
-    assert count == len(snapshot) >= 2000
+    assert count == len(snapshot) >= 12_000
     assert reads > 0
     assert len(database) > len(snapshot)  # ids were written during the rebuild
     assert wrong == []
