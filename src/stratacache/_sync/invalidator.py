@@ -224,6 +224,7 @@ class Invalidator:
         self._delayed = DelayQueue()
         self._audit: collections.deque[dict[str, Any]] = collections.deque()
         self._audit_lock = Lock()
+        self._reclaim_lock = Lock()
         self._audit_failing = False
         self.counters = InvalidationCounters()
         self._worker: Optional[Worker] = None
@@ -792,6 +793,7 @@ class Invalidator:
         worker.abandon()
         self._wake = Event()
         self._audit_lock = Lock()
+        self._reclaim_lock = Lock()
         return True
 
     def _ensure_worker(self) -> None:
@@ -902,19 +904,21 @@ class Invalidator:
 
     def _reclaim_chunk(self, target: _Target) -> None:
         """Delete one chunk of the oldest invalidated tag's keys. ``reclaim_now`` may run
-        beside the worker: a step taken twice is harmless (the same keys are deleted
-        again), a job is only removed by whoever sees it end."""
-        try:
-            job = target.reclaim[0]
-        except IndexError:
-            return
-        job.cursor, scanned = target.tier.reclaim_step(
-            job.tag, job.key, job.cursor, self.settings.reclaim_chunk
-        )
-        if target.name == PRIMARY:
-            self.counters.reclaimed_keys += scanned
-        if job.cursor == 0 and target.reclaim and target.reclaim[0] is job:
-            target.reclaim.popleft()
+        beside the worker: the lock makes their steps take turns, so each step starts
+        from the cursor the previous one left and no chunk is deleted (and counted in
+        ``reclaimed_keys``) twice."""
+        with self._reclaim_lock:
+            try:
+                job = target.reclaim[0]
+            except IndexError:
+                return
+            job.cursor, scanned = target.tier.reclaim_step(
+                job.tag, job.key, job.cursor, self.settings.reclaim_chunk
+            )
+            if target.name == PRIMARY:
+                self.counters.reclaimed_keys += scanned
+            if job.cursor == 0:
+                target.reclaim.popleft()
 
     def reclaim_now(self) -> None:
         """Run every pending reclaim to its end in the caller, without waiting for it to
