@@ -1,6 +1,8 @@
-"""The ``stratacache`` console script, run for real in a subprocess against real Redis
-(standalone and cluster): output, ``--json`` and exit codes. Streaming commands run
-bounded (``--count``) and say on stderr when they listen, so nothing waits on a timer."""
+"""The ``stratacache`` command against real Redis (standalone and cluster): output,
+``--json`` and exit codes. One-shot commands run in the test process (``cli_runner``);
+the installed console script, ``python -m stratacache`` and the streaming commands run
+for real in subprocesses. Streaming commands run bounded (``--count``) and say on stderr
+when they listen, so nothing waits on a timer."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from cli_runner import run_cli
 from stratacache import Cache, instances
 from stratacache._keys import KeySpace
 from stratacache.testing._servers import free_port
@@ -30,15 +33,8 @@ SCRIPT = Path(sys.executable).with_name("stratacache")
 def run(
     *args: str, input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """The console script with ``args``; fails the test on a non-zero exit if ``check``."""
-    proc = subprocess.run(
-        [str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    """The command with ``args``; fails the test on a non-zero exit if ``check``."""
+    proc = run_cli(*args, input=input)
     if check and proc.returncode != 0:
         pytest.fail(f"{args} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -75,7 +71,8 @@ def app(target: tuple[str, bool]) -> Iterator[tuple[str, bool, list[Cache]]]:
 
 def test_script_and_module_are_installed() -> None:
     assert SCRIPT.exists(), "pip install -e . did not install the console script"
-    assert "instances" in run("--help").stdout
+    script = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "instances" in script.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "stratacache", "--help"], capture_output=True, text=True, timeout=60
     )

@@ -1,25 +1,21 @@
-"""The operations side over TLS: ``stratacache.instances`` and the console script with a
+"""The operations side over TLS: ``stratacache.instances`` and the ``stratacache`` command with a
 ``rediss://`` URL (the CA given as ``ssl_ca_certs``), standalone and cluster; a URL
 trusting another CA is a one-line error, not a traceback."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli_runner import run_cli
 from stratacache import Cache, instances
 from stratacache.testing import RedisClusterProcesses, RedisServerProcess, TLSCertificates
 
 NS = "tlscli"
-SCRIPT = Path(sys.executable).with_name("stratacache")
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +36,6 @@ def server(request: pytest.FixtureRequest, certs: TLSCertificates) -> Iterator[t
             yield cluster, True
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def test_instances_and_the_cli_over_tls(server: tuple[Any, bool]) -> None:
     target, cluster = server
     flag = ["--cluster"] if cluster else []
@@ -61,10 +47,10 @@ def test_instances_and_the_cli_over_tls(server: tuple[Any, bool]) -> None:
             assert time.monotonic() < deadline, "no heartbeat record"
             time.sleep(0.02)
         assert [r.instance for r in instances(target.url, NS, cluster=cluster)] == ["tls-app"]
-        got = run("get", target.url, "-n", NS, *flag, "k", "--json")
+        got = run_cli("get", target.url, "-n", NS, *flag, "k", "--json")
         assert got.returncode == 0, got.stderr
         assert json.loads(got.stdout)["value"] == {"v": 1}
-        listed = run("instances", target.url, "-n", NS, *flag, "--json")
+        listed = run_cli("instances", target.url, "-n", NS, *flag, "--json")
         assert listed.returncode == 0, listed.stderr
         assert "tls-app" in listed.stdout
     finally:
@@ -77,7 +63,7 @@ def test_the_cli_refuses_a_server_its_ca_does_not_trust(server: tuple[Any, bool]
     try:
         url = target.url.replace(str(target.tls.ca_cert), str(other.ca_cert))
         flag = ["--cluster"] if cluster else []
-        out = run("get", url, "-n", NS, *flag, "k")
+        out = run_cli("get", url, "-n", NS, *flag, "k")
         assert out.returncode != 0
         assert "CERTIFICATE_VERIFY_FAILED" in out.stderr
         assert "Traceback" not in out.stderr, out.stderr
