@@ -14,6 +14,36 @@ import pytest
 pytest_plugins = ["stratacache.testing.pytest_plugin"]
 
 REQUIRE_EXTENSIONS = bool(os.environ.get("STRATACACHE_REQUIRE_EXTENSIONS"))
+NO_EXTENSIONS = bool(os.environ.get("STRATACACHE_NO_EXTENSIONS"))
+
+# Modules that build no L1 (compiled or pure): the codec, key and Bloom-parameter maths, the
+# outbox's bookkeeping, pure option logic, the docs, the generated code, the alert rules,
+# the test harness. The pure run leaves them out: it would run the same code the compiled
+# run just ran, for the same result (about 40 s of make test).
+L1_INDEPENDENT = frozenset(
+    {
+        "test_alert_rules.py",
+        "test_bloom_params.py",
+        "test_codec.py",
+        "test_docs.py",
+        "test_harness.py",
+        "test_keys.py",
+        "test_loader_breaker.py",
+        "test_outbox.py",
+        "test_read_options_pure.py",
+        "test_sync_generated.py",
+        "test_warm_schedule_pure.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not NO_EXTENSIONS:
+        return
+    kept = [item for item in items if item.path.name not in L1_INDEPENDENT]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.path.name in L1_INDEPENDENT])
+        items[:] = kept
 
 
 def pytest_report_header() -> str:
