@@ -16,11 +16,13 @@ pytest_plugins = ["stratacache.testing.pytest_plugin"]
 REQUIRE_EXTENSIONS = bool(os.environ.get("STRATACACHE_REQUIRE_EXTENSIONS"))
 NO_EXTENSIONS = bool(os.environ.get("STRATACACHE_NO_EXTENSIONS"))
 
-# Modules that build no L1 (compiled or pure): the codec, key and Bloom-parameter maths, the
-# outbox's bookkeeping, pure option logic, the docs, the generated code, the alert rules,
-# the test harness. The pure run leaves them out: it would run the same code the compiled
-# run just ran, for the same result (about 40 s of make test).
-L1_INDEPENDENT = frozenset(
+# Modules whose outcome cannot depend on the run's L1 switch: they build no L1 (the codec,
+# key and Bloom-parameter maths, the outbox's bookkeeping, pure option logic, the docs, the
+# generated code, the alert rules, the test harness), or they load both L1s by name
+# (tests/l1_impls.py: the contract, stateful, policy and expiry-order suites run the
+# compiled and the pure L1 side by side in every run). The pure run leaves them out: it
+# would run the same code the compiled run just ran, for the same result.
+SAME_IN_BOTH_RUNS = frozenset(
     {
         "test_alert_rules.py",
         "test_bloom_params.py",
@@ -28,6 +30,10 @@ L1_INDEPENDENT = frozenset(
         "test_docs.py",
         "test_harness.py",
         "test_keys.py",
+        "test_l1_contract.py",
+        "test_l1_expiry_order.py",
+        "test_l1_policy.py",
+        "test_l1_stateful.py",
         "test_loader_breaker.py",
         "test_outbox.py",
         "test_read_options_pure.py",
@@ -40,9 +46,9 @@ L1_INDEPENDENT = frozenset(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not NO_EXTENSIONS:
         return
-    kept = [item for item in items if item.path.name not in L1_INDEPENDENT]
+    kept = [item for item in items if item.path.name not in SAME_IN_BOTH_RUNS]
     if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.path.name in L1_INDEPENDENT])
+        config.hook.pytest_deselected(items=[i for i in items if i.path.name in SAME_IN_BOTH_RUNS])
         items[:] = kept
 
 
