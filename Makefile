@@ -11,6 +11,11 @@
 #   make sync    regenerate src/stratacache/_sync/ from src/stratacache/_async/
 
 PYTHON ?= python3
+# This machine image sets PYTHONDONTWRITEBYTECODE: then every pytest run rewrites the
+# assertions of all test modules again (~20 s of collection per run) and every spawned test
+# interpreter compiles what it imports from source. The caches go to __pycache__
+# (gitignored).
+unexport PYTHONDONTWRITEBYTECODE
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
