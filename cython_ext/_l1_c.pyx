@@ -21,17 +21,21 @@ Layout
     With ``policy="tinylfu"`` the recency list is split into three lists (window =
     ``_root``, ``_probation``, ``_protected``, ``node.region`` says which) and a count-min
     sketch decides admission; see ``_lfu_make_room`` and ``stratacache/_tinylfu.py``.
-    ``_tags`` is a dict tag -> {key: node}; a node keeps its tags as a tuple, so removing
-    it touches only its own tags. (Caffeine's ``BoundedLocalCache`` keeps the same
+    ``_tags`` is a dict tag -> {key: node}; a tagged node's tags are a tuple in the side
+    table ``_entry_tags`` (node -> tags), so removing it touches only its own tags; a
+    weight other than 1 is in ``_entry_weights`` likewise, and ``node.side`` says which
+    side tables hold something for the node. (Caffeine's ``BoundedLocalCache`` keeps the same
     access-order deque + expiry structure next to its hash table; cachetools' ``TLRUCache``
     uses a lazy heap where we use an indexed one.)
 
 Memory
-    A node is 80 bytes: it is not GC-tracked (``no_gc`` saves the 16-byte GC header), and
-    ``L1``'s ``tp_traverse`` reports each node's key, value and tags as its own references
-    (see the end of this file), so a reference cycle through a cached value is still
-    collected. With the map's dict slot that is ~119 B per entry vs ~130 B for
-    ``cachetools.LRUCache``; an entry with a ttl adds a 24-byte heap slot.
+    A node is 64 bytes (one pymalloc size class below the 80 it took with tags and
+    weight inside): it is not GC-tracked (``no_gc`` saves the 16-byte GC header), and
+    ``L1``'s ``tp_traverse`` reports each node's key and value as its own references
+    (see the end of this file; tags are in a dict, which the generated traverse visits),
+    so a reference cycle through a cached value is still collected. With the map's dict
+    slot that is ~102 B per entry vs ~130 B for ``cachetools.LRUCache``; an entry with a
+    ttl adds a 24-byte heap or FIFO slot, a tagged entry a side-table slot.
 
 Hit path
     ``get``: one ``PyDict_GetItemWithError``, a deadline check only when the node has a
@@ -140,21 +144,39 @@ cdef extern from *:
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     static inline uint64_t strata_mix(uint64_t h, uint64_t c) {
         h ^= c; h *= 0xFF51AFD7ED558CCDULL; h ^= h >> 29; return h;
     }
+    /* The 8 bytes at p, and the 0 < n < 8 bytes at p, as little-endian integers on any
+       host. A key is hashed on every tinylfu hit, and the byte-by-byte loop cost more
+       than the rest of the hash: on a little-endian host these are plain loads (memcpy
+       of a constant size compiles to one mov); the tail reads two overlapping 4-byte
+       words (or three bytes), whose shared bytes land on the same bits, so OR is exact. */
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    static inline uint64_t strata_load8(const unsigned char* p) {
+        uint64_t c; memcpy(&c, p, 8); return c;
+    }
+    static inline uint64_t strata_load_tail(const unsigned char* p, Py_ssize_t n) {
+        uint32_t lo, hi;
+        if (n >= 4) {
+            memcpy(&lo, p, 4); memcpy(&hi, p + n - 4, 4);
+            return (uint64_t)lo | ((uint64_t)hi << (8 * (n - 4)));
+        }
+        return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << (8 * (n >> 1)))
+            | ((uint64_t)p[n - 1] << (8 * (n - 1)));
+    }
+    #else
+    static inline uint64_t strata_load_tail(const unsigned char* p, Py_ssize_t n) {
+        uint64_t c = 0; int i;
+        for (i = (int)n - 1; i >= 0; i--) c = (c << 8) | p[i];
+        return c;
+    }
+    static inline uint64_t strata_load8(const unsigned char* p) { return strata_load_tail(p, 8); }
+    #endif
     static inline uint64_t strata_mix_bytes(uint64_t h, const unsigned char* p, Py_ssize_t n) {
-        uint64_t c; int i;
-        for (; n >= 8; p += 8, n -= 8) {
-            c = 0;
-            for (i = 7; i >= 0; i--) c = (c << 8) | p[i];  /* little-endian, any host */
-            h = strata_mix(h, c);
-        }
-        if (n > 0) {
-            c = 0;
-            for (i = (int)n - 1; i >= 0; i--) c = (c << 8) | p[i];
-            h = strata_mix(h, c);
-        }
+        for (; n >= 8; p += 8, n -= 8) h = strata_mix(h, strata_load8(p));
+        if (n > 0) h = strata_mix(h, strata_load_tail(p, n));
         return h;
     }
     /* 0 and *err = 1 if hash(key) raised. */
@@ -241,6 +263,11 @@ cdef enum:
 
 cdef Py_ssize_t _SKETCH_CAP = 1 << 24  # the sketch is sized for at most this many entries
 
+# Bits of _Node.side: which side tables hold something for the node.
+cdef enum:
+    SIDE_TAGS = 1
+    SIDE_WEIGHT = 2
+
 cdef tuple _CAUSE_NAMES = (None, "size", "expired", "invalidated")
 cdef tuple _NO_TAGS = ()
 
@@ -263,15 +290,17 @@ cdef class _Node:
 
     cdef object key
     cdef object value
-    cdef tuple tags
     cdef PyObject* prev  # borrowed; NULL once removed
     cdef PyObject* next
     cdef double deadline  # +inf: no expiry
-    cdef Py_ssize_t weight
     cdef int heap_index  # -1: no deadline (or removed); else its slot in _heap or _fifo
     cdef unsigned char cause
     cdef unsigned char in_fifo  # heap_index is a slot of _fifo, not of _heap
     cdef unsigned char region  # tinylfu: _WINDOW, _PROBATION or _PROTECTED
+    # SIDE_TAGS / SIDE_WEIGHT: the node has an entry in L1._entry_tags / _entry_weights
+    # (most entries have no tags and weigh 1; keeping those two fields out of the node
+    # makes it 64 bytes instead of 80)
+    cdef unsigned char side
 
 
 @cython.final
@@ -371,6 +400,11 @@ cdef class L1:
 
     cdef dict _map  # key -> _Node, owns the nodes
     cdef dict _tags  # tag -> {key: _Node}
+    # Side tables for the rare fields (see _Node.side): node -> its tags (a non-empty
+    # tuple), node -> its weight (only when it is not 1). Keyed by the node, whose
+    # identity hash is cheap and runs no Python code.
+    cdef dict _entry_tags
+    cdef dict _entry_weights
     cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
     # tinylfu policy: _root is the window; main = probation + protected (SLRU)
     cdef bint _tinylfu
@@ -425,6 +459,8 @@ cdef class L1:
         self._protected.prev = self._protected.next = <PyObject*>self._protected
         self._map = {}
         self._tags = {}
+        self._entry_tags = {}
+        self._entry_weights = {}
         self._pending = {}
         self._tag_epochs = {}
         self._max_weight = -1
@@ -573,14 +609,17 @@ cdef class L1:
         """The tags of the live entry for ``key``; ``()`` if there is none."""
         cdef object removed = None
         cdef _Node node
+        cdef tuple tags = _NO_TAGS
         cdef double now = self._clock_if_timed()
         with cython.critical_section(self):
             node = self._live(key, now)
-            if node is not None and node.cause == CAUSE_EXPIRED:
-                removed = node
-                node = None
+            if node is not None:
+                if node.cause == CAUSE_EXPIRED:
+                    removed = node
+                elif node.side & SIDE_TAGS:
+                    tags = <tuple>self._entry_tags[node]
         self._notify(removed)
-        return _NO_TAGS if node is None else node.tags
+        return tags
 
     def __len__(self):
         """Entries stored, including expired ones not dropped yet (see ``expire``)."""
@@ -648,6 +687,8 @@ cdef class L1:
             old = self._map  # dropped after the section: values die once we are consistent
             self._map = {}
             self._tags = {}
+            self._entry_tags = {}
+            self._entry_weights = {}
             for node in old.values():
                 node.prev = node.next = NULL  # a racing get() must see them as removed
                 node.heap_index = -1
@@ -975,8 +1016,6 @@ cdef class L1:
         node = _Node.__new__(_Node)
         node.key = key
         node.value = value
-        node.tags = tags
-        node.weight = weight
         node.deadline = deadline
         node.heap_index = -1
         PyDict_SetItem(self._map, key, node)
@@ -985,6 +1024,12 @@ cdef class L1:
         (<_Node>self._root.prev).next = <PyObject*>node
         self._root.prev = <PyObject*>node
         self._weight += weight
+        if weight != 1:
+            self._entry_weights[node] = weight
+            node.side = SIDE_WEIGHT
+        if tags:
+            self._entry_tags[node] = tags
+            node.side |= SIDE_TAGS
         if deadline != INFINITY:
             if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
                 self._fifo_push(node)  # in deadline order: O(1)
@@ -1105,7 +1150,6 @@ cdef class L1:
 
     cdef int _remove(self, _Node node, unsigned char cause) except -1:
         """Unlink ``node`` from every structure. The caller holds a reference to it."""
-        cdef dict keys
         (<_Node>node.prev).next = node.next
         (<_Node>node.next).prev = node.prev
         node.prev = node.next = NULL
@@ -1115,15 +1159,10 @@ cdef class L1:
             else:
                 self._heap_remove(node.heap_index)
             node.heap_index = -1
-        for tag in node.tags:
-            found = PyDict_GetItemWithError(self._tags, tag)
-            if found is NULL:
-                continue  # detached by invalidate_tags, which is removing this node
-            keys = <dict>found
-            PyDict_DelItem(keys, node.key)
-            if not keys:
-                PyDict_DelItem(self._tags, tag)
-        self._weight -= node.weight
+        if node.side:
+            self._remove_side(node)
+        else:
+            self._weight -= 1
         if self._tinylfu:
             if node.region == _WINDOW:
                 self._n_window -= 1
@@ -1137,6 +1176,26 @@ cdef class L1:
         elif cause == CAUSE_INVALIDATED:
             self._invalidations += 1
         PyDict_DelItem(self._map, node.key)
+        return 0
+
+    cdef int _remove_side(self, _Node node) except -1:
+        """``_remove``'s part for a node with side entries: its tags and its weight."""
+        cdef dict keys
+        cdef PyObject* found
+        if node.side & SIDE_TAGS:
+            for tag in <tuple>self._entry_tags.pop(node):
+                found = PyDict_GetItemWithError(self._tags, tag)
+                if found is NULL:
+                    continue  # detached by invalidate_tags, which is removing this node
+                keys = <dict>found
+                PyDict_DelItem(keys, node.key)
+                if not keys:
+                    PyDict_DelItem(self._tags, tag)
+        if node.side & SIDE_WEIGHT:
+            self._weight -= <Py_ssize_t>self._entry_weights.pop(node)
+        else:
+            self._weight -= 1
+        node.side = 0
         return 0
 
     cdef Py_ssize_t _remove_for_invalidation(self, _Node node, double now) except -1:
@@ -1365,7 +1424,7 @@ cdef class L1:
 
 # -- garbage collection -------------------------------------------------------------
 # Nodes are not GC-tracked (``no_gc``), so the collector cannot see that a node refers
-# to its key, value and tags. L1 reports those references as its own: the generated
+# to its key and value. L1 reports those references as its own: the generated
 # traverse (the dicts etc.) runs first, then every node on the recency list is visited.
 # Each reference a node holds is visited exactly once, so a cycle running through a
 # cached value (a value that refers back to its cache) is still collected.
@@ -1470,9 +1529,6 @@ cdef int _l1_traverse(PyObject* o, _visit_fn visit, void* arg) noexcept:
             if r:
                 return r
             r = visit(<PyObject*>(<_Node>p).value, arg)
-            if r:
-                return r
-            r = visit(<PyObject*>(<_Node>p).tags, arg)
             if r:
                 return r
             p = (<_Node>p).next
