@@ -29,6 +29,9 @@ PAIRS = [ROOT / "src" / "stratacache", ROOT / "tests"]
 REPLACEMENTS = {
     "_async": "_sync",
     "AsyncCache": "Cache",
+    # the mixins AsyncCache is made of (cache_base.py)
+    "AsyncCacheBase": "CacheBase",
+    "AsyncCacheDecorator": "CacheDecorator",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
     "AsyncResultSlot": "ResultSlot",

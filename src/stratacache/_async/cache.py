@@ -38,16 +38,15 @@ them, so they are reloaded (through the lease) instead of served (``read_path.py
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
-from .._adaptive import AdaptiveTTL, check_ttl_option, resolve_ttl
+from .._adaptive import AdaptiveTTL, resolve_ttl
 from .._breaker import CircuitBreaker, NodeBreakers
 from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
 from .._bus_messages import Action, BusMessage, bus_keys
@@ -57,7 +56,7 @@ from .._errors import RedisPermissionError, RedisUnavailableError
 from .._health import Health, judge
 from .._instances import InstanceRecorder, summarize_dead_letters
 from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
-from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
+from .._keys import KeySpace, fnmatch_glob, validate_key, validate_tag
 from .._l1 import L1
 from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
@@ -66,7 +65,6 @@ from .._primitives import (
     AsyncRedis,
     AsyncRedisCluster,
     AsyncResultSlot,
-    async_bind_fast_cached,
     async_bind_fast_get,
     async_cluster_no_retry,
     async_current_loop,
@@ -81,6 +79,7 @@ from .._warm import WarmReport
 from .bloom import AsyncBloomFilter, bloom_params, check_name, refresh_seconds
 from .bus import AsyncInvalidationBus
 from .conditional import AsyncConditionalWrites
+from .decorator import AsyncCacheDecorator
 from .invalidator import AsyncInvalidator, LocalEffects, watch_failures, watched_failures
 from .loader_call import AsyncLoads
 from .lock import AsyncDistributedLock
@@ -91,8 +90,6 @@ from .schedule import AsyncScheduler
 from .warm import AsyncWarmer, Progress
 from .write_path import AsyncWritePath
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 _POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
 _POLL_MAX = 0.05  # longest pause between polls
 
@@ -101,7 +98,7 @@ class _LeaderGone(Exception):
     """The leader of a single flight stopped without an outcome (cancelled): retry."""
 
 
-class AsyncCache:
+class AsyncCache(AsyncCacheDecorator):
     """A two-tier cache: in-process L1 in front of Redis, with a loader behind both.
 
     Parameters:
@@ -1207,133 +1204,6 @@ class AsyncCache:
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         return reason
-
-    # -- decorator ------------------------------------------------------------------------
-
-    def cached(
-        self,
-        ttl: Any = None,
-        tags: Iterable[str] = (),
-        key: str | Callable[..., str] | None = None,
-        *,
-        early_refresh: bool | float | None = None,
-        copy_on_read: bool | None = None,
-        soft_timeout: Duration | MissingType | None = MISSING,
-        hard_timeout: Duration | MissingType | None = MISSING,
-        bloom: AsyncBloomFilter | None = None,
-        bloom_item: Callable[..., Any] | None = None,
-        bloom_default: Any = None,
-    ) -> Callable[[F], F]:
-        """Decorate a function so its results are cached by its arguments.
-
-        ``key`` is a template such as ``"user:{user_id}"`` (fields are parameter names),
-        a callable taking the function's arguments and returning the key, or ``None``
-        for a key built injectively from the function's name and arguments. The wrapper
-        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments
-        (and ``.cache_key(*args, **kwargs)``); for a method, pass the instance or class
-        first, as the wrapper receives it.
-
-        Methods: the default key cannot tell instances apart, so a function whose first
-        parameter is ``self`` is refused with ``TypeError`` at decoration unless ``key``
-        is given — a template naming what identifies the instance
-        (``key="repo:{self.region}:{item_id}"``) or a callable. A classmethod's ``cls``
-        is part of the default key (as the class's qualified name: subclasses do not
-        share entries); a staticmethod is keyed like a function. The decorator may sit
-        above or below ``@staticmethod`` / ``@classmethod``.
-
-        ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
-        loads (``None``: off; default: the cache's); see ``docs/loader.md``.
-        ``bloom``: guard the function with a Bloom filter of the ids that exist (see
-        :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
-        the id to check (default: the cache key); a definitely absent id returns
-        ``bloom_default`` without calling the function.
-        ``ttl``, ``early_refresh`` and ``copy_on_read`` are as for :meth:`get_or_set`
-        (a ttl callable receives the function's result).
-        """
-        tag_tuple = self._tags(tags)
-        limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
-        check_ttl_option(ttl, allow_zero=False)
-        if early_refresh is not None:
-            self._refresher.beta(early_refresh)  # a bad option fails at decoration
-        if copy_on_read is not None:
-            copy_option(copy_on_read)
-        # hits of the plain kind may skip Python entirely (sync: one C call)
-        plain = (
-            self._plain_hits
-            and early_refresh is None
-            and copy_on_read is None
-            and not isinstance(ttl, AdaptiveTTL)
-        )
-
-        def decorate(fn: F) -> F:
-            if isinstance(fn, (staticmethod, classmethod)):
-                return cast(F, type(fn)(decorate(fn.__func__)))
-            make_key = KeyMaker(fn, key)
-
-            def guard(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                if bloom is None:
-                    return {}
-                item = cache_key if bloom_item is None else bloom_item(*args, **kwargs)
-                return {"bloom": bloom, "bloom_item": item, "bloom_default": bloom_default}
-
-            async def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                return await self.get_or_set(
-                    cache_key,
-                    functools.partial(fn, *args, **kwargs),
-                    ttl,
-                    tag_tuple,
-                    soft_timeout=soft_timeout,
-                    hard_timeout=hard_timeout,
-                    **guard(cache_key, args, kwargs),
-                )
-
-            # sync: the L1's memoized callable answers hits in one C call
-            wrapper: Any = async_bind_fast_cached(self._l1, make_key, load) if plain else None
-            if wrapper is not None:
-                functools.update_wrapper(wrapper, fn)
-            elif plain:
-
-                @functools.wraps(fn)
-                async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                    cache_key = make_key(args, kwargs)
-                    value = self._l1.get(cache_key, MISSING)
-                    if value is not MISSING:
-                        return value
-                    return await self.get_or_set(
-                        cache_key,
-                        functools.partial(fn, *args, **kwargs),
-                        ttl,
-                        tag_tuple,
-                        soft_timeout=soft_timeout,
-                        hard_timeout=hard_timeout,
-                        **guard(cache_key, args, kwargs),
-                    )
-
-            else:
-
-                @functools.wraps(fn)
-                async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                    cache_key = make_key(args, kwargs)
-                    return await self.get_or_set(
-                        cache_key,
-                        functools.partial(fn, *args, **kwargs),
-                        ttl,
-                        tag_tuple,
-                        early_refresh=early_refresh,
-                        copy_on_read=copy_on_read,
-                        soft_timeout=soft_timeout,
-                        hard_timeout=hard_timeout,
-                        **guard(cache_key, args, kwargs),
-                    )
-
-            async def invalidate(*args: Any, **kwargs: Any) -> bool:
-                return await self.delete(make_key(args, kwargs))
-
-            wrapper.invalidate = invalidate
-            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)
-            return cast(F, wrapper)
-
-        return decorate
 
     # -- observability and lifecycle ------------------------------------------------------
 
