@@ -115,5 +115,5 @@ class AsyncCacheBase:
             self, action: Action, args: Iterable[str], at_once: bool = False
         ) -> None: ...
 
-        # observability.py
+        # observability.py (the bus's instance record reads it)
         def _instance_fields(self) -> dict[str, Any]: ...

@@ -117,5 +117,5 @@ class CacheBase:
             self, action: Action, args: Iterable[str], at_once: bool = False
         ) -> None: ...
 
-        # observability.py
+        # observability.py (the bus's instance record reads it)
         def _instance_fields(self) -> dict[str, Any]: ...
