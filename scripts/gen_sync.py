@@ -32,6 +32,7 @@ REPLACEMENTS = {
     # the mixins AsyncCache is made of (cache_base.py)
     "AsyncCacheBase": "CacheBase",
     "AsyncCacheDecorator": "CacheDecorator",
+    "AsyncCacheInvalidation": "CacheInvalidation",
     "AsyncCacheObservability": "CacheObservability",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
