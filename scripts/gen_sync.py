@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "AsyncCacheBase": "CacheBase",
     "AsyncCacheDecorator": "CacheDecorator",
     "AsyncCacheInvalidation": "CacheInvalidation",
+    "AsyncCacheFeatures": "CacheFeatures",
     "AsyncCacheObservability": "CacheObservability",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
