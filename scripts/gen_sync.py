@@ -34,6 +34,7 @@ REPLACEMENTS = {
     "AsyncCacheDecorator": "CacheDecorator",
     "AsyncCacheInvalidation": "CacheInvalidation",
     "AsyncCacheFeatures": "CacheFeatures",
+    "AsyncCacheCoherence": "CacheCoherence",
     "AsyncCacheObservability": "CacheObservability",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",

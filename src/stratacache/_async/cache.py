@@ -18,22 +18,13 @@ Redis faults never reach callers of reads: every call goes through a circuit bre
 with a time budget, and reads fall back to L1 and the loader. With ``fail_safe`` a
 loader error is answered with the last known value (within ``fail_safe_max_age``).
 
-Invalidation bus (``_bus.py``, ``bus.py``): every write is published on the namespace's
-channel and every other instance drops the key from its L1. While the bus is unhealthy
-the cache writes nothing to L1 (``_l1_open``) after emptying it, so reads go to L2 and
-the loader without a check on the L1 hit path (the sync ``get`` is the L1's compiled
-getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill goes
-through a ticket that the clear revokes, so no fill from before the flush can land after
-it. A forked child resets its L1 in place and gets fresh connections and its own listener.
-
-This module is the facade: it builds the pieces and keeps the L1 hit path. Writes
-(``write_path.py``) never lose what they accepted: a Redis step that fails leaves
-a pending operation in the outbox, applied when Redis answers again, and this instance
-does not serve the keys concerned from L2 meanwhile. After Redis trouble (an unanswered
-PING, a lost subscription, a gap), L2 entries written before Redis last went silent are
-*suspect* while the bus is deaf, and those written before it answered again for
-``recovery_grace`` seconds after: another instance's outbox may still be about to delete
-them, so they are reloaded (through the lease) instead of served (``read_path.py``).
+This module is the facade: it builds the pieces, keeps the L1 hit path of reads and
+the write entry points; the other members live in mixins, one concern a module
+(``cache_base.py`` lists them). Writes (``write_path.py``) never lose what they accepted:
+a Redis step that fails leaves a pending operation in the outbox, applied when Redis
+answers again, and this instance does not serve the keys concerned from L2 meanwhile.
+How every instance's L1 is kept true — the invalidation bus, and which L2 entries are
+suspect after Redis trouble — is ``coherence.py``'s.
 """
 
 from __future__ import annotations
@@ -48,13 +39,12 @@ from typing import Any, Literal
 
 from .._adaptive import AdaptiveTTL, resolve_ttl
 from .._breaker import CircuitBreaker, NodeBreakers
-from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
-from .._bus_messages import Action, BusMessage, bus_keys
+from .._bus import UnhealthyPolicy
+from .._bus_messages import bus_keys
 from .._codec import Codec, normalize_secrets
 from .._copying import copy_option, make_copier
-from .._instances import InstanceRecorder
 from .._invalidation import InvalidationSettings
-from .._keys import KeySpace, fnmatch_glob, validate_key, validate_tag
+from .._keys import KeySpace, validate_key, validate_tag
 from .._l1 import L1
 from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
@@ -64,7 +54,6 @@ from .._primitives import (
     AsyncResultSlot,
     async_bind_fast_get,
     async_cluster_no_retry,
-    async_current_loop,
     async_forget_connections,
     async_reconnect_once,
 )
@@ -72,12 +61,11 @@ from .._sentinel import MISSING, MissingType
 from .._stats import Counters
 from .._tags import TagVersions, expand_tags
 from .bloom import AsyncBloomFilter
-from .bus import AsyncInvalidationBus
+from .coherence import AsyncCacheCoherence
 from .conditional import AsyncConditionalWrites
 from .decorator import AsyncCacheDecorator
 from .features_api import AsyncCacheFeatures
 from .invalidation_api import AsyncCacheInvalidation
-from .invalidator import AsyncInvalidator, LocalEffects
 from .loader_call import AsyncLoads
 from .observability import AsyncCacheObservability
 from .read_path import AsyncReadPath
@@ -86,16 +74,13 @@ from .refresh import AsyncEarlyRefresh
 from .schedule import AsyncScheduler
 from .write_path import AsyncWritePath
 
-_POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
-_POLL_MAX = 0.05  # longest pause between polls
-
-
-class _LeaderGone(Exception):
-    """The leader of a single flight stopped without an outcome (cancelled): retry."""
-
 
 class AsyncCache(
-    AsyncCacheDecorator, AsyncCacheInvalidation, AsyncCacheFeatures, AsyncCacheObservability
+    AsyncCacheDecorator,
+    AsyncCacheInvalidation,
+    AsyncCacheFeatures,
+    AsyncCacheObservability,
+    AsyncCacheCoherence,
 ):
     """A two-tier cache: in-process L1 in front of Redis, with a loader behind both.
 
@@ -320,7 +305,7 @@ class AsyncCache(
         self._raise_on_write_error = on_write_error == "raise"
         self._recovery_grace = to_seconds(recovery_grace, "recovery_grace")
         # L2 entries created (wall clock) before _suspect_before are not served while the
-        # bus is unhealthy or until _suspect_until (monotonic); see the module notes.
+        # bus is unhealthy or until _suspect_until (monotonic); see coherence.py.
         # _answered_at / _silent_at: when the primary Redis last answered after failing /
         # last failed to answer the prober or the bus lost track (wall clock)
         self._suspect_before = 0.0
@@ -367,39 +352,6 @@ class AsyncCache(
         if fast_get is not None and not self._copy_on_read:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
-    def _make_bus(self) -> AsyncInvalidationBus | None:
-        if self._tier is None or not self.settings.bus:
-            return None
-        source = new_source_id()
-        # real clocks: health and lag are about the network, not the (injectable) cache time
-        state = BusState(
-            source,
-            self._flush_l1,
-            self._apply_bus_message,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            policy=self.settings.bus_unhealthy,
-            timer=time.monotonic,
-            clock=time.time,
-            name=self._keys.channel(),
-            keys=self._bus_keys,
-        )
-        recorder = None
-        if self._instance_ttl > 0:
-            recorder = InstanceRecorder(
-                self._keys, self._instance, source, self._instance_ttl, self._instance_fields
-            )
-        return AsyncInvalidationBus(
-            self._tier,
-            self._keys.channel(),
-            state,
-            BusPublisherState(source, time.time, self._bus_keys[0] if self._bus_keys else None),
-            batch_window=self.settings.bus_batch_window,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            on_redis_answers=self._redis_answers,
-            on_redis_silent=self._redis_silent,
-            recorder=recorder,
-        )
-
     def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
         kind = NodeBreakers if self._per_node_breakers else CircuitBreaker
         return kind(
@@ -425,105 +377,6 @@ class AsyncCache(
                 "LoaderUnavailable at once)"
             ),
         )
-
-    def _redis_answers(self) -> None:
-        """The primary Redis answered after failing (its breaker closed, or the bus's
-        prober heard it again): remember when, and flush the outbox now."""
-        self._answered_at = self._clock()
-        self._nudge_outbox()
-
-    def _redis_silent(self, ago: float = 0.0) -> None:
-        """Redis did not answer the prober (since ``ago`` seconds), or the bus lost track
-        of it: whatever L2 holds from before then may predate writes that other instances
-        keep in their outboxes, so it is suspect (see :meth:`_withheld`)."""
-        now = self._clock() - ago
-        self._silent_at = now
-        self._suspect_before = max(self._suspect_before, now)
-        self._suspect_until = time.monotonic() + self._recovery_grace
-
-    def _nudge_outbox(self) -> None:
-        """Apply what is pending now rather than at its backoff."""
-        invalidator = getattr(self, "_invalidator", None)  # None while __init__ runs
-        if invalidator is not None:
-            invalidator.redis_answers()
-
-    def _make_invalidator(self) -> AsyncInvalidator:
-        return AsyncInvalidator(
-            keys=self._keys,
-            local=LocalEffects(
-                keys=self._drop_local_keys,
-                tags=self._drop_local_tags,
-                pattern=self._drop_local_pattern,
-                clear=self._drop_local_all,
-            ),
-            versions=self._versions,
-            primary=self._tier,
-            failover=self._failover,
-            publish=self._publish,
-            settings=self._invalidation_settings,
-            instance=self._instance,
-            timer=time.monotonic,
-            clock=self._clock,
-            bus_key=self._bus_keys[0] if self._bus_keys else None,
-        )
-
-    def _flush_l1(self) -> None:
-        # messages may have been missed: the tag versions seen so far are suspect too
-        self._versions.clear()
-        self._l1.clear()
-        bus = self._bus
-        if bus is not None and bus.state.ever_healthy and bus.state.redis_trouble:
-            # not at start-up, nor after our own workers ended: only when Redis may have
-            # been out of someone's reach may another instance's outbox hold writes that
-            # L2 does not show yet
-            if bus.state.flush_cause != "recovered":
-                self._redis_silent()
-            else:
-                # heard again: entries written before Redis answered again are suspect for
-                # the grace (a writer that wrote after it answered is trusted); if it was
-                # never seen silent (a lost subscription), everything before now is
-                answered = self._answered_at if self._answered_at > self._silent_at else None
-                self._suspect_before = max(self._suspect_before, answered or self._clock())
-                self._suspect_until = time.monotonic() + self._recovery_grace
-                # the bus heard our heartbeat: Redis answers, so apply what is pending now
-                self._nudge_outbox()
-
-    def _apply_bus_message(self, message: BusMessage) -> None:
-        if message.action is Action.INVALIDATE_TAGS:
-            self._versions.drop(message.args)
-        elif message.action is Action.CLEAR:
-            self._versions.clear()
-        apply_to_l1(self._l1, message)
-        if self._stale is not None:
-            apply_to_l1(self._stale, message)
-
-    # what an invalidation does to this process (the invalidator's LocalEffects)
-
-    def _drop_local_keys(self, keys: Iterable[str]) -> int:
-        removed = 0
-        for key in keys:
-            removed += self._l1.invalidate(key)
-            if self._stale is not None:
-                self._stale.invalidate(key)
-        return removed
-
-    def _drop_local_tags(self, tags: Iterable[str]) -> int:
-        tags = tuple(tags)
-        if self._stale is not None:
-            self._stale.invalidate_tags(tags)
-        return self._l1.invalidate_tags(tags)
-
-    def _drop_local_pattern(self, glob: str) -> int:
-        pattern = fnmatch_glob(glob)
-        if self._stale is not None:
-            self._stale.invalidate_matching(pattern)
-        return self._l1.invalidate_matching(pattern)
-
-    def _drop_local_all(self) -> None:
-        self._versions.clear()
-        self._l1.clear()
-        if self._stale is not None:
-            self._stale.clear()
 
     def _after_fork_in_child(self) -> None:
         """A fresh L1, fresh connections and a bus of its own: no thread, task or socket
@@ -557,37 +410,6 @@ class AsyncCache(
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
         for bloom in self._blooms.values():
             bloom._after_fork_in_child()
-
-    def _l1_open(self) -> bool:
-        """Whether L1 may take new entries (False while the bus is unhealthy)."""
-        return self._bus is None or self._bus.state.l1_usable
-
-    async def _bus_started(self) -> None:
-        bus = self._bus
-        if bus is not None and bus.needs_start():
-            await self._start_bus(bus)
-
-    async def _start_bus(self, bus: AsyncInvalidationBus) -> None:
-        """Start the bus; restart it if a worker ended; rebind the cache to a new event
-        loop (async only: a second ``asyncio.run``), whose first loop took the bus's tasks
-        and every connection with it."""
-        if bus.started and bus.loop is not async_current_loop():
-            # deaf since the old loop ended: nothing kept from then may be served (L2 is
-            # not suspect for it: no Redis trouble is known)
-            self._versions.clear()
-            self._l1.clear()
-            self._flights = {}
-            self._loads.flights.clear()  # the old loop's load tasks ended with it
-            self._refresher.reset()
-            for tier in (self._tier, self._failover):
-                if tier is not None:
-                    async_forget_connections(tier.client)
-            self._invalidator.rebind_loop()
-        await bus.start()
-
-    async def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
-        if self._bus is not None:
-            await self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
         self, redis: Any, cluster: bool, breaker: CircuitBreaker | NodeBreakers | None = None
@@ -912,9 +734,7 @@ class AsyncCache(
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- internals ----------------------------------------------------------------------
-
-    # -- tag versions (see stratacache._tags) ---------------------------------------------
+    # -- what the read and write paths share (read_path, write_path, refresh, warm...) ---
 
     def _encode_new(
         self,
