@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .._breaker import CircuitBreaker, NodeBreakers
-    from .._bus_messages import Action
     from .._invalidation import InvalidationSettings
     from .._keys import KeySpace
     from .._l1 import L1
@@ -83,7 +82,7 @@ class AsyncCacheBase:
         _refresher: AsyncEarlyRefresh
         _plain_hits: bool
 
-        # reads and writes (cache.py)
+        # reads and writes (cache.py; mypy checks that the methods there still fit these)
         async def get_or_set(
             self,
             key: str,
@@ -110,10 +109,6 @@ class AsyncCacheBase:
 
         # coherence.py
         async def _bus_started(self) -> None: ...
-
-        async def _publish(
-            self, action: Action, args: Iterable[str], at_once: bool = False
-        ) -> None: ...
 
         # observability.py (the bus's instance record reads it)
         def _instance_fields(self) -> dict[str, Any]: ...

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .._breaker import CircuitBreaker, NodeBreakers
-    from .._bus_messages import Action
     from .._invalidation import InvalidationSettings
     from .._keys import KeySpace
     from .._l1 import L1
@@ -85,7 +84,7 @@ class CacheBase:
         _refresher: EarlyRefresh
         _plain_hits: bool
 
-        # reads and writes (cache.py)
+        # reads and writes (cache.py; mypy checks that the methods there still fit these)
         def get_or_set(
             self,
             key: str,
@@ -112,10 +111,6 @@ class CacheBase:
 
         # coherence.py
         def _bus_started(self) -> None: ...
-
-        def _publish(
-            self, action: Action, args: Iterable[str], at_once: bool = False
-        ) -> None: ...
 
         # observability.py (the bus's instance record reads it)
         def _instance_fields(self) -> dict[str, Any]: ...
