@@ -29,6 +29,13 @@ PAIRS = [ROOT / "src" / "stratacache", ROOT / "tests"]
 REPLACEMENTS = {
     "_async": "_sync",
     "AsyncCache": "Cache",
+    # the mixins AsyncCache is made of (cache_base.py)
+    "AsyncCacheBase": "CacheBase",
+    "AsyncCacheDecorator": "CacheDecorator",
+    "AsyncCacheInvalidation": "CacheInvalidation",
+    "AsyncCacheFeatures": "CacheFeatures",
+    "AsyncCacheCoherence": "CacheCoherence",
+    "AsyncCacheObservability": "CacheObservability",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
     "AsyncResultSlot": "ResultSlot",

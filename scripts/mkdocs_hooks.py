@@ -6,6 +6,10 @@ the description from the class docstring's ``Parameters:`` section). The page ca
 fall behind the code: a parameter without a docstring entry, a docstring entry naming no
 parameter, or a ``Cache`` whose parameters differ from ``AsyncCache``'s fails the build
 (``mkdocs build --strict`` in ``make test``; ``tests/test_docs.py`` checks the same).
+
+``AsyncCache`` is assembled from mixins, whose members mkdocstrings shows only when they
+are listed: the API page's ``AsyncCache`` entry lists them (``members:``), and a public
+member missing from that list, or a listed name that is not one, fails the build too.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 MARKER = "<!-- cache-options -->"
 API_MARKER = "<!-- api-remaining -->"
+CACHE_ENTRY = "::: stratacache.AsyncCache"
 
 # Units of the plain-number options; every option annotated ``Duration`` is in seconds.
 UNITS = {
@@ -122,12 +127,66 @@ def remaining_api(markdown: str) -> str:
     return "\n\n".join(f"::: stratacache.{n}" for n in names) or "(none)"
 
 
+def public_members(cls: type) -> set[str]:
+    """The public attributes of ``cls`` and of the classes it is made of (its mixins)."""
+    return {
+        name
+        for klass in cls.__mro__
+        if klass is not object
+        for name in vars(klass)
+        if not name.startswith("_")
+    }
+
+
+def entry_members(markdown: str, entry: str) -> list[str] | None:
+    """The ``members:`` list of the ``::: entry`` block of ``markdown`` (``None``: none)."""
+    lines = markdown.splitlines()
+    if entry not in lines:
+        return None
+    members: list[str] | None = None
+    for line in lines[lines.index(entry) + 1 :]:
+        if line.strip() and not line.startswith(" "):
+            break  # the block ends at the next unindented line
+        item = line.strip()
+        if item == "members:":
+            members = []
+        elif members is not None and item.startswith("- "):
+            members.append(item[2:].strip())
+        elif members is not None and item:
+            break  # the next option
+    return members
+
+
+def check_cache_members(markdown: str) -> None:
+    """Fail unless the ``AsyncCache`` entry lists every public member, inherited or not."""
+    from stratacache import AsyncCache
+
+    listed = entry_members(markdown, CACHE_ENTRY)
+    block = markdown.split(CACHE_ENTRY, 1)[1].split("\n\n", 1)[0]
+    if listed is None or "inherited_members: true" not in block:
+        raise DocsError(
+            f"the API page's `{CACHE_ENTRY}` needs `inherited_members: true` and a "
+            "`members:` list: most of its members come from mixins"
+        )
+    public = public_members(AsyncCache)
+    missing = sorted(public - set(listed))
+    extra = sorted(set(listed) - public)
+    if missing or extra:
+        raise DocsError(
+            f"the API page's `{CACHE_ENTRY}` members do not match the class: "
+            f"not listed {missing}, listed but not a public member {extra}"
+        )
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """Replace the markers with the generated options table and API entries."""
+    """Replace the markers with the generated options table and API entries; check the
+    ``AsyncCache`` entry's member list."""
     if MARKER in markdown:
         markdown = markdown.replace(MARKER, options_table())
     if API_MARKER in markdown:
         markdown = markdown.replace(API_MARKER, remaining_api(markdown))
+    if CACHE_ENTRY in markdown.splitlines():
+        check_cache_members(markdown)
     return markdown
 
 

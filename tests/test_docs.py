@@ -69,6 +69,24 @@ def test_the_api_page_lists_the_public_names() -> None:
     assert public <= listed
 
 
+def test_the_api_page_lists_every_cache_member_even_those_of_mixins() -> None:
+    hooks = _hooks()
+    page = (DOCS / "api.md").read_text()
+    hooks.check_cache_members(page)  # the page as it is passes
+    listed = hooks.entry_members(page, hooks.CACHE_ENTRY)
+    public = hooks.public_members(stratacache.AsyncCache)
+    assert {"get_or_set", "cached", "invalidate_tag", "warm", "stats", "l1"} <= public
+    assert set(listed) == public
+    # the check can fail: a member left out, or a name that is not one
+    with pytest.raises(hooks.DocsError, match="not listed \\['cached'\\]"):
+        hooks.check_cache_members(page.replace("        - cached\n", ""))
+    with pytest.raises(hooks.DocsError, match="not a public member \\['nothing'\\]"):
+        extra = page.replace("        - cached\n", "        - cached\n        - nothing\n")
+        hooks.check_cache_members(extra)
+    with pytest.raises(hooks.DocsError, match="inherited_members"):
+        hooks.check_cache_members(page.replace("      inherited_members: true\n", ""))
+
+
 def _nav_pages(node: object) -> list[str]:
     if isinstance(node, str):
         return [node]

@@ -20,90 +20,70 @@ Redis faults never reach callers of reads: every call goes through a circuit bre
 with a time budget, and reads fall back to L1 and the loader. With ``fail_safe`` a
 loader error is answered with the last known value (within ``fail_safe_max_age``).
 
-Invalidation bus (``_bus.py``, ``bus.py``): every write is published on the namespace's
-channel and every other instance drops the key from its L1. While the bus is unhealthy
-the cache writes nothing to L1 (``_l1_open``) after emptying it, so reads go to L2 and
-the loader without a check on the L1 hit path (the sync ``get`` is the L1's compiled
-getter). The listener refuses L1 writes *before* it clears L1, and every L1 fill goes
-through a ticket that the clear revokes, so no fill from before the flush can land after
-it. A forked child resets its L1 in place and gets fresh connections and its own listener.
-
-This module is the facade: it builds the pieces and keeps the L1 hit path. Writes
-(``write_path.py``) never lose what they accepted: a Redis step that fails leaves
-a pending operation in the outbox, applied when Redis answers again, and this instance
-does not serve the keys concerned from L2 meanwhile. After Redis trouble (an unanswered
-PING, a lost subscription, a gap), L2 entries written before Redis last went silent are
-*suspect* while the bus is deaf, and those written before it answered again for
-``recovery_grace`` seconds after: another instance's outbox may still be about to delete
-them, so they are reloaded (through the lease) instead of served (``read_path.py``).
+This module is the facade: it builds the pieces, keeps the L1 hit path of reads and
+the write entry points; the other members live in mixins, one concern a module
+(``cache_base.py`` lists them). Writes (``write_path.py``) never lose what they accepted:
+a Redis step that fails leaves a pending operation in the outbox, applied when Redis
+answers again, and this instance does not serve the keys concerned from L2 meanwhile.
+How every instance's L1 is kept true — the invalidation bus, and which L2 entries are
+suspect after Redis trouble — is ``coherence.py``'s.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
-from .._adaptive import AdaptiveTTL, check_ttl_option, resolve_ttl
+from .._adaptive import AdaptiveTTL, resolve_ttl
 from .._breaker import CircuitBreaker, NodeBreakers
-from .._bus import BusPublisherState, BusState, UnhealthyPolicy, apply_to_l1, new_source_id
-from .._bus_messages import Action, BusMessage, bus_keys
+from .._bus import UnhealthyPolicy
+from .._bus_messages import bus_keys
 from .._codec import Codec, normalize_secrets
 from .._copying import copy_option, make_copier
-from .._errors import RedisPermissionError, RedisUnavailableError
-from .._health import Health, judge
-from .._instances import InstanceRecorder, summarize_dead_letters
-from .._invalidation import AuditRecord, InvalidationRule, InvalidationSettings
-from .._keys import KeyMaker, KeySpace, fnmatch_glob, validate_key, validate_tag
+from .._invalidation import InvalidationSettings
+from .._keys import KeySpace, validate_key, validate_tag
 from .._l1 import L1
 from .._loader import LoaderBreakerSettings, LoaderLimits, limits_for
 from .._options import CacheSettings, Duration, to_seconds
-from .._outbox import DeadLetter
 from .._primitives import (
     Redis,
     RedisCluster,
     ResultSlot,
-    bind_fast_cached,
     bind_fast_get,
     cluster_no_retry,
-    current_loop,
     forget_connections,
     reconnect_once,
 )
-from .._schedule import ScheduleInfo, ScheduleSpec, Targets
 from .._sentinel import MISSING, MissingType
-from .._stats import CacheStats, Counters
+from .._stats import Counters
 from .._tags import TagVersions, expand_tags
-from .._warm import WarmReport
-from .bloom import BloomFilter, bloom_params, check_name, refresh_seconds
-from .bus import InvalidationBus
+from .bloom import BloomFilter
+from .coherence import CacheCoherence
 from .conditional import ConditionalWrites
-from .invalidator import Invalidator, LocalEffects, watch_failures, watched_failures
+from .decorator import CacheDecorator
+from .features_api import CacheFeatures
+from .invalidation_api import CacheInvalidation
 from .loader_call import Loads
-from .lock import DistributedLock
+from .observability import CacheObservability
 from .read_path import SyncReadPath
 from .redis_tier import RedisTier
 from .refresh import EarlyRefresh
 from .schedule import Scheduler
-from .warm import Warmer, Progress
 from .write_path import SyncWritePath
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-_POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
-_POLL_MAX = 0.05  # longest pause between polls
-
-
-class _LeaderGone(Exception):
-    """The leader of a single flight stopped without an outcome (cancelled): retry."""
-
-
-class Cache:
+class Cache(
+    CacheDecorator,
+    CacheInvalidation,
+    CacheFeatures,
+    CacheObservability,
+    CacheCoherence,
+):
     """A two-tier cache: in-process L1 in front of Redis, with a loader behind both.
 
     Parameters:
@@ -327,7 +307,7 @@ class Cache:
         self._raise_on_write_error = on_write_error == "raise"
         self._recovery_grace = to_seconds(recovery_grace, "recovery_grace")
         # L2 entries created (wall clock) before _suspect_before are not served while the
-        # bus is unhealthy or until _suspect_until (monotonic); see the module notes.
+        # bus is unhealthy or until _suspect_until (monotonic); see coherence.py.
         # _answered_at / _silent_at: when the primary Redis last answered after failing /
         # last failed to answer the prober or the bus lost track (wall clock)
         self._suspect_before = 0.0
@@ -374,39 +354,6 @@ class Cache:
         if fast_get is not None and not self._copy_on_read:
             setattr(self, "get", fast_get)  # noqa: B010 - an instance attribute, on purpose
 
-    def _make_bus(self) -> InvalidationBus | None:
-        if self._tier is None or not self.settings.bus:
-            return None
-        source = new_source_id()
-        # real clocks: health and lag are about the network, not the (injectable) cache time
-        state = BusState(
-            source,
-            self._flush_l1,
-            self._apply_bus_message,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            policy=self.settings.bus_unhealthy,
-            timer=time.monotonic,
-            clock=time.time,
-            name=self._keys.channel(),
-            keys=self._bus_keys,
-        )
-        recorder = None
-        if self._instance_ttl > 0:
-            recorder = InstanceRecorder(
-                self._keys, self._instance, source, self._instance_ttl, self._instance_fields
-            )
-        return InvalidationBus(
-            self._tier,
-            self._keys.channel(),
-            state,
-            BusPublisherState(source, time.time, self._bus_keys[0] if self._bus_keys else None),
-            batch_window=self.settings.bus_batch_window,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            on_redis_answers=self._redis_answers,
-            on_redis_silent=self._redis_silent,
-            recorder=recorder,
-        )
-
     def _new_breaker(self, name: str, primary: bool = True) -> CircuitBreaker | NodeBreakers:
         kind = NodeBreakers if self._per_node_breakers else CircuitBreaker
         return kind(
@@ -432,105 +379,6 @@ class Cache:
                 "LoaderUnavailable at once)"
             ),
         )
-
-    def _redis_answers(self) -> None:
-        """The primary Redis answered after failing (its breaker closed, or the bus's
-        prober heard it again): remember when, and flush the outbox now."""
-        self._answered_at = self._clock()
-        self._nudge_outbox()
-
-    def _redis_silent(self, ago: float = 0.0) -> None:
-        """Redis did not answer the prober (since ``ago`` seconds), or the bus lost track
-        of it: whatever L2 holds from before then may predate writes that other instances
-        keep in their outboxes, so it is suspect (see :meth:`_withheld`)."""
-        now = self._clock() - ago
-        self._silent_at = now
-        self._suspect_before = max(self._suspect_before, now)
-        self._suspect_until = time.monotonic() + self._recovery_grace
-
-    def _nudge_outbox(self) -> None:
-        """Apply what is pending now rather than at its backoff."""
-        invalidator = getattr(self, "_invalidator", None)  # None while __init__ runs
-        if invalidator is not None:
-            invalidator.redis_answers()
-
-    def _make_invalidator(self) -> Invalidator:
-        return Invalidator(
-            keys=self._keys,
-            local=LocalEffects(
-                keys=self._drop_local_keys,
-                tags=self._drop_local_tags,
-                pattern=self._drop_local_pattern,
-                clear=self._drop_local_all,
-            ),
-            versions=self._versions,
-            primary=self._tier,
-            failover=self._failover,
-            publish=self._publish,
-            settings=self._invalidation_settings,
-            instance=self._instance,
-            timer=time.monotonic,
-            clock=self._clock,
-            bus_key=self._bus_keys[0] if self._bus_keys else None,
-        )
-
-    def _flush_l1(self) -> None:
-        # messages may have been missed: the tag versions seen so far are suspect too
-        self._versions.clear()
-        self._l1.clear()
-        bus = self._bus
-        if bus is not None and bus.state.ever_healthy and bus.state.redis_trouble:
-            # not at start-up, nor after our own workers ended: only when Redis may have
-            # been out of someone's reach may another instance's outbox hold writes that
-            # L2 does not show yet
-            if bus.state.flush_cause != "recovered":
-                self._redis_silent()
-            else:
-                # heard again: entries written before Redis answered again are suspect for
-                # the grace (a writer that wrote after it answered is trusted); if it was
-                # never seen silent (a lost subscription), everything before now is
-                answered = self._answered_at if self._answered_at > self._silent_at else None
-                self._suspect_before = max(self._suspect_before, answered or self._clock())
-                self._suspect_until = time.monotonic() + self._recovery_grace
-                # the bus heard our heartbeat: Redis answers, so apply what is pending now
-                self._nudge_outbox()
-
-    def _apply_bus_message(self, message: BusMessage) -> None:
-        if message.action is Action.INVALIDATE_TAGS:
-            self._versions.drop(message.args)
-        elif message.action is Action.CLEAR:
-            self._versions.clear()
-        apply_to_l1(self._l1, message)
-        if self._stale is not None:
-            apply_to_l1(self._stale, message)
-
-    # what an invalidation does to this process (the invalidator's LocalEffects)
-
-    def _drop_local_keys(self, keys: Iterable[str]) -> int:
-        removed = 0
-        for key in keys:
-            removed += self._l1.invalidate(key)
-            if self._stale is not None:
-                self._stale.invalidate(key)
-        return removed
-
-    def _drop_local_tags(self, tags: Iterable[str]) -> int:
-        tags = tuple(tags)
-        if self._stale is not None:
-            self._stale.invalidate_tags(tags)
-        return self._l1.invalidate_tags(tags)
-
-    def _drop_local_pattern(self, glob: str) -> int:
-        pattern = fnmatch_glob(glob)
-        if self._stale is not None:
-            self._stale.invalidate_matching(pattern)
-        return self._l1.invalidate_matching(pattern)
-
-    def _drop_local_all(self) -> None:
-        self._versions.clear()
-        self._l1.clear()
-        if self._stale is not None:
-            self._stale.clear()
 
     def _after_fork_in_child(self) -> None:
         """A fresh L1, fresh connections and a bus of its own: no thread, task or socket
@@ -564,37 +412,6 @@ class Cache:
         self._suspect_before = self._suspect_until = self._answered_at = self._silent_at = 0.0
         for bloom in self._blooms.values():
             bloom._after_fork_in_child()
-
-    def _l1_open(self) -> bool:
-        """Whether L1 may take new entries (False while the bus is unhealthy)."""
-        return self._bus is None or self._bus.state.l1_usable
-
-    def _bus_started(self) -> None:
-        bus = self._bus
-        if bus is not None and bus.needs_start():
-            self._start_bus(bus)
-
-    def _start_bus(self, bus: InvalidationBus) -> None:
-        """Start the bus; restart it if a worker ended; rebind the cache to a new event
-        loop (async only: a second ``asyncio.run``), whose first loop took the bus's tasks
-        and every connection with it."""
-        if bus.started and bus.loop is not current_loop():
-            # deaf since the old loop ended: nothing kept from then may be served (L2 is
-            # not suspect for it: no Redis trouble is known)
-            self._versions.clear()
-            self._l1.clear()
-            self._flights = {}
-            self._loads.flights.clear()  # the old loop's load tasks ended with it
-            self._refresher.reset()
-            for tier in (self._tier, self._failover):
-                if tier is not None:
-                    forget_connections(tier.client)
-            self._invalidator.rebind_loop()
-        bus.start()
-
-    def _publish(self, action: Action, args: Iterable[str], at_once: bool = False) -> None:
-        if self._bus is not None:
-            self._bus.publish(action, args, at_once=at_once)
 
     def _make_tier(
         self, redis: Any, cluster: bool, breaker: CircuitBreaker | NodeBreakers | None = None
@@ -819,46 +636,6 @@ class Cache:
             return self._copy(value)
         return value
 
-    def bloom(
-        self,
-        name: str,
-        capacity: int,
-        error_rate: float = 0.01,
-        *,
-        shards: int | None = None,
-        local: bool = False,
-        refresh_interval: Duration = 5.0,
-    ) -> BloomFilter:
-        """The Bloom filter ``name`` of this namespace, kept in Redis and shared by every
-        instance (see ``docs/bloom.md``): sized for ``capacity`` items at a
-        false-positive rate of ``error_rate``, split into ``shards`` bit arrays (default:
-        one per 2^26 bits). Every instance must use the same three values (a mismatch
-        raises :class:`BloomFilterMismatch` at the first call); bad values raise
-        :class:`InvalidBloomParameters`. ``local=True`` keeps a copy in the process,
-        refreshed every ``refresh_interval`` seconds, that answers present items without
-        Redis. The same name gives the same object.
-
-        Use it to guard :meth:`get_or_set` and :meth:`cached` (``bloom=``). It answers
-        "maybe" for everything until its first ``rebuild()``.
-        """
-        name = check_name(name)
-        params = bloom_params(capacity, error_rate, shards)
-        interval = refresh_seconds(refresh_interval)
-        if self._tier is None:
-            raise ValueError("Bloom filters live in Redis: this cache has none")
-        existing = self._blooms.get(name)
-        if existing is not None:
-            if existing.params != params:
-                raise ValueError(
-                    f"Bloom filter {name!r} is already open here with other parameters "
-                    f"({existing!r})"
-                )
-            return existing
-        made = self._blooms[name] = BloomFilter(
-            self, name, params, local=local, refresh_interval=interval
-        )
-        return made
-
     # -- writes -------------------------------------------------------------------------
 
     def set(
@@ -929,568 +706,7 @@ class Cache:
         cached, has expired (even if fail-safe still keeps it), or Redis cannot say."""
         return self._writes.touch(key, ttl)
 
-    def warm(
-        self,
-        items: Iterable[Any],
-        *,
-        loader_many: Callable[[list[str]], Any] | None = None,
-        ttl: Duration | None = None,
-        tags: Iterable[str] = (),
-        batch_size: int = 500,
-        max_concurrency: int = 4,
-        rate: float | None = None,
-        progress: Progress = None,
-        resume_key: str | None = None,
-        resume_ttl: Duration = 86400.0,
-        retry_for: Duration = 10.0,
-        fill_l1: bool = False,
-    ) -> WarmReport:
-        """Write many entries ahead of the traffic (cache warming); see docs/warming.md.
-
-        ``items``: ``(key, value)`` pairs (or a mapping), or keys when ``loader_many`` is
-        given: a callable (may be async) taking a list of keys and returning a mapping of
-        key to value (keys it leaves out are skipped). Items go in batches of
-        ``batch_size``, each written as :meth:`set_many` writes (one pipeline, leases
-        revoked, tags registered, keys published on the bus), with at most
-        ``max_concurrency`` batches in flight and at most ``rate`` items per second.
-        ``progress``: a callable ``(done, total)`` called after each batch (``total`` is
-        ``None`` for an iterable without ``len``); default: a tqdm bar when stderr is a
-        terminal and tqdm is installed; ``False``: none. ``resume_key``: keep a checkpoint
-        in Redis (for ``resume_ttl``) so that a run started again with the same key and
-        the same items skips the batches already done; it is deleted when a run has done
-        every batch. A batch whose write fails is retried for ``retry_for`` seconds;
-        one still failing is counted in the report's ``failed`` and its keys are deleted
-        in Redis as soon as it answers (never left holding an older value).
-        ``fill_l1``: also put the values in this process's L1. Returns a
-        :class:`WarmReport`.
-        """
-        return Warmer(self).run(
-            items,
-            loader_many=loader_many,
-            ttl=ttl,
-            tags=tags,
-            batch_size=batch_size,
-            max_concurrency=max_concurrency,
-            rate=rate,
-            progress=progress,
-            resume_key=resume_key,
-            resume_ttl=resume_ttl,
-            retry_for=retry_for,
-            fill_l1=fill_l1,
-        )
-
-    # -- scheduled invalidation (see schedule.py) ----------------------------------------
-
-    def schedule_invalidation(
-        self,
-        cron: str,
-        *,
-        name: str,
-        tag: Targets = None,
-        key: Targets = None,
-        pattern: Targets = None,
-        everything: bool = False,
-        reason: str | None = None,
-    ) -> ScheduleInfo:
-        """Invalidate on a cron schedule (UTC), once per tick in the whole fleet; see
-        docs/scheduling.md.
-
-        ``cron``: a cron expression (``"0 3 * * *"``: 03:00 every day). ``name``
-        identifies the schedule across instances (``A-Z a-z 0-9 _ -``): every instance
-        may register the same one, and each tick fires in exactly one of them. What it
-        invalidates: ``tag`` (one or a sequence), ``key``, ``pattern`` (globs), and/or
-        ``everything`` (:meth:`invalidate_all`). A tick missed while every instance was
-        down fires once when one runs again (the most recent missed tick only). Needs
-        croniter. Registering again under the same name replaces the schedule here.
-        """
-        spec = ScheduleSpec.build(
-            name=name,
-            cron=cron,
-            tag=tag,
-            key=key,
-            pattern=pattern,
-            everything=everything,
-            reason=self._reason(reason),
-        )
-        return self._scheduler.add(spec)
-
-    def unschedule(self, name: str, *, forget: bool = False) -> bool:
-        """Stop running schedule ``name`` in this instance; True if it ran here.
-        ``forget=True`` also deletes its records in Redis (``stratacache schedules``
-        stops listing it, and its last-fired record is gone)."""
-        return self._scheduler.remove(name, forget)
-
-    def run_schedules(self) -> list[str]:
-        """Fire the schedules due now by the cache's clock (the background worker does
-        this by itself; tests with an injected clock call it to step); returns the names
-        of those fired by this instance."""
-        self._scheduler.ensure_running()
-        return self._scheduler.run_due()
-
-    # -- invalidation strategies (see invalidator.py) --------------------------------------
-
-    def invalidate(self, key: str, reason: str | None = None) -> int:
-        """Invalidate ``key`` everywhere: L1 here, L2 (and its lease), every other
-        instance's L1 through the bus; then, transitively, every key that depends on it
-        (:meth:`add_dependency`), and the rules it triggers (:meth:`add_rule`).
-
-        Returns how many entries were removed (the key and its dependents). A Redis
-        failure is not raised: the invalidation is retried in the background (see
-        :meth:`dead_letters`). ``reason`` goes to the audit stream.
-        """
-        validate_key(key)
-        self._bus_started()
-        return int(
-            self._strict(self._invalidator.invalidate_keys, [key], self._reason(reason))
-        )
-
-    def invalidate_related(self, key: str, reason: str | None = None) -> int:
-        """Invalidate ``key`` and everything that depends on it, transitively (the seed's
-        ``InvalidateRelated``; :meth:`invalidate` cascades the same way). A dependency
-        cycle ends the cascade where it closes and is counted (``cycles_detected``)."""
-        validate_key(key)
-        self._bus_started()
-        return int(
-            self._strict(
-                self._invalidator.invalidate_keys, [key], self._reason(reason), kind="related"
-            )
-        )
-
-    def invalidate_tag(self, tag: str, reason: str | None = None) -> int:
-        """Invalidate every entry tagged ``tag`` or a tag below it (``product`` reaches
-        ``product:42``); tag names are literal, never patterns.
-
-        Effective at once and O(1) whatever the number of keys: the tag's version is
-        raised and entries stamped with an older one are misses; their L2 keys are then
-        deleted in the background, in bounded chunks. Returns the number of keys written
-        with the tag since its last invalidation (some may have expired since).
-        """
-        return self.invalidate_tags(tag, reason=reason)
-
-    def invalidate_tags(self, *tags: str, reason: str | None = None) -> int:
-        """:meth:`invalidate_tag` for several tags: one pipeline and one bus message."""
-        checked = [validate_tag(tag) for tag in tags]
-        if not checked:
-            return 0
-        self._bus_started()
-        return int(
-            self._strict(self._invalidator.invalidate_tags, checked, self._reason(reason))
-        )
-
-    def invalidate_pattern(self, glob: str, reason: str | None = None) -> int:
-        """Invalidate every key matching ``glob`` (Redis syntax: ``*``, ``?``, ``[...]``,
-        ``\\x``): L1 here and everywhere at once, L2 by a chunked ``SCAN`` + ``UNLINK`` on
-        every master (loads in flight lose their lease too). Returns the number of L2
-        entries removed (L1's count without Redis). Keys longer than the hashing
-        threshold (see ``KeySpace``) cannot be matched in L2."""
-        validate_key(glob)
-        self._bus_started()
-        return int(
-            self._strict(self._invalidator.invalidate_pattern, glob, self._reason(reason))
-        )
-
-    def invalidate_all(self, reason: str | None = None) -> None:
-        """Make every entry of the namespace a miss, on every instance, in O(1) (the
-        namespace epoch is raised; every L1 is flushed)."""
-        self._bus_started()
-        self._strict(self._invalidator.bump_epoch, self._reason(reason))
-
-    def add_dependency(self, key: str, *depends_on: str, ttl: Duration | None = None) -> None:
-        """Record (in Redis) that ``key`` is derived from each of ``depends_on``: whenever
-        one of them is invalidated, so is ``key`` (and what depends on ``key``).
-
-        The dependency expires with the entry it protects (so Redis does not keep edges
-        of keys long gone): it lasts as long as the entry of ``key`` stored now, and at
-        least ``ttl`` (default: ``default_ttl``; plus the fail-safe window when enabled),
-        the life of an entry of ``key`` written from now on. An entry of ``key`` that is
-        written later and outlives it is not reached: declare the dependency again after
-        such a write (declaring it again only ever extends it)."""
-        validate_key(key)
-        parents = [validate_key(parent) for parent in depends_on]
-        if not parents:
-            raise ValueError("add_dependency needs at least one key to depend on")
-        lifetime = (
-            self.settings.default_ttl if ttl is None else to_seconds(ttl, "ttl", allow_zero=False)
-        )
-        if self._tier is None:
-            raise ValueError("dependencies are kept in Redis: this cache has none")
-        self._invalidator.add_dependency(key, parents, self.settings.physical_ttl(lifetime))
-
-    def remove_dependency(self, key: str, *depends_on: str) -> None:
-        """Forget that ``key`` depends on each of ``depends_on``."""
-        validate_key(key)
-        parents = [validate_key(parent) for parent in depends_on]
-        if self._tier is None:
-            raise ValueError("dependencies are kept in Redis: this cache has none")
-        self._invalidator.remove_dependency(key, parents)
-
-    def add_rule(self, rule: InvalidationRule) -> None:
-        """Add an invalidation rule: invalidating a key that matches ``rule.trigger``
-        (via :meth:`invalidate`, :meth:`invalidate_related` or another rule) also
-        invalidates its targets, now and again after ``rule.delay`` if it is set. Rules
-        live in this instance."""
-        self._invalidator.add_rule(rule)
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """Operations Redis refused for good (``NOPERM``, ``WRONGTYPE``, a script error),
-        and those still pending when :meth:`close` gave up; transient failures never
-        land here (they wait in the outbox until Redis answers)."""
-        return self._invalidator.dead_letters()
-
-    def replay_dead_letters(self) -> int:
-        """Apply every dead letter again; returns how many succeeded (one that fails with a
-        transient error waits in the outbox, one refused again is a dead letter again)."""
-        return self._invalidator.replay_dead_letters()
-
-    def audit_log(self, count: int = 100) -> list[AuditRecord]:
-        """The newest ``count`` records of the audit stream (every instance's), newest
-        first: instance, action, target, count, time and reason of each invalidation."""
-        if type(count) is not int or count < 1:
-            raise ValueError(f"count must be an int >= 1, got {count!r}")
-        try:
-            return self._invalidator.audit_log(count)
-        except RedisUnavailableError:
-            return []
-
-    def keys_for_tag(self, tag: str) -> list[str]:
-        """The keys written with ``tag`` (or a tag below it) since its last invalidation
-        (the seed's ``TagStore.GetKeysByTag``; some may have expired since)."""
-        validate_tag(tag)
-        if self._tier is None:
-            return sorted(k for k in self._l1.keys_for_tag(tag) if isinstance(k, str))
-        return self._tier.tag_members(tag)
-
-    def lock(
-        self,
-        name: str,
-        ttl: Duration = 10.0,
-        auto_extend: bool = True,
-        blocking_timeout: Duration | None = None,
-    ) -> DistributedLock:
-        """A distributed lock in this cache's Redis (use it with ``async with`` / ``with``).
-
-        Acquiring gives a fencing token (``lock.token``) that increases with every
-        acquisition; pass it to ``set(..., fence=lock.token)`` so that a holder that was
-        paused past its lease cannot overwrite a newer holder's write. With
-        ``auto_extend`` the lease is renewed every ``ttl / 3``; a holder whose renewal
-        fails gets :class:`LockLost` (from ``lock.check()`` and when the block ends).
-        ``blocking_timeout``: how long to wait for the lock (``None``: forever) before
-        :class:`LockTimeout`.
-        """
-        if self._tier is None:
-            raise ValueError("locks live in Redis: this cache has none")
-        return DistributedLock(
-            self._tier.client,
-            self._keys,
-            name,
-            ttl=ttl,
-            auto_extend=auto_extend,
-            blocking_timeout=blocking_timeout,
-        )
-
-    def _strict(self, invalidation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run an invalidation; with ``on_write_error="raise"``, raise the primary Redis's
-        failure once the call is over (what failed waits in the outbox all the same)."""
-        if not self._raise_on_write_error:
-            return invalidation(*args, **kwargs)
-        token = watch_failures()
-        try:
-            result = invalidation(*args, **kwargs)
-        finally:
-            failures = watched_failures(token)
-        if failures:
-            raise RedisUnavailableError(
-                f"{len(failures)} Redis step(s) failed; queued in the outbox: {failures[0]}"
-            ) from failures[0]
-        return result
-
-    @staticmethod
-    def _reason(reason: str | None) -> str | None:
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
-        return reason
-
-    # -- decorator ------------------------------------------------------------------------
-
-    def cached(
-        self,
-        ttl: Any = None,
-        tags: Iterable[str] = (),
-        key: str | Callable[..., str] | None = None,
-        *,
-        early_refresh: bool | float | None = None,
-        copy_on_read: bool | None = None,
-        soft_timeout: Duration | MissingType | None = MISSING,
-        hard_timeout: Duration | MissingType | None = MISSING,
-        bloom: BloomFilter | None = None,
-        bloom_item: Callable[..., Any] | None = None,
-        bloom_default: Any = None,
-    ) -> Callable[[F], F]:
-        """Decorate a function so its results are cached by its arguments.
-
-        ``key`` is a template such as ``"user:{user_id}"`` (fields are parameter names),
-        a callable taking the function's arguments and returning the key, or ``None``
-        for a key built injectively from the function's name and arguments. The wrapper
-        has ``.invalidate(*args, **kwargs)`` to delete the entry for those arguments
-        (and ``.cache_key(*args, **kwargs)``); for a method, pass the instance or class
-        first, as the wrapper receives it.
-
-        Methods: the default key cannot tell instances apart, so a function whose first
-        parameter is ``self`` is refused with ``TypeError`` at decoration unless ``key``
-        is given — a template naming what identifies the instance
-        (``key="repo:{self.region}:{item_id}"``) or a callable. A classmethod's ``cls``
-        is part of the default key (as the class's qualified name: subclasses do not
-        share entries); a staticmethod is keyed like a function. The decorator may sit
-        above or below ``@staticmethod`` / ``@classmethod``.
-
-        ``soft_timeout`` / ``hard_timeout`` override the cache's for this function's
-        loads (``None``: off; default: the cache's); see ``docs/loader.md``.
-        ``bloom``: guard the function with a Bloom filter of the ids that exist (see
-        :meth:`get_or_set`): ``bloom_item`` takes the function's arguments and returns
-        the id to check (default: the cache key); a definitely absent id returns
-        ``bloom_default`` without calling the function.
-        ``ttl``, ``early_refresh`` and ``copy_on_read`` are as for :meth:`get_or_set`
-        (a ttl callable receives the function's result).
-        """
-        tag_tuple = self._tags(tags)
-        limits_for(self._loader_limits, soft_timeout, hard_timeout)  # bad ones fail here
-        check_ttl_option(ttl, allow_zero=False)
-        if early_refresh is not None:
-            self._refresher.beta(early_refresh)  # a bad option fails at decoration
-        if copy_on_read is not None:
-            copy_option(copy_on_read)
-        # hits of the plain kind may skip Python entirely (sync: one C call)
-        plain = (
-            self._plain_hits
-            and early_refresh is None
-            and copy_on_read is None
-            and not isinstance(ttl, AdaptiveTTL)
-        )
-
-        def decorate(fn: F) -> F:
-            if isinstance(fn, (staticmethod, classmethod)):
-                return cast(F, type(fn)(decorate(fn.__func__)))
-            make_key = KeyMaker(fn, key)
-
-            def guard(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                if bloom is None:
-                    return {}
-                item = cache_key if bloom_item is None else bloom_item(*args, **kwargs)
-                return {"bloom": bloom, "bloom_item": item, "bloom_default": bloom_default}
-
-            def load(cache_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                return self.get_or_set(
-                    cache_key,
-                    functools.partial(fn, *args, **kwargs),
-                    ttl,
-                    tag_tuple,
-                    soft_timeout=soft_timeout,
-                    hard_timeout=hard_timeout,
-                    **guard(cache_key, args, kwargs),
-                )
-
-            # sync: the L1's memoized callable answers hits in one C call
-            wrapper: Any = bind_fast_cached(self._l1, make_key, load) if plain else None
-            if wrapper is not None:
-                functools.update_wrapper(wrapper, fn)
-            elif plain:
-
-                @functools.wraps(fn)
-                def wrapper(*args: Any, **kwargs: Any) -> Any:
-                    cache_key = make_key(args, kwargs)
-                    value = self._l1.get(cache_key, MISSING)
-                    if value is not MISSING:
-                        return value
-                    return self.get_or_set(
-                        cache_key,
-                        functools.partial(fn, *args, **kwargs),
-                        ttl,
-                        tag_tuple,
-                        soft_timeout=soft_timeout,
-                        hard_timeout=hard_timeout,
-                        **guard(cache_key, args, kwargs),
-                    )
-
-            else:
-
-                @functools.wraps(fn)
-                def wrapper(*args: Any, **kwargs: Any) -> Any:
-                    cache_key = make_key(args, kwargs)
-                    return self.get_or_set(
-                        cache_key,
-                        functools.partial(fn, *args, **kwargs),
-                        ttl,
-                        tag_tuple,
-                        early_refresh=early_refresh,
-                        copy_on_read=copy_on_read,
-                        soft_timeout=soft_timeout,
-                        hard_timeout=hard_timeout,
-                        **guard(cache_key, args, kwargs),
-                    )
-
-            def invalidate(*args: Any, **kwargs: Any) -> bool:
-                return self.delete(make_key(args, kwargs))
-
-            wrapper.invalidate = invalidate
-            wrapper.cache_key = lambda *a, **kw: make_key(a, kw)
-            return cast(F, wrapper)
-
-        return decorate
-
-    # -- observability and lifecycle ------------------------------------------------------
-
-    def stats(self) -> CacheStats:
-        """A snapshot of the counters (see :class:`CacheStats`)."""
-        c = self._counters
-        bus = self._bus
-        if bus is None:
-            bus_fields: dict[str, Any] = {}
-        else:
-            bus.check_workers()  # a worker that ended is never reported healthy
-            state = bus.state
-            bus_fields = {
-                "bus_state": (
-                    "starting" if not bus.started else "healthy" if state.healthy else "unhealthy"
-                ),
-                "bus_messages_sent": bus.outbox.sent,
-                "bus_messages_received": state.received,
-                "bus_messages_dropped": state.dropped,
-                "bus_messages_forged": state.forged,
-                "bus_flushes_subscribe": state.flushes_subscribe,
-                "bus_flushes_gap": state.flushes_gap,
-                "bus_flushes_heartbeat": state.flushes_heartbeat,
-                "bus_reconnects": bus.reconnects,
-                "bus_unhealthy_seconds": state.unhealthy_seconds(),
-                "bus_lag": state.lag.summary(),
-            }
-        failover_fields: dict[str, Any] = {}
-        loader = self._loads.counters
-        breaker = self._loader_breaker
-        loader_fields: dict[str, Any] = {
-            "loader_soft_timeouts": loader.soft_timeouts,
-            "loader_hard_timeouts": loader.hard_timeouts,
-            "loader_rejected": loader.rejected,
-            "loader_background_loads": self._loads.in_flight(),
-            "loader_background_completed": loader.background_completed,
-        }
-        if breaker is not None:
-            loader_fields["loader_breaker_state"] = breaker.state.value
-            loader_fields["loader_breaker_opened"] = breaker.opened
-        if self._failover is not None:
-            failover_fields = {
-                "failover_breaker_state": self._failover_breaker.state.value,
-                "failover_breaker_opened": self._failover_breaker.opened,
-            }
-        return CacheStats(
-            l1_hits=self._l1.hits,
-            l1_misses=self._l1.misses,
-            l2_hits=c.l2_hits,
-            l2_misses=c.l2_misses,
-            loads=c.loads,
-            coalesced=c.coalesced,
-            stale_served=c.stale_served,
-            errors=c.errors,
-            decode_errors=c.decode_errors,
-            lease_waits=c.lease_waits,
-            fills_refused=c.fills_refused,
-            bloom_rejected=c.bloom_rejected,
-            early_refreshes=self._refresher.refreshed,
-            early_refreshes_adopted=self._refresher.adopted,
-            early_refresh_failures=self._refresher.failures,
-            l1_size=len(self._l1),
-            l1_evictions=self._l1.evictions,
-            breaker_state=self._breaker.state.value,
-            breaker_opened=self._breaker.opened,
-            **failover_fields,
-            **loader_fields,
-            load_latency=c.load_latency.summary(),
-            l2_latency=c.l2_latency.summary(),
-            invalidation=self._invalidator.stats(),
-            schedules=self._scheduler.infos(),
-            **bus_fields,
-        )
-
-    def check_permissions(self) -> None:
-        """Check, once at startup, that the Redis user may do everything this cache does;
-        raise :class:`RedisPermissionError` naming every refused command, key or channel.
-
-        Without it a user with too narrow an ACL sees only misses (reads treat a refused
-        command as one) and dead letters. It tries each command once on probe keys of
-        the namespace (gone when it returns) and subscribes to the bus channel: a few
-        milliseconds. ``stratacache acl`` prints rules that pass. Raises
-        :class:`RedisUnavailableError` if Redis does not answer; does nothing without
-        Redis.
-        """
-        missing: list[str] = []
-        for tier in (self._tier, self._failover):
-            if tier is not None:
-                missing.extend(tier.missing_permissions())
-        if missing:
-            raise RedisPermissionError(
-                f"the Redis user of namespace {self._keys.namespace!r} lacks "
-                f"{len(missing)} permission(s) the cache needs (run `stratacache acl` for "
-                "the rules it needs):\n  " + "\n  ".join(missing),
-                tuple(missing),
-            )
-
-    def health(self) -> Health:
-        """This cache's health for a readiness probe: ``ok``, ``degraded`` or ``failing``
-        with the reasons (see :class:`Health`). Reads counters only: no Redis call."""
-        return judge(
-            self.stats(),
-            has_redis=self._tier is not None,
-            redis_answers=self._invalidator.redis_reachable(),
-            tls_error=self._tier.tls_error if self._tier is not None else None,
-        )
-
-    def _instance_fields(self) -> dict[str, Any]:
-        """The live fields of this instance's heartbeat record (see ``_instances.py``):
-        what ``stats()`` says, without summarising the latency windows it does not need."""
-        c = self._counters
-        bus = self._bus
-        inv = self._invalidator
-        l1_hits, l1_misses = self._l1.hits, self._l1.misses
-        reads = l1_hits + l1_misses
-        fields: dict[str, Any] = {
-            "hit_ratio": (l1_hits + c.l2_hits) / reads if reads else 0.0,
-            "breaker_state": self._breaker.state.value,
-            "l1_size": len(self._l1),
-            "l1_hits": l1_hits,
-            "l1_misses": l1_misses,
-            "l2_hits": c.l2_hits,
-            "l2_misses": c.l2_misses,
-            "loads": c.loads,
-            "errors": c.errors,
-            "stale_served": c.stale_served,
-            "bus_state": "off",
-            "bus_lag_p99": 0.0,
-        }
-        # (once a second: the two latency windows stats() sorts cost well under a ms)
-        invalidation = inv.stats()
-        fields["outbox_size"] = invalidation.outbox_pending
-        fields["dead_letters"] = invalidation.dead_letters
-        fields["invalidations"] = sum(invalidation.invalidations.values())
-        fields["recent_dead_letters"] = summarize_dead_letters(inv.dead_letters())
-        if bus is not None:
-            bus.check_workers()
-            state = bus.state
-            fields["bus_state"] = (
-                "starting" if not bus.started else "healthy" if state.healthy else "unhealthy"
-            )
-            fields["bus_lag_p99"] = state.lag.summary().p99
-            fields["bus_messages_sent"] = bus.outbox.sent
-            fields["bus_messages_received"] = state.received
-        return fields
-
-    @property
-    def l1(self) -> L1:
-        """The in-process tier (for inspection; writes should go through the cache)."""
-        return self._l1
-
-    @property
-    def redis(self) -> Any:
-        """The Redis client of L2, or None."""
-        return self._tier.client if self._tier is not None else None
+    # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop the background work (delayed invalidations run now; retries still waiting
@@ -1520,9 +736,7 @@ class Cache:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- internals ----------------------------------------------------------------------
-
-    # -- tag versions (see stratacache._tags) ---------------------------------------------
+    # -- what the read and write paths share (read_path, write_path, refresh, warm...) ---
 
     def _encode_new(
         self,
