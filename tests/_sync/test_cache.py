@@ -50,6 +50,9 @@ def make(target: tuple[str, bool], clock: FakeClock | None = None, **options: ob
     # a generous time budget: these tests are about behaviour, not about how fast a busy
     # CI machine schedules Redis (the fault tests set their own short budgets)
     options.setdefault("redis_timeout", TEST_REDIS_TIMEOUT)
+    # the bus's own heartbeat, late on a starved CPU, would make L1 step aside for a moment
+    # (the safe reaction, tested in test_bus.py) and these tests' L1 hits misses
+    options.setdefault("heartbeat_timeout", 5.0)
     return Cache(url, cluster=cluster, namespace=NS, **options)  # type: ignore[arg-type]
 
 
