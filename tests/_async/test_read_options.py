@@ -112,11 +112,15 @@ async def test_refresh_happens_early_and_serves_the_current_value(
         load.block()
         assert await cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         await async_wait_event(load.entered)
+        # the reader that started it took the key out of ``due``: the others return
+        # from get_or_set's inline check, as from a plain hit
+        assert "k" not in cache._refresher.due
         assert await cache.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         assert load.calls == 2  # one refresh per key at a time
         load.gate.set()
         await refreshes_done(cache)
         assert cache.l1.peek("k") == "v-2"
+        assert "k" in cache._refresher.due  # the new entry's refresh time
         assert await cache.get_or_set("k", load, ttl=TTL) == "v-2"
         assert cache.stats().early_refreshes == 1
         # the refreshed entry lives a full TTL from the refresh
@@ -190,6 +194,7 @@ async def test_one_loader_call_for_two_instances(
         # b's L2 hit notes the entry (due) and tries to refresh it
         assert await b.get_or_set("k", load, ttl=TTL, early_refresh=True) == "v-1"
         await refreshes_done(b)  # b found the lease taken and left it to a
+        assert b._refresher.due["k"] > clock()  # b's readers rest for a load time
         load.gate.set()
         await refreshes_done(a)
         assert a.l1.peek("k") == "v-2"

@@ -23,10 +23,18 @@ close to its expiry serves it at once and recomputes it in the background.
   ``early_refresh_failures`` and logged (rate limited); the current value stays served
   until it expires, when the normal miss path takes over. A Redis write whose outcome
   is unknown is not installed in L1 either.
+* **One reader enters.** ``due`` holds each noted key's beta-1 refresh time, the only
+  thing ``get_or_set``'s inline check reads. The reader that finds it come takes the key
+  out of ``due`` before starting the job, so every other reader of the key, in every
+  thread, returns from the inline check as from a plain hit while the refresh runs; the
+  job's end puts the time back (the new entry's, or the old one's if nothing replaced
+  it). Without that, each read of the refresh window (a load time and a few round trips,
+  a few % of a hot key's reads) paid the refresher's checks: the hot key's p99 was theirs.
 * **Quiet periods.** So that a hot key does not start a job on every read meanwhile, a
   key is not tried again in this process for ``_FAILED_QUIET`` seconds after a failed
   refresh, and for one load time (at least ``_BUSY_QUIET``) after finding the lease
-  taken (by the cache's ``timer``).
+  taken: beta-1 readers by the time put back in ``due`` (the cache's ``clock``), other
+  betas by ``_quiet`` (its ``timer``).
 * **Lifecycle.** Jobs are asyncio tasks (``Cache``: daemon threads), at most
   ``_LIMIT`` at a time (a refresh that cannot start is skipped: a later read tries
   again). ``close`` cancels the tasks and waits for them (a sync cache waits for its
@@ -46,7 +54,7 @@ from .._codec import Entry
 from .._errors import RedisUnavailableError
 from .._logging import LogLimiter
 from .._primitives import call_loader
-from .._xfetch import draw_lead, early_beta
+from .._xfetch import DEFAULT_BETA, draw_lead, early_beta
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -109,6 +117,9 @@ class EarlyRefresh:
     ) -> None:
         """An L1 hit with early refresh on: start a refresh if the entry's refresh time
         (drawn by ``note``) has come."""
+        if beta == DEFAULT_BETA:
+            self._on_due(key, loader, ttl, tags)
+            return
         noted = self._noted.get(key)
         if noted is None:
             return
@@ -116,6 +127,21 @@ class EarlyRefresh:
         if self._clock() < expiry - lead * beta or key in self._running or self._quieted(key):
             return
         self._start(key, loader, ttl, tags, created_at)
+
+    def _on_due(self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str]) -> None:
+        """``on_l1_hit`` at beta 1: the reader that finds the refresh time ``due`` has
+        come takes it out of ``due`` (one dict pop, atomic under the GIL), so the other
+        readers of the key find none and return at once from ``get_or_set``'s inline
+        check; the job puts it back when it ends without a new entry (see ``_refresh``)."""
+        due = self.due.get(key)
+        if due is None or self._clock() < due:
+            return
+        if self.due.pop(key, None) is None:
+            return  # another reader took it first: it starts the refresh
+        noted = self._noted.get(key)
+        if noted is None or key in self._running:
+            return  # a fill noted the key while its refresh runs: the job's end puts it back
+        self._start(key, loader, ttl, tags, noted[0])
 
     def on_l2_hit(
         self,
@@ -169,25 +195,48 @@ class EarlyRefresh:
         self._jobs.close(timeout)
 
     def _start(
-        self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str], created_at: float
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        created_at: float,
     ) -> None:
+        """Start the refresh of ``key``; its ``due`` entry stays out until the job ends."""
         self._running.add(key)
+        self.due.pop(key, None)
         started = self._jobs.spawn(
             lambda: self._refresh(key, loader, ttl, tags, created_at), "stratacache-refresh"
         )
         if not started:
             self._running.discard(key)
+            self._due_again(key, 0.0)  # a later read tries again
+
+    def _due_again(self, key: str, not_before: float) -> None:
+        """A refresh of ``key`` ended: put its refresh time back in ``due`` (the noted
+        entry's, an older one's if the refresh did not replace it, but not before
+        ``not_before``), unless a reader already finds one there."""
+        noted = self._noted.get(key)
+        if noted is not None:
+            self.due.setdefault(key, max(noted[1] - noted[2], not_before))
 
     def _refresh(
-        self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str], created_at: float
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Any,
+        tags: Iterable[str],
+        created_at: float,
     ) -> None:
+        quiet = 0.0
         try:
-            self._refresh_once(key, loader, ttl, tags, created_at)
+            quiet = self._refresh_once(key, loader, ttl, tags, created_at)
         except _Refused:
             pass
         except Exception as exc:
             self.failures += 1
-            self._quiet_for(key, _FAILED_QUIET)
+            quiet = _FAILED_QUIET
+            self._quiet_for(key, quiet)
             self._warnings.warning(
                 "early refresh of %r failed; its current value stays served until it "
                 "expires, then the next read loads it: %r",
@@ -196,16 +245,19 @@ class EarlyRefresh:
             )
         finally:
             self._running.discard(key)
+            self._due_again(key, self._clock() + quiet if quiet else 0.0)
 
     def _refresh_once(
         self, key: str, loader: Callable[[], Any], ttl: Any, tags: Iterable[str], created_at: float
-    ) -> None:
+    ) -> float:
+        """One refresh; returns how long the key should rest before another try (0: no
+        rest)."""
         c = self._cache
         reads = c._reads
         tag_tuple = c._tags(tags)
         outbox = c._invalidator.primary_outbox
         if outbox is not None and outbox.active and outbox.blocks(key, tag_tuple):
-            return  # a write of ours is pending: the miss path handles the key (L1 only)
+            return 0.0  # a write of ours is pending: the miss path handles the key (L1 only)
         ticket = c._l1.ticket(key)
         ticket_open = True
         token: bytes | None = None
@@ -221,11 +273,12 @@ class EarlyRefresh:
                     reads._install(ticket, key, entry.value, entry)
                     self.note(key, entry.created_at, entry.expires_at, entry.load_time)
                     self.adopted += 1
-                    return
+                    return 0.0
                 if token is None:
                     # another process holds the lease: it is loading the key
-                    self._quiet_for(key, max(_BUSY_QUIET, self._load_time(key)))
-                    return
+                    busy = max(_BUSY_QUIET, self._load_time(key))
+                    self._quiet_for(key, busy)
+                    return busy
             stamps = reads._stamps(tag_tuple) if token is not None else None
             if token is not None and stamps is None:
                 raise RedisUnavailableError("tag versions unavailable: refresh not written")
@@ -238,7 +291,7 @@ class EarlyRefresh:
                 c._counters.load_latency.record(load_time)
             ttl_s = c._ttl_for(value, ttl, key)
             if ttl_s == 0:
-                return
+                return 0.0
             now = c._clock()
             if token is not None:
                 assert c._tier is not None
@@ -254,6 +307,7 @@ class EarlyRefresh:
             if reads._install_value(ticket, key, value, ttl_s, tag_tuple):
                 self.note(key, now, now + ttl_s, load_time)
                 self.refreshed += 1
+            return 0.0
         finally:
             if ticket_open:
                 c._l1.release(ticket, key)
