@@ -4,9 +4,11 @@ per-command layers, on connections borrowed from the client's own pool.
 redis-py's ``execute_command`` spends more instructions around a command than the command
 costs on the wire: metrics hooks, the pool's lock and liveness poll on every check-out and
 check-in, the retry wrapper, response callbacks. This module keeps what the tier needs of
-it, through redis-py's public connection API only (``get_connection`` / ``release`` of the
-pool, or of the cluster node; ``pack_command``, ``send_packed_command``, ``read_response``
-of the connection; the connection's own parser, hiredis when installed):
+it, through redis-py's connection API (``get_connection`` / ``release`` of the pool, or
+of the cluster node; ``pack_command`` of the connection; each exchange through
+``async_request`` of ``_primitives``: on asyncio connections the stream writer and parser
+under one timer, with the public ``send_packed_command`` / ``read_response`` as the
+fallback, see the notes there; the connection's own parser, hiredis when installed):
 
 * **Borrowed connections.** A connection is checked out of the client's pool (or its
   cluster node's) once and kept in a short idle list of this tier between calls (at most
@@ -61,6 +63,7 @@ from .._primitives import (
     async_current_loop,
     async_direct_source,
     async_give_back_connection,
+    async_request,
     fork_generation,
 )
 
@@ -212,16 +215,17 @@ class AsyncDirect:
         scripts: Sequence[Script | None] | None,
     ) -> Any:
         if len(commands) == 1:
-            await conn.send_packed_command(conn.pack_command(*commands[0]))
-            try:
-                return await conn.read_response()
-            except NoScriptError:
-                if scripts is None or scripts[0] is None:
-                    raise
-                await conn.send_packed_command(
-                    conn.pack_command("EVAL", scripts[0].body, *commands[0][2:])
-                )
-                return await conn.read_response()
+            command = commands[0]
+            reply = await async_request(conn, conn.pack_command(*command))
+            if isinstance(reply, ResponseError):
+                script = None if scripts is None else scripts[0]
+                if not isinstance(reply, NoScriptError) or script is None:
+                    raise reply  # the connection is clean
+                packed = conn.pack_command("EVAL", script.body, *command[2:])
+                reply = await async_request(conn, packed)
+                if isinstance(reply, ResponseError):
+                    raise reply
+            return reply
         await conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
