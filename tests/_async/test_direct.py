@@ -70,8 +70,12 @@ async def test_scripts_are_reloaded_after_a_flush(target: tuple[str, bool]) -> N
         await admin.script_flush()
         assert await cache.get_or_set("b", lambda: 2) == 2  # NOSCRIPT answered with EVAL
         assert await cache.get_or_set("c", lambda: 3, tags=["t"]) == 3
+        await cache.set("d", 4, tags=["t"])  # the tagged write script, after a flush too
+        await admin.script_flush()
+        await cache.set("e", 5, tags=["t"])
         cache.l1.clear()
         assert await cache.get_or_set("b", lambda: 0) == 2  # it was written to Redis
+        assert await cache.get_many(["c", "d", "e"]) == {"c": 3, "d": 4, "e": 5}
         assert cache._tier is not None
         sha = cache._tier._s_read_else_lease.sha
         assert cache._tier._s_read_else_lease.body == READ_ELSE_LEASE

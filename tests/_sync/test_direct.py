@@ -72,8 +72,12 @@ def test_scripts_are_reloaded_after_a_flush(target: tuple[str, bool]) -> None:
         admin.script_flush()
         assert cache.get_or_set("b", lambda: 2) == 2  # NOSCRIPT answered with EVAL
         assert cache.get_or_set("c", lambda: 3, tags=["t"]) == 3
+        cache.set("d", 4, tags=["t"])  # the tagged write script, after a flush too
+        admin.script_flush()
+        cache.set("e", 5, tags=["t"])
         cache.l1.clear()
         assert cache.get_or_set("b", lambda: 0) == 2  # it was written to Redis
+        assert cache.get_many(["c", "d", "e"]) == {"c": 3, "d": 4, "e": 5}
         assert cache._tier is not None
         sha = cache._tier._s_read_else_lease.sha
         assert cache._tier._s_read_else_lease.body == READ_ELSE_LEASE
