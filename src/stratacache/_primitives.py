@@ -646,14 +646,27 @@ def _loop_closed(conn: Any) -> bool:
     return loop is not None and loop.is_closed()
 
 
+# A forked child's copies of the parent's stream writers, kept alive: a StreamWriter that
+# is garbage-collected while its transport is open closes that transport (Python 3.11.5+),
+# and closing unregisters the socket from the event loop's epoll instance, which the child
+# SHARES with the parent (a fork copies the epoll fd, not the instance): the parent's
+# loop then never hears of that socket again, and its next command waits for its whole
+# timeout. (``subprocess.Popen(preexec_fn=...)`` runs the fork hooks in its child too.)
+_FORKED_WRITERS: list[Any] = []
+
+
 def _drop_connection(conn: Any) -> None:
     """Detach an asyncio connection from its socket without its event loop. If that loop
     is closed, the socket is closed as the loop would have done (no ResourceWarning);
-    otherwise (a forked child's copy of the parent's loop) it is only detached."""
+    otherwise (a forked child's copy of the parent's loop) it is only detached, its writer
+    kept (see ``_FORKED_WRITERS``): the parent's loop and socket are left as they are (the
+    child's copy of the socket is closed when the child execs or exits)."""
     writer = getattr(conn, "_writer", None)
     if writer is None:
         return
-    if _loop_closed(conn):
+    if not _loop_closed(conn):
+        _FORKED_WRITERS.append(writer)
+    else:
         transport = writer.transport
         try:
             transport.close()  # marks it closing, then fails to schedule the rest
