@@ -11,6 +11,7 @@ and reports (Ir(2n) - Ir(n)) / n: start-up, imports and connecting cancel out. T
 are those of ``cache_cases.py``: an L2 hit (two keys alternating in an L1 of one entry)
 against ``GET`` + ``msgpack.unpackb``, and a ``get_or_set`` miss (a new key each time,
 untagged and tagged) against ``GET`` + ``SET`` of the same bytes; sync and asyncio.
+The asyncio cache rows are not stable yet (see benchmarks/README.md).
 """
 
 from __future__ import annotations
