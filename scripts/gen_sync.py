@@ -62,6 +62,7 @@ REPLACEMENTS = {
     "async_direct_source": "direct_source",
     "async_borrow_connection": "borrow_connection",
     "async_give_back_connection": "give_back_connection",
+    "async_request": "request",
     "async_current_loop": "current_loop",
     "AsyncSingleFlight": "SingleFlight",
     "AsyncUserService": "UserService",

@@ -19,11 +19,13 @@ from typing import Any, Generic, TypeVar
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.retry
 import redis.cluster
 import redis.retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
 
@@ -469,6 +471,94 @@ def give_back_connection(source: Any, conn: Any) -> None:
     source.release(conn)
 
 
+# -- one exchange on a borrowed connection (``_async/direct.py``) ------------------------
+#
+# redis.asyncio's ``send_packed_command`` wraps every write in ``asyncio.wait_for`` (a
+# task of its own per call before Python 3.12) and ``read_response`` opens another timer
+# per reply: on an L2 hit they cost more than the GET itself. ``async_request`` writes the
+# packed command to the connection's stream writer and reads the reply with the
+# connection's own parser (hiredis when installed) under ONE timer of ``socket_timeout``
+# for the whole exchange, and on any failure disconnects the connection as redis-py does.
+# Those two are PRIVATE attributes of redis-py's connection (``_writer``, ``_parser``):
+# they are used only on redis-py's own connection classes (whose send / read methods are
+# not overridden), connected, with no health check due, and the parser is called as
+# ``read_response`` calls it (RESP3: a push message is handled by the parser); any other
+# connection (a subclass, an attribute that a redis-py release renamed) takes the public
+# ``send_packed_command`` + ``read_response``, which tests/_async/test_direct.py covers.
+# The sync connection's public calls have no such overhead and are used as they are.
+
+_ASYNC_SEND = redis.asyncio.connection.AbstractConnection.send_packed_command
+_ASYNC_READ = redis.asyncio.connection.AbstractConnection.read_response
+
+
+def _async_streams(conn: Any) -> tuple[Any, Any] | None:
+    """The stream writer and parser of ``conn`` if the exchange may use them (see the
+    notes above), else None (the public calls)."""
+    kind = type(conn)
+    if kind.send_packed_command is not _ASYNC_SEND or kind.read_response is not _ASYNC_READ:
+        return None  # a connection class with behaviour of its own
+    writer = getattr(conn, "_writer", None)
+    parser = getattr(conn, "_parser", None)
+    if writer is None or parser is None:
+        return None  # not connected (the public send connects)
+    interval = getattr(conn, "health_check_interval", 0)
+    if interval and asyncio.get_running_loop().time() > conn.next_health_check:
+        return None  # the public send runs the health check that is due
+    return writer, parser
+
+
+async def _async_public_exchange(conn: Any, packed: Any) -> Any:
+    await conn.send_packed_command(packed)
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:  # an error reply: the connection is clean
+        return exc
+
+
+async def _async_stream_exchange(conn: Any, writer: Any, parser: Any, packed: Any) -> Any:
+    try:
+        async with asyncio.timeout(conn.socket_timeout):  # None: no limit
+            writer.writelines(packed)
+            if writer.transport.get_write_buffer_size():
+                await writer.drain()  # a large value: wait for the socket to take it
+            if conn.protocol in (3, "3"):
+                reply = await parser.read_response(disable_decoding=False, push_request=False)
+            else:
+                reply = await parser.read_response(disable_decoding=False)
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise ConnectionError(f"Error talking to {conn.host}:{conn.port}: {exc}") from exc
+    except BaseException:  # a dropped connection, a cancellation: the socket is unusable
+        await conn.disconnect(nowait=True)
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+    return reply
+
+
+async def async_request(conn: Any, packed: Any) -> Any:
+    """Send one command (``pack_command`` output) on ``conn`` and read its reply; an error
+    reply is returned, not raised (the connection is clean then); a timeout, a connection
+    error or a cancellation disconnects ``conn`` and raises."""
+    streams = _async_streams(conn)
+    if streams is None:
+        return await _async_public_exchange(conn, packed)
+    return await _async_stream_exchange(conn, streams[0], streams[1], packed)
+
+
+def request(conn: Any, packed: Any) -> Any:
+    """Send one command on ``conn`` and read its reply, an error reply returned (redis-py's
+    public calls; they disconnect ``conn`` on a failure)."""
+    conn.send_packed_command(packed)
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
+
+
 class AsyncWorker:
     """A background loop as an asyncio task (started in the running loop).
 
@@ -556,14 +646,27 @@ def _loop_closed(conn: Any) -> bool:
     return loop is not None and loop.is_closed()
 
 
+# A forked child's copies of the parent's stream writers, kept alive: a StreamWriter that
+# is garbage-collected while its transport is open closes that transport (Python 3.11.5+),
+# and closing unregisters the socket from the event loop's epoll instance, which the child
+# SHARES with the parent (a fork copies the epoll fd, not the instance): the parent's
+# loop then never hears of that socket again, and its next command waits for its whole
+# timeout. (``subprocess.Popen(preexec_fn=...)`` runs the fork hooks in its child too.)
+_FORKED_WRITERS: list[Any] = []
+
+
 def _drop_connection(conn: Any) -> None:
     """Detach an asyncio connection from its socket without its event loop. If that loop
     is closed, the socket is closed as the loop would have done (no ResourceWarning);
-    otherwise (a forked child's copy of the parent's loop) it is only detached."""
+    otherwise (a forked child's copy of the parent's loop) it is only detached, its writer
+    kept (see ``_FORKED_WRITERS``): the parent's loop and socket are left as they are (the
+    child's copy of the socket is closed when the child execs or exits)."""
     writer = getattr(conn, "_writer", None)
     if writer is None:
         return
-    if _loop_closed(conn):
+    if not _loop_closed(conn):
+        _FORKED_WRITERS.append(writer)
+    else:
         transport = writer.transport
         try:
             transport.close()  # marks it closing, then fails to schedule the rest
@@ -771,6 +874,7 @@ __all__ = [
     "async_give_back_connection",
     "async_reconnect_once",
     "async_redis_call",
+    "async_request",
     "async_shard_client",
     "async_sleep",
     "async_wait_event",
@@ -788,6 +892,7 @@ __all__ = [
     "give_back_connection",
     "reconnect_once",
     "redis_call",
+    "request",
     "shard_client",
     "sleep",
     "wait_event",

@@ -103,16 +103,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Needs ``now``, ``added``, ``px``: drop up to 2 * added + 100 expired members of KEYS[1]
-# (the lowest scores: ZCOUNT is O(log n), the removal O(log n + removed)), and make the set
-# live at least ``px`` more. ZREMRANGEBYSCORE has no LIMIT; the ranks of the expired
-# members are 0 .. stale - 1, so a bounded ZREMRANGEBYRANK does the same.
+# Needs ``set``, ``now``, ``added``, ``px``: drop up to 2 * added + 100 expired members of
+# the index ``set`` (the lowest scores: ZCOUNT is O(log n), the removal O(log n +
+# removed)), and make it live at least ``px`` more. ZREMRANGEBYSCORE has no LIMIT; the
+# ranks of the expired members are 0 .. stale - 1, so a bounded ZREMRANGEBYRANK does the
+# same.
 _TRIM = """
-local stale = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+local stale = redis.call('ZCOUNT', set, '-inf', now)
 if stale > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, math.min(stale, 2 * added + 100) - 1)
+  redis.call('ZREMRANGEBYRANK', set, 0, math.min(stale, 2 * added + 100) - 1)
 end
-if redis.call('PTTL', KEYS[1]) < px then redis.call('PEXPIRE', KEYS[1], px) end
+if redis.call('PTTL', set) < px then redis.call('PEXPIRE', set, px) end
 """
 
 # KEYS: data, lease, dependents. Invalidate one entry (value gone, lease revoked) and
@@ -134,9 +135,10 @@ return {n, redis.call('ZRANGE', KEYS[3], live, '+inf', 'BYSCORE')}
 DEPENDENT_ADD = (
     _NOW_MS
     + """
+local set = KEYS[1]
 local px = tonumber(ARGV[1])
 local added = 1
-redis.call('ZADD', KEYS[1], 'GT', now + px, ARGV[2])
+redis.call('ZADD', set, 'GT', now + px, ARGV[2])
 """
     + _TRIM
     + "return 1\n"
@@ -199,9 +201,59 @@ for i = 2, #ARGV do
   args[#args + 1] = expiry
   args[#args + 1] = ARGV[i]
 end
-redis.call('ZADD', KEYS[1], unpack(args))
+local set = KEYS[1]
+redis.call('ZADD', set, unpack(args))
 """
     + _TRIM
+    + "return 1\n"
+)
+
+# Needs ``now``, ``px``, ``member``: register ``member`` under the member set of each tag,
+# KEYS[3] on (as TAG_ADD does for one key), scored by when the entry just written expires.
+_REGISTER_MEMBER = (
+    """
+local added = 1
+for i = 3, #KEYS do
+  local set = KEYS[i]
+  redis.call('ZADD', set, now + px, member)
+"""
+    + _TRIM
+    + "end\n"
+)
+
+# The tagged writes of a standalone server: the entry script and the TAG_ADD of its key
+# under each tag in one script, one reply. (On a cluster each member set lives in its
+# tag's slot, apart from the entry: there they stay separate calls, in one pipeline.)
+
+# KEYS: data, lease, member set of each tag. ARGV: blob, px, member. WRITE, then register.
+WRITE_TAGGED = (
+    _NOW_MS
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+local px = tonumber(ARGV[2])
+local member = ARGV[3]
+"""
+    + _REGISTER_MEMBER
+    + "return 1\n"
+)
+
+# KEYS: data, lease, member set of each tag. ARGV: token, blob, px, member.
+# WRITE_IF_LEASE, then register (a refused fill registers nothing: it wrote nothing).
+WRITE_IF_LEASE_TAGGED = (
+    """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+"""
+    + _NOW_MS
+    + """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+local px = tonumber(ARGV[3])
+local member = ARGV[4]
+"""
+    + _REGISTER_MEMBER
     + "return 1\n"
 )
 

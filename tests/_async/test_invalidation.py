@@ -243,6 +243,29 @@ async def test_an_entry_filled_while_its_tag_is_invalidated_is_stale_at_birth(tr
     await async_until(lambda: a.l1.peek("row", MISSING) in (MISSING, "new"), DEADLINE)
 
 
+async def test_a_tagged_fill_without_the_bus_is_stale_at_birth_too(target) -> None:
+    # no bus: the fill's stamps are read from Redis before the loader runs, and the tagged
+    # write (one script on a standalone server) stores them as read
+    a, b = make(target, bus=False), make(target, bus=False)
+    try:
+        loading, release = AsyncEvent(), AsyncEvent()
+        task = AsyncTask(
+            lambda: a.get_or_set("row", paused_loader(loading, release), tags=["rows"])
+        )
+        await async_wait_event(loading)
+        await b.invalidate_tag("rows")  # the invalidation during the load wins
+        release.set()
+        assert await task.join() == "old"
+        assert await b.get_or_set("row", lambda: "new", tags=["rows"]) == "new"
+        a.l1.clear()
+        assert await a.get("row") == "new"
+        assert a._tier is not None
+        assert await a._tier.tag_members("rows") == ["row"]  # registered by the write
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_tag_versions_survive_a_bus_flush(trio) -> None:
     a, b, _ = trio
     await a.set("k", 1, tags=["t"])

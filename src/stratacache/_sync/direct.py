@@ -6,9 +6,11 @@ per-command layers, on connections borrowed from the client's own pool.
 redis-py's ``execute_command`` spends more instructions around a command than the command
 costs on the wire: metrics hooks, the pool's lock and liveness poll on every check-out and
 check-in, the retry wrapper, response callbacks. This module keeps what the tier needs of
-it, through redis-py's public connection API only (``get_connection`` / ``release`` of the
-pool, or of the cluster node; ``pack_command``, ``send_packed_command``, ``read_response``
-of the connection; the connection's own parser, hiredis when installed):
+it, through redis-py's connection API (``get_connection`` / ``release`` of the pool, or
+of the cluster node; ``pack_command`` of the connection; each exchange through
+``async_request`` of ``_primitives``: on asyncio connections the stream writer and parser
+under one timer, with the public ``send_packed_command`` / ``read_response`` as the
+fallback, see the notes there; the connection's own parser, hiredis when installed):
 
 * **Borrowed connections.** A connection is checked out of the client's pool (or its
   cluster node's) once and kept in a short idle list of this tier between calls (at most
@@ -63,6 +65,7 @@ from .._primitives import (
     current_loop,
     direct_source,
     give_back_connection,
+    request,
     fork_generation,
 )
 
@@ -126,32 +129,15 @@ class Direct:
     def execute(self, route_key: Any, *args: Any) -> Any:
         """Send one command (``args``, as for ``execute_command``) to the node of
         ``route_key``; its raw reply, or :data:`FALLBACK`."""
-        return self._run(route_key, (args,), None)
+        return self._run(route_key, args, None)
 
     def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run ``script`` on the node of ``keys[0]`` (``EVALSHA``, ``EVAL`` after a
         ``NOSCRIPT``); its raw reply, or :data:`FALLBACK`."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return self._run(keys[0], (command,), (script,))
+        return self._run(keys[0], command, script)
 
-    def pipeline(
-        self,
-        route_key: Any,
-        commands: Sequence[tuple[Any, ...]],
-        scripts: Sequence[Script | None],
-    ) -> Any:
-        """Send several commands in one write and read their replies (a list; the first
-        error reply is raised once all are read, as a pipeline's ``execute`` does);
-        ``scripts[i]`` names the script of an ``EVALSHA`` command (None for others).
-        All keys must live on the node of ``route_key``. :data:`FALLBACK` if not done."""
-        return self._run(route_key, commands, scripts)
-
-    def _run(
-        self,
-        route_key: Any,
-        commands: Sequence[tuple[Any, ...]],
-        scripts: Sequence[Script | None] | None,
-    ) -> Any:
+    def _run(self, route_key: Any, command: tuple[Any, ...], script: Script | None) -> Any:
         self._check_owner()
         where = self._source(route_key)
         if where is None or where[1] is None:
@@ -173,7 +159,7 @@ class Direct:
             conn = borrow_connection(source)
         try:
             try:
-                result = self._exchange(conn, commands, scripts)
+                result = self._exchange(conn, command, script)
             except RedisConnectionError:
                 if self._cluster or not reused:
                     raise
@@ -182,7 +168,7 @@ class Direct:
                 dead, conn = conn, None
                 give_back_connection(source, dead)
                 conn = borrow_connection(source)
-                result = self._exchange(conn, commands, scripts)
+                result = self._exchange(conn, command, script)
         except RedisConnectionError:
             if conn is not None:
                 give_back_connection(source, conn)
@@ -207,48 +193,15 @@ class Direct:
         else:
             give_back_connection(source, conn)
 
-    def _exchange(
-        self,
-        conn: Any,
-        commands: Sequence[tuple[Any, ...]],
-        scripts: Sequence[Script | None] | None,
-    ) -> Any:
-        if len(commands) == 1:
-            conn.send_packed_command(conn.pack_command(*commands[0]))
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                if scripts is None or scripts[0] is None:
-                    raise
-                conn.send_packed_command(
-                    conn.pack_command("EVAL", scripts[0].body, *commands[0][2:])
-                )
-                return conn.read_response()
-        conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:  # an error reply: read the rest, report it in place
-                replies.append(exc)
-        for reply in replies:
-            if isinstance(reply, _REDIRECTS):
-                raise reply  # every reply was read: the connection is clean
-        if scripts is not None:
-            for index, reply in enumerate(replies):
-                script = scripts[index]
-                if isinstance(reply, NoScriptError) and script is not None:
-                    conn.send_packed_command(
-                        conn.pack_command("EVAL", script.body, *commands[index][2:])
-                    )
-                    try:
-                        replies[index] = conn.read_response()
-                    except ResponseError as exc:
-                        replies[index] = exc
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply  # as a pipeline's execute() does; the connection is clean
-        return replies
+    def _exchange(self, conn: Any, command: tuple[Any, ...], script: Script | None) -> Any:
+        reply = request(conn, conn.pack_command(*command))
+        if isinstance(reply, ResponseError):
+            if not isinstance(reply, NoScriptError) or script is None:
+                raise reply  # the connection is clean
+            reply = request(conn, conn.pack_command("EVAL", script.body, *command[2:]))
+            if isinstance(reply, ResponseError):
+                raise reply
+        return reply
 
     def _give_back_list(self, held: tuple[Any, list[Any]]) -> None:
         source, idle = held

@@ -65,6 +65,8 @@ from .._scripts import (
     TAG_ADD,
     WRITE,
     WRITE_IF_LEASE,
+    WRITE_IF_LEASE_TAGGED,
+    WRITE_TAGGED,
 )
 from .._stats import Counters
 from .direct import FALLBACK, Direct, Script
@@ -143,6 +145,8 @@ class RedisTier:
         self.cluster = self._cluster
         self._write = client.register_script(WRITE)
         self._write_if_lease = client.register_script(WRITE_IF_LEASE)
+        self._write_tagged = client.register_script(WRITE_TAGGED)
+        self._write_if_lease_tagged = client.register_script(WRITE_IF_LEASE_TAGGED)
         self._delete = client.register_script(DELETE)
         self._replace = client.register_script(REPLACE_IF_UNCHANGED)
         self._compare_and_set = client.register_script(COMPARE_AND_SET)
@@ -158,7 +162,8 @@ class RedisTier:
         self._s_write_if_lease = Script(WRITE_IF_LEASE)
         self._s_read_or_lease = Script(READ_OR_LEASE)
         self._s_read_else_lease = Script(READ_ELSE_LEASE)
-        self._s_tag_add = Script(TAG_ADD)
+        self._s_write_tagged = Script(WRITE_TAGGED)
+        self._s_write_if_lease_tagged = Script(WRITE_IF_LEASE_TAGGED)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
 
     def use_breaker(self, breaker: CircuitBreaker | NodeBreakers) -> None:
@@ -355,39 +360,15 @@ class RedisTier:
         if not tags:
             self._script(self._s_write, self._write, keys, [blob, _px(ttl)])
             return
-        route = [*keys, *self._members_keys(tags)]
-        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
-            script = self._s_write
-            command = ("EVALSHA", script.sha, 2, *keys, blob, _px(ttl))
-            done = self._tagged(command, script, tags, key, ttl, route)
-            if done is not FALLBACK:
-                return
+        if not self._cluster:  # one script (a cluster keeps each tag's set in its slot)
+            tagged = [*keys, *self._members_keys(tags)]
+            args = [blob, _px(ttl), self._keys.tag_member(key)]
+            self._script(self._s_write_tagged, self._write_tagged, tagged, args)
+            return
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE, 2, *keys, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        self._call(pipe.execute, _route=route)
-
-    def _tagged(
-        self,
-        command: tuple[Any, ...],
-        script: Script,
-        tags: Sequence[str],
-        key: str,
-        ttl: float,
-        route: list[str],
-    ) -> Any:
-        """An entry script and the TAG_ADD of ``key`` under ``tags`` in one direct
-        pipeline (``EVALSHA`` each); the replies, or FALLBACK."""
-        commands: list[tuple[Any, ...]] = [command]
-        px = _px(ttl)
-        member = self._keys.tag_member(key)
-        tag_add = self._s_tag_add
-        for tag in tags:
-            commands.append(
-                ("EVALSHA", tag_add.sha, 1, self._keys.tag_members_key(tag), px, member)
-            )
-        scripts = [script, *([tag_add] * len(tags))]
-        return self._call(self._direct.pipeline, route[0], commands, scripts, _route=route)
+        self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
 
     def write_fenced(
         self, key: str, blob: bytes, ttl: float, token: int, tags: Sequence[str] = ()
@@ -496,19 +477,20 @@ class RedisTier:
                     self._s_write_if_lease, self._write_if_lease, keys, [token, blob, _px(ttl)]
                 )
             )
+        if not self._cluster:  # one script (a cluster keeps each tag's set in its slot)
+            tagged = [*keys, *self._members_keys(tags)]
+            args = [token, blob, _px(ttl), self._keys.tag_member(key)]
+            return bool(
+                self._script(
+                    self._s_write_if_lease_tagged, self._write_if_lease_tagged, tagged, args
+                )
+            )
         # a refused fill registers the key under its tags too: harmless (a reclaim of a
         # key that is not there deletes nothing)
-        route = [*keys, *self._members_keys(tags)]
-        if self._fast and not self._cluster:  # one slot per tag on a cluster: a pipeline
-            script = self._s_write_if_lease
-            command = ("EVALSHA", script.sha, 2, *keys, token, blob, _px(ttl))
-            results = self._tagged(command, script, tags, key, ttl, route)
-            if results is not FALLBACK:
-                return bool(results[0])
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("EVAL", WRITE_IF_LEASE, 2, *keys, token, blob, _px(ttl))
         self._add_members(pipe, tags, [key], ttl)
-        results = self._call(pipe.execute, _route=route)
+        results = self._call(pipe.execute, _route=[*keys, *self._members_keys(tags)])
         return bool(results[0])
 
     def release_lease(self, key: str, token: bytes) -> None:
@@ -527,7 +509,11 @@ class RedisTier:
         if self._cluster:
             raw = self._call(self.client.mget_nonatomic, redis_keys, _route=redis_keys)
         else:
-            raw = self._call(self.client.mget, redis_keys)
+            raw = FALLBACK
+            if self._fast:  # a miss stamps its entry with these: on the hot path
+                raw = self._call(self._direct.execute, "", "MGET", *redis_keys)
+            if raw is FALLBACK:
+                raw = self._call(self.client.mget, redis_keys)
         return {name: int(value) if value else 0 for name, value in zip(names, raw)}
 
     def invalidate_keys(
