@@ -119,9 +119,10 @@ def test_sdist_builds_without_cython_and_the_wheel_imports_the_compiled_l1(
     )
     assert "compiling the C shipped in the source distribution" in built.stdout + built.stderr
     (wheel,) = wheels.glob("stratacache-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
     for module in ("_l1_c", "_read_many_c"):
-        assert any(n.startswith(f"stratacache/{module}.") for n in zipfile.ZipFile(wheel).namelist())
-    assert "licenses/LICENSE" in " ".join(zipfile.ZipFile(wheel).namelist())
+        assert any(n.startswith(f"stratacache/{module}.") for n in names)
+    assert "licenses/LICENSE" in " ".join(names)
 
     user = _venv(tmp_path / "user")
     _run(user, "-m", "pip", "install", "--quiet", wheel)

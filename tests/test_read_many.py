@@ -205,9 +205,7 @@ def test_corrupt_bytes_are_counted_misses_not_errors(batch: Batch) -> None:
 
 def test_an_undecodable_ext_type_is_a_miss(impl_id: str) -> None:
     batch = Batch(impl_id, Codec())
-    packed = msgpack.packb(
-        [FORMAT_VERSION, "k", 1.0, None, [], [], 7, msgpack.ExtType(99, b"")]
-    )
+    packed = msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], 7, msgpack.ExtType(99, b"")])
     outcome, _ = batch.run(["k"], [packed])
     assert outcome.decode_errors == 1
 
@@ -215,7 +213,7 @@ def test_an_undecodable_ext_type_is_a_miss(impl_id: str) -> None:
 def test_withheld_entries_are_misses(batch: Batch) -> None:
     blobs = [batch.blob("early", 1, created_at=NOW - 100), batch.blob("late", 2, created_at=NOW)]
     rules = BatchRules(TRUSTED, NOW - 50, None)
-    outcome, found = batch.run(["early", "late"], blobs, rules)
+    _, found = batch.run(["early", "late"], blobs, rules)
     assert found == {"late": 2}
 
     seen: list[tuple[str, tuple[str, ...]]] = []
@@ -225,7 +223,7 @@ def test_withheld_entries_are_misses(batch: Batch) -> None:
         return key == "pending"
 
     blobs = [batch.blob("pending", 1, tags=("t",), stamps=(3,)), batch.blob("free", 2)]
-    outcome, found = batch.run(["pending", "free"], blobs, BatchRules(TRUSTED, -math.inf, blocks))
+    _, found = batch.run(["pending", "free"], blobs, BatchRules(TRUSTED, -math.inf, blocks))
     assert found == {"free": 2}
     assert seen == [("pending", ("t",)), ("free", ())]
 
@@ -251,7 +249,9 @@ def test_a_refused_install_is_counted_and_still_served(batch: Batch) -> None:
 
 
 def test_the_fail_safe_store_keeps_installed_entries_longer(batch: Batch) -> None:
-    batch.run(["k"], [batch.blob("k", 1, tags=("t",), stamps=(3,), expires_at=NOW + 10)], stale=True)
+    batch.run(
+        ["k"], [batch.blob("k", 1, tags=("t",), stamps=(3,), expires_at=NOW + 10)], stale=True
+    )
     assert batch.stale.peek("k") == 1
     assert batch.stale.tags_of("k") == ("t",)
     batch.clock.advance(10 + 59)

@@ -23,13 +23,13 @@ from .._codec import Entry
 from .._errors import LoaderTimeout, LoaderUnavailable, RedisUnavailableError
 from .._keys import validate_key
 from .._loader import LoaderLimits, describe_failure
-from .._read_many import BatchRules, read_many
 from .._primitives import (
     AsyncResultSlot,
     async_call_loader,
     async_call_loader_within,
     async_sleep,
 )
+from .._read_many import BatchRules, read_many
 from .._sentinel import MISSING
 
 if TYPE_CHECKING:
