@@ -65,7 +65,13 @@ def test_l2_hit(benchmark, redis_url: str, name: str) -> None:
 
 @pytest.mark.benchmark(group="get_many(100), L2 (x50)")
 @pytest.mark.parametrize(
-    "name", ["redis-py MGET(100) + msgpack.unpackb (baseline)", "stratacache get_many(100) (L2)"]
+    "name",
+    [
+        "redis-py MGET(100) + msgpack.unpackb (baseline)",
+        "stratacache get_many(100) (L2)",
+        "redis.asyncio MGET(100) + msgpack.unpackb (async baseline)",
+        "stratacache await AsyncCache.get_many(100) (L2)",
+    ],
 )
 def test_get_many(benchmark, redis_url: str, name: str) -> None:
-    benchmark(get_many_cases(redis_url, 50)[name])
+    benchmark(get_many_cases(redis_url, 50, _loop)[name])

@@ -190,8 +190,11 @@ def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str,
     }
 
 
-def get_many_cases(url: str, n: int) -> dict[str, Case]:
-    """100 keys in one call: ``get_many`` vs raw MGET + decode of each value."""
+def get_many_cases(
+    url: str, n: int, loop: asyncio.AbstractEventLoop | None = None
+) -> dict[str, Case]:
+    """100 keys in one call: ``get_many`` vs raw MGET + decode of each value; with
+    ``loop``, the async pair too (``AsyncCache.get_many`` vs ``redis.asyncio`` MGET)."""
     keys = [f"m{i}" for i in range(100)]
     raw = redis.Redis.from_url(url)
     raw.mset({f"raw:{k}": msgpack.packb(VALUE) for k in keys})
@@ -209,10 +212,32 @@ def get_many_cases(url: str, n: int) -> dict[str, Case]:
             cache.l1.clear()  # every key an L1 miss: one MGET for all 100
             cache.get_many(keys)
 
-    return {
+    cases = {
         "redis-py MGET(100) + msgpack.unpackb (baseline)": raw_mget,
         "stratacache get_many(100) (L2)": strata_get_many,
     }
+    if loop is None:
+        return cases
+    araw = redis.asyncio.Redis.from_url(url)
+    acache = AsyncCache(url, namespace="bench", l1_maxsize=100)
+    _async_resources.extend([araw, _AsyncClosing(acache)])
+
+    async def araw_mget() -> None:
+        for _ in range(n):
+            [msgpack.unpackb(b) for b in await araw.mget(raw_keys)]
+
+    async def astrata_get_many() -> None:
+        for _ in range(n):
+            acache.l1.clear()
+            await acache.get_many(keys)
+
+    cases["redis.asyncio MGET(100) + msgpack.unpackb (async baseline)"] = lambda: (
+        loop.run_until_complete(araw_mget())
+    )
+    cases["stratacache await AsyncCache.get_many(100) (L2)"] = lambda: loop.run_until_complete(
+        astrata_get_many()
+    )
+    return cases
 
 
 def miss_cases(url: str, n: int) -> dict[str, Case]:

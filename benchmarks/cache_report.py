@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     with RedisServerProcess() as server:
         tables += [
             table("get, L2 hit (L1 miss)", l2_hit_cases(server.url, l2, loop), l2, both, repeat),
-            table(
-                "get_many(100), L2", get_many_cases(server.url, many), many, ["(baseline)"], repeat
-            ),
+            table("get_many(100), L2", get_many_cases(server.url, many, loop), many, both, repeat),
             table(
                 "get_or_set, miss (loader)",
                 miss_cases(server.url, miss),

@@ -103,6 +103,13 @@ def test_braces_and_percent_are_escaped() -> None:
     assert space.tag_key("}") == "app:v1:t:{%7D}"
 
 
+def test_data_keys_is_data_key_of_each() -> None:
+    space = KeySpace("app")
+    keys = ["user:1", "a{b}c%", "%7B", "x" * HASH_THRESHOLD, "x" * (HASH_THRESHOLD + 1), "é"]
+    keys.append("%" * (HASH_THRESHOLD // 2 + 1))  # short, but too long once escaped
+    assert space.data_keys(keys) == [space.data_key(key) for key in keys]
+
+
 @pytest.mark.parametrize(
     "namespace", ["", "a:b", "a{b", "b}", "a b", "a*", "ns\n", "é", "x" * 65, "a?", "[a]"]
 )

@@ -90,7 +90,14 @@ def test_the_sdist_ships_the_generated_c_and_the_licence(sdist: Path) -> None:
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
     root = sdist.name.removesuffix(".tar.gz")
-    for member in ("cython_ext/_l1_c.c", "cython_ext/_l1_c.pyx", "LICENSE", "CHANGELOG.md"):
+    for member in (
+        "cython_ext/_l1_c.c",
+        "cython_ext/_l1_c.pyx",
+        "cython_ext/_read_many_c.c",
+        "cython_ext/_read_many_c.pyx",
+        "LICENSE",
+        "CHANGELOG.md",
+    ):
         assert f"{root}/{member}" in names
 
 
@@ -112,16 +119,19 @@ def test_sdist_builds_without_cython_and_the_wheel_imports_the_compiled_l1(
     )
     assert "compiling the C shipped in the source distribution" in built.stdout + built.stderr
     (wheel,) = wheels.glob("stratacache-*.whl")
-    assert any(n.startswith("stratacache/_l1_c.") for n in zipfile.ZipFile(wheel).namelist())
-    assert "licenses/LICENSE" in " ".join(zipfile.ZipFile(wheel).namelist())
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("_l1_c", "_read_many_c"):
+        assert any(n.startswith(f"stratacache/{module}.") for n in names)
+    assert "licenses/LICENSE" in " ".join(names)
 
     user = _venv(tmp_path / "user")
     _run(user, "-m", "pip", "install", "--quiet", wheel)
     probe = _run(
         user,
         "-c",
-        "import stratacache, stratacache._l1_c as c;"
-        "assert stratacache.L1 is c.L1; print(c.__file__)",
+        "import stratacache, stratacache._l1_c as c, stratacache._read_many as r;"
+        "import stratacache._read_many_c as rc;"
+        "assert stratacache.L1 is c.L1 and r.read_many is rc.read_many; print(c.__file__)",
     )
     assert str(tmp_path / "user") in probe.stdout  # the installed copy, not the checkout
 
@@ -147,8 +157,8 @@ def test_without_a_working_compiler_the_install_falls_back_to_the_pure_l1(
     assert "no working C compiler" in output and "pure-Python" in output
     (wheel,) = wheels.glob("stratacache-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert not any(n.startswith("stratacache/_l1_c.") for n in names)
-    assert "stratacache/_l1_py.py" in names
+    assert not any(n.startswith(("stratacache/_l1_c.", "stratacache/_read_many_c.")) for n in names)
+    assert "stratacache/_l1_py.py" in names and "stratacache/_read_many_py.py" in names
 
 
 def test_require_extensions_turns_the_fallback_into_a_failure(

@@ -95,6 +95,14 @@ class TagVersions:
                 return False
         return True
 
+    def table(self) -> dict[Optional[str], int]:
+        """The live table (tag -> version, the epoch under :data:`EPOCH`), for checking a
+        whole ``get_many`` batch without a call per entry. Read without the lock, as
+        :meth:`check` reads it, with the same races: a concurrent drop makes a version
+        unknown (the entry is then checked against Redis), a raise makes it newer (the
+        entry a miss)."""
+        return self._known
+
     def stamps(self, tags: Sequence[str]) -> Optional[tuple[tuple[int, ...], int]]:
         """The versions of ``tags`` and the epoch, or ``None`` if one is unknown."""
         known = self._known

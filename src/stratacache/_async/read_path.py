@@ -11,6 +11,7 @@ forked child's fresh pieces are the ones used.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from .._primitives import (
     async_call_loader_within,
     async_sleep,
 )
+from .._read_many import BatchRules, read_many
 from .._sentinel import MISSING
 
 if TYPE_CHECKING:
@@ -70,75 +72,100 @@ class AsyncReadPath:
 
     async def get_many_after_l1(self, found: dict[str, Any], missing: list[str]) -> dict[str, Any]:
         """:meth:`AsyncCache.get_many` for the keys L1 did not have: one L2 round trip;
-        adds what it finds to ``found`` and returns it."""
+        adds what it finds to ``found`` and returns it.
+
+        The per-key work (decode, checks, L1 install) is one call of ``read_many``
+        (``_read_many.py``: compiled beside the L1); what decides whether an entry may
+        be served is computed here once for the batch (:meth:`_batch_rules`)."""
         c = self._cache
         l1 = c._l1
         tier = c._tier
         assert tier is not None  # the facade answers from L1 alone without Redis
         await c._bus_started()
         missing = list(dict.fromkeys(missing))
+        ticket = l1.ticket
+        tickets = [ticket(key) for key in missing]
         # Every ticket goes back exactly once (installed or released), however the call
-        # ends: a cancellation at either await, or an error, releases what is left here.
-        outstanding: dict[str, int] = {}
+        # ends: a cancellation at the await, or an error, releases them all here; from
+        # the call of read_many on, it gives back every ticket it decides (even when it
+        # raises) and _install_unsure the rest.
         try:
-            for key in missing:
-                outstanding[key] = l1.ticket(key)
             try:
                 blobs = await tier.get_many(missing)
             except RedisUnavailableError:
                 blobs = [None] * len(missing)
-            # The per-key work of _read_l2/_install, inlined: this loop is most of the
-            # cost of a get_many beyond the MGET itself.
-            decode = c._codec.decode
-            entries: list[Entry | None] = []
-            unsure: list[int] = []  # entries whose tag versions must be read from Redis
-            check = c._versions.check if self._versions_trusted() else None
-            for key, blob in zip(missing, blobs):
-                entry = None
-                if blob is not None:
-                    try:
-                        entry = decode(key, blob)
-                    except Exception:
-                        c._counters.decode_errors += 1
-                    else:
-                        if self._withheld(key, entry):
-                            entries.append(None)
-                            continue
-                        ok = None if check is None else check(entry)
-                        if ok is None:
-                            unsure.append(len(entries))
-                        elif not ok:
-                            entry = None
-                entries.append(entry)
-            if unsure:
-                verdicts = await self._check_versions([entries[i] for i in unsure])  # type: ignore[misc]
-                for i, ok in zip(unsure, verdicts):
-                    if not ok:
-                        entries[i] = None
+            rules = self._batch_rules()
+            l1_open = c._l1_open()
             now = c._clock()
-            hits = 0
-            for key, entry in zip(missing, entries):
-                ticket = outstanding.pop(key)
-                if entry is None:
-                    l1.release(ticket, key)
-                    continue
-                expires_at = entry.expires_at
-                if expires_at is None:
-                    remaining = c.settings.l1_max_ttl
-                elif expires_at > now:
-                    remaining = expires_at - now
-                else:
-                    l1.release(ticket, key)
-                    continue
-                hits += 1
-                self._install_value(ticket, key, entry.value, remaining, entry.tags)
-                found[key] = entry.value
-        finally:
-            for key, ticket in outstanding.items():
-                l1.release(ticket, key)
+        except BaseException:
+            for key, t in zip(missing, tickets):
+                l1.release(t, key)
+            raise
+        stale = c._stale
+        hits, decode_errors, refused, unsure = read_many(
+            missing,
+            blobs,
+            tickets,
+            c._codec,
+            rules,
+            l1,
+            l1_open,
+            now,
+            c.settings.l1_max_ttl,
+            stale,
+            c.settings.fail_safe_max_age if stale is not None else 0.0,
+            found,
+        )
+        if unsure:  # tag versions this instance does not know: read them (rare)
+            hits += await self._install_unsure(found, missing, tickets, unsure)
+        c._counters.decode_errors += decode_errors
+        c._counters.fills_refused += refused
         c._counters.l2_hits += hits
         c._counters.l2_misses += len(missing) - hits
         return found
+
+    def _batch_rules(self) -> BatchRules:
+        """What withholds an L2 entry of a ``get_many`` batch (see :meth:`_withheld`) and
+        the versions to check it against, read once for the whole batch."""
+        c = self._cache
+        outbox = c._invalidator.primary_outbox
+        bus = c._bus
+        suspect = bus is not None and (
+            not bus.state.healthy or time.monotonic() < c._suspect_until
+        )
+        return BatchRules(
+            c._versions.table() if self._versions_trusted() else None,
+            c._suspect_before if suspect else -math.inf,
+            outbox.blocks if outbox is not None and outbox.active else None,
+        )
+
+    async def _install_unsure(
+        self,
+        found: dict[str, Any],
+        keys: list[str],
+        tickets: list[int],
+        unsure: list[tuple[int, Entry]],
+    ) -> int:
+        """Check the unsure entries of a batch against versions read from Redis now, and
+        install the valid ones; every one of their tickets goes back. The hits."""
+        c = self._cache
+        l1 = c._l1
+        pending = dict(unsure)
+        hits = 0
+        try:
+            verdicts = await self._check_versions([entry for _, entry in unsure])
+            for (i, entry), ok in zip(unsure, verdicts):
+                del pending[i]
+                if not ok or self._expired(entry):
+                    l1.release(tickets[i], keys[i])
+                    continue
+                hits += 1
+                self._install(tickets[i], keys[i], entry.value, entry)
+                found[keys[i]] = entry.value
+        finally:
+            for i in pending:
+                l1.release(tickets[i], keys[i])
+        return hits
 
     async def get_or_set_after_l1(
         self,

@@ -344,7 +344,7 @@ class RedisTier:
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Raw blobs of ``keys`` in order: one MGET (per cluster node on a cluster)."""
-        data_keys = [self._keys.data_key(k) for k in keys]
+        data_keys = self._keys.data_keys(keys)
         if self._cluster:
             return self._call(self.client.mget_nonatomic, data_keys, _route=data_keys)  # type: ignore[no-any-return]
         if self._fast and data_keys:

@@ -1,0 +1,122 @@
+"""Instruction counts of ``get_many(100)`` from L2 against redis-py ``MGET`` of the same
+100 keys plus 100 ``msgpack.unpackb``, sync and async, under ``valgrind --tool=callgrind``
+(stable on a noisy machine, unlike timings).
+
+    python benchmarks/get_many_callgrind.py      # the table (needs valgrind, redis-server)
+
+Each case runs a child process twice, with ``n`` and with ``2n`` calls after the same
+set-up, and reports (Ir(2n) - Ir(n)) / n: start-up, imports and connecting cancel out.
+Only the client process runs under valgrind; Redis answers at full speed. Every
+``get_many`` call starts with an empty L1 (``l1.clear()``, counted in), so all 100 keys
+come from one ``MGET``, as in ``cache_cases.get_many_cases``. The caches run with
+``heartbeat_timeout=60``: under valgrind a call takes long enough for the default 1 s to
+pass between heartbeats, the bus to turn unhealthy and L1 to be bypassed, which is not
+the path measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from stratacache.testing import RedisServerProcess
+
+_CHILD = r"""
+import asyncio, sys
+import msgpack, redis, redis.asyncio
+from stratacache import AsyncCache, Cache
+case, url, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+VALUE = {"id": 42, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
+keys = [f"m{i}" for i in range(100)]
+raw_keys = [f"raw:{k}" for k in keys]
+setup = redis.Redis.from_url(url)
+setup.mset({k: msgpack.packb(VALUE) for k in raw_keys})
+if case == "sync MGET + unpackb":
+    raw = redis.Redis.from_url(url)
+    for _ in range(reps):
+        [msgpack.unpackb(b) for b in raw.mget(raw_keys)]
+elif case == "sync get_many":
+    cache = Cache(url, namespace="cg", l1_maxsize=100, heartbeat_timeout=60)
+    cache.set_many({k: VALUE for k in keys})
+    for _ in range(reps):
+        cache.l1.clear()
+        cache.get_many(keys)
+elif case == "async MGET + unpackb":
+    async def main():
+        raw = redis.asyncio.Redis.from_url(url)
+        await raw.mget(raw_keys)  # connect outside the counted calls
+        for _ in range(reps):
+            [msgpack.unpackb(b) for b in await raw.mget(raw_keys)]
+        await raw.aclose()
+    asyncio.run(main())
+elif case == "async get_many":
+    async def main():
+        cache = AsyncCache(url, namespace="cg", l1_maxsize=100, heartbeat_timeout=60)
+        await cache.set_many({k: VALUE for k in keys})
+        for _ in range(reps):
+            cache.l1.clear()
+            await cache.get_many(keys)
+        await cache.close()
+    asyncio.run(main())
+else:
+    raise SystemExit(f"unknown case {case!r}")
+"""
+
+BASE_REPS = 10
+PAIRS = (
+    ("sync get_many", "sync MGET + unpackb"),
+    ("async get_many", "async MGET + unpackb"),
+)
+
+
+def instructions(case: str, url: str, reps: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                _CHILD,
+                case,
+                url,
+                str(reps),
+            ],
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        match = re.search(r"Collected : (\d+)", proc.stderr)
+        assert match, proc.stderr[-2000:]
+        return int(match.group(1))
+
+
+def per_call(case: str, url: str) -> float:
+    """Instructions per call: the difference between 2n and n calls, over n."""
+    return (instructions(case, url, 2 * BASE_REPS) - instructions(case, url, BASE_REPS)) / BASE_REPS
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sync-only", action="store_true", help="skip the async pair")
+    args = parser.parse_args(argv)
+    pairs = PAIRS[:1] if args.sync_only else PAIRS
+    print("| case | get_many(100) (Ir/call) | MGET + 100 unpackb (Ir/call) | ratio |")
+    print("|---|---|---|---|")
+    with RedisServerProcess() as server:
+        for ours, baseline in pairs:
+            mine = per_call(ours, server.url)
+            theirs = per_call(baseline, server.url)
+            mode = ours.split()[0]
+            print(f"| {mode} | {mine:,.0f} | {theirs:,.0f} | {mine / theirs:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+# cython: freethreading_compatible = True
+"""The per-key loop of ``get_many`` after its ``MGET``, compiled (``stratacache._read_many_c``).
+
+``src/stratacache/_read_many_py.py`` is its specification (read its notes); both pass
+``tests/test_read_many.py``. What compiling buys, per key: the envelope's checks are C
+comparisons on the list ``msgpack.unpackb`` returns (no ``Codec.decode`` frame, no
+``Entry`` built unless the entry is unsure), ``unpackb`` is called by vectorcall with
+its keyword names built once, and the version check reads the trusted table directly.
+A signed codec goes through ``Codec.decode`` (the HMAC dominates there). L1 is used only
+through its public methods (``install``, ``release``, ``set``).
+"""
+
+from cpython.ref cimport PyObject
+from libc.math cimport INFINITY
+
+import msgpack
+
+from stratacache._codec import FORMAT_VERSION, Entry
+
+cdef extern from "Python.h":
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, object kwnames)
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    Py_ssize_t PyList_GET_SIZE(object l)
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
+    object PyList_AsTuple(object l)
+
+cdef object _unpackb = msgpack.unpackb
+cdef tuple _UNPACK_KWNAMES = ("strict_map_key", "ext_hook")
+cdef object _FALSE = False  # a Python object: <PyObject*>False would be a C 0
+cdef object _new_entry = tuple.__new__
+cdef object _Entry = Entry
+cdef object _FORMAT_VERSION = FORMAT_VERSION
+cdef tuple _NO_TAGS = ()
+
+# what a decided entry comes to
+cdef enum:
+    _MISS = 0
+    _CORRUPT = 1
+    _HIT = 2
+    _UNSURE = 3
+
+
+def read_many(
+    list keys,
+    list blobs,
+    list tickets,
+    codec,
+    rules,
+    l1,
+    bint l1_open,
+    double now,
+    double max_ttl,
+    stale,
+    double stale_margin,
+    dict found,
+):
+    """See ``stratacache._read_many_py.read_many`` (the specification)."""
+    cdef Py_ssize_t n = len(keys)
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t j
+    cdef Py_ssize_t hits = 0
+    cdef Py_ssize_t decode_errors = 0
+    cdef Py_ssize_t refused = 0
+    cdef list unsure = []
+    cdef object known_obj
+    cdef dict known = None
+    cdef double withhold_before
+    cdef object blocks
+    cdef bint signed
+    cdef Py_ssize_t max_size
+    cdef object ext_hook
+    cdef object decode
+    cdef object install = l1.install
+    cdef object release = l1.release
+    cdef object key
+    cdef object ticket
+    cdef object blob
+    cdef object value
+    cdef object expires_obj
+    cdef tuple tags
+    cdef object stamps
+    cdef object epoch
+    cdef double created_at = 0.0
+    cdef double expires_at
+    cdef double load_time
+    cdef double remaining
+    cdef int outcome
+    cdef _Decoded d = _Decoded.__new__(_Decoded)
+    if len(blobs) != n or len(tickets) != n:
+        raise ValueError("keys, blobs and tickets must have the same length")
+    known_obj, withhold_before, blocks = rules
+    if known_obj is not None:
+        known = known_obj
+    signed = codec.signed
+    max_size = codec.max_size
+    ext_hook = codec._ext_hook
+    decode = codec.decode
+    try:
+        while i < n:
+            key = keys[i]
+            ticket = tickets[i]
+            blob = blobs[i]
+            i += 1
+            if blob is None:
+                release(ticket, key)
+                continue
+            # decode: fill value, created_at, expires_obj, tags, stamps, epoch, load_time
+            load_time = 0.0
+            if signed:
+                try:
+                    entry = decode(key, blob)
+                except Exception:
+                    outcome = _CORRUPT
+                else:
+                    value, created_at, expires_obj, tags, stamps, epoch, load_time = entry
+                    outcome = _HIT
+            else:
+                outcome = _decode_unsigned(d, key, blob, max_size, ext_hook)
+                if outcome == _HIT:
+                    value = d.value
+                    created_at = d.created_at
+                    expires_obj = d.expires_obj
+                    tags = d.tags
+                    stamps = d.stamps
+                    epoch = d.epoch
+                    load_time = d.load_time
+            if outcome == _CORRUPT:
+                decode_errors += 1
+                release(ticket, key)
+                continue
+            if created_at < withhold_before or (blocks is not None and blocks(key, tags)):
+                release(ticket, key)
+                continue
+            if expires_obj is None:
+                expires_at = INFINITY
+            else:
+                expires_at = expires_obj
+                if expires_at <= now:
+                    release(ticket, key)
+                    continue
+            outcome = _verdict(known, tags, stamps, epoch)
+            if outcome == _UNSURE:
+                unsure.append(
+                    (
+                        i - 1,
+                        _new_entry(
+                            _Entry,
+                            (value, created_at, expires_obj, tags, tuple(stamps), epoch, load_time),
+                        ),
+                    )
+                )
+                continue
+            if outcome == _MISS:
+                release(ticket, key)
+                continue
+            hits += 1
+            found[key] = value
+            if not l1_open:
+                release(ticket, key)
+                continue
+            remaining = max_ttl if expires_obj is None else expires_at - now
+            if install(ticket, key, value, remaining if remaining < max_ttl else max_ttl, tags):
+                if stale is not None:
+                    stale.set(key, value, remaining + stale_margin, tags)
+            else:
+                refused += 1
+    except BaseException:
+        for j in range(i, n):
+            release(tickets[j], keys[j])
+        for j, _ in unsure:
+            release(tickets[j], keys[j])
+        raise
+    return (hits, decode_errors, refused, unsure)
+
+
+cdef class _Decoded:
+    """The fields of the envelope ``_decode_unsigned`` last accepted (one per call of
+    ``read_many``: calls from several threads never share one)."""
+
+    cdef object value
+    cdef double created_at
+    cdef object expires_obj
+    cdef tuple tags
+    cdef object stamps
+    cdef object epoch
+    cdef double load_time
+
+
+cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_size, object ext_hook):
+    """``Codec.decode`` of an unsigned blob, the checks in C: _HIT (fields in ``d``) or
+    _CORRUPT; never raises but for what ``except Exception`` would not catch there."""
+    cdef PyObject* args[3]
+    cdef object obj
+    cdef Py_ssize_t size
+    cdef Py_ssize_t k
+    cdef object item
+    cdef object version
+    cdef object stored_key
+    cdef object created
+    cdef object expires
+    cdef object tags
+    cdef object stamps
+    cdef object epoch
+    cdef object load_us
+    cdef double load_time = 0.0
+    cdef double created_at = 0.0
+    try:
+        if len(blob) > max_size:
+            return _CORRUPT
+    except Exception:
+        return _CORRUPT
+    args[0] = <PyObject*>blob
+    args[1] = <PyObject*>_FALSE
+    args[2] = <PyObject*>ext_hook
+    try:
+        obj = PyObject_Vectorcall(_unpackb, args, 1, _UNPACK_KWNAMES)
+    except Exception:
+        return _CORRUPT
+    if type(obj) is not list:
+        return _CORRUPT
+    size = PyList_GET_SIZE(obj)
+    if size == 9:
+        load_us = <object>PyList_GET_ITEM(obj, 8)
+        if type(load_us) is not int or load_us < 0:
+            return _CORRUPT
+        try:
+            load_time = load_us / 1e6
+        except Exception:  # an int too large for a float
+            return _CORRUPT
+    elif size != 8:
+        return _CORRUPT
+    version = <object>PyList_GET_ITEM(obj, 0)
+    if type(version) is not int or version != _FORMAT_VERSION:
+        return _CORRUPT
+    stored_key = <object>PyList_GET_ITEM(obj, 1)
+    if type(stored_key) is not str or <str>stored_key != key:
+        return _CORRUPT
+    created = <object>PyList_GET_ITEM(obj, 2)
+    if type(created) is not float:
+        return _CORRUPT
+    created_at = created
+    if created_at != created_at:  # NaN is not a time
+        return _CORRUPT
+    expires = <object>PyList_GET_ITEM(obj, 3)
+    if expires is not None and (type(expires) is not float or expires != expires):
+        return _CORRUPT
+    tags = <object>PyList_GET_ITEM(obj, 4)
+    stamps = <object>PyList_GET_ITEM(obj, 5)
+    if type(tags) is not list or type(stamps) is not list:
+        return _CORRUPT
+    if PyList_GET_SIZE(stamps) != PyList_GET_SIZE(tags):
+        return _CORRUPT
+    epoch = <object>PyList_GET_ITEM(obj, 6)
+    if type(epoch) is not int:
+        return _CORRUPT
+    if PyList_GET_SIZE(tags):
+        for k in range(PyList_GET_SIZE(tags)):
+            if type(<object>PyList_GET_ITEM(tags, k)) is not str:
+                return _CORRUPT
+        for k in range(PyList_GET_SIZE(stamps)):
+            if type(<object>PyList_GET_ITEM(stamps, k)) is not int:
+                return _CORRUPT
+        d.tags = PyList_AsTuple(tags)
+    else:
+        d.tags = _NO_TAGS
+    d.value = <object>PyList_GET_ITEM(obj, 7)
+    d.created_at = created_at
+    d.expires_obj = expires
+    d.stamps = stamps
+    d.epoch = epoch
+    d.load_time = load_time
+    return _HIT
+
+
+cdef int _verdict(dict known, tuple tags, object stamps, object epoch) except -1:
+    """``TagVersions.check`` against the trusted table: _HIT (valid), _MISS (a tag was
+    invalidated, or the epoch raised, since the entry was written) or _UNSURE."""
+    cdef PyObject* found
+    cdef Py_ssize_t k
+    if known is None:
+        return _UNSURE
+    found = PyDict_GetItemWithError(known, None)
+    if found is NULL:
+        return _UNSURE
+    if <object>found != epoch:
+        return _MISS
+    for k in range(len(tags)):
+        found = PyDict_GetItemWithError(known, tags[k])
+        if found is NULL:
+            return _UNSURE
+        if <object>found != stamps[k]:
+            return _MISS
+    return _HIT

@@ -1,0 +1,309 @@
+"""``read_many``, the per-key loop of ``get_many`` after its ``MGET``: the same cases run
+against the compiled implementation and the pure spec (ids ``c`` / ``py``), each with the
+matching L1. No Redis: blobs are encoded by a real ``Codec``."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Callable, Optional
+
+import msgpack
+import pytest
+
+from stratacache._codec import FORMAT_VERSION, Codec, Entry
+from stratacache._compat import NO_EXTENSIONS
+from stratacache._read_many_py import BatchOutcome, BatchRules
+
+from l1_impls import IMPL_IDS, FakeClock, load_l1
+
+NOW = 1_000_000.0
+MAX_TTL = 300.0
+TRUSTED: dict[Optional[str], int] = {None: 7, "t": 3, "u": 5}
+OPEN = BatchRules(TRUSTED, -math.inf, None)
+
+
+def load_read_many(impl_id: str) -> Callable[..., Any]:
+    if impl_id == "py":
+        return importlib.import_module("stratacache._read_many_py").read_many  # type: ignore[no-any-return]
+    if NO_EXTENSIONS:
+        module = pytest.importorskip(
+            "stratacache._read_many_c", reason="pure run: STRATACACHE_NO_EXTENSIONS=1"
+        )
+        return module.read_many  # type: ignore[no-any-return]
+    return importlib.import_module("stratacache._read_many_c").read_many  # type: ignore[no-any-return]
+
+
+class Batch:
+    """One L1 (with a fake clock), a codec and the implementation under test."""
+
+    def __init__(self, impl_id: str, codec: Codec) -> None:
+        self.read_many = load_read_many(impl_id)
+        self.clock = FakeClock()
+        self.l1 = load_l1(impl_id)(100, timer=self.clock)
+        self.stale = load_l1(impl_id)(100, timer=self.clock)
+        self.codec = codec
+
+    def blob(self, key: str, value: Any, **fields: Any) -> bytes:
+        fields.setdefault("created_at", NOW - 10)
+        fields.setdefault("epoch", 7)
+        return self.codec.encode(key, value, **fields)
+
+    def run(
+        self,
+        keys: list[str],
+        blobs: list[Optional[bytes]],
+        rules: BatchRules = OPEN,
+        *,
+        l1_open: bool = True,
+        stale: bool = False,
+        found: Optional[dict[str, Any]] = None,
+    ) -> tuple[BatchOutcome, dict[str, Any]]:
+        found = {} if found is None else found
+        tickets = [self.l1.ticket(key) for key in keys]
+        hits, errors, refused, unsure = self.read_many(
+            keys,
+            blobs,
+            tickets,
+            self.codec,
+            rules,
+            self.l1,
+            l1_open,
+            NOW,
+            MAX_TTL,
+            self.stale if stale else None,
+            60.0 if stale else 0.0,
+            found,
+        )
+        # every decided ticket is back: a fresh ticket + release of each key succeeds,
+        # and the unsure ones are still out (released here, exactly once)
+        for i, _ in unsure:
+            self.l1.release(tickets[i], keys[i])
+        self.assert_no_ticket_out(keys)
+        return BatchOutcome(hits, errors, refused, unsure), found
+
+    def assert_no_ticket_out(self, keys: list[str]) -> None:
+        for key in keys:
+            with pytest.raises(ValueError):
+                self.l1.release(0, key)
+
+
+@pytest.fixture(params=IMPL_IDS)
+def impl_id(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["unsigned", "signed"])
+def batch(request: pytest.FixtureRequest, impl_id: str) -> Batch:
+    codec = Codec() if request.param == "unsigned" else Codec(secret=b"s" * 32)
+    return Batch(impl_id, codec)
+
+
+def test_untagged_and_tagged_entries_are_hits_installed_in_l1(batch: Batch) -> None:
+    value = {"a": [1, 2]}
+    blobs = [
+        batch.blob("plain", value),
+        batch.blob("tagged", "v", tags=("t", "u"), stamps=(3, 5)),
+        batch.blob("loaded", 1.5, load_time=0.25),
+    ]
+    outcome, found = batch.run(["plain", "tagged", "loaded"], blobs)
+    assert outcome == (3, 0, 0, [])
+    assert found == {"plain": value, "tagged": "v", "loaded": 1.5}
+    assert batch.l1.peek("plain") == value
+    assert batch.l1.tags_of("tagged") == ("t", "u")
+    assert batch.l1.peek("loaded") == 1.5
+
+
+def test_the_l1_life_is_what_remains_of_the_entry_at_most_max_ttl(batch: Batch) -> None:
+    blobs = [
+        batch.blob("soon", 1, expires_at=NOW + 5),
+        batch.blob("late", 2, expires_at=NOW + 10 * MAX_TTL),
+        batch.blob("never", 3),
+    ]
+    batch.run(["soon", "late", "never"], blobs)
+    batch.clock.advance(6)
+    assert batch.l1.peek("soon", None) is None
+    assert batch.l1.peek("late") == 2
+    batch.clock.advance(MAX_TTL)
+    assert batch.l1.peek("late", None) is None
+    assert batch.l1.peek("never", None) is None
+
+
+def test_none_replies_and_expired_entries_are_misses(batch: Batch) -> None:
+    blobs = [None, batch.blob("old", 1, expires_at=NOW), batch.blob("ok", 2)]
+    outcome, found = batch.run(["absent", "old", "ok"], blobs)
+    assert outcome == (1, 0, 0, [])
+    assert found == {"ok": 2}
+    assert "old" not in batch.l1
+
+
+def test_stale_tag_versions_and_epochs_are_misses(batch: Batch) -> None:
+    blobs = [
+        batch.blob("older-tag", 1, tags=("t",), stamps=(2,)),
+        batch.blob("newer-tag", 1, tags=("t",), stamps=(4,)),
+        batch.blob("second-tag", 1, tags=("t", "u"), stamps=(3, 4)),
+        batch.blob("old-epoch", 1, epoch=6),
+    ]
+    keys = ["older-tag", "newer-tag", "second-tag", "old-epoch"]
+    outcome, found = batch.run(keys, blobs)
+    assert outcome == (0, 0, 0, [])
+    assert found == {}
+    assert len(batch.l1) == 0
+
+
+def test_unknown_versions_leave_the_entry_unsure_with_its_ticket_out(batch: Batch) -> None:
+    blobs = [
+        batch.blob("unknown-tag", "x", tags=("t", "new"), stamps=(3, 1), load_time=0.5),
+        batch.blob("known", "y"),
+        batch.blob("expired", "z", tags=("new",), stamps=(1,), expires_at=NOW - 1),
+    ]
+    outcome, found = batch.run(["unknown-tag", "known", "expired"], blobs)
+    assert outcome.hits == 1 and found == {"known": "y"}
+    [(index, entry)] = outcome.unsure
+    assert index == 0
+    assert entry == Entry("x", NOW - 10, None, ("t", "new"), (3, 1), 7, 0.5)
+    assert type(entry) is Entry
+
+
+def test_an_untrusted_table_makes_every_entry_unsure(batch: Batch) -> None:
+    rules = BatchRules(None, -math.inf, None)
+    outcome, found = batch.run(["a", "b"], [batch.blob("a", 1), None], rules)
+    assert [i for i, _ in outcome.unsure] == [0]
+    assert found == {}
+    rules = BatchRules({"t": 3}, -math.inf, None)  # no epoch known
+    outcome, _ = batch.run(["a"], [batch.blob("a", 1)], rules)
+    assert [i for i, _ in outcome.unsure] == [0]
+
+
+def test_corrupt_bytes_are_counted_misses_not_errors(batch: Batch) -> None:
+    good = batch.blob("k", 1)
+    bad = [
+        b"",
+        b"\xc1",  # never used in msgpack
+        good[:-1],
+        batch.blob("other-key", 1),  # written under another key
+        msgpack.packb([FORMAT_VERSION + 1, "k", 1.0, None, [], [], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", float("nan"), None, [], [], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, float("nan"), [], [], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1, None, [], [], 7, 1]),  # int created_at
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, ["t"], [], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [1], [3], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, ["t"], [3.0], 7, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], 7.0, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], True, 1]),
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], 7, 1, -1]),  # bad load_us
+        msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], 7]),  # 7 items
+        msgpack.packb({"not": "a list"}),
+        msgpack.packb(2**64 - 1),
+        b"x" * (batch.codec.max_size + 1),
+    ]
+    keys = ["k"] * len(bad)  # one ticket each (tickets nest)
+    outcome, found = batch.run(keys, bad)  # type: ignore[arg-type]
+    assert outcome == (0, len(bad), 0, [])
+    assert found == {}
+
+
+def test_an_undecodable_ext_type_is_a_miss(impl_id: str) -> None:
+    batch = Batch(impl_id, Codec())
+    packed = msgpack.packb([FORMAT_VERSION, "k", 1.0, None, [], [], 7, msgpack.ExtType(99, b"")])
+    outcome, _ = batch.run(["k"], [packed])
+    assert outcome.decode_errors == 1
+
+
+def test_withheld_entries_are_misses(batch: Batch) -> None:
+    blobs = [batch.blob("early", 1, created_at=NOW - 100), batch.blob("late", 2, created_at=NOW)]
+    rules = BatchRules(TRUSTED, NOW - 50, None)
+    _, found = batch.run(["early", "late"], blobs, rules)
+    assert found == {"late": 2}
+
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def blocks(key: str, tags: tuple[str, ...]) -> bool:
+        seen.append((key, tags))
+        return key == "pending"
+
+    blobs = [batch.blob("pending", 1, tags=("t",), stamps=(3,)), batch.blob("free", 2)]
+    _, found = batch.run(["pending", "free"], blobs, BatchRules(TRUSTED, -math.inf, blocks))
+    assert found == {"free": 2}
+    assert seen == [("pending", ("t",)), ("free", ())]
+
+
+def test_a_closed_l1_serves_the_values_without_installing(batch: Batch) -> None:
+    outcome, found = batch.run(["k"], [batch.blob("k", 1)], l1_open=False)
+    assert outcome.hits == 1 and found == {"k": 1}
+    assert "k" not in batch.l1
+
+
+def test_a_refused_install_is_counted_and_still_served(batch: Batch) -> None:
+    tickets = [batch.l1.ticket("k")]
+    batch.l1.invalidate("k")  # an invalidation since the ticket: the guard refuses
+    found: dict[str, Any] = {}
+    outcome = batch.read_many(
+        ["k"], [batch.blob("k", 1)], tickets, batch.codec, OPEN, batch.l1, True, NOW,
+        MAX_TTL, None, 0.0, found,
+    )  # fmt: skip
+    assert tuple(outcome) == (1, 0, 1, [])
+    assert found == {"k": 1}
+    assert "k" not in batch.l1
+    batch.assert_no_ticket_out(["k"])
+
+
+def test_the_fail_safe_store_keeps_installed_entries_longer(batch: Batch) -> None:
+    batch.run(
+        ["k"], [batch.blob("k", 1, tags=("t",), stamps=(3,), expires_at=NOW + 10)], stale=True
+    )
+    assert batch.stale.peek("k") == 1
+    assert batch.stale.tags_of("k") == ("t",)
+    batch.clock.advance(10 + 59)
+    assert batch.stale.peek("k") == 1
+    batch.clock.advance(2)
+    assert batch.stale.peek("k", None) is None
+
+
+def test_values_are_fresh_objects_per_key(batch: Batch) -> None:
+    """What L1 holds is what get_many returns (copy on read is the facade's), and two
+    keys never share a decoded object."""
+    value = {"list": [1]}
+    _, found = batch.run(["a", "b"], [batch.blob("a", value), batch.blob("b", value)])
+    assert found["a"] == found["b"] == value
+    assert found["a"] is not found["b"] and found["a"]["list"] is not found["b"]["list"]
+    assert batch.l1.peek("a") is found["a"]
+
+
+def test_found_keeps_what_it_had(batch: Batch) -> None:
+    _, found = batch.run(["b"], [batch.blob("b", 2)], found={"a": 1})
+    assert found == {"a": 1, "b": 2}
+
+
+def test_an_error_in_an_install_gives_every_ticket_back(impl_id: str) -> None:
+    batch = Batch(impl_id, Codec())
+
+    def weigher(key: Any, value: Any) -> int:
+        if key == "boom":
+            raise RuntimeError("weigher failed")
+        return 1
+
+    batch.l1 = load_l1(impl_id)(100, timer=batch.clock, max_weight=1000, weigher=weigher)
+    keys = ["unsure", "ok", "boom", "after"]
+    blobs = [
+        batch.blob("unsure", 0, tags=("new",), stamps=(1,)),
+        batch.blob("ok", 1),
+        batch.blob("boom", 2),
+        batch.blob("after", 3),
+    ]
+    tickets = [batch.l1.ticket(key) for key in keys]
+    with pytest.raises(RuntimeError, match="weigher failed"):
+        batch.read_many(
+            keys, blobs, tickets, batch.codec, OPEN, batch.l1, True, NOW, MAX_TTL, None,
+            0.0, {},
+        )  # fmt: skip
+    batch.assert_no_ticket_out(keys)
+    assert batch.l1.peek("ok") == 1
+
+
+def test_mismatched_lengths_are_rejected_before_anything(impl_id: str) -> None:
+    batch = Batch(impl_id, Codec())
+    with pytest.raises(ValueError):
+        batch.read_many(
+            ["a"], [], [0], batch.codec, OPEN, batch.l1, True, NOW, MAX_TTL, None, 0.0, {}
+        )
