@@ -520,6 +520,27 @@ cdef class L1:
         """The live value for ``key`` (marked most recently used), else ``default``."""
         return self._get(key, default)
 
+    def get_unless_due(self, key, default, dict due not None, clock):
+        """:meth:`get`, except that a live value whose time in ``due`` has come (``due[key]``,
+        a float, ``<= clock()``) is answered with ``default`` and left as it is.
+
+        The tiered cache's early-refresh hit: one C call tells "return the value" from
+        "the key is due for a refresh (or missing)". A hit is counted and marked recently
+        used whether due or not; ``clock`` is called only for keys in ``due``, after the
+        L1 operation ended.
+        """
+        cdef PyObject* found
+        value = self._get(key, _MISS)
+        if value is _MISS:
+            return default
+        found = PyDict_GetItemWithError(due, key)
+        if found is NULL:
+            return value
+        refresh_at = <object>found  # a reference of our own: clock() may change due
+        if clock() < refresh_at:
+            return value
+        return default
+
     def getter(self, fallback):
         """A callable ``(key, default=None)`` answering hits like :meth:`get` and passing
         misses to ``fallback(key, default)``.

@@ -149,6 +149,50 @@ def test_peek_does_not_touch_recency_or_counters(l1_impl: Any) -> None:
     assert (cache.hits, cache.misses) == (0, 0)
 
 
+def test_get_unless_due_answers_the_value_until_its_time_in_due(l1_impl: Any) -> None:
+    lru_only(l1_impl)
+    cache = l1_impl(2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.set("c", 3)  # evicts a
+    now = [100.0]
+    calls: list[None] = []
+
+    def clock() -> float:
+        calls.append(None)
+        return now[0]
+
+    due = {"b": 100.5}
+    assert cache.get_unless_due("b", MISSING, due, clock) == 2  # before its time
+    assert cache.get_unless_due("c", MISSING, due, clock) == 3  # not in due
+    assert len(calls) == 1  # the clock is read only for a key in due
+    assert cache.get_unless_due("a", "d", due, clock) == "d"  # a miss
+    now[0] = 100.5
+    assert cache.get_unless_due("b", "d", due, clock) == "d"  # its time has come
+    assert due == {"b": 100.5}  # left as it is
+    assert (cache.hits, cache.misses) == (3, 1)  # a due value is a hit all the same
+    cache.set("d", 4)  # c is the LRU entry: the reads of b marked it recently used
+    assert "b" in cache and "c" not in cache
+
+
+def test_get_unless_due_survives_a_clock_that_empties_due(l1_impl: Any) -> None:
+    cache = l1_impl(2)
+    cache.set("a", 1)
+    due = {"a": 100.0}
+
+    def clock() -> float:
+        due.clear()  # the refresh time read before the call must stay alive
+        return 200.0
+
+    assert cache.get_unless_due("a", "d", due, clock) == "d"
+
+
+@pytest.mark.parametrize("due", [None, [], ("a", 1.0)])
+def test_get_unless_due_needs_a_dict(l1_impl: Any, due: Any) -> None:
+    with pytest.raises(TypeError):
+        l1_impl(2).get_unless_due("a", None, due, lambda: 0.0)
+
+
 def test_contains_does_not_touch_recency(l1_impl: Any) -> None:
     lru_only(l1_impl)
     cache = l1_impl(2)

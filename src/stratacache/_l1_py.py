@@ -57,6 +57,7 @@ _WINDOW: Final = 0
 _PROBATION: Final = 1
 _PROTECTED: Final = 2
 _NO_KEY: Final = object()
+_MISS: Final = object()  # get_unless_due's private miss marker
 
 
 def _ttl_seconds(ttl: TTL) -> float:
@@ -217,6 +218,27 @@ class L1:
             self._misses += 1
             notes = [self._expire_entry(key, entry)]
         self._notify(notes)
+        return default
+
+    def get_unless_due(
+        self, key: Hashable, default: Any, due: dict[Any, float], clock: Callable[[], float]
+    ) -> Any:
+        """:meth:`get`, except that a live value whose time in ``due`` has come (``due[key]``,
+        a float, ``<= clock()``) is answered with ``default`` and left as it is.
+
+        The tiered cache's early-refresh hit: the compiled twin tells "return the value"
+        from "the key is due for a refresh (or missing)" in one C call. A hit is counted
+        and marked recently used whether due or not; ``clock`` is called only for keys in
+        ``due``, after the L1 operation ended.
+        """
+        if not isinstance(due, dict):
+            raise TypeError(f"due must be a dict, not {type(due).__name__}")
+        value = self.get(key, _MISS)
+        if value is _MISS:
+            return default
+        refresh_at = due.get(key)
+        if refresh_at is None or clock() < refresh_at:
+            return value
         return default
 
     def getter(self, fallback: Callable[[Hashable, Any], Any]) -> Callable[..., Any]:
