@@ -516,16 +516,19 @@ class AsyncCache(
         ``bloom_default`` at once — no L2 read, no loader call — and counts in
         ``stats().bloom_rejected``; a "maybe" goes on as usual.
         """
-        value = self._l1.get(key, MISSING)
+        if early_refresh is True and copy_on_read is None and not isinstance(ttl, AdaptiveTTL):
+            # The early-refresh hit (beta 1) in one C call: the value unless the entry's
+            # refresh time has come. Due (or a miss): peek, which counts no second hit,
+            # and the refresh path below takes the key out of ``due`` (one reader enters).
+            value = self._l1.get_unless_due(key, MISSING, self._refresh_due, self._clock)
+            if value is not MISSING:
+                return value
+            value = self._l1.peek(key, MISSING)
+        else:
+            value = self._l1.get(key, MISSING)
         if value is not MISSING:
-            if copy_on_read is None:
-                if early_refresh is None:
-                    return value
-                if early_refresh is True and not isinstance(ttl, AdaptiveTTL):
-                    # the early-refresh hit: is the entry's refresh time (beta 1) here?
-                    due = self._refresh_due.get(key)
-                    if due is None or self._clock() < due:
-                        return value
+            if copy_on_read is None and early_refresh is None:
+                return value
             return self._hit_with_options(
                 key, value, loader, ttl, tags, early_refresh, copy_on_read
             )
