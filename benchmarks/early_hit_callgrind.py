@@ -7,7 +7,7 @@ early-refresh hit should cost about a plain one), under ``valgrind --tool=callgr
 Each case runs a child process with 2,000 and with 12,000 reads after the same set-up
 and reports (Ir(12,000) - Ir(2,000)) / 10,000: start-up, imports and connecting cancel
 out. The cache's clock is fixed before the key's refresh time, so no read refreshes;
-``heartbeat_timeout=60`` keeps the bus healthy under valgrind (else L1 is bypassed).
+``bus=False``: no listener or heartbeat thread whose work would count in one run only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from itertools import repeat  # clock: a fixed time from a C callable, like time.time
 from stratacache import Cache
 case, url, reads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cache = Cache(url, namespace="cg", clock=repeat(1000.0).__next__, heartbeat_timeout=60)
+cache = Cache(url, namespace="cg", clock=repeat(1000.0).__next__, bus=False)
 def load():
     return "x" * 100
 cache.get_or_set("k", load, 2.0, early_refresh=True)  # notes the refresh time (> 1000)
