@@ -12,18 +12,14 @@ out. The cache's clock is fixed before the key's refresh time, so no read refres
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import tempfile
-
+from callgrind import collected_instructions
 from stratacache.testing import RedisServerProcess
 
 _CHILD = r"""
 import sys
 from itertools import repeat  # clock: a fixed time from a C callable, like time.time
 from stratacache import Cache
+
 case, url, reads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cache = Cache(url, namespace="cg", clock=repeat(1000.0).__next__, bus=False)
 def load():
@@ -44,28 +40,7 @@ FEW, MANY = 2_000, 12_000
 
 
 def instructions(case: str, url: str, reads: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                _CHILD,
-                case,
-                url,
-                str(reads),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        assert match, proc.stderr[-2000:]
-        return int(match.group(1))
+    return collected_instructions(_CHILD, case, url, str(reads))
 
 
 def main() -> None:

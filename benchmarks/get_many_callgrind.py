@@ -17,18 +17,15 @@ the path measured here.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
-import sys
-import tempfile
 
+from callgrind import collected_instructions
 from stratacache.testing import RedisServerProcess
 
 _CHILD = r"""
 import asyncio, sys
 import msgpack, redis, redis.asyncio
 from stratacache import AsyncCache, Cache
+
 case, url, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 VALUE = {"id": 42, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
 keys = [f"m{i}" for i in range(100)]
@@ -74,28 +71,7 @@ PAIRS = (
 
 
 def instructions(case: str, url: str, reps: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                _CHILD,
-                case,
-                url,
-                str(reps),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        assert match, proc.stderr[-2000:]
-        return int(match.group(1))
+    return collected_instructions(_CHILD, case, url, str(reps))
 
 
 def per_call(case: str, url: str) -> float:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
-import sys
-import tempfile
+
+from callgrind import collected_instructions
 
 _CHILD = r"""
 import importlib.util, random, sys, types
+
 case, impl, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 # The package without its __init__ (redis-py and the rest): the L1 module needs only
 # _sentinel. Its cost would cancel out anyway; under valgrind it took most of the time.
@@ -90,28 +90,7 @@ for r in range(reps):
 
 def instructions(case: str, impl: str, reps: int) -> int:
     code = _CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                code,
-                case,
-                impl,
-                str(reps),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layout in both runs
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        assert match, proc.stderr[-2000:]
-        return int(match.group(1))
+    return collected_instructions(code, case, impl, str(reps))
 
 
 def per_op(case: str, impl: str) -> float:

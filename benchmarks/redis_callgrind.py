@@ -17,16 +17,14 @@ The asyncio cache rows are not stable yet (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
-import sys
-import tempfile
+
+from callgrind import collected_instructions
 
 _CHILD = r"""
 import asyncio, itertools, sys
 import msgpack, redis, redis.asyncio
 from stratacache import AsyncCache, Cache
+
 
 url, case, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["math", "engines"], "score": 3.5}
@@ -134,28 +132,7 @@ CASES = {
 
 
 def instructions(url: str, case: str, n: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                _CHILD,
-                url,
-                case,
-                str(n),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        assert match, proc.stderr[-2000:]
-        return int(match.group(1))
+    return collected_instructions(_CHILD, url, case, str(n))
 
 
 def per_op(url: str, case: str, n: int) -> float:
