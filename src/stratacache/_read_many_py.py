@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ._codec import Codec, Entry
 from ._l1_py import L1
+from ._tags import check_versions
 
 __all__ = ["BatchOutcome", "BatchRules", "read_many"]
 
@@ -51,24 +52,6 @@ class BatchOutcome(NamedTuple):
     unsure: list[tuple[int, Entry]]
     """(index in ``keys``, entry) of the valid, unexpired entries whose tag versions must
     be read from Redis; their tickets are still out."""
-
-
-def _verdict(entry: Entry, known: Optional[dict[Optional[str], int]]) -> Optional[bool]:
-    """``TagVersions.check`` against a snapshot: valid, invalid, or None (unsure)."""
-    if known is None:
-        return None
-    epoch = known.get(None)
-    if epoch is None:
-        return None
-    if entry.epoch != epoch:
-        return False
-    for tag, stamp in zip(entry.tags, entry.stamps):
-        version = known.get(tag)
-        if version is None:
-            return None
-        if version != stamp:
-            return False
-    return True
 
 
 def read_many(
@@ -123,7 +106,7 @@ def read_many(
             if expires_at is not None and expires_at <= now:
                 l1.release(ticket, key)
                 continue
-            ok = _verdict(entry, known)
+            ok = None if known is None else check_versions(known, entry)
             if ok is None:
                 unsure.append((i - 1, entry))
                 continue

@@ -68,6 +68,23 @@ def expand_tags(tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_versions(known: dict[Optional[str], int], entry: Entry) -> Optional[bool]:
+    """Whether ``entry``'s epoch and tag stamps match the versions in ``known`` (tag ->
+    version, the epoch under :data:`EPOCH`); ``None`` if one it needs is not there."""
+    epoch = known.get(EPOCH)
+    if epoch is None:
+        return None
+    if entry.epoch != epoch:
+        return False
+    for tag, stamp in zip(entry.tags, entry.stamps):
+        version = known.get(tag)
+        if version is None:
+            return None
+        if version != stamp:
+            return False
+    return True
+
+
 class TagVersions:
     """The tag versions (and epoch) this instance has seen; see the module notes."""
 
@@ -81,19 +98,7 @@ class TagVersions:
 
     def check(self, entry: Entry) -> Optional[bool]:
         """Whether ``entry`` is still valid; ``None`` if a version it needs is unknown."""
-        known = self._known
-        epoch = known.get(EPOCH)
-        if epoch is None:
-            return None
-        if entry.epoch != epoch:
-            return False
-        for tag, stamp in zip(entry.tags, entry.stamps):
-            version = known.get(tag)
-            if version is None:
-                return None
-            if version != stamp:
-                return False
-        return True
+        return check_versions(self._known, entry)
 
     def table(self) -> dict[Optional[str], int]:
         """The live table (tag -> version, the epoch under :data:`EPOCH`), for checking a
