@@ -10,6 +10,15 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis' default 200 ms deadline per example is a timing assertion: on this 2-CPU
+# machine, beside redis-servers and the other run, a correct example can take longer.
+# The properties are what the tests assert; how fast an example runs is the benchmarks'.
+settings.register_profile(
+    "stratacache", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("stratacache")
 
 pytest_plugins = ["stratacache.testing.pytest_plugin"]
 
