@@ -95,7 +95,9 @@ Concurrency (free-threaded builds, PEP 703)
 """
 
 cimport cython
-from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
+from cpython.dict cimport (
+    PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
+)
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
@@ -113,6 +115,7 @@ from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
+    Py_ssize_t PyDict_GET_SIZE(object d) noexcept  # a macro: the size field of a dict
 
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
@@ -675,16 +678,27 @@ cdef class L1:
         Raises ``TypeError`` (unhashable key, non-``str`` tag), ``ValueError`` (negative or
         NaN ttl, an entry heavier than ``max_weight``) before anything changes.
         """
-        cdef double seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
+        cdef double seconds
         cdef tuple tagt = _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags)
-        cdef Py_ssize_t weight = self._weigh(key, value)
+        cdef Py_ssize_t weight = 1
         cdef double now = -INFINITY
         cdef object removed
+        # The common shapes are C tests: a float ttl, a str key (its hash is cached and
+        # cannot fail, so only other keys need _weigh's hash check without a weigher),
+        # no on_evict listener.
+        if ttl is None:
+            seconds = INFINITY
+        elif type(ttl) is float and <double>ttl >= 0.0:
+            seconds = <double>ttl
+        else:
+            seconds = _ttl_seconds(ttl)
+        if self._weigher is not None or type(key) is not str:
+            weight = self._weigh(key, value)
         if seconds != INFINITY or self._heap_len or self._fifo_live:
             now = self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
-        if removed is not None:
+        if removed is not None and self._on_evict is not None:
             self._notify(removed)
 
     def delete(self, key):
@@ -995,11 +1009,18 @@ cdef class L1:
         self, object key, object value, double seconds, tuple tags, Py_ssize_t weight,
         double now,
     ):
-        """Insert as MRU, making room first; the removed node(s) kept alive (see
-        ``_collect``), or None."""
+        """Insert as MRU, then make room; the removed node(s) kept alive (see
+        ``_collect``), or None.
+
+        The new node enters the map by one probe (``PyDict_SetDefault``), which also
+        finds an entry it replaces: a new key costs that probe plus one delete per
+        eviction, not a lookup, a delete and an insert. Room is made after the insertion
+        and picks the victims it would have picked before: the new node is at the MRU
+        end, its deadline is in the future and its weight is at most ``max_weight``, so
+        it is never chosen while another entry is left."""
         cdef object removed = None
         cdef PyObject* found
-        cdef _Node old = None
+        cdef _Node old
         cdef _Node victim
         cdef _Node node
         cdef dict keys
@@ -1007,39 +1028,41 @@ cdef class L1:
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
-            self._heap_reserve()  # the only allocations that can fail: do them first
-            self._fifo_reserve()
+            # the only allocations that can fail: do them first
+            if self._heap_len >= self._heap_cap:
+                self._heap_reserve()
+            if self._fifo_tail >= self._fifo_cap:
+                self._fifo_reserve()
         if self._tinylfu:
             self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
-        found = PyDict_GetItemWithError(self._map, key)
-        if found is not NULL:
-            old = <_Node>found  # replaced, not evicted; this reference keeps it alive
-            if old.heap_index >= 0 and now >= old.deadline:
-                self._remove(old, CAUSE_EXPIRED)
-                removed = old
-            else:
-                self._remove(old, CAUSE_NONE)
         if deadline <= now:  # ttl == 0: expired on arrival, never stored
-            return removed
-        while not self._tinylfu and (PyDict_Size(self._map) >= self._maxsize or (
-            self._max_weight >= 0 and self._weight + weight > self._max_weight
-        )):
-            found = self._expired_head(now)
+            found = PyDict_GetItemWithError(self._map, key)
             if found is not NULL:
-                victim = <_Node>found  # expired ones go before live ones
-                cause = CAUSE_EXPIRED
-            else:
-                victim = <_Node>self._root.next
-                cause = CAUSE_SIZE
-            self._remove(victim, cause)
-            removed = _collect(removed, victim)
+                old = <_Node>found  # dropped, not evicted; this reference keeps it alive
+                if old.heap_index >= 0 and now >= old.deadline:
+                    self._remove(old, CAUSE_EXPIRED)
+                    removed = old
+                else:
+                    self._remove(old, CAUSE_NONE)
+            return removed
         node = _Node.__new__(_Node)
         node.key = key
         node.value = value
         node.deadline = deadline
         node.heap_index = -1
-        PyDict_SetItem(self._map, key, node)
+        found = PyDict_SetDefault(self._map, key, node)
+        if found != <PyObject*>node:
+            # replaced, not evicted; this reference keeps it alive. Deleted and inserted
+            # again rather than swapped in place, so that the key moves to the end of the
+            # map's order as in the spec (keys() lists that order).
+            old = <_Node>found
+            if old.heap_index >= 0 and now >= old.deadline:
+                self._remove(old, CAUSE_EXPIRED)
+                removed = old
+            else:
+                self._remove(old, CAUSE_NONE)
+            PyDict_SetItem(self._map, key, node)
         node.prev = self._root.prev
         node.next = <PyObject*>self._root
         (<_Node>self._root.prev).next = <PyObject*>node
@@ -1062,9 +1085,21 @@ cdef class L1:
                 keys = {}
                 self._tags[tag] = keys
             keys[key] = node
-        if self._tinylfu:  # the new node is in the window: make room after inserting it
+        if self._tinylfu:  # the new node is in the window
             self._n_window += 1
-            removed = self._lfu_make_room(removed, now)
+            return self._lfu_make_room(removed, now)
+        while PyDict_GET_SIZE(self._map) > self._maxsize or (
+            self._max_weight >= 0 and self._weight > self._max_weight
+        ):
+            found = self._expired_head(now)
+            if found is not NULL:
+                victim = <_Node>found  # expired ones go before live ones
+                cause = CAUSE_EXPIRED
+            else:
+                victim = <_Node>self._root.next
+                cause = CAUSE_SIZE
+            self._remove(victim, cause)
+            removed = _collect(removed, victim)
         return removed
 
     # -- tinylfu policy (W-TinyLFU as in Caffeine: window LRU, count-min sketch
