@@ -99,7 +99,7 @@ from cpython.dict cimport (
     PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
 )
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_REFCNT, PyObject
 from libc.math cimport INFINITY
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, realloc
@@ -409,6 +409,7 @@ cdef class L1:
     cdef dict _entry_tags
     cdef dict _entry_weights
     cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
+    cdef _Node _spare  # an evicted node kept for the next write (see _recycle), or None
     # tinylfu policy: _root is the window; main = probation + protected (SLRU)
     cdef bint _tinylfu
     cdef _Node _probation
@@ -670,7 +671,9 @@ cdef class L1:
 
     # -- writing ----------------------------------------------------------------------
 
-    def set(self, key, value, ttl=None, tags=_NO_TAGS):
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
+    def set(self, key, value, ttl=None, tags=()):
         """Store ``value`` under ``key`` as most recently used.
 
         ``ttl`` is seconds (or a ``timedelta``) from now, ``None`` for no expiry; a ttl of 0
@@ -698,8 +701,11 @@ cdef class L1:
             now = self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
-        if removed is not None and self._on_evict is not None:
-            self._notify(removed)
+        if removed is not None:
+            if self._on_evict is not None:
+                self._notify(removed)
+            elif type(removed) is _Node and Py_REFCNT(removed) == 1:
+                self._recycle(<_Node>removed)
 
     def delete(self, key):
         """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
@@ -1046,7 +1052,13 @@ cdef class L1:
                 else:
                     self._remove(old, CAUSE_NONE)
             return removed
-        node = _Node.__new__(_Node)
+        node = self._spare
+        if node is None:
+            node = _Node.__new__(_Node)
+        else:  # _remove left it unlinked, out of the expiry queues and side tables
+            self._spare = None
+            node.cause = CAUSE_NONE
+            node.region = _WINDOW
         node.key = key
         node.value = value
         node.deadline = deadline
@@ -1071,20 +1083,20 @@ cdef class L1:
         if weight != 1:
             self._entry_weights[node] = weight
             node.side = SIDE_WEIGHT
-        if tags:
-            self._entry_tags[node] = tags
-            node.side |= SIDE_TAGS
         if deadline != INFINITY:
             if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
                 self._fifo_push(node)  # in deadline order: O(1)
             else:
                 self._heap_push(node)
-        for tag in tags:
-            keys = self._tags.get(tag)
-            if keys is None:
-                keys = {}
-                self._tags[tag] = keys
-            keys[key] = node
+        if tags:
+            self._entry_tags[node] = tags
+            node.side |= SIDE_TAGS
+            for tag in tags:
+                keys = self._tags.get(tag)
+                if keys is None:
+                    keys = {}
+                    self._tags[tag] = keys
+                keys[key] = node
         if self._tinylfu:  # the new node is in the window
             self._n_window += 1
             return self._lfu_make_room(removed, now)
@@ -1101,6 +1113,18 @@ cdef class L1:
             self._remove(victim, cause)
             removed = _collect(removed, victim)
         return removed
+
+    cdef int _recycle(self, _Node node) except -1:
+        """Keep ``node``, evicted by a write and referenced by nothing else, as the next
+        write's node: a write at capacity then skips one deallocation and one allocation
+        (with its zeroing). Its key and value are dropped here, after the critical
+        section, as its deallocation would have dropped them."""
+        node.key = None
+        node.value = None
+        with cython.critical_section(self):
+            if self._spare is None:
+                self._spare = node
+        return 0
 
     # -- tinylfu policy (W-TinyLFU as in Caffeine: window LRU, count-min sketch
     # admission, SLRU main of probation + protected) --------------------------------
