@@ -98,6 +98,7 @@ cimport cython
 from cpython.dict cimport (
     PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
 )
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport Py_REFCNT, PyObject
 from libc.math cimport INFINITY
@@ -691,14 +692,14 @@ cdef class L1:
         # no on_evict listener.
         if ttl is None:
             seconds = INFINITY
-        elif type(ttl) is float and <double>ttl >= 0.0:
-            seconds = <double>ttl
         else:
-            seconds = _ttl_seconds(ttl)
+            seconds = PyFloat_AS_DOUBLE(ttl) if type(ttl) is float else -1.0
+            if not seconds >= 0.0:  # not a float, or a negative or NaN one
+                seconds = _ttl_seconds(ttl)
         if self._weigher is not None or type(key) is not str:
             weight = self._weigh(key, value)
         if seconds != INFINITY or self._heap_len or self._fifo_live:
-            now = self._now()
+            now = stratacache_coarse_now() if self._timer is None else self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
         if removed is not None:
@@ -1114,7 +1115,7 @@ cdef class L1:
             removed = _collect(removed, victim)
         return removed
 
-    cdef int _recycle(self, _Node node) except -1:
+    cdef inline int _recycle(self, _Node node) except -1:
         """Keep ``node``, evicted by a write and referenced by nothing else, as the next
         write's node: a write at capacity then skips one deallocation and one allocation
         (with its zeroing). Its key and value are dropped here, after the critical
@@ -1388,7 +1389,7 @@ cdef class L1:
         self._heap_cap = cap
         return 0
 
-    cdef PyObject* _expired_head(self, double now) noexcept:
+    cdef inline PyObject* _expired_head(self, double now) noexcept:
         """The timed node with the earliest (deadline, seq) if that deadline has passed
         (borrowed), else NULL: the FIFO head or the heap top."""
         cdef _HeapItem* best = NULL
