@@ -44,11 +44,14 @@ Hit path
     Entries without a ttl store ``+inf`` and never read the clock.
 
 Eviction
-    Before a new entry goes in, while the count would exceed ``maxsize`` or the weight
-    ``max_weight``: if the earliest deadline has passed that entry is dropped (cause
-    "expired"), otherwise the LRU one is evicted (cause "size"). So a live entry is never
-    evicted while an expired one still holds a slot, and the work is bounded by the room
-    needed. An entry heavier than ``max_weight`` is refused before anything changes.
+    While a write leaves the count over ``maxsize`` or the weight over ``max_weight``: if
+    the earliest deadline has passed that entry is dropped (cause "expired"), otherwise
+    the LRU one is evicted (cause "size"). So a live entry is never evicted while an
+    expired one still holds a slot, and the work is bounded by the room needed. An entry
+    heavier than ``max_weight`` is refused before anything changes. The new entry enters
+    the map first (one probe, see ``_store``), and without an ``on_evict`` listener an
+    evicted node that nothing else holds becomes the next write's node (``_recycle``):
+    a write at capacity then costs two dict probes (insert, delete) and no allocation.
 
 Expiry
     An expired entry is never returned; whatever operation meets one drops it (counted in
