@@ -44,11 +44,14 @@ Hit path
     Entries without a ttl store ``+inf`` and never read the clock.
 
 Eviction
-    Before a new entry goes in, while the count would exceed ``maxsize`` or the weight
-    ``max_weight``: if the earliest deadline has passed that entry is dropped (cause
-    "expired"), otherwise the LRU one is evicted (cause "size"). So a live entry is never
-    evicted while an expired one still holds a slot, and the work is bounded by the room
-    needed. An entry heavier than ``max_weight`` is refused before anything changes.
+    While a write leaves the count over ``maxsize`` or the weight over ``max_weight``: if
+    the earliest deadline has passed that entry is dropped (cause "expired"), otherwise
+    the LRU one is evicted (cause "size"). So a live entry is never evicted while an
+    expired one still holds a slot, and the work is bounded by the room needed. An entry
+    heavier than ``max_weight`` is refused before anything changes. The new entry enters
+    the map first (one probe, see ``_store``), and without an ``on_evict`` listener an
+    evicted node that nothing else holds becomes the next write's node (``_recycle``):
+    a write at capacity then costs two dict probes (insert, delete) and no allocation.
 
 Expiry
     An expired entry is never returned; whatever operation meets one drops it (counted in
@@ -95,9 +98,12 @@ Concurrency (free-threaded builds, PEP 703)
 """
 
 cimport cython
-from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
+from cpython.dict cimport (
+    PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
+)
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_REFCNT, PyObject
 from libc.math cimport INFINITY
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, realloc
@@ -113,6 +119,7 @@ from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
+    Py_ssize_t PyDict_GET_SIZE(object d) noexcept  # a macro: the size field of a dict
 
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
@@ -406,6 +413,7 @@ cdef class L1:
     cdef dict _entry_tags
     cdef dict _entry_weights
     cdef _Node _root  # sentinel: _root.next is the LRU end, _root.prev the MRU end
+    cdef _Node _spare  # an evicted node kept for the next write (see _recycle), or None
     # tinylfu policy: _root is the window; main = probation + protected (SLRU)
     cdef bint _tinylfu
     cdef _Node _probation
@@ -667,7 +675,9 @@ cdef class L1:
 
     # -- writing ----------------------------------------------------------------------
 
-    def set(self, key, value, ttl=None, tags=_NO_TAGS):
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
+    def set(self, key, value, ttl=None, tags=()):
         """Store ``value`` under ``key`` as most recently used.
 
         ``ttl`` is seconds (or a ``timedelta``) from now, ``None`` for no expiry; a ttl of 0
@@ -675,17 +685,31 @@ cdef class L1:
         Raises ``TypeError`` (unhashable key, non-``str`` tag), ``ValueError`` (negative or
         NaN ttl, an entry heavier than ``max_weight``) before anything changes.
         """
-        cdef double seconds = INFINITY if ttl is None else _ttl_seconds(ttl)
+        cdef double seconds
         cdef tuple tagt = _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags)
-        cdef Py_ssize_t weight = self._weigh(key, value)
+        cdef Py_ssize_t weight = 1
         cdef double now = -INFINITY
         cdef object removed
+        # The common shapes are C tests: a float ttl, a str key (its hash is cached and
+        # cannot fail, so only other keys need _weigh's hash check without a weigher),
+        # no on_evict listener.
+        if ttl is None:
+            seconds = INFINITY
+        else:
+            seconds = PyFloat_AS_DOUBLE(ttl) if type(ttl) is float else -1.0
+            if not seconds >= 0.0:  # not a float, or a negative or NaN one
+                seconds = _ttl_seconds(ttl)
+        if self._weigher is not None or type(key) is not str:
+            weight = self._weigh(key, value)
         if seconds != INFINITY or self._heap_len or self._fifo_live:
-            now = self._now()
+            now = stratacache_coarse_now() if self._timer is None else self._now()
         with cython.critical_section(self):
             removed = self._store(key, value, seconds, tagt, weight, now)
         if removed is not None:
-            self._notify(removed)
+            if self._on_evict is not None:
+                self._notify(removed)
+            elif type(removed) is _Node and Py_REFCNT(removed) == 1:
+                self._recycle(<_Node>removed)
 
     def delete(self, key):
         """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
@@ -995,11 +1019,18 @@ cdef class L1:
         self, object key, object value, double seconds, tuple tags, Py_ssize_t weight,
         double now,
     ):
-        """Insert as MRU, making room first; the removed node(s) kept alive (see
-        ``_collect``), or None."""
+        """Insert as MRU, then make room; the removed node(s) kept alive (see
+        ``_collect``), or None.
+
+        The new node enters the map by one probe (``PyDict_SetDefault``), which also
+        finds an entry it replaces: a new key costs that probe plus one delete per
+        eviction, not a lookup, a delete and an insert. Room is made after the insertion
+        and picks the victims it would have picked before: the new node is at the MRU
+        end, its deadline is in the future and its weight is at most ``max_weight``, so
+        it is never chosen while another entry is left."""
         cdef object removed = None
         cdef PyObject* found
-        cdef _Node old = None
+        cdef _Node old
         cdef _Node victim
         cdef _Node node
         cdef dict keys
@@ -1007,24 +1038,75 @@ cdef class L1:
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
-            self._heap_reserve()  # the only allocations that can fail: do them first
-            self._fifo_reserve()
+            # the only allocations that can fail: do them first
+            if self._heap_len >= self._heap_cap:
+                self._heap_reserve()
+            if self._fifo_tail >= self._fifo_cap:
+                self._fifo_reserve()
         if self._tinylfu:
             self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
-        found = PyDict_GetItemWithError(self._map, key)
-        if found is not NULL:
-            old = <_Node>found  # replaced, not evicted; this reference keeps it alive
+        if deadline <= now:  # ttl == 0: expired on arrival, never stored
+            found = PyDict_GetItemWithError(self._map, key)
+            if found is not NULL:
+                old = <_Node>found  # dropped, not evicted; this reference keeps it alive
+                if old.heap_index >= 0 and now >= old.deadline:
+                    self._remove(old, CAUSE_EXPIRED)
+                    removed = old
+                else:
+                    self._remove(old, CAUSE_NONE)
+            return removed
+        node = self._spare
+        if node is None:
+            node = _Node.__new__(_Node)
+        else:  # _remove left it unlinked, out of the expiry queues and side tables
+            self._spare = None
+            node.cause = CAUSE_NONE
+            node.region = _WINDOW
+        node.key = key
+        node.value = value
+        node.deadline = deadline
+        node.heap_index = -1
+        found = PyDict_SetDefault(self._map, key, node)
+        if found != <PyObject*>node:
+            # replaced, not evicted; this reference keeps it alive. Deleted and inserted
+            # again rather than swapped in place, so that the key moves to the end of the
+            # map's order as in the spec (keys() lists that order).
+            old = <_Node>found
             if old.heap_index >= 0 and now >= old.deadline:
                 self._remove(old, CAUSE_EXPIRED)
                 removed = old
             else:
                 self._remove(old, CAUSE_NONE)
-        if deadline <= now:  # ttl == 0: expired on arrival, never stored
-            return removed
-        while not self._tinylfu and (PyDict_Size(self._map) >= self._maxsize or (
-            self._max_weight >= 0 and self._weight + weight > self._max_weight
-        )):
+            PyDict_SetItem(self._map, key, node)
+        node.prev = self._root.prev
+        node.next = <PyObject*>self._root
+        (<_Node>self._root.prev).next = <PyObject*>node
+        self._root.prev = <PyObject*>node
+        self._weight += weight
+        if weight != 1:
+            self._entry_weights[node] = weight
+            node.side = SIDE_WEIGHT
+        if deadline != INFINITY:
+            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
+                self._fifo_push(node)  # in deadline order: O(1)
+            else:
+                self._heap_push(node)
+        if tags:
+            self._entry_tags[node] = tags
+            node.side |= SIDE_TAGS
+            for tag in tags:
+                keys = self._tags.get(tag)
+                if keys is None:
+                    keys = {}
+                    self._tags[tag] = keys
+                keys[key] = node
+        if self._tinylfu:  # the new node is in the window
+            self._n_window += 1
+            return self._lfu_make_room(removed, now)
+        while PyDict_GET_SIZE(self._map) > self._maxsize or (
+            self._max_weight >= 0 and self._weight > self._max_weight
+        ):
             found = self._expired_head(now)
             if found is not NULL:
                 victim = <_Node>found  # expired ones go before live ones
@@ -1034,38 +1116,19 @@ cdef class L1:
                 cause = CAUSE_SIZE
             self._remove(victim, cause)
             removed = _collect(removed, victim)
-        node = _Node.__new__(_Node)
-        node.key = key
-        node.value = value
-        node.deadline = deadline
-        node.heap_index = -1
-        PyDict_SetItem(self._map, key, node)
-        node.prev = self._root.prev
-        node.next = <PyObject*>self._root
-        (<_Node>self._root.prev).next = <PyObject*>node
-        self._root.prev = <PyObject*>node
-        self._weight += weight
-        if weight != 1:
-            self._entry_weights[node] = weight
-            node.side = SIDE_WEIGHT
-        if tags:
-            self._entry_tags[node] = tags
-            node.side |= SIDE_TAGS
-        if deadline != INFINITY:
-            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
-                self._fifo_push(node)  # in deadline order: O(1)
-            else:
-                self._heap_push(node)
-        for tag in tags:
-            keys = self._tags.get(tag)
-            if keys is None:
-                keys = {}
-                self._tags[tag] = keys
-            keys[key] = node
-        if self._tinylfu:  # the new node is in the window: make room after inserting it
-            self._n_window += 1
-            removed = self._lfu_make_room(removed, now)
         return removed
+
+    cdef inline int _recycle(self, _Node node) except -1:
+        """Keep ``node``, evicted by a write and referenced by nothing else, as the next
+        write's node: a write at capacity then skips one deallocation and one allocation
+        (with its zeroing). Its key and value are dropped here, after the critical
+        section, as its deallocation would have dropped them."""
+        node.key = None
+        node.value = None
+        with cython.critical_section(self):
+            if self._spare is None:
+                self._spare = node
+        return 0
 
     # -- tinylfu policy (W-TinyLFU as in Caffeine: window LRU, count-min sketch
     # admission, SLRU main of probation + protected) --------------------------------
@@ -1329,7 +1392,7 @@ cdef class L1:
         self._heap_cap = cap
         return 0
 
-    cdef PyObject* _expired_head(self, double now) noexcept:
+    cdef inline PyObject* _expired_head(self, double now) noexcept:
         """The timed node with the earliest (deadline, seq) if that deadline has passed
         (borrowed), else NULL: the FIFO head or the heap top."""
         cdef _HeapItem* best = NULL
