@@ -35,7 +35,6 @@ from .._sentinel import MISSING
 if TYPE_CHECKING:
     from .cache import AsyncCache
     from .loader_call import AsyncFlight
-    from .redis_tier import AsyncRedisTier
 
 # what a new entry is stamped with: its tags' versions (in order) and the namespace epoch
 Stamps = tuple[tuple[int, ...], int]
@@ -325,10 +324,10 @@ class AsyncReadPath:
     ) -> tuple[bytes | Entry | None, Entry | None, Stamps | None]:
         """A miss's first step, one round trip in the common cases (``READ_ELSE_LEASE``):
         the valid, fresh L2 entry (a hit), else the lease token, else None (see
-        :meth:`_take_lease`); an expired entry found on the way (fail-safe material); and
-        the stamps of the new entry (``tags``' versions and the epoch) when they were read
-        in the step that took the lease (``READ_ELSE_LEASE_VERSIONS``: on a standalone
-        server, when this instance does not know them), else None.
+        :meth:`_take_lease`); an expired entry found on the way (fail-safe material); and,
+        when that step took the lease, the stamps of the new entry (``tags``' versions and
+        the epoch): known here (a healthy bus keeps them) or, on a standalone server, read
+        in that same atomic step (``READ_ELSE_LEASE_VERSIONS``); else None.
         An entry that is there but expired or invalidated, or a lease held elsewhere,
         continues as :meth:`_take_lease`. Under a time limit, a miss notes the flight's
         fail-safe value before any wait (a soft timeout may answer with it)."""
@@ -338,7 +337,9 @@ class AsyncReadPath:
             self._note_fallback(flight, key, None)
             return None, None, None
         candidate = os.urandom(12)
-        names = self._versions_to_read(tier, tags)
+        # stamps sampled before the lease are no later than the loader's start: safe
+        known = self._known_stamps(tags)
+        names = None if known is not None or not tier.versions_with_lease else [None, *tags]
         generation = c._versions.generation
         current: dict[str | None, int] | None = None
         try:
@@ -361,8 +362,9 @@ class AsyncReadPath:
         if taken:
             self._note_fallback(flight, key, None)
             # no entry: ours to fill, stamped with the versions read as the lease was taken
-            stamps = None if current is None else (tuple(current[t] for t in tags), current[None])
-            return candidate, None, stamps
+            if current is not None:
+                known = tuple(current[tag] for tag in tags), current[None]
+            return candidate, None, known
         if blob is None:  # another holder is filling it: wait for its write
             self._note_fallback(flight, key, None)
             return await self._take_lease(key, flight, waited=True), None, None
@@ -375,17 +377,10 @@ class AsyncReadPath:
         self._note_fallback(flight, key, entry)
         return await self._take_lease(key, flight), entry, None
 
-    def _versions_to_read(
-        self, tier: AsyncRedisTier, tags: tuple[str, ...]
-    ) -> list[str | None] | None:
-        """The versions a miss's first step reads along (the epoch's, then ``tags'``), or
-        None: on a cluster (other slots), or when this instance knows them (a healthy bus
-        keeps them current)."""
-        if not tier.versions_with_lease:
-            return None
-        if self._versions_trusted() and self._cache._versions.stamps(tags) is not None:
-            return None
-        return [None, *tags]
+    def _known_stamps(self, tags: tuple[str, ...]) -> Stamps | None:
+        """The versions of ``tags`` and the epoch as this instance knows them, or None if
+        it does not (one unknown, or no healthy bus to keep them current)."""
+        return self._cache._versions.stamps(tags) if self._versions_trusted() else None
 
     def _note_fallback(self, flight: AsyncFlight | None, key: str, stale: Entry | None) -> None:
         if flight is not None and flight.fallback is MISSING:
@@ -603,11 +598,10 @@ class AsyncReadPath:
         """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
         if Redis cannot say (the entry is then not written to L2)."""
         c = self._cache
+        known = self._known_stamps(tags)
+        if known is not None:
+            return known
         trusted = self._versions_trusted()
-        if trusted:
-            known = c._versions.stamps(tags)
-            if known is not None:
-                return known
         assert c._tier is not None
         generation = c._versions.generation
         try:
