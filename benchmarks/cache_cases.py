@@ -20,6 +20,8 @@ import cachetools
 import msgpack
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import theine
 from dogpile.cache import make_region
 
@@ -148,14 +150,60 @@ def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str,
     Two keys alternate in an L1 of one entry, so every stratacache read is an L2 hit plus
     its L1 fill — the whole cost a caller pays.
     """
-    keys = ["a", "b"]
-    raw = redis.Redis.from_url(url)
-    for k in keys:
-        raw.set(f"raw:{k}", msgpack.packb(VALUE))
-    cache = Cache(url, namespace="bench", l1_maxsize=1)
+    cases = _l2_hit_pair(
+        redis.Redis.from_url(url),
+        Cache(url, namespace="bench", l1_maxsize=1),
+        n,
+        "redis-py GET + msgpack.unpackb (baseline)",
+        "stratacache Cache.get (L2 hit)",
+    )
+    cases.update(
+        _async_l2_hit_pair(
+            redis.asyncio.Redis.from_url(url),
+            AsyncCache(url, namespace="bench", l1_maxsize=1),
+            n,
+            loop,
+            "redis.asyncio GET + msgpack.unpackb (async baseline)",
+            "stratacache await AsyncCache.get (L2 hit)",
+        )
+    )
+    return cases
+
+
+def l2_hit_cluster_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str, Case]:
+    """The L2 hit of :func:`l2_hit_cases` on a Redis Cluster (``url``: one of its nodes):
+    ``Cache(url, cluster=True).get`` vs ``RedisCluster.get`` + msgpack.unpackb, sync and
+    async (``redis.asyncio.cluster.RedisCluster``)."""
+    cases = _l2_hit_pair(
+        redis.cluster.RedisCluster.from_url(url),
+        Cache(url, namespace="bench", l1_maxsize=1, cluster=True),
+        n,
+        "redis-py cluster GET + msgpack.unpackb (baseline)",
+        "stratacache Cache(cluster=True).get (L2 hit)",
+    )
+    cases.update(
+        _async_l2_hit_pair(
+            redis.asyncio.cluster.RedisCluster.from_url(url),
+            AsyncCache(url, namespace="bench", l1_maxsize=1, cluster=True),
+            n,
+            loop,
+            "redis.asyncio cluster GET + unpackb (async baseline)",
+            "stratacache await AsyncCache(cluster=True).get (L2 hit)",
+        )
+    )
+    return cases
+
+
+_L2_KEYS = ["a", "b"]
+
+
+def _l2_hit_pair(raw: Any, cache: Cache, n: int, raw_name: str, name: str) -> dict[str, Case]:
+    """The sync baseline and cache cases of an L2 hit, on ``raw`` and ``cache``."""
     _sync_resources.extend([raw, cache])
-    for k in keys:
+    for k in _L2_KEYS:
+        raw.set(f"raw:{k}", msgpack.packb(VALUE))
         cache.set(k, VALUE)
+    keys = _L2_KEYS
 
     def raw_get() -> None:
         for i in range(n):
@@ -165,28 +213,33 @@ def l2_hit_cases(url: str, n: int, loop: asyncio.AbstractEventLoop) -> dict[str,
         for i in range(n):
             cache.get(keys[i & 1])
 
-    araw = redis.asyncio.Redis.from_url(url)
-    acache = AsyncCache(url, namespace="bench", l1_maxsize=1)
-    _async_resources.append(araw)
-    _async_resources.append(_AsyncClosing(acache))
+    return {raw_name: raw_get, name: strata_get}
+
+
+def _async_l2_hit_pair(
+    raw: Any, cache: AsyncCache, n: int, loop: asyncio.AbstractEventLoop, raw_name: str, name: str
+) -> dict[str, Case]:
+    """The async twin of :func:`_l2_hit_pair`."""
+    _async_resources.extend([raw, _AsyncClosing(cache)])
+    keys = _L2_KEYS
+
+    async def fill() -> None:
+        for k in keys:
+            await raw.set(f"raw:{k}", msgpack.packb(VALUE))
+
+    loop.run_until_complete(fill())
 
     async def araw_many() -> None:
         for i in range(n):
-            msgpack.unpackb(await araw.get(f"raw:{keys[i & 1]}"))
+            msgpack.unpackb(await raw.get(f"raw:{keys[i & 1]}"))
 
     async def astrata_many() -> None:
         for i in range(n):
-            await acache.get(keys[i & 1])
+            await cache.get(keys[i & 1])
 
     return {
-        "redis-py GET + msgpack.unpackb (baseline)": raw_get,
-        "stratacache Cache.get (L2 hit)": strata_get,
-        "redis.asyncio GET + msgpack.unpackb (async baseline)": lambda: loop.run_until_complete(
-            araw_many()
-        ),
-        "stratacache await AsyncCache.get (L2 hit)": lambda: loop.run_until_complete(
-            astrata_many()
-        ),
+        raw_name: lambda: loop.run_until_complete(araw_many()),
+        name: lambda: loop.run_until_complete(astrata_many()),
     }
 
 

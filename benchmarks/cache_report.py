@@ -2,9 +2,10 @@
 
     taskset -c 1 python benchmarks/cache_report.py [--quick] [--json out.json]
 
-Starts its own redis-server (inheriting the CPU pinning, so client and server share one
-CPU and the loopback round trip pays no cross-CPU wake-up). Each figure is the best of
-several repeats, per operation; compare ratios within one run, never absolute times.
+Starts its own redis-server, then a 3-master Redis Cluster for the cluster L2 hit (both
+inherit the CPU pinning, so client and servers share one CPU and the loopback round trip
+pays no cross-CPU wake-up). Each figure is the best of several repeats, per operation;
+compare ratios within one run, never absolute times.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stratacache import _l1
-from stratacache.testing import RedisServerProcess
+from stratacache.testing import RedisClusterProcesses, RedisServerProcess
 
 from cache_cases import (
     close_resources,
@@ -27,6 +28,7 @@ from cache_cases import (
     get_many_cases,
     l1_hit_cases,
     l2_hit_cases,
+    l2_hit_cluster_cases,
     miss_cases,
 )
 
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
                 repeat,
             ),
         ]
+        close_resources(loop)
+    with RedisClusterProcesses(3) as cluster:
+        cases = l2_hit_cluster_cases(cluster.url, l2, loop)
+        tables.append(table("get, L2 hit (L1 miss), Redis Cluster", cases, l2, both, repeat))
         close_resources(loop)
     loop.close()
     if args.json:

@@ -31,6 +31,7 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "get",
     "getbit",
     "incr",
+    "mget",
     "pexpire",
     "pexpireat",
     "pttl",
@@ -152,6 +153,7 @@ local function try(name, ...)
 end
 try('SET', KEYS[1], '1', 'PX', 10000)
 try('GET', KEYS[1])
+try('MGET', KEYS[1], KEYS[2])
 try('EXISTS', KEYS[1])
 try('PTTL', KEYS[1])
 try('PEXPIRE', KEYS[1], 10000)

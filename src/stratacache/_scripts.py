@@ -1,6 +1,7 @@
 """Lua scripts of the Redis tier. Each touches one entry's data key and lease key, which
 share a hash tag and therefore a Redis Cluster slot (see ``KeySpace``), or one tag's keys
-(same slot too); only ``RECLAIM`` reaches other keys, and only on a standalone server."""
+(same slot too); only ``RECLAIM``, the tagged writes and ``READ_ELSE_LEASE_VERSIONS``
+reach other keys, and only on a standalone server."""
 
 from __future__ import annotations
 
@@ -87,6 +88,23 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {false, 1}
 end
 return {false, 0}
+"""
+
+# KEYS: data, lease, then version keys (the namespace epoch's, tags'). ARGV: token, px.
+# READ_ELSE_LEASE plus the versions, read in the same atomic step, as a third element: a
+# miss stamps its new entry with them (read before its loader runs, as they must be)
+# without a round trip of its own, and a hit is checked against them. Standalone servers
+# only: on a cluster the version keys live in other slots than the entry.
+READ_ELSE_LEASE_VERSIONS = """
+local versions = redis.call('MGET', unpack(KEYS, 3))
+local value = redis.call('GET', KEYS[1])
+if value then
+  return {value, 0, versions}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {false, 1, versions}
+end
+return {false, 0, versions}
 """
 
 # -- invalidation --------------------------------------------------------------------------

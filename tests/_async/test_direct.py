@@ -4,6 +4,7 @@ replaced when the server closed them, scripts reloaded after a flush, given back
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from stratacache import AsyncCache
 from stratacache._primitives import AsyncRedis, AsyncRedisCluster, async_sleep
@@ -31,6 +32,33 @@ async def test_the_hot_calls_use_the_direct_path(target: tuple[str, bool]) -> No
         assert any(idle for _, idle in cache._tier._direct._idle.values())
     finally:
         await cache.close()
+
+
+async def test_a_miss_without_the_bus_reads_the_versions_with_its_lease(redis_url: str) -> None:
+    # no bus, so no versions known here: the read-or-lease script reads the epoch's and the
+    # tag's along, and the miss costs that script and the write (no versions read between)
+    cache = AsyncCache(redis_url, namespace=NS, bus=False)
+    admin = AsyncRedis.from_url(redis_url)
+    tier = cache._tier
+    assert tier is not None
+    fetch_versions, apart = tier.fetch_versions, []
+
+    async def counted(names: Any) -> Any:
+        apart.append(names)
+        return await fetch_versions(names)
+
+    tier.fetch_versions = counted  # type: ignore[method-assign]
+    try:
+        await admin.config_resetstat()
+        assert await cache.get_or_set("m", lambda: "loaded", tags=["t"]) == "loaded"
+        cache.l1.clear()
+        assert await cache.get_or_set("m", lambda: "other", tags=["t"]) == "loaded"  # a hit
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 3  # read + write, then the hit's read
+        assert apart == []
+    finally:
+        await cache.close()
+        await admin.aclose()
 
 
 async def test_connections_the_server_closed_are_replaced(target: tuple[str, bool]) -> None:

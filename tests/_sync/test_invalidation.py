@@ -246,8 +246,9 @@ def test_an_entry_filled_while_its_tag_is_invalidated_is_stale_at_birth(trio) ->
 
 
 def test_a_tagged_fill_without_the_bus_is_stale_at_birth_too(target) -> None:
-    # no bus: the fill's stamps are read from Redis before the loader runs, and the tagged
-    # write (one script on a standalone server) stores them as read
+    # no bus: the fill's stamps are read from Redis before the loader runs (on a standalone
+    # server in the script that takes the lease), and the tagged write (one script there)
+    # stores them as read
     a, b = make(target, bus=False), make(target, bus=False)
     try:
         loading, release = Event(), Event()

@@ -36,8 +36,18 @@ if TYPE_CHECKING:
     from .cache import AsyncCache
     from .loader_call import AsyncFlight
 
+# what a new entry is stamped with: its tags' versions (in order) and the namespace epoch
+Stamps = tuple[tuple[int, ...], int]
+
 _POLL_FIRST = 0.002  # first pause while another process holds the lease (seconds)
 _POLL_MAX = 0.05  # longest pause between polls
+
+
+def _stamped_with(entry: Entry, current: dict[str | None, int]) -> bool:
+    """Whether ``entry`` was stamped with the ``current`` versions (epoch and tags)."""
+    return entry.epoch == current[None] and all(
+        current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps)
+    )
 
 
 class _LeaderGone(Exception):
@@ -243,8 +253,9 @@ class AsyncReadPath:
         skip_l2 = outbox is not None and outbox.active and outbox.blocks(key, tags)
         try:
             entry = None
+            stamps: Stamps | None = None  # read with the lease (see _lookup), else below
             if not skip_l2:
-                lease_state, stale = await self._lookup(key, flight)
+                lease_state, stale, stamps = await self._lookup(key, tags, flight)
                 if not isinstance(lease_state, Entry):
                     token = lease_state
                 else:  # a hit, or a holder elsewhere filled it while we waited
@@ -259,7 +270,8 @@ class AsyncReadPath:
             c._counters.l2_misses += 1
             # the tag versions *before* the loader reads: an invalidation of a tag while
             # it loads makes this entry stale at birth (a miss for every reader)
-            stamps = await self._stamps(tags) if token is not None else None
+            if token is not None and stamps is None:
+                stamps = await self._stamps(tags)
             started = perf_counter()
             value, is_stale = await self._load(key, loader, stale, flight)
             load_time = perf_counter() - started  # stored in the entry (early refresh)
@@ -308,43 +320,67 @@ class AsyncReadPath:
                 c._invalidator.release_lease_later(key, token)
 
     async def _lookup(
-        self, key: str, flight: AsyncFlight | None = None
-    ) -> tuple[bytes | Entry | None, Entry | None]:
+        self, key: str, tags: tuple[str, ...], flight: AsyncFlight | None = None
+    ) -> tuple[bytes | Entry | None, Entry | None, Stamps | None]:
         """A miss's first step, one round trip in the common cases (``READ_ELSE_LEASE``):
         the valid, fresh L2 entry (a hit), else the lease token, else None (see
-        :meth:`_take_lease`); and an expired entry found on the way (fail-safe material).
+        :meth:`_take_lease`); an expired entry found on the way (fail-safe material); and,
+        when that step took the lease, the stamps of the new entry (``tags``' versions and
+        the epoch): known here (a healthy bus keeps them) or, on a standalone server, read
+        in that same atomic step (``READ_ELSE_LEASE_VERSIONS``); else None.
         An entry that is there but expired or invalidated, or a lease held elsewhere,
         continues as :meth:`_take_lease`. Under a time limit, a miss notes the flight's
         fail-safe value before any wait (a soft timeout may answer with it)."""
         c = self._cache
-        if c._tier is None:
+        tier = c._tier
+        if tier is None:
             self._note_fallback(flight, key, None)
-            return None, None
+            return None, None, None
         candidate = os.urandom(12)
+        # stamps sampled before the lease are no later than the loader's start: safe
+        known = self._known_stamps(tags)
+        names = None if known is not None or not tier.versions_with_lease else [None, *tags]
+        generation = c._versions.generation
+        current: dict[str | None, int] | None = None
         try:
-            blob, taken = await c._tier.read_else_lease(key, candidate, c.settings.lease_ttl)
+            if names is None:
+                blob, taken = await tier.read_else_lease(key, candidate, c.settings.lease_ttl)
+            else:
+                blob, taken, current = await tier.read_else_lease_versions(
+                    key, candidate, c.settings.lease_ttl, names
+                )
         except RedisUnavailableError as exc:
             if exc.transient:
                 c._invalidator.release_lease_later(key, candidate)
-            return None, None
+            return None, None, None
         except BaseException:
             # cancelled with the command perhaps sent: it may still take the lease
             c._invalidator.release_lease_later(key, candidate, unreachable=False)
             raise
+        if current is not None and self._versions_trusted():
+            c._versions.store(generation, current)
         if taken:
             self._note_fallback(flight, key, None)
-            return candidate, None  # no entry: ours to fill
+            # no entry: ours to fill, stamped with the versions read as the lease was taken
+            if current is not None:
+                known = tuple(current[tag] for tag in tags), current[None]
+            return candidate, None, known
         if blob is None:  # another holder is filling it: wait for its write
             self._note_fallback(flight, key, None)
-            return await self._take_lease(key, flight, waited=True), None
+            return await self._take_lease(key, flight, waited=True), None, None
         entry = self._decode(key, blob)
         if entry is not None:
-            entry = await self._valid(key, entry)
+            entry = await self._valid(key, entry, current)
         if entry is not None and not self._expired(entry):
-            return entry, None
+            return entry, None, None
         # there but expired (kept for fail-safe) or invalidated: the lease regardless
         self._note_fallback(flight, key, entry)
-        return await self._take_lease(key, flight), entry
+        return await self._take_lease(key, flight), entry, None
+
+    def _known_stamps(self, tags: tuple[str, ...]) -> Stamps | None:
+        """The versions of ``tags`` and the epoch as this instance knows them, or None if
+        it does not (one unknown, or no healthy bus to keep them current)."""
+        return self._cache._versions.stamps(tags) if self._versions_trusted() else None
 
     def _note_fallback(self, flight: AsyncFlight | None, key: str, stale: Entry | None) -> None:
         if flight is not None and flight.fallback is MISSING:
@@ -523,10 +559,13 @@ class AsyncReadPath:
             )
         return False
 
-    async def _valid(self, key: str, entry: Entry) -> Entry | None:
+    async def _valid(
+        self, key: str, entry: Entry, current: dict[str | None, int] | None = None
+    ) -> Entry | None:
         """``entry`` if it may be served: not withheld (see :meth:`_withheld`), and none
         of its tags invalidated (nor the epoch raised) since it was written; else None
-        (a miss)."""
+        (a miss). ``current``: versions read from Redis with the entry, used if they
+        cover its tags (else they are read now)."""
         c = self._cache
         if self._withheld(key, entry):
             return None
@@ -534,6 +573,8 @@ class AsyncReadPath:
             ok = c._versions.check(entry)
             if ok is not None:
                 return entry if ok else None
+        if current is not None and all(tag in current for tag in entry.tags):
+            return entry if _stamped_with(entry, current) else None
         return entry if (await self._check_versions([entry]))[0] else None
 
     async def _check_versions(self, entries: list[Entry]) -> list[bool]:
@@ -551,21 +592,16 @@ class AsyncReadPath:
             return [False] * len(entries)
         if self._versions_trusted():
             c._versions.store(generation, current)
-        return [
-            entry.epoch == current[None]
-            and all(current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps))
-            for entry in entries
-        ]
+        return [_stamped_with(entry, current) for entry in entries]
 
-    async def _stamps(self, tags: tuple[str, ...]) -> tuple[tuple[int, ...], int] | None:
+    async def _stamps(self, tags: tuple[str, ...]) -> Stamps | None:
         """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
         if Redis cannot say (the entry is then not written to L2)."""
         c = self._cache
+        known = self._known_stamps(tags)
+        if known is not None:
+            return known
         trusted = self._versions_trusted()
-        if trusted:
-            known = c._versions.stamps(tags)
-            if known is not None:
-                return known
         assert c._tier is not None
         generation = c._versions.generation
         try:

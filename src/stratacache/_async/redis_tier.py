@@ -55,6 +55,7 @@ from .._scripts import (
     DEPENDENT_REMOVE,
     INVALIDATE_KEY,
     READ_ELSE_LEASE,
+    READ_ELSE_LEASE_VERSIONS,
     READ_OR_LEASE,
     RECLAIM,
     RECLAIM_SCAN,
@@ -116,6 +117,11 @@ def _px(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _versions(names: Sequence[Optional[str]], raw: Sequence[Any]) -> dict[Optional[str], int]:
+    """Versions read from Redis by name; 0 for one never raised (no key)."""
+    return {name: int(value) if value else 0 for name, value in zip(names, raw)}
+
+
 class AsyncRedisTier:
     """L2 operations on one namespace of one Redis (standalone or cluster)."""
 
@@ -141,6 +147,8 @@ class AsyncRedisTier:
         self._told_noperm = False  # the first NOPERM is logged, once per tier
         self._cluster = isinstance(client, AsyncRedisCluster)
         self.cluster = self._cluster
+        # read_else_lease_versions: its version keys are in other slots than the entry's
+        self.versions_with_lease = not self._cluster
         self._write = client.register_script(WRITE)
         self._write_if_lease = client.register_script(WRITE_IF_LEASE)
         self._write_tagged = client.register_script(WRITE_TAGGED)
@@ -151,6 +159,7 @@ class AsyncRedisTier:
         self._release = client.register_script(RELEASE_LEASE)
         self._read_or_lease = client.register_script(READ_OR_LEASE)
         self._read_else_lease = client.register_script(READ_ELSE_LEASE)
+        self._read_else_lease_versions = client.register_script(READ_ELSE_LEASE_VERSIONS)
         self._reclaim_scan = client.register_script(RECLAIM_SCAN)
         self._reclaim = client.register_script(RECLAIM)
         # the hot calls (GET, MGET, the entry scripts): see direct.py
@@ -160,6 +169,7 @@ class AsyncRedisTier:
         self._s_write_if_lease = Script(WRITE_IF_LEASE)
         self._s_read_or_lease = Script(READ_OR_LEASE)
         self._s_read_else_lease = Script(READ_ELSE_LEASE)
+        self._s_read_else_lease_versions = Script(READ_ELSE_LEASE_VERSIONS)
         self._s_write_tagged = Script(WRITE_TAGGED)
         self._s_write_if_lease_tagged = Script(WRITE_IF_LEASE_TAGGED)
         self.audit_maxlen = 0  # set by the cache: 0 = no audit stream
@@ -464,6 +474,20 @@ class AsyncRedisTier:
         )
         return (blob or None), bool(taken)
 
+    async def read_else_lease_versions(
+        self, key: str, token: bytes, ttl: float, names: Sequence[Optional[str]]
+    ) -> tuple[bytes | None, bool, dict[Optional[str], int]]:
+        """:meth:`read_else_lease` and, in the same atomic step, the versions of ``names``
+        (as :meth:`fetch_versions`). Standalone servers only (see ``versions_with_lease``)."""
+        keys = [self._keys.data_key(key), self._keys.lease_key(key), *self._version_keys(names)]
+        blob, taken, raw = await self._script(
+            self._s_read_else_lease_versions,
+            self._read_else_lease_versions,
+            keys,
+            [token, _px(ttl)],
+        )
+        return (blob or None), bool(taken), _versions(names, raw)
+
     async def write_if_lease(
         self, key: str, token: bytes, blob: bytes, ttl: float, tags: Sequence[str] = ()
     ) -> bool:
@@ -500,10 +524,7 @@ class AsyncRedisTier:
 
     async def fetch_versions(self, names: Sequence[Optional[str]]) -> dict[Optional[str], int]:
         """Current versions of tags (``None``: the namespace epoch); 0 if never raised."""
-        redis_keys = [
-            self._keys.meta_key("epoch") if name is None else self._keys.tag_key(name)
-            for name in names
-        ]
+        redis_keys = self._version_keys(names)
         if self._cluster:
             raw = await self._call(self.client.mget_nonatomic, redis_keys, _route=redis_keys)
         else:
@@ -512,7 +533,13 @@ class AsyncRedisTier:
                 raw = await self._call(self._direct.execute, "", "MGET", *redis_keys)
             if raw is FALLBACK:
                 raw = await self._call(self.client.mget, redis_keys)
-        return {name: int(value) if value else 0 for name, value in zip(names, raw)}
+        return _versions(names, raw)
+
+    def _version_keys(self, names: Sequence[Optional[str]]) -> list[str]:
+        return [
+            self._keys.meta_key("epoch") if name is None else self._keys.tag_key(name)
+            for name in names
+        ]
 
     async def invalidate_keys(
         self, keys: Sequence[str], audit: Iterable[AuditFields] = ()
