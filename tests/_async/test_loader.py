@@ -414,7 +414,9 @@ async def test_a_failed_probe_opens_the_breaker_again(redis_url: str, clock: Fak
 
 
 async def test_hard_timeouts_count_as_breaker_failures(redis_url: str, clock: FakeClock) -> None:
-    cache = make(redis_url, clock, hard_timeout=0.1, loader_breaker_threshold=1)
+    # the deadline must pass while the loader runs, not while Redis answers the look-up
+    # (see the next test): 0.5 s leaves a loaded machine's round trips room
+    cache = make(redis_url, clock, hard_timeout=0.5, loader_breaker_threshold=1)
     load = Gate()
     try:
         with pytest.raises(LoaderTimeout):
@@ -426,6 +428,34 @@ async def test_hard_timeouts_count_as_breaker_failures(redis_url: str, clock: Fa
         assert load.calls == 1  # start after the caller gave up on it)
     finally:
         load.gate.set()
+        await cache.close()
+
+
+async def test_a_deadline_passed_before_the_loader_ran_is_not_its_failure(
+    redis_server_factory, clock: FakeClock
+) -> None:
+    # Redis holds writes (the read-or-lease script is one) past the hard timeout: the
+    # caller gets LoaderTimeout, but no loader was running, so its breaker stays closed
+    server = redis_server_factory()
+    cache = make(server.url, clock, hard_timeout=0.2, loader_breaker_threshold=1)
+    admin = AsyncRedis.from_url(server.url)
+    load = Gate()
+    try:
+        await cache.get("warm-up")  # a plain read: the connection is open before the pause
+        await admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        try:
+            with pytest.raises(LoaderTimeout):
+                await cache.get_or_set("k", load)
+            assert cache.stats().loader_hard_timeouts == 1
+            assert cache.stats().loader_breaker_state == "closed"
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+        load.gate.set()
+        await async_until(lambda: cache.stats().loader_background_loads == 0)
+        assert cache.stats().loader_breaker_state == "closed"
+    finally:
+        load.gate.set()
+        await admin.aclose()
         await cache.close()
 
 

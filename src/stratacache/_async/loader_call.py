@@ -56,9 +56,13 @@ class AsyncFlight(AsyncResultSlot[Any]):
     ``hard_at``: the flight's hard deadline (``time.monotonic``), or None; ``fallback``:
     the fail-safe value the fill found (MISSING until then); ``waiters``: callers waiting;
     ``detached``: a caller was answered early (the result is wanted by the cache only);
-    ``expired``: the hard deadline passed (counted once, one breaker failure)."""
+    ``expired``: the hard deadline passed (counted once); ``loading``: a loader was
+    running at it (ours, or another process's behind its lease), which makes the expiry
+    one failure of the loader's breaker. A deadline that passes while Redis is still
+    answering the look-up is not the loader's failure: the database behind it may be
+    fine, and Redis has its own timeouts and breaker."""
 
-    __slots__ = ("detached", "expired", "fallback", "hard_at", "task", "waiters")
+    __slots__ = ("detached", "expired", "fallback", "hard_at", "loading", "task", "waiters")
 
     def __init__(self, hard_at: float | None) -> None:
         super().__init__()
@@ -67,6 +71,7 @@ class AsyncFlight(AsyncResultSlot[Any]):
         self.waiters = 0
         self.detached = False
         self.expired = False
+        self.loading = False
         self.task: AsyncLoadTask | None = None
 
     def remaining(self) -> float | None:
@@ -211,8 +216,9 @@ class AsyncLoads:
         )
 
     def expire(self, key: str, flight: AsyncFlight, cause: str) -> None:
-        """The flight's hard deadline passed (once per flight): a breaker failure, and the
-        flight leaves the flights map, so that callers arriving later start a new one
+        """The flight's hard deadline passed (once per flight): a failure of the loader's
+        breaker if a loader was running (see :class:`AsyncFlight`), and the flight leaves
+        the flights map, so that callers arriving later start a new one
         instead of joining a load that is being stopped (async) or that nobody waits for
         any more (a thread, which still caches its result if it ever ends)."""
         if flight.expired:
@@ -222,7 +228,7 @@ class AsyncLoads:
         if flights.get(key) is flight:
             del flights[key]
         breaker = self._cache._loader_breaker
-        if breaker is not None:
+        if breaker is not None and flight.loading:
             breaker.record_failure(cause)
 
     def _fallback(self, key: str, flight: AsyncFlight | None) -> Any:

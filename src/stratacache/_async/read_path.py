@@ -436,6 +436,7 @@ class AsyncReadPath:
             if c._timer() >= deadline:
                 return None
             if flight is not None and flight.hard_at is not None:
+                flight.loading = True  # another process's loader, behind its lease
                 left = flight.remaining()
                 assert left is not None
                 if left <= 0:
@@ -477,6 +478,7 @@ class AsyncReadPath:
             if flight is None or flight.hard_at is None:
                 value = await async_call_loader(loader)
             else:
+                flight.loading = True
                 value = await async_call_loader_within(
                     loader,
                     flight.hard_at - time.monotonic(),

@@ -58,9 +58,13 @@ class Flight(ResultSlot[Any]):
     ``hard_at``: the flight's hard deadline (``time.monotonic``), or None; ``fallback``:
     the fail-safe value the fill found (MISSING until then); ``waiters``: callers waiting;
     ``detached``: a caller was answered early (the result is wanted by the cache only);
-    ``expired``: the hard deadline passed (counted once, one breaker failure)."""
+    ``expired``: the hard deadline passed (counted once); ``loading``: a loader was
+    running at it (ours, or another process's behind its lease), which makes the expiry
+    one failure of the loader's breaker. A deadline that passes while Redis is still
+    answering the look-up is not the loader's failure: the database behind it may be
+    fine, and Redis has its own timeouts and breaker."""
 
-    __slots__ = ("detached", "expired", "fallback", "hard_at", "task", "waiters")
+    __slots__ = ("detached", "expired", "fallback", "hard_at", "loading", "task", "waiters")
 
     def __init__(self, hard_at: float | None) -> None:
         super().__init__()
@@ -69,6 +73,7 @@ class Flight(ResultSlot[Any]):
         self.waiters = 0
         self.detached = False
         self.expired = False
+        self.loading = False
         self.task: LoadTask | None = None
 
     def remaining(self) -> float | None:
@@ -213,8 +218,9 @@ class Loads:
         )
 
     def expire(self, key: str, flight: Flight, cause: str) -> None:
-        """The flight's hard deadline passed (once per flight): a breaker failure, and the
-        flight leaves the flights map, so that callers arriving later start a new one
+        """The flight's hard deadline passed (once per flight): a failure of the loader's
+        breaker if a loader was running (see :class:`AsyncFlight`), and the flight leaves
+        the flights map, so that callers arriving later start a new one
         instead of joining a load that is being stopped (async) or that nobody waits for
         any more (a thread, which still caches its result if it ever ends)."""
         if flight.expired:
@@ -224,7 +230,7 @@ class Loads:
         if flights.get(key) is flight:
             del flights[key]
         breaker = self._cache._loader_breaker
-        if breaker is not None:
+        if breaker is not None and flight.loading:
             breaker.record_failure(cause)
 
     def _fallback(self, key: str, flight: Flight | None) -> Any:

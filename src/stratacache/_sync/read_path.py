@@ -438,6 +438,7 @@ class SyncReadPath:
             if c._timer() >= deadline:
                 return None
             if flight is not None and flight.hard_at is not None:
+                flight.loading = True  # another process's loader, behind its lease
                 left = flight.remaining()
                 assert left is not None
                 if left <= 0:
@@ -479,6 +480,7 @@ class SyncReadPath:
             if flight is None or flight.hard_at is None:
                 value = call_loader(loader)
             else:
+                flight.loading = True
                 value = call_loader_within(
                     loader,
                     flight.hard_at - time.monotonic(),
