@@ -1,6 +1,8 @@
 """Instruction counts of one ``get_or_set`` L1 hit of the sync ``Cache``: a plain hit
 against an ``early_refresh=True`` hit whose refresh time has not come (issue 13: the
-early-refresh hit should cost about a plain one), under ``valgrind --tool=callgrind``.
+early-refresh hit should cost about a plain one), under ``valgrind --tool=callgrind``;
+with the other two L1 hits of the sync cache beside them: ``get`` and a
+``@cache.cached`` function.
 
     python benchmarks/early_hit_callgrind.py     # the table (needs valgrind, redis-server)
 
@@ -31,11 +33,26 @@ def plain(get_or_set):  # loops in functions: fast locals, as in an application
 def early(get_or_set):
     for _ in range(reads):
         get_or_set("k", load, 2.0, early_refresh=True)
-{"plain": plain, "early_refresh=True": early}[case](cache.get_or_set)
+def get(get):
+    for _ in range(reads):
+        get("k")
+@cache.cached(2.0)
+def decorated(name):
+    return "x" * 100
+decorated("k")
+def cached(decorated):
+    for _ in range(reads):
+        decorated("k")
+if case == "Cache.get":
+    get(cache.get)
+elif case == "@cache.cached":
+    cached(decorated)
+else:
+    {"plain": plain, "early_refresh=True": early}[case](cache.get_or_set)
 cache.close()
 """
 
-CASES = ("plain", "early_refresh=True")
+CASES = ("plain", "early_refresh=True", "Cache.get", "@cache.cached")
 FEW, MANY = 2_000, 12_000
 
 
@@ -44,7 +61,7 @@ def instructions(case: str, url: str, reads: int) -> int:
 
 
 def main() -> None:
-    print("| get_or_set L1 hit | Ir/read |")
+    print("| L1 hit | Ir/read |")
     print("|---|---|")
     with RedisServerProcess() as server:
         for case in CASES:

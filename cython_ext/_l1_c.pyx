@@ -41,7 +41,10 @@ Hit path
     ``get``: one ``PyDict_GetItemWithError``, a deadline check only when the node has a
     deadline (reading ``CLOCK_MONOTONIC_COARSE``: a few ns, a few ms of resolution, fine
     for cache TTLs), unlink/relink at the MRU end, ``_hits += 1``. Nothing is allocated.
-    Entries without a ttl store ``+inf`` and never read the clock.
+    Entries without a ttl store ``+inf`` and never read the clock. ``get``,
+    ``get_unless_due``, ``peek``, ``set`` and the getter's ``get`` are plain builtin
+    methods (``binding=False``, signature in ``__text_signature__``): CPython 3.11's call
+    specialisation calls them directly, not through a bound Cython function object.
 
 Eviction
     While a write leaves the count over ``maxsize`` or the weight over ``max_weight``: if
@@ -524,10 +527,14 @@ cdef class L1:
 
     # -- reading ----------------------------------------------------------------------
 
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
     def get(self, key, default=None):
         """The live value for ``key`` (marked most recently used), else ``default``."""
         return self._get(key, default)
 
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
     def get_unless_due(self, key, default, dict due not None, clock):
         """:meth:`get`, except that a live value whose time in ``due`` has come (``due[key]``,
         a float, ``<= clock()``) is answered with ``default`` and left as it is.
@@ -608,6 +615,8 @@ cdef class L1:
         self._notify(node)
         return default
 
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
     def peek(self, key, default=None):
         """The live value for ``key`` without touching recency or hit/miss counters."""
         cdef object removed = None
@@ -1525,6 +1534,8 @@ cdef class _Getter:
         self._l1 = l1
         self._fallback = fallback
 
+    @cython.binding(False)
+    @cython.embedsignature.format("clinic")
     def get(self, key, default=None):
         """The L1 value of ``key``, else ``fallback(key, default)``."""
         value = self._l1._get(key, _MISS)
