@@ -1,8 +1,10 @@
 # cython: freethreading_compatible = True
-"""The per-key loop of ``get_many`` after its ``MGET``, compiled (``stratacache._read_many_c``).
+"""The per-key loops of ``get_many``, compiled (``stratacache._read_many_c``).
 
-``src/stratacache/_read_many_py.py`` is its specification (read its notes); both pass
-``tests/test_read_many.py``. What compiling buys, per key: the envelope's checks are C
+``src/stratacache/_read_many_py.py`` is their specification (read its notes); both pass
+``tests/test_read_many.py``. ``l1_pass``, the loop over L1, runs no bytecode per key and
+checks a plain ASCII key in C (length and type) rather than by calling ``validate_key``.
+In ``read_many``, the loop after the ``MGET``, what compiling buys, per key: the envelope's checks are C
 comparisons on the list ``msgpack.unpackb`` returns (no ``Codec.decode`` frame, no
 ``Entry`` built unless the entry is unsure), ``unpackb`` is called by vectorcall with
 its keyword names built once, and the version check reads the trusted table directly.
@@ -19,6 +21,8 @@ from libc.string cimport memcmp, memcpy
 import msgpack
 
 from stratacache._codec import FORMAT_VERSION, Entry
+from stratacache._keys import MAX_KEY_LENGTH, validate_key
+from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, object kwnames)
@@ -27,6 +31,8 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     object PyList_AsTuple(object l)
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    bint PyUnicode_IS_ASCII(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
 cdef object _unpackb = msgpack.unpackb
 cdef tuple _UNPACK_KWNAMES = ("strict_map_key", "ext_hook")
@@ -38,6 +44,9 @@ cdef object _FORMAT_VERSION = FORMAT_VERSION
 cdef unsigned char _VERSION_BYTE = FORMAT_VERSION
 assert 0 <= FORMAT_VERSION <= 0x7F
 cdef tuple _NO_TAGS = ()
+cdef object _MISSING = MISSING
+cdef object _validate_key = validate_key
+cdef Py_ssize_t _MAX_KEY_LENGTH = MAX_KEY_LENGTH
 
 # what a decided entry comes to
 cdef enum:
@@ -46,6 +55,29 @@ cdef enum:
     _HIT = 2
     _UNSURE = 3
     _OTHER_SHAPE = 4  # not the header _decode_common reads: the generic decode decides
+
+
+def l1_pass(l1, keys, dict found not None):
+    """See ``stratacache._read_many_py.l1_pass`` (the specification)."""
+    cdef list missing = []
+    cdef object get = l1.get
+    cdef object value
+    for key in keys:
+        value = get(key, _MISSING)
+        if value is not _MISSING:
+            found[key] = value
+        elif key not in found:
+            # what validate_key accepts without a second look: a plain ASCII str of a
+            # valid length (an ASCII str always encodes as UTF-8)
+            if (
+                type(key) is str
+                and PyUnicode_IS_ASCII(key)
+                and 0 < PyUnicode_GET_LENGTH(key) <= _MAX_KEY_LENGTH
+            ):
+                missing.append(key)
+            else:
+                missing.append(_validate_key(key))
+    return missing
 
 
 def read_many(

@@ -13,6 +13,7 @@ import pytest
 
 from stratacache._codec import FORMAT_VERSION, Codec, Entry
 from stratacache._compat import NO_EXTENSIONS
+from stratacache._errors import InvalidKeyError
 from stratacache._read_many_py import BatchOutcome, BatchRules
 
 from l1_impls import IMPL_IDS, FakeClock, load_l1
@@ -392,3 +393,42 @@ def test_the_compiled_loop_and_the_spec_agree_on_every_envelope_shape() -> None:
                  _unnested(batch.l1.peek(key)), batch.l1.tags_of(key) if in_l1 else None)
             )  # fmt: skip
         assert outcomes[0] == outcomes[1], blob
+
+
+def load_l1_pass(impl_id: str) -> Callable[..., Any]:
+    return getattr(importlib.import_module(load_read_many(impl_id).__module__), "l1_pass")  # type: ignore[no-any-return]
+
+
+def test_l1_pass_serves_what_l1_has_and_lists_the_rest_validated(impl_id: str) -> None:
+    batch = Batch(impl_id, Codec())
+    l1_pass = load_l1_pass(impl_id)
+    batch.l1.set("hit", 1)
+    found: dict[str, Any] = {"kept": 0}
+    keys = ["hit", "miss", "clé", "miss", "hit", "x" * 1024]
+    assert l1_pass(batch.l1, iter(keys), found) == ["miss", "clé", "miss", "x" * 1024]
+    assert found == {"kept": 0, "hit": 1}
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [
+        ("", InvalidKeyError),
+        ("x" * 1025, InvalidKeyError),
+        ("\ud800", InvalidKeyError),  # a lone surrogate
+        (b"bytes", TypeError),
+        (7, TypeError),
+        ([], TypeError),  # unhashable: L1 refuses it first
+    ],
+)
+def test_l1_pass_refuses_what_validate_key_refuses(impl_id: str, key: Any, error: type) -> None:
+    batch = Batch(impl_id, Codec())
+    with pytest.raises(error):
+        load_l1_pass(impl_id)(batch.l1, ["ok", key], {})
+
+
+def test_l1_pass_passes_a_str_subclass_on_as_a_plain_str(impl_id: str) -> None:
+    class Key(str):
+        pass
+
+    [key] = load_l1_pass(impl_id)(Batch(impl_id, Codec()).l1, [Key("k")], {})
+    assert type(key) is str and key == "k"
