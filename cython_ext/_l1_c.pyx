@@ -1445,8 +1445,9 @@ cdef class L1:
     # -- stale-fill guard, batched ------------------------------------------------------
 
     def tickets(self, list keys not None):
-        """``ticket`` of each of ``keys``, as a list, in one call (``get_many`` takes one
-        per key it reads from L2). If a key cannot be hashed, no ticket is taken."""
+        """``ticket`` of each of ``keys`` (a list of hashable keys), as a list, in one
+        call (``get_many`` takes one per key it reads from L2). If a key cannot be
+        hashed, no ticket is taken."""
         cdef _Pending pending
         cdef object epoch
         for key in keys:

@@ -396,7 +396,7 @@ def test_the_compiled_loop_and_the_spec_agree_on_every_envelope_shape() -> None:
 
 
 def load_l1_pass(impl_id: str) -> Callable[..., Any]:
-    return getattr(importlib.import_module(load_read_many(impl_id).__module__), "l1_pass")  # type: ignore[no-any-return]
+    return importlib.import_module(load_read_many(impl_id).__module__).l1_pass  # type: ignore[no-any-return]
 
 
 def test_l1_pass_serves_what_l1_has_and_lists_the_rest_validated(impl_id: str) -> None:

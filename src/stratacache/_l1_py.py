@@ -498,9 +498,10 @@ class L1:
             pending.refcount += 1
             return self._epoch
 
-    def tickets(self, keys: list[Hashable]) -> list[int]:
-        """``ticket`` of each of ``keys``, as a list, in one call (``get_many`` takes one
-        per key it reads from L2). If a key cannot be hashed, no ticket is taken."""
+    def tickets(self, keys: list[Any]) -> list[int]:
+        """``ticket`` of each of ``keys`` (a list of hashable keys), as a list, in one
+        call (``get_many`` takes one per key it reads from L2). If a key cannot be
+        hashed, no ticket is taken."""
         for key in keys:
             hash(key)
         with self._lock:
