@@ -1514,6 +1514,26 @@ cdef class L1:
         else:
             self._sift_down(i, last)
 
+    # -- stale-fill guard, batched ------------------------------------------------------
+
+    def tickets(self, list keys not None):
+        """``ticket`` of each of ``keys`` (a list of hashable keys), as a list, in one
+        call (``get_many`` takes one per key it reads from L2). If a key cannot be
+        hashed, no ticket is taken."""
+        cdef _Pending pending
+        cdef object epoch
+        for key in keys:
+            PyObject_Hash(key)
+        with cython.critical_section(self):
+            epoch = self._epoch
+            for key in keys:
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = _Pending.__new__(_Pending)
+                    self._pending[key] = pending
+                pending.refcount += 1
+        return [epoch] * len(keys)
+
 
 # -- garbage collection -------------------------------------------------------------
 # Nodes are not GC-tracked (``no_gc``), so the collector cannot see that a node refers

@@ -1,8 +1,10 @@
 # cython: freethreading_compatible = True
-"""The per-key loop of ``get_many`` after its ``MGET``, compiled (``stratacache._read_many_c``).
+"""The per-key loops of ``get_many``, compiled (``stratacache._read_many_c``).
 
-``src/stratacache/_read_many_py.py`` is its specification (read its notes); both pass
-``tests/test_read_many.py``. What compiling buys, per key: the envelope's checks are C
+``src/stratacache/_read_many_py.py`` is their specification (read its notes); both pass
+``tests/test_read_many.py``. ``l1_pass``, the loop over L1, runs no bytecode per key and
+checks a plain ASCII key in C (length and type) rather than by calling ``validate_key``.
+In ``read_many``, the loop after the ``MGET``, what compiling buys, per key: the envelope's checks are C
 comparisons on the list ``msgpack.unpackb`` returns (no ``Codec.decode`` frame, no
 ``Entry`` built unless the entry is unsure), ``unpackb`` is called by vectorcall with
 its keyword names built once, and the version check reads the trusted table directly.
@@ -10,12 +12,17 @@ A signed codec goes through ``Codec.decode`` (the HMAC dominates there). L1 is u
 through its public methods (``install``, ``release``, ``set``).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
 
 import msgpack
 
 from stratacache._codec import FORMAT_VERSION, Entry
+from stratacache._keys import MAX_KEY_LENGTH, validate_key
+from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, object kwnames)
@@ -23,6 +30,9 @@ cdef extern from "Python.h":
     Py_ssize_t PyList_GET_SIZE(object l)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     object PyList_AsTuple(object l)
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    bint PyUnicode_IS_ASCII(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
 cdef object _unpackb = msgpack.unpackb
 cdef tuple _UNPACK_KWNAMES = ("strict_map_key", "ext_hook")
@@ -30,7 +40,13 @@ cdef object _FALSE = False  # a Python object: <PyObject*>False would be a C 0
 cdef object _new_entry = tuple.__new__
 cdef object _Entry = Entry
 cdef object _FORMAT_VERSION = FORMAT_VERSION
+# FORMAT_VERSION as msgpack writes it (a positive fixint), for the envelope's header
+cdef unsigned char _VERSION_BYTE = FORMAT_VERSION
+assert 0 <= FORMAT_VERSION <= 0x7F
 cdef tuple _NO_TAGS = ()
+cdef object _MISSING = MISSING
+cdef object _validate_key = validate_key
+cdef Py_ssize_t _MAX_KEY_LENGTH = MAX_KEY_LENGTH
 
 # what a decided entry comes to
 cdef enum:
@@ -38,6 +54,30 @@ cdef enum:
     _CORRUPT = 1
     _HIT = 2
     _UNSURE = 3
+    _OTHER_SHAPE = 4  # not the header _decode_common reads: the generic decode decides
+
+
+def l1_pass(l1, keys, dict found not None):
+    """See ``stratacache._read_many_py.l1_pass`` (the specification)."""
+    cdef list missing = []
+    cdef object get = l1.get
+    cdef object value
+    for key in keys:
+        value = get(key, _MISSING)
+        if value is not _MISSING:
+            found[key] = value
+        elif key not in found:
+            # what validate_key accepts without a second look: a plain ASCII str of a
+            # valid length (an ASCII str always encodes as UTF-8)
+            if (
+                type(key) is str
+                and PyUnicode_IS_ASCII(key)
+                and 0 < PyUnicode_GET_LENGTH(key) <= _MAX_KEY_LENGTH
+            ):
+                missing.append(key)
+            else:
+                missing.append(_validate_key(key))
+    return missing
 
 
 def read_many(
@@ -204,6 +244,9 @@ cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_si
     cdef object load_us
     cdef double load_time = 0.0
     cdef double created_at = 0.0
+    cdef int outcome = _decode_common(d, key, blob, max_size, ext_hook)
+    if outcome != _OTHER_SHAPE:
+        return outcome
     try:
         if len(blob) > max_size:
             return _CORRUPT
@@ -267,6 +310,151 @@ cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_si
     d.created_at = created_at
     d.expires_obj = expires
     d.stamps = stamps
+    d.epoch = epoch
+    d.load_time = load_time
+    return _HIT
+
+
+cdef inline double _float64_at(const unsigned char* p) noexcept:
+    """The big-endian IEEE double at ``p`` (msgpack's float 64)."""
+    cdef uint64_t bits = 0
+    cdef double result
+    cdef int k
+    for k in range(8):
+        bits = (bits << 8) | p[k]
+    memcpy(&result, &bits, 8)
+    return result
+
+
+cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size, object ext_hook):
+    """The envelope every untagged entry this library writes has, its header read in C:
+    ``fixarray(8 or 9), FORMAT_VERSION, str key, float64 created_at, nil or float64
+    expires_at, [], [], uint epoch``; only the rest (the payload, and ``load_us`` of a
+    9-item envelope) goes through ``unpackb``. _HIT (fields in ``d``), _CORRUPT, or
+    _OTHER_SHAPE for anything else (tags, a foreign writer's encodings, a header this
+    would have to reject): ``_decode_unsigned`` then decodes the whole blob, so the
+    verdict on every blob is the one ``Codec.decode`` gives.
+
+    The rest is unpacked behind a one-byte header of its own, ``fixarray(1 or 2)``: it
+    sits at the same nesting depth as in the envelope (msgpack's depth limit counts the
+    same), and bytes after it are the same ``ExtraData`` error."""
+    cdef const unsigned char* p
+    cdef Py_ssize_t size
+    cdef Py_ssize_t pos
+    cdef Py_ssize_t length
+    cdef Py_ssize_t key_size
+    cdef const char* key_utf8
+    cdef unsigned char head
+    cdef unsigned char c
+    cdef double created_at
+    cdef double expires_at
+    cdef object expires = None
+    cdef uint64_t epoch
+    cdef bytes rest
+    cdef char* out
+    cdef PyObject* args[3]
+    cdef object obj
+    cdef object load_us
+    cdef double load_time = 0.0
+    if type(blob) is not bytes:
+        return _OTHER_SHAPE
+    size = PyBytes_GET_SIZE(blob)
+    if size > max_size:
+        return _CORRUPT
+    p = <const unsigned char*>PyBytes_AS_STRING(blob)
+    # array head, version, str head (1 byte), created_at (9), expires_at (1+), [], [], epoch
+    if size < 16:
+        return _OTHER_SHAPE
+    head = p[0]
+    if (head != 0x98 and head != 0x99) or p[1] != _VERSION_BYTE:
+        return _OTHER_SHAPE
+    c = p[2]
+    if 0xA0 <= c <= 0xBF:  # fixstr
+        length = c & 0x1F
+        pos = 3
+    elif c == 0xD9:  # str 8
+        length = p[3]
+        pos = 4
+    elif c == 0xDA:  # str 16
+        length = (<Py_ssize_t>p[3] << 8) | p[4]
+        pos = 5
+    else:
+        return _OTHER_SHAPE
+    try:
+        key_utf8 = PyUnicode_AsUTF8AndSize(key, &key_size)
+    except Exception:  # a key with a lone surrogate (validated keys have none)
+        return _OTHER_SHAPE
+    if length != key_size or pos + length + 13 > size:
+        return _OTHER_SHAPE
+    if memcmp(p + pos, key_utf8, length) != 0:
+        return _OTHER_SHAPE
+    pos += length
+    if p[pos] != 0xCB:  # float 64
+        return _OTHER_SHAPE
+    created_at = _float64_at(p + pos + 1)
+    if created_at != created_at:
+        return _OTHER_SHAPE
+    pos += 9
+    if p[pos] == 0xC0:  # nil
+        pos += 1
+    elif p[pos] == 0xCB:
+        if pos + 13 > size:
+            return _OTHER_SHAPE
+        expires_at = _float64_at(p + pos + 1)
+        if expires_at != expires_at:
+            return _OTHER_SHAPE
+        expires = expires_at
+        pos += 9
+    else:
+        return _OTHER_SHAPE
+    # here pos + 3 < size: [], [], and the epoch's first byte
+    if p[pos] != 0x90 or p[pos + 1] != 0x90:
+        return _OTHER_SHAPE
+    pos += 2
+    c = p[pos]
+    if c <= 0x7F:  # positive fixint
+        epoch = c
+        pos += 1
+    elif c == 0xCC and pos + 2 <= size:  # uint 8
+        epoch = p[pos + 1]
+        pos += 2
+    elif c == 0xCD and pos + 3 <= size:  # uint 16
+        epoch = (<uint64_t>p[pos + 1] << 8) | p[pos + 2]
+        pos += 3
+    elif c == 0xCE and pos + 5 <= size:  # uint 32
+        epoch = (
+            (<uint64_t>p[pos + 1] << 24) | (<uint64_t>p[pos + 2] << 16)
+            | (<uint64_t>p[pos + 3] << 8) | p[pos + 4]
+        )
+        pos += 5
+    else:
+        return _OTHER_SHAPE
+    if pos >= size:  # no payload
+        return _OTHER_SHAPE
+    rest = PyBytes_FromStringAndSize(NULL, size - pos + 1)
+    out = PyBytes_AS_STRING(rest)
+    out[0] = <char>(0x91 if head == 0x98 else 0x92)
+    memcpy(out + 1, p + pos, size - pos)
+    args[0] = <PyObject*>rest
+    args[1] = <PyObject*>_FALSE
+    args[2] = <PyObject*>ext_hook
+    try:
+        obj = PyObject_Vectorcall(_unpackb, args, 1, _UNPACK_KWNAMES)
+    except Exception:
+        return _CORRUPT
+    if head == 0x99:
+        load_us = <object>PyList_GET_ITEM(obj, 1)
+        if type(load_us) is not int or load_us < 0:
+            return _CORRUPT
+        try:
+            load_time = load_us / 1e6
+        except Exception:  # an int too large for a float
+            return _CORRUPT
+    d.value = <object>PyList_GET_ITEM(obj, 0)
+    d.created_at = created_at
+    d.expires_obj = expires
+    d.tags = _NO_TAGS
+    d.stamps = _NO_TAGS
     d.epoch = epoch
     d.load_time = load_time
     return _HIT

@@ -119,6 +119,7 @@ def test_any_hashable_key(l1_impl: Any) -> None:
         lambda c: c.invalidate([]),
         lambda c: [] in c,
         lambda c: c.ticket([]),
+        lambda c: c.tickets([[]]),
     ],
 )
 def test_unhashable_key_is_a_type_error(l1_impl: Any, call: Any) -> None:
@@ -791,6 +792,31 @@ def test_unrelated_events_do_not_refuse(l1_impl: Any, clock: FakeClock) -> None:
     cache.set("c", 3)  # evictions are not invalidations either
     assert cache.install(ticket, "k", "v", tags=("t1",)) is True
     assert cache.get("k") == "v"
+
+
+def test_tickets_takes_one_ticket_per_key(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    cache.set("b", "old")
+    tickets = cache.tickets(["a", "b", "a"])
+    assert tickets == [cache.ticket("c")] * 3
+    cache.release(tickets[0], "a")
+    assert cache.install(tickets[2], "a", "v") is True  # the second ticket on "a"
+    cache.set("b", "newer")  # a write after the ticket: its install is refused
+    assert cache.install(tickets[1], "b", "stale") is False
+    assert cache.get("b") == "newer"
+    cache.release(0, "c")
+    for key in ("a", "b", "c"):  # every ticket is back
+        with pytest.raises(ValueError):
+            cache.release(0, key)
+    assert cache.tickets([]) == []
+
+
+def test_tickets_takes_none_if_a_key_is_unhashable(l1_impl: Any) -> None:
+    cache = l1_impl(10)
+    with pytest.raises(TypeError):
+        cache.tickets(["a", []])
+    with pytest.raises(ValueError):
+        cache.release(0, "a")
 
 
 def test_install_always_gives_the_ticket_back(l1_impl: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from stratacache._codec import FORMAT_VERSION, Codec, Entry
 from stratacache._compat import NO_EXTENSIONS
+from stratacache._errors import InvalidKeyError
 from stratacache._read_many_py import BatchOutcome, BatchRules
 
 from l1_impls import IMPL_IDS, FakeClock, load_l1
@@ -307,3 +308,127 @@ def test_mismatched_lengths_are_rejected_before_anything(impl_id: str) -> None:
         batch.read_many(
             ["a"], [], [0], batch.codec, OPEN, batch.l1, True, NOW, MAX_TTL, None, 0.0, {}
         )
+
+
+def _envelope_variants(codec: Codec) -> list[tuple[str, bytes]]:
+    """(key, blob) pairs around the envelope header the compiled loop reads in C (see
+    ``_decode_common`` in ``cython_ext/_read_many_c.pyx``): the shapes it reads, the
+    encodings it leaves to the generic decode, and damaged ones."""
+    fields: dict[str, Any] = {"created_at": NOW - 10, "epoch": 7}
+    good = codec.encode("k", {"a": [1, "x"]}, **fields)
+    loaded = codec.encode("k", 1.5, load_time=0.25, **fields)
+
+    def raw(*items: Any, **options: Any) -> bytes:
+        return msgpack.packb(list(items), **options)  # type: ignore[no-any-return]
+
+    v = FORMAT_VERSION
+    variants = [
+        ("k", good),
+        ("k", loaded),
+        ("k", good + b"\x00"),  # bytes after the envelope
+        ("k", loaded + b"\x00"),
+        ("k", good[:-1] + b"\x00\x00"),
+        ("k", codec.encode("k", 1, expires_at=NOW + 5, **fields)),
+        ("k", codec.encode("k", 1, tags=("t",), stamps=(3,), **fields)),
+        ("k" * 40, codec.encode("k" * 40, 1, **fields)),  # str 8 key
+        ("k" * 300, codec.encode("k" * 300, 1, **fields)),  # str 16 key
+        ("clé ✓", codec.encode("clé ✓", 1, **fields)),
+        ("k", codec.encode("k", 1, created_at=NOW - 10, epoch=200)),  # uint 8 epoch
+        ("k", codec.encode("k", 1, created_at=NOW - 10, epoch=70_000)),  # uint 32
+        ("k", codec.encode("k", 1, created_at=NOW - 10, epoch=2**40)),  # uint 64
+        ("k", raw(v, "k", NOW - 10, None, [], [], -1, 1)),  # negative fixint epoch
+        ("k", raw(v, "k", NOW - 10, None, [], [], 7, 1, 5)),
+        ("k", raw(v, "k", NOW - 10, None, [], [], 7, 1, -5)),
+        ("k", raw(v, "k", NOW - 10, None, [], [], 7, 1, 2**64 - 1)),
+        ("k", raw(v, "k", NOW - 10, NOW + 5, [], [], 7, 1, use_single_float=True)),
+        ("k", raw(v, "k", NOW - 10, float("nan"), [], [], 7, 1)),
+        ("k", raw(v, "k", float("nan"), None, [], [], 7, 1)),
+        ("k", raw(v, "K", NOW - 10, None, [], [], 7, 1)),
+        ("k", raw(v, "kk", NOW - 10, None, [], [], 7, 1)),
+        ("k", raw(v, b"k", NOW - 10, None, [], [], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, [], [], 7)),  # no payload
+        ("k", raw(v, "k", NOW - 10, None, [], [], 7, msgpack.ExtType(99, b"")))
+    ]
+    # the version, written as uint 8 rather than a fixint
+    variants.append(("k", good[:1] + b"\xcc" + good[1:]))
+    # nesting around msgpack's depth limit: the payload sits one level down
+    for depth in (1021, 1022, 1023, 1024):
+        nested = b"\x91" * depth + b"\xc0"
+        variants.append(("k", good[: -len(msgpack.packb({"a": [1, "x"]}))] + nested))
+    # every truncation, and every byte of the header set to a few values
+    variants += [("k", good[:size]) for size in range(len(good))]
+    header = len(good) - len(msgpack.packb({"a": [1, "x"]}))
+    for i in range(header):
+        for byte in (0x00, 0x90, 0xC0, 0xCB, 0xFF, good[i] ^ 1):
+            variants.append(("k", good[:i] + bytes([byte]) + good[i + 1 :]))
+    return variants
+
+
+def _unnested(value: Any) -> tuple[int, Any]:
+    """``value`` without its single-item list wrappers, and how many there were: the
+    deeply nested values below are compared without recursing."""
+    depth = 0
+    while type(value) is list and len(value) == 1:
+        value = value[0]
+        depth += 1
+    return depth, value
+
+
+def test_the_compiled_loop_and_the_spec_agree_on_every_envelope_shape() -> None:
+    """What the compiled loop reads from the envelope's header in C it decides exactly as
+    the spec's ``Codec.decode`` of the whole blob: hit (same value, life and version
+    verdict), miss or decode error."""
+    if NO_EXTENSIONS:
+        pytest.importorskip("stratacache._read_many_c", reason="pure run")
+    codec = Codec()
+    for key, blob in _envelope_variants(codec):
+        outcomes = []
+        for impl_id in IMPL_IDS:
+            batch = Batch(impl_id, codec)
+            outcome, found = batch.run([key], [blob])
+            in_l1 = key in batch.l1
+            outcomes.append(
+                (outcome.hits, outcome.decode_errors, [e for _, e in outcome.unsure],
+                 {k: _unnested(v) for k, v in found.items()},
+                 _unnested(batch.l1.peek(key)), batch.l1.tags_of(key) if in_l1 else None)
+            )  # fmt: skip
+        assert outcomes[0] == outcomes[1], blob
+
+
+def load_l1_pass(impl_id: str) -> Callable[..., Any]:
+    return importlib.import_module(load_read_many(impl_id).__module__).l1_pass  # type: ignore[no-any-return]
+
+
+def test_l1_pass_serves_what_l1_has_and_lists_the_rest_validated(impl_id: str) -> None:
+    batch = Batch(impl_id, Codec())
+    l1_pass = load_l1_pass(impl_id)
+    batch.l1.set("hit", 1)
+    found: dict[str, Any] = {"kept": 0}
+    keys = ["hit", "miss", "clé", "miss", "hit", "x" * 1024]
+    assert l1_pass(batch.l1, iter(keys), found) == ["miss", "clé", "miss", "x" * 1024]
+    assert found == {"kept": 0, "hit": 1}
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [
+        ("", InvalidKeyError),
+        ("x" * 1025, InvalidKeyError),
+        ("\ud800", InvalidKeyError),  # a lone surrogate
+        (b"bytes", TypeError),
+        (7, TypeError),
+        ([], TypeError),  # unhashable: L1 refuses it first
+    ],
+)
+def test_l1_pass_refuses_what_validate_key_refuses(impl_id: str, key: Any, error: type) -> None:
+    batch = Batch(impl_id, Codec())
+    with pytest.raises(error):
+        load_l1_pass(impl_id)(batch.l1, ["ok", key], {})
+
+
+def test_l1_pass_passes_a_str_subclass_on_as_a_plain_str(impl_id: str) -> None:
+    class Key(str):
+        pass
+
+    [key] = load_l1_pass(impl_id)(Batch(impl_id, Codec()).l1, [Key("k")], {})
+    assert type(key) is str and key == "k"

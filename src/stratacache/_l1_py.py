@@ -498,6 +498,22 @@ class L1:
             pending.refcount += 1
             return self._epoch
 
+    def tickets(self, keys: list[Any]) -> list[int]:
+        """``ticket`` of each of ``keys`` (a list of hashable keys), as a list, in one
+        call (``get_many`` takes one per key it reads from L2). If a key cannot be
+        hashed, no ticket is taken."""
+        for key in keys:
+            hash(key)
+        with self._lock:
+            epoch = self._epoch
+            pending_of = self._pending
+            for key in keys:
+                pending = pending_of.get(key)
+                if pending is None:
+                    pending = pending_of[key] = _Pending()
+                pending.refcount += 1
+            return [epoch] * len(keys)
+
     def install(
         self,
         ticket: int,

@@ -1,6 +1,9 @@
-"""The per-key loop of ``get_many`` after its ``MGET``, in pure Python: the specification
-of the compiled ``_read_many_c`` (``cython_ext/_read_many_c.pyx``); both pass
-``tests/test_read_many.py``. ``_read_many`` picks one.
+"""The per-key loops of ``get_many``, in pure Python: the specification of the compiled
+``_read_many_c`` (``cython_ext/_read_many_c.pyx``); both pass ``tests/test_read_many.py``.
+``_read_many`` picks one.
+
+:func:`l1_pass` is the first loop: the values L1 has, and the keys it has not
+(validated). :func:`read_many` is the loop after the ``MGET`` of those:
 
 For each key L1 did not have, with the blob ``MGET`` returned for it: decode the envelope
 (bad bytes are a miss and a decode error, never an exception), withhold it by the
@@ -19,13 +22,30 @@ propagates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple, Optional
 
 from ._codec import Codec, Entry
+from ._keys import validate_key
 from ._l1_py import L1
+from ._sentinel import MISSING
 from ._tags import check_versions
 
-__all__ = ["BatchOutcome", "BatchRules", "read_many"]
+__all__ = ["BatchOutcome", "BatchRules", "l1_pass", "read_many"]
+
+
+def l1_pass(l1: L1, keys: Iterable[str], found: dict[str, Any]) -> list[str]:
+    """Add to ``found`` the values L1 holds for ``keys``; the others, in order, each
+    checked by ``validate_key`` (a key L1 served is not checked: only a valid key can
+    be in it). A key not in L1 is listed as often as it comes."""
+    missing: list[str] = []
+    for key in keys:
+        value = l1.get(key, MISSING)
+        if value is not MISSING:
+            found[key] = value
+        elif key not in found:
+            missing.append(validate_key(key))
+    return missing
 
 
 class BatchRules(NamedTuple):

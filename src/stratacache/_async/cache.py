@@ -57,6 +57,7 @@ from .._primitives import (
     async_forget_connections,
     async_reconnect_once,
 )
+from .._read_many import l1_pass
 from .._sentinel import MISSING, MissingType
 from .._stats import Counters
 from .._tags import TagVersions, expand_tags
@@ -469,14 +470,7 @@ class AsyncCache(
 
     async def _get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        missing: list[str] = []
-        l1 = self._l1
-        for key in keys:
-            value = l1.get(key, MISSING)
-            if value is not MISSING:
-                found[key] = value
-            elif key not in found:
-                missing.append(validate_key(key))
+        missing = l1_pass(self._l1, keys, found)  # compiled beside the L1 (_read_many.py)
         if not missing or self._tier is None:
             return found
         return await self._reads.get_many_after_l1(found, missing)

@@ -93,8 +93,7 @@ class AsyncReadPath:
         assert tier is not None  # the facade answers from L1 alone without Redis
         await c._bus_started()
         missing = list(dict.fromkeys(missing))
-        ticket = l1.ticket
-        tickets = [ticket(key) for key in missing]
+        tickets = l1.tickets(missing)
         # Every ticket goes back exactly once (installed or released), however the call
         # ends: a cancellation at the await, or an error, releases them all here; from
         # the call of read_many on, it gives back every ticket it decides (even when it

@@ -59,6 +59,7 @@ from .._primitives import (
     forget_connections,
     reconnect_once,
 )
+from .._read_many import l1_pass
 from .._sentinel import MISSING, MissingType
 from .._stats import Counters
 from .._tags import TagVersions, expand_tags
@@ -471,14 +472,7 @@ class Cache(
 
     def _get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        missing: list[str] = []
-        l1 = self._l1
-        for key in keys:
-            value = l1.get(key, MISSING)
-            if value is not MISSING:
-                found[key] = value
-            elif key not in found:
-                missing.append(validate_key(key))
+        missing = l1_pass(self._l1, keys, found)  # compiled beside the L1 (_read_many.py)
         if not missing or self._tier is None:
             return found
         return self._reads.get_many_after_l1(found, missing)
