@@ -213,6 +213,30 @@ def read_many(
     return (hits, decode_errors, refused, unsure)
 
 
+cdef inline object _unpack(object blob, object ext_hook):
+    """``msgpack.unpackb(blob, strict_map_key=False, ext_hook=ext_hook)``, or None if it
+    raises (both decoders judge None as corrupt: no envelope unpacks to it)."""
+    cdef PyObject* args[3]
+    args[0] = <PyObject*>blob
+    args[1] = <PyObject*>_FALSE
+    args[2] = <PyObject*>ext_hook
+    try:
+        return PyObject_Vectorcall(_unpackb, args, 1, _UNPACK_KWNAMES)
+    except Exception:
+        return None
+
+
+cdef inline double _load_seconds(object load_us):
+    """The stored load time (a non-negative int of microseconds) in seconds; -1.0 if it
+    is not one."""
+    if type(load_us) is not int or load_us < 0:
+        return -1.0
+    try:
+        return load_us / 1e6
+    except Exception:  # an int too large for a float
+        return -1.0
+
+
 cdef class _Decoded:
     """The fields of the envelope ``_decode_unsigned`` last accepted (one per call of
     ``read_many``: calls from several threads never share one)."""
@@ -229,7 +253,6 @@ cdef class _Decoded:
 cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_size, object ext_hook):
     """``Codec.decode`` of an unsigned blob, the checks in C: _HIT (fields in ``d``) or
     _CORRUPT; never raises but for what ``except Exception`` would not catch there."""
-    cdef PyObject* args[3]
     cdef object obj
     cdef Py_ssize_t size
     cdef Py_ssize_t k
@@ -241,7 +264,6 @@ cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_si
     cdef object tags
     cdef object stamps
     cdef object epoch
-    cdef object load_us
     cdef double load_time = 0.0
     cdef double created_at = 0.0
     cdef int outcome = _decode_common(d, key, blob, max_size, ext_hook)
@@ -252,23 +274,13 @@ cdef int _decode_unsigned(_Decoded d, object key, object blob, Py_ssize_t max_si
             return _CORRUPT
     except Exception:
         return _CORRUPT
-    args[0] = <PyObject*>blob
-    args[1] = <PyObject*>_FALSE
-    args[2] = <PyObject*>ext_hook
-    try:
-        obj = PyObject_Vectorcall(_unpackb, args, 1, _UNPACK_KWNAMES)
-    except Exception:
-        return _CORRUPT
+    obj = _unpack(blob, ext_hook)
     if type(obj) is not list:
         return _CORRUPT
     size = PyList_GET_SIZE(obj)
     if size == 9:
-        load_us = <object>PyList_GET_ITEM(obj, 8)
-        if type(load_us) is not int or load_us < 0:
-            return _CORRUPT
-        try:
-            load_time = load_us / 1e6
-        except Exception:  # an int too large for a float
+        load_time = _load_seconds(<object>PyList_GET_ITEM(obj, 8))
+        if load_time < 0:
             return _CORRUPT
     elif size != 8:
         return _CORRUPT
@@ -352,9 +364,7 @@ cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size
     cdef uint64_t epoch
     cdef bytes rest
     cdef char* out
-    cdef PyObject* args[3]
     cdef object obj
-    cdef object load_us
     cdef double load_time = 0.0
     if type(blob) is not bytes:
         return _OTHER_SHAPE
@@ -435,20 +445,12 @@ cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size
     out = PyBytes_AS_STRING(rest)
     out[0] = <char>(0x91 if head == 0x98 else 0x92)
     memcpy(out + 1, p + pos, size - pos)
-    args[0] = <PyObject*>rest
-    args[1] = <PyObject*>_FALSE
-    args[2] = <PyObject*>ext_hook
-    try:
-        obj = PyObject_Vectorcall(_unpackb, args, 1, _UNPACK_KWNAMES)
-    except Exception:
+    obj = _unpack(rest, ext_hook)
+    if obj is None:  # what the whole envelope's decode would reject too
         return _CORRUPT
     if head == 0x99:
-        load_us = <object>PyList_GET_ITEM(obj, 1)
-        if type(load_us) is not int or load_us < 0:
-            return _CORRUPT
-        try:
-            load_time = load_us / 1e6
-        except Exception:  # an int too large for a float
+        load_time = _load_seconds(<object>PyList_GET_ITEM(obj, 1))
+        if load_time < 0:
             return _CORRUPT
     d.value = <object>PyList_GET_ITEM(obj, 0)
     d.created_at = created_at
