@@ -15,9 +15,9 @@ import time
 import pytest
 
 from stratacache import MISSING, Cache
-from stratacache._bus_messages import Action, BusMessage, encode_message
+from stratacache._bus_messages import Action, BusMessage, decode_message, encode_message
 from stratacache._keys import KeySpace
-from stratacache._primitives import RedisCluster, sleep
+from stratacache._primitives import Redis, RedisCluster, sleep
 
 from concurrency import until
 
@@ -100,6 +100,41 @@ def test_the_writer_ignores_its_own_messages(pair) -> None:
     assert stats.bus_state == "healthy"
     assert stats.bus_flushes_subscribe == 1
     assert stats.bus_lag.count >= 1 and 0 <= stats.bus_lag.p50 < 1.0
+
+
+def test_one_instance_s_messages_go_out_in_the_order_of_its_calls(redis_url) -> None:
+    # A delete is batched for the publisher loop; an invalidate_tag is sent at once by its
+    # caller. Sent before the delete's batch, it would reach others (and `bus tail`) first.
+    cache = make((redis_url, False), heartbeat_timeout=60)  # no heartbeat wakes the loop
+    listener = Redis.from_url(redis_url)
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
+    try:
+        cache.set("warm-up", 1)  # starts the bus
+        bus = cache._bus
+        assert bus is not None
+        # the loop's first sends are out, so it is most likely waiting for a wake-up, which
+        # add() below does not give: the at-once send must then take the batch with it
+        # (whichever of the two drains the batch, the order must hold)
+        until(lambda: bus.outbox.sent >= 2 and not bus.outbox.pending(), DEADLINE)
+        pubsub.subscribe(KeySpace(NS).channel())
+        # the delete, still batched, as when the loop has not run yet
+        bus.outbox.add(Action.INVALIDATE_KEYS, ["k"])
+        cache.invalidate_tag("t")
+        heard: list[tuple[Action, tuple[str, ...]]] = []
+        deadline = time.monotonic() + DEADLINE
+        while len(heard) < 2:
+            assert time.monotonic() < deadline, f"heard only {heard}"
+            raw_message = pubsub.get_message(timeout=0.1)
+            message = decode_message(raw_message["data"]) if raw_message else None
+            if message is not None and message.action is not Action.HEARTBEAT:
+                if message.args == ("warm-up",):  # sent before the subscription: may be heard
+                    continue
+                heard.append((message.action, message.args))
+        assert heard == [(Action.INVALIDATE_KEYS, ("k",)), (Action.INVALIDATE_TAGS, ("t",))]
+    finally:
+        pubsub.close()
+        listener.close()
+        cache.close()
 
 
 def test_a_sequence_gap_flushes_l1(pair, raw) -> None:

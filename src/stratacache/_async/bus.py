@@ -219,14 +219,15 @@ class AsyncInvalidationBus:
         """Tell every other instance to invalidate: sent by the publisher loop at once when
         no publish is in flight, else with the others that arrive meanwhile as one
         message; with no window (``batch_window == 0``) or ``at_once``, sent before this
-        returns."""
+        returns, after what is still batched (one instance's messages go out in the order
+        of its calls: a ``delete`` then an ``invalidate_tag`` are heard in that order)."""
         run = self._run
         if self._window > 0 and not at_once:
             if self.outbox.add(action, args):
                 run.wake.set()
             return
         async with run.publish_lock:
-            await self._send(self.outbox.encode_all(action, args))
+            await self._send(self.outbox.drain() + self.outbox.encode_all(action, args))
 
     async def _send(self, payloads: list[bytes], *, guarded: bool = True) -> bool:
         """Publish each payload; False if a call to Redis failed (not merely refused by
