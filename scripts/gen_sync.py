@@ -85,6 +85,7 @@ REPLACEMENTS = {
     "AsyncTask": "Task",
     "async_wait_event": "wait_event",
     "async_until": "until",
+    "async_bus_settled": "bus_settled",
     "Awaitable": "Callable",
     "asynccontextmanager": "contextmanager",
 }

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+from stratacache._bus_messages import Action
 
 AsyncEvent = asyncio.Event
 Event = threading.Event
@@ -89,3 +91,48 @@ def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.0005)
+
+
+async def async_bus_settled(writer: Any, readers: Iterable[Any], timeout: float = 5.0) -> None:
+    """Until every one of ``readers`` (caches) has heard all that ``writer`` published so
+    far, so that an invalidation still in flight cannot land in the middle of a test.
+
+    The readers are subscribed first (healthy: each heard its own heartbeat); then the
+    writer sends a heartbeat at once, which goes out after whatever it still has batched,
+    and they hear it within a round trip. (Waiting for the last sequence number the writer
+    had used can take until its next periodic heartbeat, heartbeat_timeout / 4: a message
+    sent before a reader subscribed is never heard.)"""
+    wbus = writer._bus
+    if wbus is None:
+        return
+    buses = []
+    for reader in readers:
+        await reader._bus_started()
+        if reader._bus is not None:
+            buses.append(reader._bus)
+    for bus in buses:
+        await async_until(lambda bus=bus: bus.state.healthy, timeout)
+    await wbus.publish(Action.HEARTBEAT, at_once=True)
+    last = wbus.outbox.last_seq
+    for bus in buses:
+        await async_until(
+            lambda bus=bus: (bus.state.last_seq_of(wbus.outbox.source) or 0) >= last, timeout
+        )
+
+
+def bus_settled(writer: Any, readers: Iterable[Any], timeout: float = 5.0) -> None:
+    """The sync twin of :func:`async_bus_settled`."""
+    wbus = writer._bus
+    if wbus is None:
+        return
+    buses = []
+    for reader in readers:
+        reader._bus_started()
+        if reader._bus is not None:
+            buses.append(reader._bus)
+    for bus in buses:
+        until(lambda bus=bus: bus.state.healthy, timeout)
+    wbus.publish(Action.HEARTBEAT, at_once=True)
+    last = wbus.outbox.last_seq
+    for bus in buses:
+        until(lambda bus=bus: (bus.state.last_seq_of(wbus.outbox.source) or 0) >= last, timeout)

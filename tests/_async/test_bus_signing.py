@@ -22,7 +22,7 @@ from stratacache._bus_messages import (
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedisCluster, async_sleep
 
-from concurrency import async_until
+from concurrency import async_bus_settled, async_until
 
 NS = "signedbus"
 DEADLINE = 5.0
@@ -47,12 +47,8 @@ async def publish_raw(raw, payload: bytes) -> None:
 
 
 async def heard(reader: AsyncCache, writer: AsyncCache) -> None:
-    """Wait until ``reader`` heard everything ``writer`` published so far (its later
-    heartbeats count too, so this ends even if the reader subscribed late)."""
-    assert writer._bus is not None and reader._bus is not None
-    source, sent = writer._bus.state.source, writer._bus.outbox.last_seq
-    bus = reader._bus
-    await async_until(lambda: (bus.state.last_seq_of(source) or 0) >= sent, DEADLINE)
+    """Wait until ``reader`` heard everything ``writer`` published so far."""
+    await async_bus_settled(writer, [reader], DEADLINE)
 
 
 async def warm(cache: AsyncCache, key: str, expected: object) -> None:

@@ -22,7 +22,14 @@ from stratacache import (
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedisCluster, async_sleep
 
-from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
+from concurrency import (
+    AsyncEvent,
+    AsyncTask,
+    FakeClock,
+    async_bus_settled,
+    async_until,
+    async_wait_event,
+)
 
 NS = "t"
 TEST_REDIS_TIMEOUT = 2.0
@@ -72,14 +79,7 @@ async def other(target: tuple[str, bool], clock: FakeClock):
 async def settled(writer: AsyncCache, reader: AsyncCache) -> None:
     """Wait until ``reader``'s bus has heard everything ``writer`` has published so far,
     so that an invalidation still in flight cannot land in the middle of a test."""
-    await reader._bus_started()
-    wbus, rbus = writer._bus, reader._bus
-    if wbus is None or rbus is None:
-        return
-    await async_until(lambda: not wbus.outbox.pending(), 5)
-    last = wbus.outbox.last_seq
-    # heard it, or (if reader subscribed later) the writer's next heartbeat: either way done
-    await async_until(lambda: (rbus.state.last_seq_of(wbus.outbox.source) or 0) >= last, 5)
+    await async_bus_settled(writer, [reader], 5)
 
 
 # -- get / set / delete ---------------------------------------------------------------------

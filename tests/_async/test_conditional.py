@@ -9,7 +9,7 @@ import pytest
 
 from stratacache import AsyncCache, SerializationError
 
-from concurrency import AsyncTask, FakeClock, async_until
+from concurrency import AsyncTask, FakeClock, async_bus_settled, async_until
 
 NS = "cond"
 
@@ -86,12 +86,7 @@ async def test_incr_keeps_expiry_and_tags(target: tuple[str, bool]) -> None:
         await cache.invalidate_tag("counters")
         # until other heard every bus message cache sent (the tag's included): before that,
         # a read of other may still trust its cached tag versions (the bus's latency)
-        bus, heard = cache._bus, other._bus
-        assert bus is not None and heard is not None
-        await async_until(
-            lambda: not bus.outbox.pending()
-            and (heard.state.last_seq_of(bus.outbox.source) or 0) >= bus.outbox.last_seq
-        )
+        await async_bus_settled(cache, [other])
         assert await other.get("m") is None
     finally:
         await cache.close()

@@ -21,7 +21,14 @@ from stratacache import (
 from stratacache._async.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
 
-from concurrency import AsyncEvent, AsyncTask, FakeClock, async_until, async_wait_event
+from concurrency import (
+    AsyncEvent,
+    AsyncTask,
+    FakeClock,
+    async_bus_settled,
+    async_until,
+    async_wait_event,
+)
 
 NS = "inv"
 DEADLINE = 5.0
@@ -50,20 +57,7 @@ async def settled(caches: list[AsyncCache]) -> None:
     """Wait until every instance has heard what every other one published so far, so a
     write's bus message cannot drop a key from an L1 after the test filled it."""
     for writer in caches:
-        wbus = writer._bus
-        assert wbus is not None
-        await async_until(lambda wbus=wbus: not wbus.outbox.pending(), DEADLINE)
-        last = wbus.outbox.last_seq
-        for reader in caches:
-            if reader is not writer:
-                rbus = reader._bus
-                assert rbus is not None
-                await async_until(
-                    lambda rbus=rbus, wbus=wbus, last=last: (
-                        (rbus.state.last_seq_of(wbus.outbox.source) or 0) >= last
-                    ),
-                    DEADLINE,
-                )
+        await async_bus_settled(writer, [c for c in caches if c is not writer], DEADLINE)
 
 
 async def in_l1_everywhere(caches: list[AsyncCache], keys: list[str]) -> None:

@@ -24,7 +24,7 @@ from stratacache._bus_messages import (
 from stratacache._keys import KeySpace
 from stratacache._primitives import RedisCluster, sleep
 
-from concurrency import until
+from concurrency import bus_settled, until
 
 NS = "signedbus"
 DEADLINE = 5.0
@@ -49,12 +49,8 @@ def publish_raw(raw, payload: bytes) -> None:
 
 
 def heard(reader: Cache, writer: Cache) -> None:
-    """Wait until ``reader`` heard everything ``writer`` published so far (its later
-    heartbeats count too, so this ends even if the reader subscribed late)."""
-    assert writer._bus is not None and reader._bus is not None
-    source, sent = writer._bus.state.source, writer._bus.outbox.last_seq
-    bus = reader._bus
-    until(lambda: (bus.state.last_seq_of(source) or 0) >= sent, DEADLINE)
+    """Wait until ``reader`` heard everything ``writer`` published so far."""
+    bus_settled(writer, [reader], DEADLINE)
 
 
 def warm(cache: Cache, key: str, expected: object) -> None:

@@ -24,7 +24,14 @@ from stratacache import (
 from stratacache._keys import KeySpace
 from stratacache._primitives import RedisCluster, sleep
 
-from concurrency import Event, Task, FakeClock, until, wait_event
+from concurrency import (
+    Event,
+    Task,
+    FakeClock,
+    bus_settled,
+    until,
+    wait_event,
+)
 
 NS = "t"
 TEST_REDIS_TIMEOUT = 2.0
@@ -74,14 +81,7 @@ def other(target: tuple[str, bool], clock: FakeClock):
 def settled(writer: Cache, reader: Cache) -> None:
     """Wait until ``reader``'s bus has heard everything ``writer`` has published so far,
     so that an invalidation still in flight cannot land in the middle of a test."""
-    reader._bus_started()
-    wbus, rbus = writer._bus, reader._bus
-    if wbus is None or rbus is None:
-        return
-    until(lambda: not wbus.outbox.pending(), 5)
-    last = wbus.outbox.last_seq
-    # heard it, or (if reader subscribed later) the writer's next heartbeat: either way done
-    until(lambda: (rbus.state.last_seq_of(wbus.outbox.source) or 0) >= last, 5)
+    bus_settled(writer, [reader], 5)
 
 
 # -- get / set / delete ---------------------------------------------------------------------

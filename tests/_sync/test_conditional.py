@@ -11,7 +11,7 @@ import pytest
 
 from stratacache import Cache, SerializationError
 
-from concurrency import Task, FakeClock, until
+from concurrency import Task, FakeClock, bus_settled, until
 
 NS = "cond"
 
@@ -88,12 +88,7 @@ def test_incr_keeps_expiry_and_tags(target: tuple[str, bool]) -> None:
         cache.invalidate_tag("counters")
         # until other heard every bus message cache sent (the tag's included): before that,
         # a read of other may still trust its cached tag versions (the bus's latency)
-        bus, heard = cache._bus, other._bus
-        assert bus is not None and heard is not None
-        until(
-            lambda: not bus.outbox.pending()
-            and (heard.state.last_seq_of(bus.outbox.source) or 0) >= bus.outbox.last_seq
-        )
+        bus_settled(cache, [other])
         assert other.get("m") is None
     finally:
         cache.close()

@@ -23,7 +23,14 @@ from stratacache import (
 from stratacache._sync.invalidator import RECLAIM_DELAY
 from stratacache._keys import KeySpace
 
-from concurrency import Event, Task, FakeClock, until, wait_event
+from concurrency import (
+    Event,
+    Task,
+    FakeClock,
+    bus_settled,
+    until,
+    wait_event,
+)
 
 NS = "inv"
 DEADLINE = 5.0
@@ -52,20 +59,7 @@ def settled(caches: list[Cache]) -> None:
     """Wait until every instance has heard what every other one published so far, so a
     write's bus message cannot drop a key from an L1 after the test filled it."""
     for writer in caches:
-        wbus = writer._bus
-        assert wbus is not None
-        until(lambda wbus=wbus: not wbus.outbox.pending(), DEADLINE)
-        last = wbus.outbox.last_seq
-        for reader in caches:
-            if reader is not writer:
-                rbus = reader._bus
-                assert rbus is not None
-                until(
-                    lambda rbus=rbus, wbus=wbus, last=last: (
-                        (rbus.state.last_seq_of(wbus.outbox.source) or 0) >= last
-                    ),
-                    DEADLINE,
-                )
+        bus_settled(writer, [c for c in caches if c is not writer], DEADLINE)
 
 
 def in_l1_everywhere(caches: list[Cache], keys: list[str]) -> None:
