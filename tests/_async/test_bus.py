@@ -17,7 +17,7 @@ from stratacache._bus_messages import Action, BusMessage, decode_message, encode
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedis, AsyncRedisCluster, async_sleep
 
-from concurrency import async_until
+from concurrency import async_bus_settled, async_until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -138,6 +138,7 @@ async def test_one_instance_s_messages_go_out_in_the_order_of_its_calls(redis_ur
 async def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     a, b = pair
     await a.set("k", 1)
+    await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     await warm(b, "k", 1)
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
@@ -151,6 +152,7 @@ async def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
 async def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -> None:
     a, b = pair
     await a.set("k", 1)
+    await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     await warm(b, "k", 1)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
         await publish_raw(raw, payload)

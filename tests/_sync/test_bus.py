@@ -19,7 +19,7 @@ from stratacache._bus_messages import Action, BusMessage, decode_message, encode
 from stratacache._keys import KeySpace
 from stratacache._primitives import Redis, RedisCluster, sleep
 
-from concurrency import until
+from concurrency import bus_settled, until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -140,6 +140,7 @@ def test_one_instance_s_messages_go_out_in_the_order_of_its_calls(redis_url) -> 
 def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     a, b = pair
     a.set("k", 1)
+    bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     warm(b, "k", 1)
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
@@ -153,6 +154,7 @@ def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
 def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -> None:
     a, b = pair
     a.set("k", 1)
+    bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     warm(b, "k", 1)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
         publish_raw(raw, payload)

@@ -199,6 +199,12 @@ class AsyncInvalidationBus:
         self._stopping = True
         run = self._run
         run.halt()
+        if self.started and run.loop is async_current_loop() and self.state.healthy:
+            # what is still batched, then a last heartbeat: our own listener, waiting for a
+            # message for up to _POLL, hears it and sees the stop flag at once (a thread
+            # cannot be interrupted in its socket read otherwise; a task is cancelled)
+            async with run.publish_lock:
+                await self._send([*self.outbox.drain(), self.outbox.encode(Action.HEARTBEAT)])
         for worker in run.workers:
             await worker.stop(_STOP_TIMEOUT)
         run.workers = []

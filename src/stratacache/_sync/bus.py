@@ -201,6 +201,12 @@ class InvalidationBus:
         self._stopping = True
         run = self._run
         run.halt()
+        if self.started and run.loop is current_loop() and self.state.healthy:
+            # what is still batched, then a last heartbeat: our own listener, waiting for a
+            # message for up to _POLL, hears it and sees the stop flag at once (a thread
+            # cannot be interrupted in its socket read otherwise; a task is cancelled)
+            with run.publish_lock:
+                self._send([*self.outbox.drain(), self.outbox.encode(Action.HEARTBEAT)])
         for worker in run.workers:
             worker.stop(_STOP_TIMEOUT)
         run.workers = []
