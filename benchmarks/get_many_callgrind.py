@@ -21,9 +21,10 @@ still held the ``100 n`` values read (its final collections and deallocations co
 ~245k instructions per call, 0 for the baseline, which keeps nothing); the collections
 that run during the calls, because the values L1 keeps survive them, are still counted
 (lumpy: 0-45k per call in the runs profiled, depending on where the thresholds fall).
-Method-cache collisions, which move with the code's memory layout, shift the total by up
-to ~100k per call between builds of identical hot paths: compare changes under 3% with
-a profile, not this total. ``n`` is 30. The caches run with
+Type-attribute cache misses move with the memory layout too: two profiled children whose
+calls ran the same code differed by ~170k per call in ``find_name_in_mro`` alone (the
+child's source text differed by the ``os._exit`` line); compare changes under ~5% with
+a profile of the function concerned, not with this total. ``n`` is 30. The caches run with
 ``heartbeat_timeout=3600``: under valgrind a call takes long enough for the default 1 s
 to pass between heartbeats, the bus to turn unhealthy and L1 to be bypassed, which is not
 the path measured here. 60 s, as first set, was not always enough on a loaded machine:
