@@ -25,12 +25,14 @@ Type-attribute cache misses move with the memory layout too: two profiled childr
 calls ran the same code differed by ~170k per call in ``find_name_in_mro`` alone (the
 child's source text differed by the ``os._exit`` line); compare changes under ~5% with
 a profile of the function concerned, not with this total. ``n`` is 30. The caches run with
-``heartbeat_timeout=3600``: under valgrind a call takes long enough for the default 1 s
-to pass between heartbeats, the bus to turn unhealthy and L1 to be bypassed, which is not
-the path measured here. 60 s, as first set, was not always enough on a loaded machine:
-one run counted 2.52M instructions per call (0.88x, below the baseline), presumably with
-L1 bypassed for part of the calls; the child now checks that L1 holds every value read,
-and fails rather than report another path.
+``heartbeat_timeout=3600`` and ``redis_timeout=60``: under valgrind a call takes long
+enough for the default 1 s to pass between heartbeats (or the default 0.1 s of a Redis
+call, the bus's PING among them), the bus to turn unhealthy and L1 to be bypassed, which
+is not the path measured here. ``heartbeat_timeout=60`` alone, as first set, was not
+enough on a loaded machine: a sync run counted 2.52M instructions per call (0.88x, below
+the baseline), and an async child under valgrind logged "Redis did not answer a PING"
+and ended with an empty L1. The child now checks that L1 holds every value read, and
+fails rather than report another path.
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ setup = redis.Redis.from_url(url)
 for raw_keys in raw_batches:
     setup.mset({k: msgpack.packb(VALUE) for k in raw_keys})
 L1_SIZE = 100 * batches
+OPTIONS = {"heartbeat_timeout": 3600, "redis_timeout": 60}  # see the module notes
 if case == "sync MGET + unpackb":
     raw = redis.Redis.from_url(url)
     raw.mget(raw_batches[0][:1])  # connect outside the counted calls
     for raw_keys in raw_batches[:reps]:
         [msgpack.unpackb(b) for b in raw.mget(raw_keys)]
 elif case == "sync get_many":
-    cache = Cache(url, namespace="cg", l1_maxsize=L1_SIZE, heartbeat_timeout=3600)
+    cache = Cache(url, namespace="cg", l1_maxsize=L1_SIZE, **OPTIONS)
     for keys in batch_keys:
         cache.set_many({k: VALUE for k in keys})
     cache.l1.clear()
@@ -77,7 +80,7 @@ elif case == "async MGET + unpackb":
     asyncio.run(main())
 elif case == "async get_many":
     async def main():
-        cache = AsyncCache(url, namespace="cg", l1_maxsize=L1_SIZE, heartbeat_timeout=3600)
+        cache = AsyncCache(url, namespace="cg", l1_maxsize=L1_SIZE, **OPTIONS)
         for keys in batch_keys:
             await cache.set_many({k: VALUE for k in keys})
         cache.l1.clear()
