@@ -507,7 +507,7 @@ cdef Py_ssize_t _read_tags(
             return -1
         try:
             item = PyUnicode_DecodeUTF8(<const char*>p + pos, length, NULL)
-        except UnicodeDecodeError:
+        except Exception:  # not UTF-8 (or out of memory): as _unpack, the decode decides
             return -1
         Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
         PyTuple_SET_ITEM(tags, k, item)
