@@ -13,7 +13,10 @@ through its public methods (``install``, ``release``, ``set``).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport PyObject
+from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.ref cimport Py_INCREF, PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
@@ -339,12 +342,13 @@ cdef inline double _float64_at(const unsigned char* p) noexcept:
 
 
 cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size, object ext_hook):
-    """The envelope every untagged entry this library writes has, its header read in C:
+    """The envelope every entry this library writes has, its header read in C:
     ``fixarray(8 or 9), FORMAT_VERSION, str key, float64 created_at, nil or float64
-    expires_at, [], [], uint epoch``; only the rest (the payload, and ``load_us`` of a
+    expires_at, tags, stamps, uint epoch`` (the tags and stamps ``[], []``, or as
+    ``_read_tags`` reads them); only the rest (the payload, and ``load_us`` of a
     9-item envelope) goes through ``unpackb``. _HIT (fields in ``d``), _CORRUPT, or
-    _OTHER_SHAPE for anything else (tags, a foreign writer's encodings, a header this
-    would have to reject): ``_decode_unsigned`` then decodes the whole blob, so the
+    _OTHER_SHAPE for anything else (a foreign writer's encodings, more than 15 tags, a
+    header this would have to reject): ``_decode_unsigned`` then decodes the whole blob, so the
     verdict on every blob is the one ``Codec.decode`` gives.
 
     The rest is unpacked behind a one-byte header of its own, ``fixarray(1 or 2)``: it
@@ -417,10 +421,14 @@ cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size
         pos += 9
     else:
         return _OTHER_SHAPE
-    # here pos + 3 < size: [], [], and the epoch's first byte
-    if p[pos] != 0x90 or p[pos + 1] != 0x90:
-        return _OTHER_SHAPE
-    pos += 2
+    # here pos + 3 < size: the tags' and stamps' heads and the epoch's first byte
+    if p[pos] == 0x90 and p[pos + 1] == 0x90:  # no tags: [], []
+        d.tags = d.stamps = _NO_TAGS
+        pos += 2
+    else:
+        pos = _read_tags(d, p, size, pos)
+        if pos < 0 or pos >= size:
+            return _OTHER_SHAPE
     c = p[pos]
     if c <= 0x7F:  # positive fixint
         epoch = c
@@ -455,11 +463,82 @@ cdef int _decode_common(_Decoded d, object key, object blob, Py_ssize_t max_size
     d.value = <object>PyList_GET_ITEM(obj, 0)
     d.created_at = created_at
     d.expires_obj = expires
-    d.tags = _NO_TAGS
-    d.stamps = _NO_TAGS
     d.epoch = epoch
     d.load_time = load_time
     return _HIT
+
+
+cdef Py_ssize_t _read_tags(
+    _Decoded d, const unsigned char* p, Py_ssize_t size, Py_ssize_t pos
+) except? -2:
+    """The tags and their stamps at ``pos`` as this library writes them, ``fixarray`` of
+    ``fixstr`` or ``str 8`` tags, then a ``fixarray`` as long of unsigned ints (each a
+    positive fixint or ``uint 8/16/32/64``), read into ``d.tags`` and ``d.stamps`` (two
+    tuples): the position after them, or -1 for any other shape (the generic decode then decides, as for every
+    header this does not read; a tag that is not valid UTF-8 is one)."""
+    cdef Py_ssize_t count
+    cdef Py_ssize_t k
+    cdef Py_ssize_t j
+    cdef Py_ssize_t length
+    cdef unsigned char c
+    cdef unsigned long long stamp
+    cdef tuple tags
+    cdef tuple stamps
+    cdef object item
+    c = p[pos]
+    if not 0x91 <= c <= 0x9F:  # a fixarray of 1 to 15 tags
+        return -1
+    count = c & 0x0F
+    pos += 1
+    tags = PyTuple_New(count)
+    for k in range(count):
+        if pos >= size:
+            return -1
+        c = p[pos]
+        if 0xA0 <= c <= 0xBF:  # fixstr
+            length = c & 0x1F
+            pos += 1
+        elif c == 0xD9 and pos + 1 < size:  # str 8
+            length = p[pos + 1]
+            pos += 2
+        else:
+            return -1
+        if pos + length > size:
+            return -1
+        try:
+            item = PyUnicode_DecodeUTF8(<const char*>p + pos, length, NULL)
+        except Exception:  # not UTF-8 (or out of memory): as _unpack, the decode decides
+            return -1
+        Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(tags, k, item)
+        pos += length
+    if pos >= size or p[pos] != 0x90 + count:  # as many stamps
+        return -1
+    pos += 1
+    stamps = PyTuple_New(count)
+    for k in range(count):
+        if pos >= size:
+            return -1
+        c = p[pos]
+        if c <= 0x7F:  # positive fixint
+            stamp = c
+            pos += 1
+        elif 0xCC <= c <= 0xCF:  # uint 8, 16, 32, 64: 1 << (c - 0xCC) bytes
+            length = 1 << (c - 0xCC)
+            if pos + 1 + length > size:
+                return -1
+            stamp = 0
+            for j in range(length):
+                stamp = (stamp << 8) | p[pos + 1 + j]
+            pos += 1 + length
+        else:
+            return -1
+        item = PyLong_FromUnsignedLongLong(stamp)
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(stamps, k, item)
+    d.tags = tags
+    d.stamps = stamps
+    return pos
 
 
 cdef int _verdict(dict known, tuple tags, object stamps, object epoch) except -1:

@@ -349,6 +349,46 @@ def _envelope_variants(codec: Codec) -> list[tuple[str, bytes]]:
         ("k", raw(v, "k", NOW - 10, None, [], [], 7)),  # no payload
         ("k", raw(v, "k", NOW - 10, None, [], [], 7, msgpack.ExtType(99, b"")))
     ]
+    # tags and stamps: what _read_tags reads, what it leaves to the generic decode
+    tagged = [
+        (("t",), (3,)),
+        (("t", "u"), (3, 5)),
+        (("t", "u"), (3, 4)),  # a stale stamp
+        (("t", "new"), (3, 0)),  # a tag of unknown version: unsure
+        (("t" * 31, "t" * 32, "t" * 255, "é✓"), (0, 127, 128, 2**16)),
+        (tuple(f"t{i}" for i in range(15)), tuple(range(15))),
+        (tuple(f"t{i}" for i in range(16)), tuple(range(16))),  # array 16: not read in C
+        (("t",), (2**32,)),
+        (("t",), (2**64 - 1,)),
+        (("",), (0,)),
+    ]
+    for tags, stamps in tagged:
+        variants.append(("k", codec.encode("k", [1], tags=tags, stamps=stamps, **fields)))
+        variants.append(("k", codec.encode("k", 1, tags=tags, stamps=stamps, load_time=0.5,
+                                           expires_at=NOW + 5, **fields)))  # fmt: skip
+    variants += [
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [-3], 7, 1)),  # a negative stamp
+        ("k", raw(v, "k", NOW - 10, None, ["t", "u"], [3], 7, 1)),  # fewer stamps
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [3, 5], 7, 1)),  # more stamps
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, [], [3], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, [b"t"], [3], 7, 1)),  # a bytes tag
+        ("k", raw(v, "k", NOW - 10, None, [3], [3], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, ["t"], ["3"], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [3.0], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [None], 7, 1)),
+        ("k", raw(v, "k", NOW - 10, None, ["t" * 300], [3], 7, 1)),  # str 16 tag
+        ("k", raw(v, "k", NOW - 10, None, ["t"], [3], 7)),  # no payload
+    ]
+    # a tag that is not UTF-8, and every truncation and damaged byte of a tagged header
+    two_tags = codec.encode("k", {"a": 1}, tags=("t", "uu"), stamps=(3, 300), **fields)
+    at = two_tags.index(b"uu")
+    variants.append(("k", two_tags[:at] + b"\xff\xfe" + two_tags[at + 2 :]))
+    tagged_header = len(two_tags) - len(msgpack.packb({"a": 1}))
+    variants += [("k", two_tags[:size]) for size in range(len(two_tags))]
+    for i in range(tagged_header):
+        for byte in (0x00, 0x90, 0x92, 0xA1, 0xC0, 0xCC, 0xCF, 0xD9, 0xFF, two_tags[i] ^ 1):
+            variants.append(("k", two_tags[:i] + bytes([byte]) + two_tags[i + 1 :]))
     # the version, written as uint 8 rather than a fixint
     variants.append(("k", good[:1] + b"\xcc" + good[1:]))
     # nesting around msgpack's depth limit: the payload sits one level down
