@@ -48,7 +48,8 @@ Hit path
     ``memoized``'s callable (the sync ``@cached`` hit) is an object, where that directive
     does nothing; it takes calls through the vectorcall protocol instead (installed by
     hand: Cython gives a cdef class ``tp_call`` only), so its arguments arrive as a C
-    array and a single-argument hit builds no tuple and no kwargs dict.
+    array and a single-argument hit builds no tuple and no kwargs dict; as a method it is
+    called with the instance first, without a bound method object.
 
 Eviction
     While a write leaves the count over ``maxsize`` or the weight over ``max_weight``: if
@@ -132,6 +133,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf) noexcept
     object PyVectorcall_Call(object callable, object args, object kwargs)
     unsigned long Py_TPFLAGS_HAVE_VECTORCALL
+    unsigned long Py_TPFLAGS_METHOD_DESCRIPTOR
     ctypedef struct _VectorcallType "PyTypeObject":  # the fields Cython does not declare
         Py_ssize_t tp_vectorcall_offset
         unsigned long tp_flags
@@ -1693,10 +1695,12 @@ cdef void _install_memoized_vectorcall() except *:
     # Cython gives a cdef class ``tp_call`` only; the slot CPython reads first is the
     # function pointer at ``tp_vectorcall_offset`` in each instance (PEP 590). The type is
     # final, so no subclass inherits a half-set slot; instances are made after this runs.
+    # Py_TPFLAGS_METHOD_DESCRIPTOR promises what ``__get__`` does (``obj.f(x)`` is
+    # ``f(obj, x)``): ``obj.f(x)`` then calls ``f`` with ``obj`` first, no bound method.
     cdef _Memoized probe = _Memoized.__new__(_Memoized, None, None, None, None, 0)
     cdef _VectorcallType* type_ = <_VectorcallType*>(<PyTypeObject*>_Memoized)
     type_.tp_vectorcall_offset = <char*>&probe._vectorcall - <char*><PyObject*>probe
-    type_.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    type_.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
 
 
 _install_memoized_vectorcall()

@@ -1141,6 +1141,8 @@ def test_memoized_is_function_like(l1_impl: Any) -> None:
     assert Owner.m is f
     assert owner.m(5) == (owner, 5)  # bound like a function
     assert owner.m(x=5) == (owner,) and make_key.calls[-1] == ((owner,), {"x": 5})
+    bound = owner.m  # fetched, not called at once: a bound method as for a function
+    assert bound.__self__ is owner and bound(6) == Owner.m(owner, 6) == (owner, 6)
     # pickled and copied by reference, like a function
     f.__module__, f.__qualname__ = __name__, "_memoized_for_pickle"
     globals()["_memoized_for_pickle"] = f
