@@ -1630,45 +1630,45 @@ cdef object _memoized_vectorcall(
 ):
     """A call of a ``_Memoized``: ``args[:nargs]`` positional, then one value per name in
     ``kwnames`` (a tuple, or NULL for none)."""
-    cdef _Memoized self = <_Memoized>callable
     cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
-    cdef Py_ssize_t nkw = 0 if kwnames is NULL else PyTuple_GET_SIZE(<object>kwnames)
     cdef PyObject* found = NULL
+    if kwnames is NULL or PyTuple_GET_SIZE(<object>kwnames) == 0:
+        found = _memo_entry((<_Memoized>callable)._memo, (<_Memoized>callable)._skip, args, nargs)
+    if found is NULL:
+        return _memoized_call(<_Memoized>callable, args, nargs, kwnames)
+    key = <object>found  # our own reference: the memo may be cleared meanwhile
+    value = (<_Memoized>callable)._l1._get(key, _MISS)
+    if value is _MISS:
+        return (<_Memoized>callable)._fallback(key, _tuple_of(args, nargs), {})
+    return value
+
+
+cdef PyObject* _memo_entry(dict memo, Py_ssize_t skip, PyObject** args, Py_ssize_t nargs):
+    """The key that ``memo`` keeps for positional ``args`` (borrowed), else NULL."""
     cdef Py_ssize_t start, i
     cdef PyTypeObject* item_type
-    cdef object memo_key = None
-    cdef object positional = None
-    cdef object kwargs
-    if self._memo is not None and nkw == 0:
-        # Exact str and int only: such arguments are equal exactly when their keys are
-        # (1 == 1.0 == True would otherwise share an entry).
-        start = min(self._skip, nargs)
-        for i in range(start, nargs):
-            item_type = _type_of(args[i])
-            if item_type is not &PyUnicode_Type and item_type is not &PyLong_Type:
-                break
-        else:
-            if nargs - start == 1:  # the memo's key for one argument is the argument
-                found = PyDict_GetItemWithError(self._memo, <object>args[start])
-            else:
-                memo_key = _tuple_of(args + start, nargs - start)
-                found = PyDict_GetItemWithError(self._memo, memo_key)
-                if start == 0:
-                    positional = memo_key
-    if found is not NULL:
-        key = <object>found
-        kwargs = None  # only built on a miss
-    else:
-        if positional is None:
-            positional = _tuple_of(args, nargs)
-        kwargs = _keywords_of(args + nargs, kwnames, nkw)
-        key = self._make_key(positional, kwargs)
+    if memo is None:
+        return NULL
+    # Exact str and int only: such arguments are equal exactly when their keys are
+    # (1 == 1.0 == True would otherwise share an entry).
+    start = min(skip, nargs)
+    for i in range(start, nargs):
+        item_type = _type_of(args[i])
+        if item_type is not &PyUnicode_Type and item_type is not &PyLong_Type:
+            return NULL
+    if nargs - start == 1:  # the memo's key for one argument is the argument
+        return PyDict_GetItemWithError(memo, <object>args[start])
+    # (cannot fail: str and int hash and compare without errors)
+    return PyDict_GetItemWithError(memo, _tuple_of(args + start, nargs - start))
+
+
+cdef object _memoized_call(_Memoized self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """A call that the memo does not answer: ``make_key`` builds the key."""
+    cdef tuple positional = _tuple_of(args, nargs)
+    cdef dict kwargs = _keywords_of(args + nargs, kwnames)
+    key = self._make_key(positional, kwargs)
     value = self._l1._get(key, _MISS)
     if value is _MISS:
-        if positional is None:
-            positional = _tuple_of(args, nargs)
-        if kwargs is None:
-            kwargs = {}
         return self._fallback(key, positional, kwargs)
     return value
 
@@ -1682,12 +1682,14 @@ cdef tuple _tuple_of(PyObject** items, Py_ssize_t n):
     return result
 
 
-cdef dict _keywords_of(PyObject** values, PyObject* kwnames, Py_ssize_t n):
-    """A fresh dict ``{kwnames[i]: values[i]}``, as a ``**kwargs`` parameter receives."""
+cdef dict _keywords_of(PyObject** values, PyObject* kwnames):
+    """A fresh dict ``{kwnames[i]: values[i]}`` (``kwnames`` NULL: none), as a
+    ``**kwargs`` parameter receives."""
     cdef dict result = {}
     cdef Py_ssize_t i
-    for i in range(n):
-        result[<object>PyTuple_GET_ITEM(<object>kwnames, i)] = <object>values[i]
+    if kwnames is not NULL:
+        for i in range(PyTuple_GET_SIZE(<object>kwnames)):
+            result[<object>PyTuple_GET_ITEM(<object>kwnames, i)] = <object>values[i]
     return result
 
 

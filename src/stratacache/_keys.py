@@ -615,9 +615,10 @@ class KeyMaker:
 
     Speed (this is on the decorated hit path): calls whose arguments are all exact ``str``
     / ``int`` are answered from a per-maker memo (arguments -> key: a single argument
-    itself, several as their tuple; at most 4096 entries, cleared when full); keyword arguments are folded into positions without
-    ``inspect`` when every parameter is positional-or-keyword. Key functions, mutable
-    defaults and calls with an instance or class in the key are never memoized.
+    itself, several as their tuple; at most 4096 entries, cleared when full); keyword
+    arguments are folded into positions without ``inspect`` when every parameter is
+    positional-or-keyword. Key functions, mutable defaults and calls with an instance
+    or class in the key are never memoized.
     """
 
     __slots__ = (
