@@ -1,8 +1,8 @@
 """Instruction counts of one ``get_or_set`` L1 hit of the sync ``Cache``: a plain hit
 against an ``early_refresh=True`` hit whose refresh time has not come (issue 13: the
 early-refresh hit should cost about a plain one), under ``valgrind --tool=callgrind``;
-with the other two L1 hits of the sync cache beside them: ``get`` and a
-``@cache.cached`` function.
+with the other L1 hits of the sync cache beside them: ``get``, a ``@cache.cached``
+function and a ``@cache.cached`` method (keyed by a template that leaves ``self`` out).
 
     python benchmarks/early_hit_callgrind.py     # the table (needs valgrind, redis-server)
 
@@ -43,16 +43,26 @@ decorated("k")
 def cached(decorated):
     for _ in range(reads):
         decorated("k")
+class Repo:
+    @cache.cached(2.0, key="repo:{name}")
+    def find(self, name):
+        return "x" * 100
+Repo().find("k")
+def cached_method(repo):
+    for _ in range(reads):
+        repo.find("k")
 if case == "Cache.get":
     get(cache.get)
 elif case == "@cache.cached":
     cached(decorated)
+elif case == "@cache.cached method":
+    cached_method(Repo())
 else:
     {"plain": plain, "early_refresh=True": early}[case](cache.get_or_set)
 cache.close()
 """
 
-CASES = ("plain", "early_refresh=True", "Cache.get", "@cache.cached")
+CASES = ("plain", "early_refresh=True", "Cache.get", "@cache.cached", "@cache.cached method")
 FEW, MANY = 2_000, 12_000
 
 

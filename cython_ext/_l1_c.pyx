@@ -45,6 +45,11 @@ Hit path
     ``get_unless_due``, ``peek``, ``set`` and the getter's ``get`` are plain builtin
     methods (``binding=False``, signature in ``__text_signature__``): CPython 3.11's call
     specialisation calls them directly, not through a bound Cython function object.
+    ``memoized``'s callable (the sync ``@cached`` hit) is an object, where that directive
+    does nothing; it takes calls through the vectorcall protocol instead (installed by
+    hand: Cython gives a cdef class ``tp_call`` only), so its arguments arrive as a C
+    array and a single-argument hit builds no tuple and no kwargs dict; as a method it is
+    called with the instance first, without a bound method object.
 
 Eviction
     While a write leaves the count over ``maxsize`` or the weight over ``max_weight``: if
@@ -106,7 +111,8 @@ from cpython.dict cimport (
 )
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
-from cpython.ref cimport Py_REFCNT, PyObject
+from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport INFINITY
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, realloc
@@ -123,6 +129,20 @@ from stratacache._sentinel import MISSING
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
     Py_ssize_t PyDict_GET_SIZE(object d) noexcept  # a macro: the size field of a dict
+    # the vectorcall protocol (PEP 590), for _Memoized
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf) noexcept
+    object PyVectorcall_Call(object callable, object args, object kwargs)
+    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
+    unsigned long Py_TPFLAGS_METHOD_DESCRIPTOR
+    ctypedef struct _VectorcallType "PyTypeObject":  # the fields Cython does not declare
+        Py_ssize_t tp_vectorcall_offset
+        unsigned long tp_flags
+    PyTypeObject* _type_of "Py_TYPE"(PyObject* o) noexcept
+    PyTypeObject PyUnicode_Type
+    PyTypeObject PyLong_Type
+
+# a vectorcallfunc whose result Cython manages (new reference, NULL on error)
+ctypedef object (*_vectorcall_fn)(object, PyObject**, size_t, PyObject*)
 
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
@@ -571,10 +591,11 @@ cdef class L1:
         """A function-like callable ``(*args, **kwargs)``: the L1 value under
         ``make_key(args, kwargs)``, else ``fallback(key, args, kwargs)``.
 
-        ``memo`` (optional) is a dict that ``make_key`` keeps from argument tuples to
-        keys, for calls without keywords whose arguments from position ``skip`` on are
-        all of exact type ``str`` or ``int``; such calls look it up here first and skip
-        ``make_key`` when it has the key. It is only read, so results are as if
+        ``memo`` (optional) is a dict that ``make_key`` keeps from arguments to keys,
+        for calls without keywords whose arguments from position ``skip`` on are all of
+        exact type ``str`` or ``int``: a single such argument is its own memo key, several
+        are keyed by their tuple. Such calls look it up here first and skip ``make_key``
+        when it has the key. It is only read, so results are as if
         ``make_key`` ran every time. The callable takes attributes (for
         ``functools.wraps``) and binds like a function when it is a class attribute. The
         tiered cache makes its decorated functions with it, so that a hit costs one C call.
@@ -1566,8 +1587,14 @@ cdef class _Getter:
 
 @cython.final
 cdef class _Memoized:
-    """``L1.memoized``'s callable: memo -> key -> L1 hit in C; the rest in Python."""
+    """``L1.memoized``'s callable: memo -> key -> L1 hit in C; the rest in Python.
 
+    Called through the vectorcall protocol (``_memoized_vectorcall``, installed below):
+    a call passes its arguments as a C array, so a hit allocates nothing but the memo's
+    argument tuple; ``__call__`` (``tp_call``, e.g. ``f.__call__(x)``) goes the same way.
+    """
+
+    cdef _vectorcall_fn _vectorcall  # read by CPython at tp_vectorcall_offset
     cdef L1 _l1
     cdef object _make_key
     cdef object _fallback
@@ -1577,6 +1604,7 @@ cdef class _Memoized:
     cdef object __weakref__
 
     def __cinit__(self, L1 l1, object make_key, object fallback, dict memo, Py_ssize_t skip):
+        self._vectorcall = _memoized_vectorcall
         self._l1 = l1
         self._make_key = make_key
         self._fallback = fallback
@@ -1584,29 +1612,7 @@ cdef class _Memoized:
         self._skip = skip
 
     def __call__(self, *args, **kwargs):
-        cdef PyObject* found = NULL
-        cdef tuple memo_key
-        cdef Py_ssize_t i, n
-        cdef object item
-        if self._memo is not None and not kwargs:
-            # Exact str and int only: such tuples are equal exactly when their keys are
-            # (1 == 1.0 == True would otherwise share an entry).
-            memo_key = args[self._skip:] if self._skip else args
-            n = len(memo_key)
-            for i in range(n):
-                item = memo_key[i]
-                if type(item) is not str and type(item) is not int:
-                    break
-            else:
-                found = PyDict_GetItemWithError(self._memo, memo_key)
-        if found is not NULL:
-            key = <object>found
-        else:
-            key = self._make_key(args, kwargs)
-        value = self._l1._get(key, _MISS)
-        if value is _MISS:
-            return self._fallback(key, args, kwargs)
-        return value
+        return PyVectorcall_Call(self, args, kwargs)
 
     def __get__(self, instance, owner):
         """Bound like a function: ``obj.method(x)`` calls this with ``(obj, x)``."""
@@ -1617,6 +1623,89 @@ cdef class _Memoized:
     def __reduce__(self):
         """Pickled by reference, like a function (``functools.lru_cache`` does the same)."""
         return getattr(self, "__qualname__")
+
+
+cdef object _memoized_vectorcall(
+    object callable, PyObject** args, size_t nargsf, PyObject* kwnames
+):
+    """A call of a ``_Memoized``: ``args[:nargs]`` positional, then one value per name in
+    ``kwnames`` (a tuple, or NULL for none)."""
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
+    cdef PyObject* found = NULL
+    if kwnames is NULL or PyTuple_GET_SIZE(<object>kwnames) == 0:
+        found = _memo_entry((<_Memoized>callable)._memo, (<_Memoized>callable)._skip, args, nargs)
+    if found is NULL:
+        return _memoized_call(<_Memoized>callable, args, nargs, kwnames)
+    key = <object>found  # our own reference: the memo may be cleared meanwhile
+    value = (<_Memoized>callable)._l1._get(key, _MISS)
+    if value is _MISS:
+        return (<_Memoized>callable)._fallback(key, _tuple_of(args, nargs), {})
+    return value
+
+
+cdef PyObject* _memo_entry(dict memo, Py_ssize_t skip, PyObject** args, Py_ssize_t nargs):
+    """The key that ``memo`` keeps for positional ``args`` (borrowed), else NULL."""
+    cdef Py_ssize_t start, i
+    cdef PyTypeObject* item_type
+    if memo is None:
+        return NULL
+    # Exact str and int only: such arguments are equal exactly when their keys are
+    # (1 == 1.0 == True would otherwise share an entry).
+    start = min(skip, nargs)
+    for i in range(start, nargs):
+        item_type = _type_of(args[i])
+        if item_type is not &PyUnicode_Type and item_type is not &PyLong_Type:
+            return NULL
+    if nargs - start == 1:  # the memo's key for one argument is the argument
+        return PyDict_GetItemWithError(memo, <object>args[start])
+    # (cannot fail: str and int hash and compare without errors)
+    return PyDict_GetItemWithError(memo, _tuple_of(args + start, nargs - start))
+
+
+cdef object _memoized_call(_Memoized self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """A call that the memo does not answer: ``make_key`` builds the key."""
+    cdef tuple positional = _tuple_of(args, nargs)
+    cdef dict kwargs = _keywords_of(args + nargs, kwnames)
+    key = self._make_key(positional, kwargs)
+    value = self._l1._get(key, _MISS)
+    if value is _MISS:
+        return self._fallback(key, positional, kwargs)
+    return value
+
+
+cdef tuple _tuple_of(PyObject** items, Py_ssize_t n):
+    cdef tuple result = PyTuple_New(n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_INCREF(<object>items[i])
+        PyTuple_SET_ITEM(result, i, <object>items[i])
+    return result
+
+
+cdef dict _keywords_of(PyObject** values, PyObject* kwnames):
+    """A fresh dict ``{kwnames[i]: values[i]}`` (``kwnames`` NULL: none), as a
+    ``**kwargs`` parameter receives."""
+    cdef dict result = {}
+    cdef Py_ssize_t i
+    if kwnames is not NULL:
+        for i in range(PyTuple_GET_SIZE(<object>kwnames)):
+            result[<object>PyTuple_GET_ITEM(<object>kwnames, i)] = <object>values[i]
+    return result
+
+
+cdef void _install_memoized_vectorcall() except *:
+    # Cython gives a cdef class ``tp_call`` only; the slot CPython reads first is the
+    # function pointer at ``tp_vectorcall_offset`` in each instance (PEP 590). The type is
+    # final, so no subclass inherits a half-set slot; instances are made after this runs.
+    # Py_TPFLAGS_METHOD_DESCRIPTOR promises what ``__get__`` does (``obj.f(x)`` is
+    # ``f(obj, x)``): ``obj.f(x)`` then calls ``f`` with ``obj`` first, no bound method.
+    cdef _Memoized probe = _Memoized.__new__(_Memoized, None, None, None, None, 0)
+    cdef _VectorcallType* type_ = <_VectorcallType*>(<PyTypeObject*>_Memoized)
+    type_.tp_vectorcall_offset = <char*>&probe._vectorcall - <char*><PyObject*>probe
+    type_.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
+
+
+_install_memoized_vectorcall()
 
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse

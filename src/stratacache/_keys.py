@@ -53,7 +53,7 @@ import inspect
 import re
 import string
 import uuid
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any, Callable, Optional, Union
 
 from ._errors import InvalidKeyError
@@ -614,10 +614,11 @@ class KeyMaker:
     :data:`MAX_KEY_LENGTH`, the argument part is replaced by ``#`` + its SHA-256.
 
     Speed (this is on the decorated hit path): calls whose arguments are all exact ``str``
-    / ``int`` are answered from a per-maker memo (argument tuple -> key, at most 4096
-    entries, cleared when full); keyword arguments are folded into positions without
-    ``inspect`` when every parameter is positional-or-keyword. Key functions, mutable
-    defaults and calls with an instance or class in the key are never memoized.
+    / ``int`` are answered from a per-maker memo (arguments -> key: a single argument
+    itself, several as their tuple; at most 4096 entries, cleared when full); keyword
+    arguments are folded into positions without ``inspect`` when every parameter is
+    positional-or-keyword. Key functions, mutable defaults and calls with an instance
+    or class in the key are never memoized.
     """
 
     __slots__ = (
@@ -705,7 +706,7 @@ class KeyMaker:
         memoizable = not callable(template) and all(
             type(value) in _REPR_TYPES for value in defaults
         )
-        self._memo: Optional[dict[tuple[Any, ...], str]] = {} if memoizable else None
+        self._memo: Optional[dict[Hashable, str]] = {} if memoizable else None
         # keyword arguments are folded into positions without inspect when every
         # parameter is positional-or-keyword (and the key is not from a key function,
         # which must see the call as made)
@@ -724,8 +725,9 @@ class KeyMaker:
         return f"KeyMaker({self._func!r}, {self.template!r})"
 
     @property
-    def memo(self) -> Optional[dict[tuple[Any, ...], str]]:
-        """The memo (argument tuple -> key), ``None`` if not memoizable; for reading only."""
+    def memo(self) -> Optional[dict[Hashable, str]]:
+        """The memo (arguments -> key: the argument itself when there is one, else their
+        tuple), ``None`` if not memoizable; for reading only."""
         return self._memo
 
     @property
@@ -749,13 +751,16 @@ class KeyMaker:
             if memo_key is not None and kwargs:
                 memo_key = _keyword_memo_key(memo_key, kwargs)
             if memo_key is not None:
-                key = memo.get(memo_key)
+                # one argument is its own memo key (no tuple to build, hash and compare
+                # on the compiled hit path); a str or int never equals a tuple
+                entry: Hashable = memo_key[0] if len(memo_key) == 1 else memo_key
+                key = memo.get(entry)
                 if key is None:
                     key = self._compute(args, kwargs)
                     if len(key) <= _MEMO_MAX_KEY_LENGTH:
                         if len(memo) >= _MEMO_SIZE:
                             memo.clear()
-                        memo[memo_key] = key
+                        memo[entry] = key
                 return key
         return self._compute(args, kwargs)
 

@@ -264,16 +264,17 @@ class L1:
         self,
         make_key: Callable[[tuple[Any, ...], dict[str, Any]], Hashable],
         fallback: Callable[[Hashable, tuple[Any, ...], dict[str, Any]], Any],
-        memo: dict[tuple[Any, ...], Hashable] | None = None,
+        memo: dict[Hashable, Hashable] | None = None,
         skip: int = 0,
     ) -> Callable[..., Any]:
         """A function-like callable ``(*args, **kwargs)``: the L1 value under
         ``make_key(args, kwargs)``, else ``fallback(key, args, kwargs)``.
 
-        ``memo`` (optional) is a dict that ``make_key`` keeps from argument tuples to
-        keys, for calls without keywords whose arguments from position ``skip`` on are
-        all of exact type ``str`` or ``int``; the compiled twin looks it up first and
-        skips ``make_key`` when it has the key. It is only read, so results are as if
+        ``memo`` (optional) is a dict that ``make_key`` keeps from arguments to keys,
+        for calls without keywords whose arguments from position ``skip`` on are all of
+        exact type ``str`` or ``int``: a single such argument is its own memo key, several
+        are keyed by their tuple. The compiled twin looks it up first and skips
+        ``make_key`` when it has the key. It is only read, so results are as if
         ``make_key`` ran every time (which is what this spec does). The callable takes
         attributes (for ``functools.wraps``) and binds like a function when it is a class
         attribute. The tiered cache makes its decorated functions with it.
