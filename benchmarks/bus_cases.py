@@ -6,7 +6,9 @@ the readers are plain subscribers noting when each published message arrives. Re
 the cache poll ``get`` every ``POLL`` seconds, as a busy service would be reading anyway;
 the raw subscribers block in ``get_message``, so the baseline is the better case. A second
 baseline, ``raw+kv``, adds what any design that never ships the value must pay: the writer
-``SET``s before it publishes and each subscriber ``GET``s after it hears.
+``SET``s before it publishes and each subscriber ``GET``s after it hears; ``raw+kv polled``
+is that floor with the subscribers in the cache readers' loop (look without blocking, then
+sleep ``POLL``), so that it and the cache row differ only in the code under test.
 
 Throughput: invalidations per second from one writer (``Cache.delete`` of distinct keys),
 counted until another instance has heard the last of them, with batching on and off;
