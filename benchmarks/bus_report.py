@@ -4,7 +4,8 @@
 
 Starts its own redis-server (inheriting the CPU pinning). Propagation: a write in this
 process until the new value is served in 3 spawned reader processes, beside raw
-PUBLISH -> receive in 3 plain subscribers (see ``bus_cases``). Throughput: invalidations
+PUBLISH -> receive in 3 plain subscribers and the floor of any design that does not ship
+values (see ``bus_cases``). Throughput: invalidations
 per second with batching on and off, beside raw PUBLISH.
 """
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, mode in (
             ("raw redis-py PUBLISH -> receive (baseline)", "raw"),
             ("raw SET+PUBLISH -> receive+GET (floor, no value sent)", "raw+kv"),
+            ("the floor, subscribers polling like the readers below", "raw+kv polled"),
             ("stratacache set -> new value served (bus)", "bus"),
         ):
             lags = propagation(server.url, mode, rounds=rounds)
