@@ -14,7 +14,7 @@ import pytest
 
 from stratacache import MISSING, AsyncCache
 
-from concurrency import async_until
+from concurrency import async_bus_settled, async_until
 
 NS = "loops"
 DEADLINE = 10.0
@@ -70,6 +70,9 @@ def test_a_second_event_loop_rebinds_the_cache_and_serves_the_new_value(
             other = make(target)
             try:
                 await cache.set("j", "x")
+                # other is subscribed (a fresh instance bypasses L1 until then) and has
+                # heard that set's invalidation, which would drop the value read next
+                await async_bus_settled(cache, [other], DEADLINE)
                 assert await other.get("j") == "x"
                 assert other.l1.peek("j") == "x"
                 await cache.set("j", "y")
