@@ -86,6 +86,7 @@ REPLACEMENTS = {
     "async_wait_event": "wait_event",
     "async_until": "until",
     "async_bus_settled": "bus_settled",
+    "async_publish_raw": "publish_raw",
     "Awaitable": "Callable",
     "asynccontextmanager": "contextmanager",
 }

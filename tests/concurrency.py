@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from stratacache._bus_messages import Action
+from stratacache._keys import KeySpace
+from stratacache._primitives import AsyncRedisCluster, RedisCluster
 
 AsyncEvent = asyncio.Event
 Event = threading.Event
@@ -136,3 +138,22 @@ def bus_settled(writer: Any, readers: Iterable[Any], timeout: float = 5.0) -> No
     last = wbus.outbox.last_seq
     for bus in buses:
         until(lambda bus=bus: (bus.state.last_seq_of(wbus.outbox.source) or 0) >= last, timeout)
+
+
+async def async_publish_raw(raw: Any, namespace: str, payload: bytes) -> None:
+    """Publish ``payload`` on the bus channel of ``namespace`` with a plain client (as a
+    foreign or hostile instance would): ``SPUBLISH`` on a cluster, as the bus does."""
+    channel = KeySpace(namespace).channel()
+    if isinstance(raw, AsyncRedisCluster):
+        await raw.spublish(channel, payload)
+    else:
+        await raw.publish(channel, payload)
+
+
+def publish_raw(raw: Any, namespace: str, payload: bytes) -> None:
+    """The sync twin of :func:`async_publish_raw`."""
+    channel = KeySpace(namespace).channel()
+    if isinstance(raw, RedisCluster):
+        raw.spublish(channel, payload)
+    else:
+        raw.publish(channel, payload)

@@ -15,9 +15,9 @@ import pytest
 from stratacache import MISSING, AsyncCache
 from stratacache._bus_messages import Action, BusMessage, decode_message, encode_message
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedis, AsyncRedisCluster, async_sleep
+from stratacache._primitives import AsyncRedis, async_sleep
 
-from concurrency import async_bus_settled, async_until
+from concurrency import async_bus_settled, async_publish_raw, async_until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -38,14 +38,6 @@ async def pair(target: tuple[str, bool]):
     yield a, b
     await a.close()
     await b.close()
-
-
-async def publish_raw(raw, payload: bytes) -> None:
-    channel = KeySpace(NS).channel()
-    if isinstance(raw, AsyncRedisCluster):
-        await raw.spublish(channel, payload)
-    else:
-        await raw.publish(channel, payload)
 
 
 async def warm(cache: AsyncCache, key: str, expected: object) -> None:
@@ -143,7 +135,7 @@ async def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
         message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
-        await publish_raw(raw, encode_message(message))
+        await async_publish_raw(raw, NS, encode_message(message))
     await async_until(lambda: b.stats().bus_flushes_gap == 1, DEADLINE)
     assert len(b.l1) == 0
     assert await b.get("k") == 1  # from L2 again
@@ -155,7 +147,7 @@ async def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -
     await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     await warm(b, "k", 1)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
-        await publish_raw(raw, payload)
+        await async_publish_raw(raw, NS, payload)
     await async_until(lambda: b.stats().bus_messages_dropped == 4, DEADLINE)
     assert b.l1.peek("k") == 1
     assert b.stats().bus_state == "healthy"

@@ -5,13 +5,19 @@ Run on a real standalone server and a real 3-master cluster; the sync twin is ge
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from stratacache import AsyncCache, SerializationError
+from stratacache import MISSING, AsyncCache, RedisUnavailableError, SerializationError
+from stratacache._bus_messages import Action, BusMessage, encode_message
+from stratacache._keys import KeySpace
+from stratacache._primitives import AsyncRedisCluster
 
-from concurrency import AsyncTask, FakeClock, async_bus_settled, async_until
+from concurrency import AsyncTask, FakeClock, async_bus_settled, async_publish_raw, async_until
 
 NS = "cond"
+DEADLINE = 10.0
 
 
 def make(target: tuple[str, bool], clock: FakeClock | None = None, **options: object) -> AsyncCache:
@@ -128,6 +134,70 @@ async def test_concurrent_incr_loses_no_increment(target: tuple[str, bool]) -> N
     finally:
         for cache in caches:
             await cache.close()
+
+
+async def test_add_and_incr_decide_on_redis_after_a_deaf_spell(target, raw) -> None:
+    # A gap in another instance's sequence numbers: its deletion of "hits" may wait in its
+    # outbox, so reads withhold what L2 holds from before (for the grace). add and incr
+    # compare-and-set on what Redis holds now, and such a deletion lands after them: to
+    # them the counter is live (they used to raise KeyError / overwrite it).
+    cache = make(target, recovery_grace=60.0)
+    try:
+        await cache.set("hits", 1)
+        await cache.get("other", None)
+        await async_until(lambda: cache.stats().bus_state == "healthy", DEADLINE)
+        source = b"\x07" * 16
+        for seq in (1, 3):  # 2 was "lost"
+            message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
+            await async_publish_raw(raw, NS, encode_message(message))
+        await async_until(lambda: cache.stats().bus_flushes_gap == 1, DEADLINE)
+        assert await cache.get("hits", MISSING) is MISSING  # a read withholds it
+        assert await cache.add("hits", 9) is False
+        assert await cache.incr("hits") == 2
+        assert await cache.get("hits") == 2  # written after the flush: served
+    finally:
+        await cache.close()
+
+
+async def test_incr_and_add_raise_when_the_tag_versions_cannot_be_read() -> None:
+    # a private cluster: the master owning the namespace epoch is paused, the entry's
+    # own master answers. Whether the entry is live cannot be told: a typed error, not
+    # KeyError (incr) or an overwrite (add).
+    from stratacache.testing import RedisClusterProcesses
+
+    keys = KeySpace(NS)
+    with RedisClusterProcesses(3) as cluster:
+        raw = AsyncRedisCluster.from_url(cluster.url)
+        try:
+            await raw.ping()  # the async client learns the slots on its first command
+
+            def owner(name: str) -> int:
+                return int(raw.get_node_from_key(name).port)
+
+            epoch_port = owner(keys.meta_key("epoch"))
+            name = next(
+                n for n in (f"n:{i}" for i in range(200)) if owner(keys.data_key(n)) != epoch_port
+            )
+            writer = make((cluster.url, True))
+            try:
+                await writer.set(name, 1)
+            finally:
+                await writer.close()
+            # a fresh instance knows no versions: it must read them from Redis
+            cache = make((cluster.url, True), redis_timeout=0.2)
+            [node] = [n for n in cluster.nodes if n.port == epoch_port]
+            node.pause()
+            try:
+                with pytest.raises(RedisUnavailableError):
+                    await cache.incr(name)
+                with pytest.raises(RedisUnavailableError):
+                    await cache.add(name, 9)
+            finally:
+                node.resume()
+                await cache.close()
+            assert await raw.get(keys.data_key(name)) is not None  # nothing overwrote it
+        finally:
+            await raw.aclose()
 
 
 async def test_add_and_incr_without_redis() -> None:

@@ -17,9 +17,9 @@ import pytest
 from stratacache import MISSING, Cache
 from stratacache._bus_messages import Action, BusMessage, decode_message, encode_message
 from stratacache._keys import KeySpace
-from stratacache._primitives import Redis, RedisCluster, sleep
+from stratacache._primitives import Redis, sleep
 
-from concurrency import bus_settled, until
+from concurrency import bus_settled, publish_raw, until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -40,14 +40,6 @@ def pair(target: tuple[str, bool]):
     yield a, b
     a.close()
     b.close()
-
-
-def publish_raw(raw, payload: bytes) -> None:
-    channel = KeySpace(NS).channel()
-    if isinstance(raw, RedisCluster):
-        raw.spublish(channel, payload)
-    else:
-        raw.publish(channel, payload)
 
 
 def warm(cache: Cache, key: str, expected: object) -> None:
@@ -145,7 +137,7 @@ def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
         message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
-        publish_raw(raw, encode_message(message))
+        publish_raw(raw, NS, encode_message(message))
     until(lambda: b.stats().bus_flushes_gap == 1, DEADLINE)
     assert len(b.l1) == 0
     assert b.get("k") == 1  # from L2 again
@@ -157,7 +149,7 @@ def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -> None
     bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
     warm(b, "k", 1)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
-        publish_raw(raw, payload)
+        publish_raw(raw, NS, payload)
     until(lambda: b.stats().bus_messages_dropped == 4, DEADLINE)
     assert b.l1.peek("k") == 1
     assert b.stats().bus_state == "healthy"

@@ -7,13 +7,19 @@ Run on a real standalone server and a real 3-master cluster; the sync twin is ge
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from stratacache import Cache, SerializationError
+from stratacache import MISSING, Cache, RedisUnavailableError, SerializationError
+from stratacache._bus_messages import Action, BusMessage, encode_message
+from stratacache._keys import KeySpace
+from stratacache._primitives import RedisCluster
 
-from concurrency import Task, FakeClock, bus_settled, until
+from concurrency import Task, FakeClock, bus_settled, publish_raw, until
 
 NS = "cond"
+DEADLINE = 10.0
 
 
 def make(target: tuple[str, bool], clock: FakeClock | None = None, **options: object) -> Cache:
@@ -130,6 +136,70 @@ def test_concurrent_incr_loses_no_increment(target: tuple[str, bool]) -> None:
     finally:
         for cache in caches:
             cache.close()
+
+
+def test_add_and_incr_decide_on_redis_after_a_deaf_spell(target, raw) -> None:
+    # A gap in another instance's sequence numbers: its deletion of "hits" may wait in its
+    # outbox, so reads withhold what L2 holds from before (for the grace). add and incr
+    # compare-and-set on what Redis holds now, and such a deletion lands after them: to
+    # them the counter is live (they used to raise KeyError / overwrite it).
+    cache = make(target, recovery_grace=60.0)
+    try:
+        cache.set("hits", 1)
+        cache.get("other", None)
+        until(lambda: cache.stats().bus_state == "healthy", DEADLINE)
+        source = b"\x07" * 16
+        for seq in (1, 3):  # 2 was "lost"
+            message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
+            publish_raw(raw, NS, encode_message(message))
+        until(lambda: cache.stats().bus_flushes_gap == 1, DEADLINE)
+        assert cache.get("hits", MISSING) is MISSING  # a read withholds it
+        assert cache.add("hits", 9) is False
+        assert cache.incr("hits") == 2
+        assert cache.get("hits") == 2  # written after the flush: served
+    finally:
+        cache.close()
+
+
+def test_incr_and_add_raise_when_the_tag_versions_cannot_be_read() -> None:
+    # a private cluster: the master owning the namespace epoch is paused, the entry's
+    # own master answers. Whether the entry is live cannot be told: a typed error, not
+    # KeyError (incr) or an overwrite (add).
+    from stratacache.testing import RedisClusterProcesses
+
+    keys = KeySpace(NS)
+    with RedisClusterProcesses(3) as cluster:
+        raw = RedisCluster.from_url(cluster.url)
+        try:
+            raw.ping()  # the async client learns the slots on its first command
+
+            def owner(name: str) -> int:
+                return int(raw.get_node_from_key(name).port)
+
+            epoch_port = owner(keys.meta_key("epoch"))
+            name = next(
+                n for n in (f"n:{i}" for i in range(200)) if owner(keys.data_key(n)) != epoch_port
+            )
+            writer = make((cluster.url, True))
+            try:
+                writer.set(name, 1)
+            finally:
+                writer.close()
+            # a fresh instance knows no versions: it must read them from Redis
+            cache = make((cluster.url, True), redis_timeout=0.2)
+            [node] = [n for n in cluster.nodes if n.port == epoch_port]
+            node.pause()
+            try:
+                with pytest.raises(RedisUnavailableError):
+                    cache.incr(name)
+                with pytest.raises(RedisUnavailableError):
+                    cache.add(name, 9)
+            finally:
+                node.resume()
+                cache.close()
+            assert raw.get(keys.data_key(name)) is not None  # nothing overwrote it
+        finally:
+            raw.close()
 
 
 def test_add_and_incr_without_redis() -> None:

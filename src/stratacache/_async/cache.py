@@ -675,7 +675,9 @@ class AsyncCache(
         Atomic across processes (a compare-and-set in Redis): of concurrent ``add`` calls
         on one key, one wins. An expired entry, or one whose tag or namespace was
         invalidated, counts as absent. Needs Redis to answer: raises
-        :class:`RedisUnavailableError` otherwise, having written nothing.
+        :class:`RedisUnavailableError` otherwise, having written nothing. Liveness is what
+        Redis holds now: after a deaf spell of the bus, :meth:`get` may withhold an older
+        entry for a while, but ``add`` and :meth:`incr` still see it.
         """
         return await self._conditional.add(key, value, ttl, tags)
 

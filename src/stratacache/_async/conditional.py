@@ -28,6 +28,7 @@ from .._errors import RedisUnavailableError
 from .._keys import validate_key
 from .._options import Duration
 from .._sentinel import MISSING
+from .read_path import stamped_with
 
 if TYPE_CHECKING:
     from .cache import AsyncCache
@@ -42,16 +43,30 @@ class AsyncConditionalWrites:
         self._cache = cache
 
     async def _live(self, key: str) -> tuple[bytes | None, Entry | None]:
-        """The raw blob of ``key`` and its entry if it may be served (else None)."""
+        """The raw blob of ``key`` and its entry if it is live (else None), decided on
+        Redis's word: :class:`RedisUnavailableError` if the tag versions cannot be read.
+
+        Unlike a read, this does not withhold an entry written before a deaf spell of the
+        bus. A read withholds it because another instance's outbox may still hold its
+        deletion; but the compare-and-set that follows acts on what Redis holds now, and
+        such a deletion lands after it, as if made after it. Withholding it made ``incr``
+        raise ``KeyError`` for a live counter and ``add`` overwrite a live value. An
+        entry this instance itself has a pending write for is absent (read-your-writes);
+        a successful compare-and-set cancels that write (:meth:`_landed`)."""
         c = self._cache
-        assert c._tier is not None
-        blob = await c._tier.get(key)
-        entry = c._reads._decode(key, blob)
-        if entry is not None:
-            entry = await c._reads._valid(key, entry)
-        if entry is not None and c._reads._expired(entry):
-            entry = None
-        return blob, entry
+        reads = c._reads
+        tier = c._tier
+        assert tier is not None
+        blob = await tier.get(key)
+        entry = reads._decode(key, blob)
+        if entry is None or reads._expired(entry) or reads._pending_here(key, entry):
+            return blob, None
+        if reads._versions_trusted():
+            ok = c._versions.check(entry)
+            if ok is not None:
+                return blob, entry if ok else None
+        current = await tier.fetch_versions([None, *entry.tags])
+        return blob, entry if stamped_with(entry, current) else None
 
     async def add(self, key: str, value: Any, ttl: Duration | None, tags: Iterable[str]) -> bool:
         """See :meth:`AsyncCache.add`."""

@@ -45,7 +45,7 @@ _POLL_FIRST = 0.002  # first pause while another process holds the lease (second
 _POLL_MAX = 0.05  # longest pause between polls
 
 
-def _stamped_with(entry: Entry, current: dict[str | None, int]) -> bool:
+def stamped_with(entry: Entry, current: dict[str | None, int]) -> bool:
     """Whether ``entry`` was stamped with the ``current`` versions (epoch and tags)."""
     return entry.epoch == current[None] and all(
         current[tag] == stamp for tag, stamp in zip(entry.tags, entry.stamps)
@@ -552,8 +552,7 @@ class SyncReadPath:
         before the bus heard again (another instance's outbox may be about to delete it).
         Two attribute reads while neither applies."""
         c = self._cache
-        outbox = c._invalidator.primary_outbox
-        if outbox is not None and outbox.active and outbox.blocks(key, entry.tags):
+        if self._pending_here(key, entry):
             return True
         if entry.created_at < c._suspect_before:
             bus = c._bus
@@ -561,6 +560,12 @@ class SyncReadPath:
                 not bus.state.healthy or time.monotonic() < c._suspect_until
             )
         return False
+
+    def _pending_here(self, key: str, entry: Entry) -> bool:
+        """Whether this instance has a write of ``key`` (or of one of its tags) in its
+        outbox that ``entry`` may predate: it is then not what this instance last wrote."""
+        outbox = self._cache._invalidator.primary_outbox
+        return outbox is not None and outbox.active and outbox.blocks(key, entry.tags)
 
     def _valid(
         self, key: str, entry: Entry, current: dict[str | None, int] | None = None
@@ -577,7 +582,7 @@ class SyncReadPath:
             if ok is not None:
                 return entry if ok else None
         if current is not None and all(tag in current for tag in entry.tags):
-            return entry if _stamped_with(entry, current) else None
+            return entry if stamped_with(entry, current) else None
         return entry if (self._check_versions([entry]))[0] else None
 
     def _check_versions(self, entries: list[Entry]) -> list[bool]:
@@ -595,7 +600,7 @@ class SyncReadPath:
             return [False] * len(entries)
         if self._versions_trusted():
             c._versions.store(generation, current)
-        return [_stamped_with(entry, current) for entry in entries]
+        return [stamped_with(entry, current) for entry in entries]
 
     def _stamps(self, tags: tuple[str, ...]) -> Stamps | None:
         """The current versions of ``tags`` and the epoch, to stamp a new entry with; None
