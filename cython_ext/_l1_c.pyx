@@ -128,7 +128,8 @@ from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
-    Py_ssize_t PyDict_GET_SIZE(object d) noexcept  # a macro: the size field of a dict
+    # a macro: the size field of a dict (a pointer: no reference taken around the read)
+    Py_ssize_t PyDict_GET_SIZE(PyObject* d) noexcept
     # the vectorcall protocol (PEP 590), for _Memoized
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf) noexcept
     object PyVectorcall_Call(object callable, object args, object kwargs)
@@ -1065,14 +1066,22 @@ cdef class L1:
         cdef _Node node
         cdef dict keys
         cdef double deadline = INFINITY
+        cdef bint in_order = False  # the deadline goes to the FIFO, not the heap
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
+            # Decided before anything changes: removing the key's old entry (below) can
+            # only empty the FIFO, where any deadline would also be in order; the heap
+            # takes any deadline, so the decision stays right either way.
+            in_order = (
+                self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline
+            )
             # the only allocations that can fail: do them first
-            if self._heap_len >= self._heap_cap:
+            if in_order:
+                if self._fifo_tail >= self._fifo_cap:
+                    self._fifo_reserve()
+            elif self._heap_len >= self._heap_cap:
                 self._heap_reserve()
-            if self._fifo_tail >= self._fifo_cap:
-                self._fifo_reserve()
         if self._tinylfu:
             self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
@@ -1117,11 +1126,10 @@ cdef class L1:
         if weight != 1:
             self._entry_weights[node] = weight
             node.side = SIDE_WEIGHT
-        if deadline != INFINITY:
-            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
-                self._fifo_push(node)  # in deadline order: O(1)
-            else:
-                self._heap_push(node)
+        if in_order:
+            self._fifo_push(node)  # O(1)
+        elif deadline != INFINITY:
+            self._heap_push(node)
         if tags:
             self._entry_tags[node] = tags
             node.side |= SIDE_TAGS
@@ -1134,7 +1142,7 @@ cdef class L1:
         if self._tinylfu:  # the new node is in the window
             self._n_window += 1
             return self._lfu_make_room(removed, now)
-        while PyDict_GET_SIZE(self._map) > self._maxsize or (
+        while PyDict_GET_SIZE(<PyObject*>self._map) > self._maxsize or (
             self._max_weight >= 0 and self._weight > self._max_weight
         ):
             found = self._expired_head(now)
@@ -1269,6 +1277,7 @@ cdef class L1:
         node.prev = node.next = NULL
         if node.heap_index >= 0:
             if node.in_fifo:
+                node.in_fifo = 0
                 self._fifo_remove(node.heap_index)
             else:
                 self._heap_remove(node.heap_index)
@@ -1352,13 +1361,16 @@ cdef class L1:
             return None
         return node
 
-    cdef inline void _bump_key(self, object key) except *:
+    cdef inline int _bump_key(self, object key) except -1:
+        # ``except -1``, not ``except *``: a write then tests the result, not the error
+        # indicator (a call to PyErr_Occurred per write)
         cdef _Pending pending
         if self._pending:
             pending = self._pending.get(key)
             if pending is not None:
                 self._epoch += 1
                 pending.epoch = self._epoch
+        return 0
 
     cdef void _bump_tag(self, str tag) except *:
         if self._pending:
@@ -1459,10 +1471,7 @@ cdef class L1:
         return 0
 
     cdef inline void _fifo_push(self, _Node node) noexcept:
-        cdef Py_ssize_t i
-        if self._fifo_live == 0:
-            self._fifo_head = self._fifo_tail = 0
-        i = self._fifo_tail
+        cdef Py_ssize_t i = self._fifo_tail  # (an empty FIFO has head == tail == 0)
         self._seq += 1
         self._fifo[i].deadline = node.deadline
         self._fifo[i].seq = self._seq
@@ -1473,14 +1482,16 @@ cdef class L1:
         self._fifo_live += 1
 
     cdef inline void _fifo_remove(self, Py_ssize_t i) noexcept:
-        (<_Node>self._fifo[i].node).in_fifo = 0
-        self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order still holds
         self._fifo_live -= 1
         if self._fifo_live == 0:
             self._fifo_head = self._fifo_tail = 0
-        elif i == self._fifo_head:
-            while self._fifo[self._fifo_head].node is NULL:
-                self._fifo_head += 1
+        elif i == self._fifo_head:  # the head moves on (past holes) and leaves no hole
+            i += 1
+            while self._fifo[i].node is NULL:  # a live slot follows: fifo_live > 0
+                i += 1
+            self._fifo_head = i
+        else:
+            self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order holds
 
     cdef inline void _heap_put(self, Py_ssize_t i, _HeapItem item) noexcept:
         self._heap[i] = item
