@@ -109,7 +109,6 @@ cimport cython
 from cpython.dict cimport (
     PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
 )
-from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
@@ -140,10 +139,20 @@ cdef extern from "Python.h":
         unsigned long tp_flags
     PyTypeObject* _type_of "Py_TYPE"(PyObject* o) noexcept
     PyTypeObject PyUnicode_Type
+    PyTypeObject PyFloat_Type
+    double _float_value "PyFloat_AS_DOUBLE"(PyObject* o) noexcept
     PyTypeObject PyLong_Type
 
 # a vectorcallfunc whose result Cython manages (new reference, NULL on error)
 ctypedef object (*_vectorcall_fn)(object, PyObject**, size_t, PyObject*)
+# a METH_FASTCALL | METH_KEYWORDS method's C function, likewise
+ctypedef object (*_fastcall_fn)(object, PyObject**, Py_ssize_t, PyObject*)
+
+cdef extern from "Python.h":
+    ctypedef struct _MethodDef "PyMethodDef":  # the one field we replace (see _set_fastcall)
+        void* ml_meth
+    ctypedef struct _MethodDescr "PyMethodDescrObject":
+        _MethodDef* d_method
 
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
@@ -716,31 +725,41 @@ cdef class L1:
         Raises ``TypeError`` (unhashable key, non-``str`` tag), ``ValueError`` (negative or
         NaN ttl, an entry heavier than ``max_weight``) before anything changes.
         """
+        # (the calls without keywords and tags do not come here: see _set_fastcall)
+        return self._set(
+            <PyObject*>key, <PyObject*>value, <PyObject*>ttl,
+            _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags),
+        )
+
+    cdef object _set(self, PyObject* key, PyObject* value, PyObject* ttl, tuple tagt):
+        """:meth:`set`'s body. ``key``, ``value`` and ``ttl`` are the caller's (a pointer:
+        no reference counting while they are only looked at); ``tagt`` is from
+        ``_tag_tuple``."""
         cdef double seconds
-        cdef tuple tagt = _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags)
         cdef Py_ssize_t weight = 1
         cdef double now = -INFINITY
         cdef object removed
         # The common shapes are C tests: a float ttl, a str key (its hash is cached and
         # cannot fail, so only other keys need _weigh's hash check without a weigher),
         # no on_evict listener.
-        if ttl is None:
+        if ttl == <PyObject*>None:
             seconds = INFINITY
         else:
-            seconds = PyFloat_AS_DOUBLE(ttl) if type(ttl) is float else -1.0
+            seconds = _float_value(ttl) if _type_of(ttl) is &PyFloat_Type else -1.0
             if not seconds >= 0.0:  # not a float, or a negative or NaN one
-                seconds = _ttl_seconds(ttl)
-        if self._weigher is not None or type(key) is not str:
-            weight = self._weigh(key, value)
+                seconds = _ttl_seconds(<object>ttl)
+        if self._weigher is not None or _type_of(key) is not &PyUnicode_Type:
+            weight = self._weigh(<object>key, <object>value)
         if seconds != INFINITY or self._heap_len or self._fifo_live:
             now = stratacache_coarse_now() if self._timer is None else self._now()
         with cython.critical_section(self):
-            removed = self._store(key, value, seconds, tagt, weight, now)
+            removed = self._store(<object>key, <object>value, seconds, tagt, weight, now)
         if removed is not None:
             if self._on_evict is not None:
                 self._notify(removed)
             elif type(removed) is _Node and Py_REFCNT(removed) == 1:
                 self._recycle(<_Node>removed)
+        return None
 
     def delete(self, key):
         """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
@@ -1064,7 +1083,6 @@ cdef class L1:
         cdef _Node old
         cdef _Node victim
         cdef _Node node
-        cdef dict keys
         cdef double deadline = INFINITY
         cdef bint in_order = False  # the deadline goes to the FIFO, not the heap
         cdef unsigned char cause
@@ -1131,14 +1149,7 @@ cdef class L1:
         elif deadline != INFINITY:
             self._heap_push(node)
         if tags:
-            self._entry_tags[node] = tags
-            node.side |= SIDE_TAGS
-            for tag in tags:
-                keys = self._tags.get(tag)
-                if keys is None:
-                    keys = {}
-                    self._tags[tag] = keys
-                keys[key] = node
+            self._add_tags(node, key, tags)
         if self._tinylfu:  # the new node is in the window
             self._n_window += 1
             return self._lfu_make_room(removed, now)
@@ -1155,6 +1166,19 @@ cdef class L1:
             self._remove(victim, cause)
             removed = _collect(removed, victim)
         return removed
+
+    cdef int _add_tags(self, _Node node, object key, tuple tags) except -1:
+        """``_store``'s part for a tagged node (out of line: most writes have no tags)."""
+        cdef dict keys
+        self._entry_tags[node] = tags
+        node.side |= SIDE_TAGS
+        for tag in tags:
+            keys = self._tags.get(tag)
+            if keys is None:
+                keys = {}
+                self._tags[tag] = keys
+            keys[key] = node
+        return 0
 
     cdef inline int _recycle(self, _Node node) except -1:
         """Keep ``node``, evicted by a write and referenced by nothing else, as the next
@@ -1717,6 +1741,38 @@ cdef void _install_memoized_vectorcall() except *:
 
 
 _install_memoized_vectorcall()
+
+
+cdef _fastcall_fn _parsed_set = NULL  # Cython's own C function for L1.set
+
+
+cdef object _set_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """``L1.set`` as CPython calls it: ``set(key, value)`` and ``set(key, value, ttl)``
+    go straight to ``_set``; any other call (keywords, tags, a wrong count) to the
+    argument parsing Cython generated for the ``def``, which reaches ``_set`` too. That
+    parsing (owned references to every argument, the table of keyword names built on
+    each call) was a tenth of a write's instructions."""
+    if kwnames is NULL:
+        if nargs == 3:
+            return (<L1>self)._set(args[0], args[1], args[2], _NO_TAGS)
+        if nargs == 2:
+            return (<L1>self)._set(args[0], args[1], <PyObject*>None, _NO_TAGS)
+    return _parsed_set(self, args, nargs, kwnames)
+
+
+cdef void _install_set_fastcall() except *:
+    # Both ways of calling the method, ``cache.set(...)`` (the method descriptor) and a
+    # bound ``cache.set`` kept in a variable (a builtin method object made from the same
+    # PyMethodDef), read ``ml_meth`` at each call, so replacing it reroutes both; the
+    # flags (METH_FASTCALL | METH_KEYWORDS) and the signature stay the same. L1 is final:
+    # no subclass holds a copy of the entry.
+    global _parsed_set
+    cdef _MethodDescr* descr = <_MethodDescr*><PyObject*>L1.__dict__["set"]
+    _parsed_set = <_fastcall_fn>descr.d_method.ml_meth
+    descr.d_method.ml_meth = <void*>_set_fastcall
+
+
+_install_set_fastcall()
 
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse
