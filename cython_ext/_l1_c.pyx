@@ -45,6 +45,9 @@ Hit path
     ``get_unless_due``, ``peek``, ``set`` and the getter's ``get`` are plain builtin
     methods (``binding=False``, signature in ``__text_signature__``): CPython 3.11's call
     specialisation calls them directly, not through a bound Cython function object.
+    ``set``'s and ``get``'s C functions are replaced by ``_set_fastcall`` and
+    ``_get_fastcall``: a call with positional arguments only goes to the body without
+    Cython's argument parsing (a tenth of a write), any other call still through it.
     ``memoized``'s callable (the sync ``@cached`` hit) is an object, where that directive
     does nothing; it takes calls through the vectorcall protocol instead (installed by
     hand: Cython gives a cdef class ``tp_call`` only), so its arguments arrive as a C
@@ -1743,7 +1746,20 @@ cdef void _install_memoized_vectorcall() except *:
 _install_memoized_vectorcall()
 
 
-cdef _fastcall_fn _parsed_set = NULL  # Cython's own C function for L1.set
+# Cython's own C functions of L1.set and L1.get, each replaced by a _*_fastcall below
+cdef _fastcall_fn _parsed_set = NULL
+cdef _fastcall_fn _parsed_get = NULL
+
+
+cdef object _get_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """``L1.get`` as CPython calls it: ``get(key)`` and ``get(key, default)`` go straight
+    to ``_get``, any other call to Cython's argument parsing (see ``_set_fastcall``)."""
+    if kwnames is NULL:
+        if nargs == 1:
+            return (<L1>self)._get(<object>args[0], None)
+        if nargs == 2:
+            return (<L1>self)._get(<object>args[0], <object>args[1])
+    return _parsed_get(self, args, nargs, kwnames)
 
 
 cdef object _set_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
@@ -1760,19 +1776,22 @@ cdef object _set_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObje
     return _parsed_set(self, args, nargs, kwnames)
 
 
-cdef void _install_set_fastcall() except *:
-    # Both ways of calling the method, ``cache.set(...)`` (the method descriptor) and a
-    # bound ``cache.set`` kept in a variable (a builtin method object made from the same
-    # PyMethodDef), read ``ml_meth`` at each call, so replacing it reroutes both; the
-    # flags (METH_FASTCALL | METH_KEYWORDS) and the signature stay the same. L1 is final:
-    # no subclass holds a copy of the entry.
-    global _parsed_set
-    cdef _MethodDescr* descr = <_MethodDescr*><PyObject*>L1.__dict__["set"]
-    _parsed_set = <_fastcall_fn>descr.d_method.ml_meth
-    descr.d_method.ml_meth = <void*>_set_fastcall
+cdef void* _replace_method_function(str name, void* fastcall) except NULL:
+    """Make ``fastcall`` the C function of ``L1.<name>``; the one it replaces.
+
+    Both ways of calling the method, ``cache.set(...)`` (the method descriptor) and a
+    bound ``cache.set`` kept in a variable (a builtin method object made from the same
+    PyMethodDef), read ``ml_meth`` at each call, so replacing it reroutes both; the flags
+    (METH_FASTCALL | METH_KEYWORDS) and the signature stay the same. L1 is final: no
+    subclass holds a copy of the entry."""
+    cdef _MethodDescr* descr = <_MethodDescr*><PyObject*>L1.__dict__[name]
+    cdef void* parsed = descr.d_method.ml_meth
+    descr.d_method.ml_meth = fastcall
+    return parsed
 
 
-_install_set_fastcall()
+_parsed_set = <_fastcall_fn>_replace_method_function("set", <void*>_set_fastcall)
+_parsed_get = <_fastcall_fn>_replace_method_function("get", <void*>_get_fastcall)
 
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse
