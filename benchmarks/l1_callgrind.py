@@ -51,6 +51,11 @@ elif impl == "cachebox.TTLCache":
     cache = cachebox.TTLCache(n, ttl)  # one ttl for every entry, given here
     put = cache.insert  # called directly: a wrapper would add a Python frame per call
     get = cache.get
+elif impl == "cachebox.VTTLCache":
+    import cachebox
+    cache = cachebox.VTTLCache(n)  # a ttl per entry, given with each insert as to L1.set
+    put = cache.insert
+    get = cache.get
 elif impl == "cachebox.LRUCache":
     import cachebox
     cache = cachebox.LRUCache(n)
@@ -62,7 +67,8 @@ elif impl == "dict":
     get = cache.get
 elif impl == "loop":
     get = put = id
-withttl = case.endswith("_ttl") and not impl.startswith("cachebox")  # insert takes no ttl
+# TTLCache takes its one ttl in the constructor, LRUCache none: their insert gets no ttl
+withttl = case.endswith("_ttl") and impl not in ("cachebox.TTLCache", "cachebox.LRUCache")
 
 
 def run(keys, other, value, ttl, put, get):
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             "stratacache.L1 (compiled) tinylfu",
             "cachebox.LRUCache",
             "cachebox.TTLCache",
+            "cachebox.VTTLCache",
         ]
     )
     print("| implementation | " + " | ".join(f"{c} (Ir/op)" for c in CASES) + " |")

@@ -45,6 +45,9 @@ Hit path
     ``get_unless_due``, ``peek``, ``set`` and the getter's ``get`` are plain builtin
     methods (``binding=False``, signature in ``__text_signature__``): CPython 3.11's call
     specialisation calls them directly, not through a bound Cython function object.
+    ``set``'s and ``get``'s C functions are replaced by ``_set_fastcall`` and
+    ``_get_fastcall``: a call with positional arguments only goes to the body without
+    Cython's argument parsing (a tenth of a write), any other call still through it.
     ``memoized``'s callable (the sync ``@cached`` hit) is an object, where that directive
     does nothing; it takes calls through the vectorcall protocol instead (installed by
     hand: Cython gives a cdef class ``tp_call`` only), so its arguments arrive as a C
@@ -109,7 +112,6 @@ cimport cython
 from cpython.dict cimport (
     PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault, PyDict_SetItem, PyDict_Size,
 )
-from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject_Hash, PyTypeObject, traverseproc
 from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
@@ -128,7 +130,8 @@ from stratacache._sentinel import MISSING
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)  # Cython's own declaration is Python 2's
-    Py_ssize_t PyDict_GET_SIZE(object d) noexcept  # a macro: the size field of a dict
+    # a macro: the size field of a dict (a pointer: no reference taken around the read)
+    Py_ssize_t PyDict_GET_SIZE(PyObject* d) noexcept
     # the vectorcall protocol (PEP 590), for _Memoized
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf) noexcept
     object PyVectorcall_Call(object callable, object args, object kwargs)
@@ -139,10 +142,20 @@ cdef extern from "Python.h":
         unsigned long tp_flags
     PyTypeObject* _type_of "Py_TYPE"(PyObject* o) noexcept
     PyTypeObject PyUnicode_Type
+    PyTypeObject PyFloat_Type
+    double _float_value "PyFloat_AS_DOUBLE"(PyObject* o) noexcept
     PyTypeObject PyLong_Type
 
 # a vectorcallfunc whose result Cython manages (new reference, NULL on error)
 ctypedef object (*_vectorcall_fn)(object, PyObject**, size_t, PyObject*)
+# a METH_FASTCALL | METH_KEYWORDS method's C function, likewise
+ctypedef object (*_fastcall_fn)(object, PyObject**, Py_ssize_t, PyObject*)
+
+cdef extern from "Python.h":
+    ctypedef struct _MethodDef "PyMethodDef":  # the one field we replace (see _set_fastcall)
+        void* ml_meth
+    ctypedef struct _MethodDescr "PyMethodDescrObject":
+        _MethodDef* d_method
 
 cdef object _MISS = object()  # private miss marker of L1.getter (no caller can pass it)
 
@@ -715,31 +728,41 @@ cdef class L1:
         Raises ``TypeError`` (unhashable key, non-``str`` tag), ``ValueError`` (negative or
         NaN ttl, an entry heavier than ``max_weight``) before anything changes.
         """
+        # (the calls without keywords and tags do not come here: see _set_fastcall)
+        return self._set(
+            <PyObject*>key, <PyObject*>value, <PyObject*>ttl,
+            _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags),
+        )
+
+    cdef object _set(self, PyObject* key, PyObject* value, PyObject* ttl, tuple tagt):
+        """:meth:`set`'s body. ``key``, ``value`` and ``ttl`` are the caller's (a pointer:
+        no reference counting while they are only looked at); ``tagt`` is from
+        ``_tag_tuple``."""
         cdef double seconds
-        cdef tuple tagt = _NO_TAGS if tags is _NO_TAGS else _tag_tuple(tags)
         cdef Py_ssize_t weight = 1
         cdef double now = -INFINITY
         cdef object removed
         # The common shapes are C tests: a float ttl, a str key (its hash is cached and
         # cannot fail, so only other keys need _weigh's hash check without a weigher),
         # no on_evict listener.
-        if ttl is None:
+        if ttl == <PyObject*>None:
             seconds = INFINITY
         else:
-            seconds = PyFloat_AS_DOUBLE(ttl) if type(ttl) is float else -1.0
+            seconds = _float_value(ttl) if _type_of(ttl) is &PyFloat_Type else -1.0
             if not seconds >= 0.0:  # not a float, or a negative or NaN one
-                seconds = _ttl_seconds(ttl)
-        if self._weigher is not None or type(key) is not str:
-            weight = self._weigh(key, value)
+                seconds = _ttl_seconds(<object>ttl)
+        if self._weigher is not None or _type_of(key) is not &PyUnicode_Type:
+            weight = self._weigh(<object>key, <object>value)
         if seconds != INFINITY or self._heap_len or self._fifo_live:
             now = stratacache_coarse_now() if self._timer is None else self._now()
         with cython.critical_section(self):
-            removed = self._store(key, value, seconds, tagt, weight, now)
+            removed = self._store(<object>key, <object>value, seconds, tagt, weight, now)
         if removed is not None:
             if self._on_evict is not None:
                 self._notify(removed)
             elif type(removed) is _Node and Py_REFCNT(removed) == 1:
                 self._recycle(<_Node>removed)
+        return None
 
     def delete(self, key):
         """Remove ``key``; whether a live entry was removed. ``on_evict`` is not called."""
@@ -1063,16 +1086,23 @@ cdef class L1:
         cdef _Node old
         cdef _Node victim
         cdef _Node node
-        cdef dict keys
         cdef double deadline = INFINITY
+        cdef bint in_order = False  # the deadline goes to the FIFO, not the heap
         cdef unsigned char cause
         if seconds != INFINITY:
             deadline = now + seconds
+            # Decided before anything changes: removing the key's old entry (below) can
+            # only empty the FIFO, where any deadline would also be in order; the heap
+            # takes any deadline, so the decision stays right either way.
+            in_order = (
+                self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline
+            )
             # the only allocations that can fail: do them first
-            if self._heap_len >= self._heap_cap:
+            if in_order:
+                if self._fifo_tail >= self._fifo_cap:
+                    self._fifo_reserve()
+            elif self._heap_len >= self._heap_cap:
                 self._heap_reserve()
-            if self._fifo_tail >= self._fifo_cap:
-                self._fifo_reserve()
         if self._tinylfu:
             self._sketch_add(self._key_hash(key))  # a write is an access
         self._bump_key(key)
@@ -1117,24 +1147,16 @@ cdef class L1:
         if weight != 1:
             self._entry_weights[node] = weight
             node.side = SIDE_WEIGHT
-        if deadline != INFINITY:
-            if self._fifo_live == 0 or deadline >= self._fifo[self._fifo_tail - 1].deadline:
-                self._fifo_push(node)  # in deadline order: O(1)
-            else:
-                self._heap_push(node)
+        if in_order:
+            self._fifo_push(node)  # O(1)
+        elif deadline != INFINITY:
+            self._heap_push(node)
         if tags:
-            self._entry_tags[node] = tags
-            node.side |= SIDE_TAGS
-            for tag in tags:
-                keys = self._tags.get(tag)
-                if keys is None:
-                    keys = {}
-                    self._tags[tag] = keys
-                keys[key] = node
+            self._add_tags(node, key, tags)
         if self._tinylfu:  # the new node is in the window
             self._n_window += 1
             return self._lfu_make_room(removed, now)
-        while PyDict_GET_SIZE(self._map) > self._maxsize or (
+        while PyDict_GET_SIZE(<PyObject*>self._map) > self._maxsize or (
             self._max_weight >= 0 and self._weight > self._max_weight
         ):
             found = self._expired_head(now)
@@ -1147,6 +1169,19 @@ cdef class L1:
             self._remove(victim, cause)
             removed = _collect(removed, victim)
         return removed
+
+    cdef int _add_tags(self, _Node node, object key, tuple tags) except -1:
+        """``_store``'s part for a tagged node (out of line: most writes have no tags)."""
+        cdef dict keys
+        self._entry_tags[node] = tags
+        node.side |= SIDE_TAGS
+        for tag in tags:
+            keys = self._tags.get(tag)
+            if keys is None:
+                keys = {}
+                self._tags[tag] = keys
+            keys[key] = node
+        return 0
 
     cdef inline int _recycle(self, _Node node) except -1:
         """Keep ``node``, evicted by a write and referenced by nothing else, as the next
@@ -1269,6 +1304,7 @@ cdef class L1:
         node.prev = node.next = NULL
         if node.heap_index >= 0:
             if node.in_fifo:
+                node.in_fifo = 0
                 self._fifo_remove(node.heap_index)
             else:
                 self._heap_remove(node.heap_index)
@@ -1352,13 +1388,16 @@ cdef class L1:
             return None
         return node
 
-    cdef inline void _bump_key(self, object key) except *:
+    cdef inline int _bump_key(self, object key) except -1:
+        # ``except -1``, not ``except *``: a write then tests the result, not the error
+        # indicator (a call to PyErr_Occurred per write)
         cdef _Pending pending
         if self._pending:
             pending = self._pending.get(key)
             if pending is not None:
                 self._epoch += 1
                 pending.epoch = self._epoch
+        return 0
 
     cdef void _bump_tag(self, str tag) except *:
         if self._pending:
@@ -1459,10 +1498,7 @@ cdef class L1:
         return 0
 
     cdef inline void _fifo_push(self, _Node node) noexcept:
-        cdef Py_ssize_t i
-        if self._fifo_live == 0:
-            self._fifo_head = self._fifo_tail = 0
-        i = self._fifo_tail
+        cdef Py_ssize_t i = self._fifo_tail  # (an empty FIFO has head == tail == 0)
         self._seq += 1
         self._fifo[i].deadline = node.deadline
         self._fifo[i].seq = self._seq
@@ -1473,14 +1509,16 @@ cdef class L1:
         self._fifo_live += 1
 
     cdef inline void _fifo_remove(self, Py_ssize_t i) noexcept:
-        (<_Node>self._fifo[i].node).in_fifo = 0
-        self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order still holds
         self._fifo_live -= 1
         if self._fifo_live == 0:
             self._fifo_head = self._fifo_tail = 0
-        elif i == self._fifo_head:
-            while self._fifo[self._fifo_head].node is NULL:
-                self._fifo_head += 1
+        elif i == self._fifo_head:  # the head moves on (past holes) and leaves no hole
+            i += 1
+            while self._fifo[i].node is NULL:  # a live slot follows: fifo_live > 0
+                i += 1
+            self._fifo_head = i
+        else:
+            self._fifo[i].node = NULL  # a hole; keeps its deadline, so the order holds
 
     cdef inline void _heap_put(self, Py_ssize_t i, _HeapItem item) noexcept:
         self._heap[i] = item
@@ -1706,6 +1744,54 @@ cdef void _install_memoized_vectorcall() except *:
 
 
 _install_memoized_vectorcall()
+
+
+# Cython's own C functions of L1.set and L1.get, each replaced by a _*_fastcall below
+cdef _fastcall_fn _parsed_set = NULL
+cdef _fastcall_fn _parsed_get = NULL
+
+
+cdef object _get_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """``L1.get`` as CPython calls it: ``get(key)`` and ``get(key, default)`` go straight
+    to ``_get``, any other call to Cython's argument parsing (see ``_set_fastcall``)."""
+    if kwnames is NULL:
+        if nargs == 1:
+            return (<L1>self)._get(<object>args[0], None)
+        if nargs == 2:
+            return (<L1>self)._get(<object>args[0], <object>args[1])
+    return _parsed_get(self, args, nargs, kwnames)
+
+
+cdef object _set_fastcall(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """``L1.set`` as CPython calls it: ``set(key, value)`` and ``set(key, value, ttl)``
+    go straight to ``_set``; any other call (keywords, tags, a wrong count) to the
+    argument parsing Cython generated for the ``def``, which reaches ``_set`` too. That
+    parsing (owned references to every argument, the table of keyword names built on
+    each call) was a tenth of a write's instructions."""
+    if kwnames is NULL:
+        if nargs == 3:
+            return (<L1>self)._set(args[0], args[1], args[2], _NO_TAGS)
+        if nargs == 2:
+            return (<L1>self)._set(args[0], args[1], <PyObject*>None, _NO_TAGS)
+    return _parsed_set(self, args, nargs, kwnames)
+
+
+cdef void* _replace_method_function(str name, void* fastcall) except NULL:
+    """Make ``fastcall`` the C function of ``L1.<name>``; the one it replaces.
+
+    Both ways of calling the method, ``cache.set(...)`` (the method descriptor) and a
+    bound ``cache.set`` kept in a variable (a builtin method object made from the same
+    PyMethodDef), read ``ml_meth`` at each call, so replacing it reroutes both; the flags
+    (METH_FASTCALL | METH_KEYWORDS) and the signature stay the same. L1 is final: no
+    subclass holds a copy of the entry."""
+    cdef _MethodDescr* descr = <_MethodDescr*><PyObject*>L1.__dict__[name]
+    cdef void* parsed = descr.d_method.ml_meth
+    descr.d_method.ml_meth = fastcall
+    return parsed
+
+
+_parsed_set = <_fastcall_fn>_replace_method_function("set", <void*>_set_fastcall)
+_parsed_get = <_fastcall_fn>_replace_method_function("get", <void*>_get_fastcall)
 
 
 cdef _traverse_fn _generated_l1_traverse = <_traverse_fn>(<PyTypeObject*>L1).tp_traverse

@@ -423,6 +423,30 @@ def test_bad_ttl_is_a_value_error(l1_impl: Any, ttl: Any) -> None:
     assert cache.get("k") == "old"
 
 
+def test_positional_calls_behave_as_keyword_calls(l1_impl: Any, clock: FakeClock) -> None:
+    # the compiled L1 takes positional-only set/get calls by a path of their own
+    cache = l1_impl(10, timer=clock)
+    cache.set("a", 1, 5.0)
+    cache.set("b", 2, ttl=5.0)
+    cache.set("c", 3)
+    clock.advance(6)
+    assert [cache.get(k, "gone") for k in "abc"] == ["gone", "gone", 3]
+    assert cache.get("a", default="gone") == "gone" and cache.get("a") is None
+    with pytest.raises(ValueError):
+        cache.set("c", 4, -1.0)
+    with pytest.raises(TypeError):
+        cache.set("c", 4, "10")
+    assert cache.get("c") == 3
+    for bad_call in (lambda: cache.set("k"), lambda: cache.set("k", 1, None, (), "x")):
+        with pytest.raises(TypeError):
+            bad_call()
+    with pytest.raises(TypeError):
+        cache.get()
+    with pytest.raises(TypeError):
+        cache.set([], 1)
+    assert len(cache) == 1
+
+
 @pytest.mark.parametrize("ttl", ["10", True, object()])
 def test_ttl_of_the_wrong_type_is_a_type_error(l1_impl: Any, ttl: Any) -> None:
     with pytest.raises(TypeError):
