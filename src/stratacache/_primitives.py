@@ -622,6 +622,11 @@ class Worker:
     """A background loop as a daemon thread; it ends when its loop sees the stop flag.
 
     ``on_exit`` is called in the thread when the loop ends, for whatever reason.
+
+    :meth:`alive` is asked on every cache miss (has a bus worker ended?): it reads a flag
+    the thread clears as its loop ends, however it ends, rather than ``Thread.is_alive``
+    (three calls and a lock); a forked child, where the thread does not exist, reads the
+    fork count.
     """
 
     def __init__(
@@ -631,15 +636,18 @@ class Worker:
             try:
                 run()
             finally:
+                self._running = False
                 if on_exit is not None:
                     on_exit()
 
+        self._running = True
+        self._fork = fork_generation()
         self._thread = threading.Thread(target=target, name=name, daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
-        """Whether the thread still runs."""
-        return self._thread.is_alive()
+        """Whether the thread still runs (in this process)."""
+        return self._running and self._fork == _forks
 
     def abandon(self) -> None:
         """Nothing to do: a thread ends by its own stop flag."""
