@@ -201,7 +201,9 @@ class AsyncDirect:
         if isinstance(reply, ResponseError):
             if not isinstance(reply, NoScriptError) or script is None:
                 raise reply  # the connection is clean
-            reply = await async_request(conn, pack_command(conn, ("EVAL", script.body, *command[2:])))
+            reply = await async_request(
+                conn, pack_command(conn, ("EVAL", script.body, *command[2:]))
+            )
             if isinstance(reply, ResponseError):
                 raise reply
         return reply

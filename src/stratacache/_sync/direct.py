@@ -203,7 +203,9 @@ class Direct:
         if isinstance(reply, ResponseError):
             if not isinstance(reply, NoScriptError) or script is None:
                 raise reply  # the connection is clean
-            reply = request(conn, pack_command(conn, ("EVAL", script.body, *command[2:])))
+            reply = request(
+                conn, pack_command(conn, ("EVAL", script.body, *command[2:]))
+            )
             if isinstance(reply, ResponseError):
                 raise reply
         return reply
