@@ -283,28 +283,43 @@ class AsyncResultSlot(Generic[T]):
 
 
 class ResultSlot(Generic[T]):
-    """A result or exception set once by a leader thread and waited on by other threads."""
+    """A result or exception set once by a leader thread and waited on by other threads.
 
-    __slots__ = ("_done", "_exception", "_value")
+    Every miss of a sync cache makes one, and most are never waited on: the gate is a
+    bare lock, held from the start and released with the outcome (a waiter acquires it
+    and hands it on at once), rather than an Event, whose Condition costs several times
+    as much to make. ``_settled`` is set before the release, so that an outcome set is
+    seen as set at once, even while a waiter holds the gate for a moment."""
+
+    __slots__ = ("_exception", "_gate", "_settled", "_value")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._settled = False
         self._value: T | None = None
         self._exception: BaseException | None = None
 
     def set_result(self, value: T) -> None:
         """Publish the value and wake every waiter."""
         self._value = value
-        self._done.set()
+        self._open()
 
     def set_exception(self, exc: BaseException) -> None:
         """Publish an exception and wake every waiter."""
         self._exception = exc
-        self._done.set()
+        self._open()
+
+    def _open(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._gate.release()
 
     def wait(self) -> T:
         """Wait for the outcome; return the value or raise the exception."""
-        self._done.wait()
+        if not self._settled:
+            self._gate.acquire()
+            self._gate.release()
         if self._exception is not None:
             raise self._exception
         return self._value  # type: ignore[return-value]
@@ -312,7 +327,12 @@ class ResultSlot(Generic[T]):
     def settled(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (``None``: no limit) for the outcome; True if
         it is there (read it with :meth:`outcome`)."""
-        return self._done.wait(timeout)
+        if self._settled:
+            return True
+        if not self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return self._settled
+        self._gate.release()
+        return True
 
     def outcome(self) -> T:
         """The value, or raise the exception (the outcome must be set)."""
@@ -602,6 +622,11 @@ class Worker:
     """A background loop as a daemon thread; it ends when its loop sees the stop flag.
 
     ``on_exit`` is called in the thread when the loop ends, for whatever reason.
+
+    :meth:`alive` is asked on every cache miss (has a bus worker ended?): it reads a flag
+    the thread clears as its loop ends, however it ends, rather than ``Thread.is_alive``
+    (three calls and a lock); a forked child, where the thread does not exist, reads the
+    fork count.
     """
 
     def __init__(
@@ -611,15 +636,18 @@ class Worker:
             try:
                 run()
             finally:
+                self._running = False
                 if on_exit is not None:
                     on_exit()
 
+        self._running = True
+        self._fork = fork_generation()
         self._thread = threading.Thread(target=target, name=name, daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
-        """Whether the thread still runs."""
-        return self._thread.is_alive()
+        """Whether the thread still runs (in this process)."""
+        return self._running and self._fork == _forks
 
     def abandon(self) -> None:
         """Nothing to do: a thread ends by its own stop flag."""

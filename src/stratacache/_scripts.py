@@ -77,17 +77,19 @@ return {value, 0}
 # KEYS: data, lease. ARGV: token, px. A miss's first step: the entry if there is one (no
 # lease taken: a hit costs nothing more), else try to take the lease, in the same atomic
 # step so that a fill landing between the read and the lease request is seen. Returns
-# {value, 0} or {false, 1 if taken else 0}. An entry the caller finds expired or
-# invalidated is then read again with READ_OR_LEASE, which takes the lease regardless.
+# the value, else 1 if the lease was taken, 0 if not: one scalar, which the client parses
+# as cheaply as a GET's reply (an entry blob is never an integer reply). An entry the
+# caller finds expired or invalidated is then read again with READ_OR_LEASE, which takes
+# the lease regardless.
 READ_ELSE_LEASE = """
 local value = redis.call('GET', KEYS[1])
 if value then
-  return {value, 0}
+  return value
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {false, 1}
+  return 1
 end
-return {false, 0}
+return 0
 """
 
 # KEYS: data, lease, then version keys (the namespace epoch's, tags'). ARGV: token, px.

@@ -5,7 +5,8 @@ redis-py's ``execute_command`` spends more instructions around a command than th
 costs on the wire: metrics hooks, the pool's lock and liveness poll on every check-out and
 check-in, the retry wrapper, response callbacks. This module keeps what the tier needs of
 it, through redis-py's connection API (``get_connection`` / ``release`` of the pool, or
-of the cluster node; ``pack_command`` of the connection; each exchange through
+of the cluster node; the connection's packing, done by ``_resp.py`` where it is redis-py's
+pure-Python packer; each exchange through
 ``async_request`` of ``_primitives``: on asyncio connections the stream writer and parser
 under one timer, with the public ``send_packed_command`` / ``read_response`` as the
 fallback, see the notes there; the connection's own parser, hiredis when installed):
@@ -66,6 +67,7 @@ from .._primitives import (
     async_request,
     fork_generation,
 )
+from .._resp import pack_command
 
 # the execute_command of redis-py's own client classes (standalone, cluster)
 _BASE_EXECUTE = {False: AsyncRedis.execute_command, True: AsyncRedisCluster.execute_command}
@@ -94,7 +96,10 @@ class AsyncDirect:
     def __init__(self, client: Any, cluster: bool) -> None:
         self._client = client
         self._cluster = cluster
-        self.enabled = async_direct_source(client, None) is not None or cluster
+        # a standalone client's pool, read once: isinstance against redis-py's client
+        # classes (typing Protocols) costs more per call than the rest of the lookup
+        self._pool = None if cluster else async_direct_source(client, None)
+        self.enabled = self._pool is not None or cluster
         if type(client).execute_command is not _BASE_EXECUTE[cluster]:
             self.enabled = False  # instrumented by a subclass: every call through it
         if cluster and getattr(client, "read_from_replicas", False):
@@ -108,7 +113,7 @@ class AsyncDirect:
     def _source(self, key: Any) -> tuple[str, Any] | None:
         """The node name and pool (or cluster node) serving ``key``; None if unknown."""
         if not self._cluster:
-            return "", async_direct_source(self._client, None)
+            return "", self._pool
         try:
             node = self._client.get_node_from_key(key)
         except Exception:  # slots not known yet, or not covered
@@ -192,11 +197,13 @@ class AsyncDirect:
             await async_give_back_connection(source, conn)
 
     async def _exchange(self, conn: Any, command: tuple[Any, ...], script: Script | None) -> Any:
-        reply = await async_request(conn, conn.pack_command(*command))
+        reply = await async_request(conn, pack_command(conn, command))
         if isinstance(reply, ResponseError):
             if not isinstance(reply, NoScriptError) or script is None:
                 raise reply  # the connection is clean
-            reply = await async_request(conn, conn.pack_command("EVAL", script.body, *command[2:]))
+            reply = await async_request(
+                conn, pack_command(conn, ("EVAL", script.body, *command[2:]))
+            )
             if isinstance(reply, ResponseError):
                 raise reply
         return reply

@@ -469,10 +469,12 @@ class AsyncRedisTier:
         whether we took the lease for ``ttl`` seconds under ``token`` (False if another
         holder has it). A miss's read and lease in one round trip."""
         keys = [self._keys.data_key(key), self._keys.lease_key(key)]
-        blob, taken = await self._script(
+        reply = await self._script(
             self._s_read_else_lease, self._read_else_lease, keys, [token, _px(ttl)]
         )
-        return (blob or None), bool(taken)
+        if type(reply) is int:
+            return None, bool(reply)
+        return (reply or None), False
 
     async def read_else_lease_versions(
         self, key: str, token: bytes, ttl: float, names: Sequence[Optional[str]]

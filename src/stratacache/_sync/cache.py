@@ -780,6 +780,8 @@ class Cache(
     @staticmethod
     def _tags(tags: Iterable[str]) -> tuple[str, ...]:
         """Validated tags with their ancestors (``a:b`` also carries ``a``)."""
+        if type(tags) is tuple and not tags:  # the default, on every miss
+            return ()
         if isinstance(tags, str):
             raise TypeError("tags must be an iterable of str, not a single str")
         return expand_tags(validate_tag(tag) for tag in tags)
