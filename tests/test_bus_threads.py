@@ -139,7 +139,8 @@ def test_a_fork_while_bus_threads_hold_the_locks_does_not_hang_the_child(
     redis_url: str,
 ) -> None:
     # gunicorn --preload: the parent's listener may hold the tag-version or bus lock (or
-    # the pure L1's) at the very moment of the fork; the child never gets it back
+    # the pure L1's, or redis-py's) at the very moment of the fork; the child never gets
+    # it back
     cache = Cache(redis_url, namespace=NS, redis_timeout=2.0)
     writer = Cache(redis_url, namespace=NS, redis_timeout=2.0)
     try:
@@ -149,6 +150,10 @@ def test_a_fork_while_bus_threads_hold_the_locks_does_not_hang_the_child(
         bus = cache._bus
         assert bus is not None
         locks = [cache._versions._lock, bus.state._lock, bus.outbox._lock]
+        # and redis-py's pool lock, inside any command's check-out: the pool's reset after
+        # the fork takes it (redis-py 8)
+        assert cache._tier is not None
+        locks.append(cache._tier.client.connection_pool._lock)
         l1_lock = getattr(cache.l1, "_lock", None)  # the pure L1's (the compiled has none)
         if l1_lock is not None:
             locks.append(l1_lock)

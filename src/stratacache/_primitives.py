@@ -734,8 +734,43 @@ def async_forget_connections(client: Any) -> None:
                 setattr(client, name, asyncio.Lock())
 
 
+_RLOCK_TYPE = type(threading.RLock())
+_LOCK_TYPE = type(threading.Lock())
+
+
+def _fresh_locks(owner: Any, *names: str) -> None:
+    """Replace the ``threading`` locks named (those ``owner`` has) with new ones."""
+    for name in names:
+        lock = getattr(owner, name, None)
+        if isinstance(lock, _RLOCK_TYPE):
+            setattr(owner, name, threading.RLock())
+        elif isinstance(lock, _LOCK_TYPE):
+            setattr(owner, name, threading.Lock())
+
+
 def forget_connections(client: Any) -> None:
-    """Nothing to do for sync clients: redis-py's pools see the new pid and start afresh."""
+    """In a forked child: new locks for a sync client and its pools.
+
+    redis-py's pools see the new pid and start afresh on their next use, but that reset
+    takes the pool's lock (redis-py 8) under its fork lock. A lock that one of the parent's
+    threads (the bus's, a loader's) held at the fork is never released in the child: the
+    child's first command then hung, and the next thread's gave up after five seconds with
+    ``ChildDeadlockedError``. The connections themselves are left to that reset."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        _fresh_locks(client, "_lock")
+        manager = client.nodes_manager
+        _fresh_locks(manager, "_lock", "_initialization_lock")
+        _fresh_locks(getattr(manager, "read_load_balancer", None), "_lock")
+        pools = [
+            node.redis_connection.connection_pool
+            for node in list(manager.nodes_cache.values())
+            if node.redis_connection is not None
+        ]
+    else:
+        _fresh_locks(client, "single_connection_lock")
+        pools = [client.connection_pool]
+    for pool in pools:
+        _fresh_locks(pool, "_fork_lock", "_lock")
 
 
 async def async_close_client(client: Any) -> None:
