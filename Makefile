@@ -21,9 +21,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 NOX    := $(PY) -m nox
-# pytest-xdist workers per suite run (each worker starts its own Redis servers); 0 = serial,
-# the default: with 2 workers on 2 CPUs the bus tests flaked (a starved heartbeat bypasses L1)
-PYTEST_WORKERS ?= 0
+# pytest-xdist workers per suite run (each worker starts its own Redis servers; 0 = serial).
+# Most of a serial run waits on Redis, processes and deadlines: two workers on two CPUs
+# take the compiled run from 9 to 4 minutes (docs/development.md, "What make test runs")
+PYTEST_WORKERS ?= 2
 
 .PHONY: all demo test bench-quick test-compiled test-pure test-matrix lint rules docs bench chaos fuzz sync setup redis prometheus clean
 

@@ -11,10 +11,8 @@ import time
 
 import pytest
 
-from stratacache import MISSING, Cache, RedisUnavailableError, SerializationError
+from stratacache import MISSING, Cache, SerializationError
 from stratacache._bus_messages import Action, BusMessage, encode_message
-from stratacache._keys import KeySpace
-from stratacache._primitives import RedisCluster
 
 from concurrency import Task, FakeClock, bus_settled, publish_raw, until
 
@@ -143,7 +141,9 @@ def test_add_and_incr_decide_on_redis_after_a_deaf_spell(target, raw) -> None:
     # outbox, so reads withhold what L2 holds from before (for the grace). add and incr
     # compare-and-set on what Redis holds now, and such a deletion lands after them: to
     # them the counter is live (they used to raise KeyError / overwrite it).
-    cache = make(target, recovery_grace=60.0)
+    # a generous heartbeat_timeout: a deaf spell of its own on a loaded machine would
+    # resubscribe, and the gap would go unseen
+    cache = make(target, recovery_grace=60.0, heartbeat_timeout=10.0)
     try:
         cache.set("hits", 1)
         cache.get("other", None)
@@ -159,47 +159,6 @@ def test_add_and_incr_decide_on_redis_after_a_deaf_spell(target, raw) -> None:
         assert cache.get("hits") == 2  # written after the flush: served
     finally:
         cache.close()
-
-
-def test_incr_and_add_raise_when_the_tag_versions_cannot_be_read() -> None:
-    # a private cluster: the master owning the namespace epoch is paused, the entry's
-    # own master answers. Whether the entry is live cannot be told: a typed error, not
-    # KeyError (incr) or an overwrite (add).
-    from stratacache.testing import RedisClusterProcesses
-
-    keys = KeySpace(NS)
-    with RedisClusterProcesses(3) as cluster:
-        raw = RedisCluster.from_url(cluster.url)
-        try:
-            raw.ping()  # the async client learns the slots on its first command
-
-            def owner(name: str) -> int:
-                return int(raw.get_node_from_key(name).port)
-
-            epoch_port = owner(keys.meta_key("epoch"))
-            name = next(
-                n for n in (f"n:{i}" for i in range(200)) if owner(keys.data_key(n)) != epoch_port
-            )
-            writer = make((cluster.url, True))
-            try:
-                writer.set(name, 1)
-            finally:
-                writer.close()
-            # a fresh instance knows no versions: it must read them from Redis
-            cache = make((cluster.url, True), redis_timeout=0.2)
-            [node] = [n for n in cluster.nodes if n.port == epoch_port]
-            node.pause()
-            try:
-                with pytest.raises(RedisUnavailableError):
-                    cache.incr(name)
-                with pytest.raises(RedisUnavailableError):
-                    cache.add(name, 9)
-            finally:
-                node.resume()
-                cache.close()
-            assert raw.get(keys.data_key(name)) is not None  # nothing overwrote it
-        finally:
-            raw.close()
 
 
 def test_add_and_incr_without_redis() -> None:
