@@ -87,6 +87,7 @@ REPLACEMENTS = {
     "async_until": "until",
     "async_bus_settled": "bus_settled",
     "async_publish_raw": "publish_raw",
+    "async_l1_warmed": "l1_warmed",
     "Awaitable": "Callable",
     "asynccontextmanager": "contextmanager",
 }

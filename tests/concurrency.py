@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from stratacache import MISSING
 from stratacache._bus_messages import Action
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedisCluster, RedisCluster
@@ -87,7 +89,6 @@ async def async_until(predicate: Callable[[], bool], timeout: float = 30.0) -> N
 
 def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     """Let other threads run until ``predicate()`` holds (fails after ``timeout``)."""
-    import time
 
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -157,3 +158,27 @@ def publish_raw(raw: Any, namespace: str, payload: bytes) -> None:
         raw.spublish(channel, payload)
     else:
         raw.publish(channel, payload)
+
+
+async def async_l1_warmed(cache: Any, key: str, expected: object, timeout: float = 5.0) -> None:
+    """Read ``key`` until ``cache``'s L1 holds ``expected`` (the value came through L2; a
+    flush after a starved heartbeat, or a late invalidation, may drop the first copy)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        assert await cache.get(key) == expected
+        if cache.l1.peek(key, MISSING) == expected:
+            return
+        assert loop.time() < deadline, f"{key!r} never held in L1"
+        await asyncio.sleep(0.005)
+
+
+def l1_warmed(cache: Any, key: str, expected: object, timeout: float = 5.0) -> None:
+    """The sync twin of :func:`async_l1_warmed`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert cache.get(key) == expected
+        if cache.l1.peek(key, MISSING) == expected:
+            return
+        assert time.monotonic() < deadline, f"{key!r} never held in L1"
+        time.sleep(0.005)

@@ -17,7 +17,7 @@ from stratacache._bus_messages import Action, BusMessage, decode_message, encode
 from stratacache._keys import KeySpace
 from stratacache._primitives import AsyncRedis, async_sleep
 
-from concurrency import async_bus_settled, async_publish_raw, async_until
+from concurrency import async_bus_settled, async_l1_warmed, async_publish_raw, async_until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -40,20 +40,6 @@ async def pair(target: tuple[str, bool]):
     await b.close()
 
 
-async def warm(cache: AsyncCache, key: str, expected: object) -> None:
-    """Read ``key`` until it is served from L1 (the value came through L2; a flush after a
-    starved heartbeat may drop the first copy)."""
-
-    async def held() -> bool:
-        assert await cache.get(key) == expected
-        return cache.l1.peek(key, MISSING) == expected
-
-    deadline = time.monotonic() + DEADLINE
-    while not await held():
-        assert time.monotonic() < deadline, f"{key!r} never held in L1"
-        await async_sleep(0.005)
-
-
 @pytest.mark.parametrize("window", [0.0, 0.001])
 async def test_every_write_drops_the_key_from_the_other_l1(
     target: tuple[str, bool], window: float
@@ -62,7 +48,7 @@ async def test_every_write_drops_the_key_from_the_other_l1(
     try:
         await a.set("k", 1, tags=["t"])
         await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-        await warm(b, "k", 1)
+        await async_l1_warmed(b, "k", 1, DEADLINE)
         await a.set("k", 2)
         await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert await b.get("k") == 2
@@ -73,7 +59,7 @@ async def test_every_write_drops_the_key_from_the_other_l1(
 
         await a.touch("k", 100)
         await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
-        await warm(b, "k", 3)
+        await async_l1_warmed(b, "k", 3, DEADLINE)
 
         await a.delete("k")
         await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
@@ -89,7 +75,7 @@ async def test_the_writer_ignores_its_own_messages(pair) -> None:
     a, b = pair
     await a.set("k", 1)
     await async_bus_settled(a, [b], DEADLINE)
-    await warm(b, "k", 1)
+    await async_l1_warmed(b, "k", 1, DEADLINE)
     await a.set("mine", "v")
     # b heard the write, a heard its own message and its heartbeat, but dropped them
     await async_until(lambda: b.l1.peek("mine", MISSING) is MISSING, DEADLINE)
@@ -141,7 +127,7 @@ async def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     a, b = pair
     await a.set("k", 1)
     await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-    await warm(b, "k", 1)
+    await async_l1_warmed(b, "k", 1, DEADLINE)
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
         message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
@@ -155,7 +141,7 @@ async def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -
     a, b = pair
     await a.set("k", 1)
     await async_bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-    await warm(b, "k", 1)
+    await async_l1_warmed(b, "k", 1, DEADLINE)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
         await async_publish_raw(raw, NS, payload)
     await async_until(lambda: b.stats().bus_messages_dropped == 4, DEADLINE)
@@ -169,7 +155,7 @@ async def test_without_the_bus_other_l1s_keep_values_until_l1_max_ttl(
     a, b = make(target, bus=False), make(target, bus=False)
     try:
         await a.set("k", 1)
-        await warm(b, "k", 1)
+        await async_l1_warmed(b, "k", 1, DEADLINE)
         await a.set("k", 2)
         assert await b.get("k") == 1  # the old truth, which the bus exists to end
         assert b.stats().bus_state == "off"

@@ -20,9 +20,8 @@ from stratacache._bus_messages import (
     sign_message,
 )
 from stratacache._keys import KeySpace
-from stratacache._primitives import AsyncRedisCluster, async_sleep
 
-from concurrency import async_bus_settled, async_until
+from concurrency import async_bus_settled, async_l1_warmed, async_publish_raw, async_until
 
 NS = "signedbus"
 DEADLINE = 5.0
@@ -39,36 +38,16 @@ def make(target: tuple[str, bool], **options: object) -> AsyncCache:
     return AsyncCache(url, cluster=cluster, namespace=NS, **options)  # type: ignore[arg-type]
 
 
-async def publish_raw(raw, payload: bytes) -> None:
-    if isinstance(raw, AsyncRedisCluster):
-        await raw.spublish(CHANNEL, payload)
-    else:
-        await raw.publish(CHANNEL, payload)
-
-
 async def heard(reader: AsyncCache, writer: AsyncCache) -> None:
     """Wait until ``reader`` heard everything ``writer`` published so far."""
     await async_bus_settled(writer, [reader], DEADLINE)
-
-
-async def warm(cache: AsyncCache, key: str, expected: object) -> None:
-    """Read ``key`` until L1 holds it (a flush may still drop the first copy)."""
-
-    async def held() -> bool:
-        assert await cache.get(key) == expected
-        return cache.l1.peek(key, MISSING) == expected
-
-    deadline = time.monotonic() + DEADLINE
-    while not await held():
-        assert time.monotonic() < deadline, f"{key!r} never held in L1"
-        await async_sleep(0.005)
 
 
 async def test_signed_instances_hear_each_other(target: tuple[str, bool]) -> None:
     a, b = make(target, codec=Codec(secret=K1)), make(target, codec=Codec(secret=K1))
     try:
         await a.set("k", 1)
-        await warm(b, "k", 1)
+        await async_l1_warmed(b, "k", 1, DEADLINE)
         await a.set("k", 2)
         await async_until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert await b.get("k") == 2
@@ -90,7 +69,7 @@ async def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool],
         await a.set("k", 1)
         await b.get("k")  # starts its bus
         await heard(b, a)
-        await warm(b, "k", 1)
+        await async_l1_warmed(b, "k", 1, DEADLINE)
         stranger = b"\x07" * 16
         key = bus_keys([K1], CHANNEL)[0]
         # a message really signed for this channel (as if recorded from the wire), which
@@ -99,7 +78,7 @@ async def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool],
             encode_message(BusMessage(stranger, 1, time.time(), Action.INVALIDATE_KEYS, ("z",))),
             key,
         )
-        await publish_raw(raw, recorded)
+        await async_publish_raw(raw, NS, recorded)
         await async_until(lambda: b.stats().bus_messages_received >= 1, DEADLINE)
         before = b.stats()
         own = b._bus.state.source  # type: ignore[union-attr]
@@ -116,10 +95,10 @@ async def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool],
         # b's own heartbeat, forged: must not count as hearing itself
         forged.append(encode_message(BusMessage(own, 10**9, time.time(), Action.HEARTBEAT)))
         for payload in forged:
-            await publish_raw(raw, payload)
+            await async_publish_raw(raw, NS, payload)
         replays = [recorded] * 3
         for payload in replays:
-            await publish_raw(raw, payload)
+            await async_publish_raw(raw, NS, payload)
         total = len(forged) + len(replays)
         await async_until(
             lambda: b.stats().bus_messages_dropped - before.bus_messages_dropped >= total,
@@ -146,7 +125,7 @@ async def test_rotation_keeps_the_bus_whole(target: tuple[str, bool]) -> None:
     retired = make(target, codec=Codec(secret=K2))
     try:
         await old.set("k", 1)
-        await warm(rotating, "k", 1)
+        await async_l1_warmed(rotating, "k", 1, DEADLINE)
         await old.set("k", 2)  # signed with K1: accepted by [K2, K1]
         await async_until(lambda: rotating.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert await rotating.get("k") == 2
@@ -171,8 +150,8 @@ async def test_an_unsigned_bus(target: tuple[str, bool], setting: bool | None) -
     try:
         await a.set("k", 1)
         if setting is None:
-            await warm(b, "k", 1)
-        await warm(a, "k", 1)
+            await async_l1_warmed(b, "k", 1, DEADLINE)
+        await async_l1_warmed(a, "k", 1, DEADLINE)
         await b.set("k", 2)  # unsigned: a hears it
         await async_until(lambda: a.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert a.stats().bus_messages_forged == 0
@@ -188,7 +167,7 @@ async def test_invalidations_sent_to_the_failover_redis_are_signed(redis_server_
     remote = AsyncCache(failover.url, namespace=NS, bus_secret=[K2, K1], recovery_grace=0)
     try:
         await remote.set("a", 1)
-        await warm(remote, "a", 1)
+        await async_l1_warmed(remote, "a", 1, DEADLINE)
         await cache.invalidate("a")  # the failover Redis's bus carries it to remote
         await async_until(lambda: remote.l1.peek("a", MISSING) is MISSING, DEADLINE)
         assert remote.stats().bus_messages_forged == 0

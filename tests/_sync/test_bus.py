@@ -19,7 +19,7 @@ from stratacache._bus_messages import Action, BusMessage, decode_message, encode
 from stratacache._keys import KeySpace
 from stratacache._primitives import Redis, sleep
 
-from concurrency import bus_settled, publish_raw, until
+from concurrency import bus_settled, l1_warmed, publish_raw, until
 
 NS = "bus"
 DEADLINE = 5.0  # bound of every wait for propagation (typical: about a millisecond)
@@ -42,20 +42,6 @@ def pair(target: tuple[str, bool]):
     b.close()
 
 
-def warm(cache: Cache, key: str, expected: object) -> None:
-    """Read ``key`` until it is served from L1 (the value came through L2; a flush after a
-    starved heartbeat may drop the first copy)."""
-
-    def held() -> bool:
-        assert cache.get(key) == expected
-        return cache.l1.peek(key, MISSING) == expected
-
-    deadline = time.monotonic() + DEADLINE
-    while not held():
-        assert time.monotonic() < deadline, f"{key!r} never held in L1"
-        sleep(0.005)
-
-
 @pytest.mark.parametrize("window", [0.0, 0.001])
 def test_every_write_drops_the_key_from_the_other_l1(
     target: tuple[str, bool], window: float
@@ -64,7 +50,7 @@ def test_every_write_drops_the_key_from_the_other_l1(
     try:
         a.set("k", 1, tags=["t"])
         bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-        warm(b, "k", 1)
+        l1_warmed(b, "k", 1, DEADLINE)
         a.set("k", 2)
         until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert b.get("k") == 2
@@ -75,7 +61,7 @@ def test_every_write_drops_the_key_from_the_other_l1(
 
         a.touch("k", 100)
         until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
-        warm(b, "k", 3)
+        l1_warmed(b, "k", 3, DEADLINE)
 
         a.delete("k")
         until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
@@ -91,7 +77,7 @@ def test_the_writer_ignores_its_own_messages(pair) -> None:
     a, b = pair
     a.set("k", 1)
     bus_settled(a, [b], DEADLINE)
-    warm(b, "k", 1)
+    l1_warmed(b, "k", 1, DEADLINE)
     a.set("mine", "v")
     # b heard the write, a heard its own message and its heartbeat, but dropped them
     until(lambda: b.l1.peek("mine", MISSING) is MISSING, DEADLINE)
@@ -143,7 +129,7 @@ def test_a_sequence_gap_flushes_l1(pair, raw) -> None:
     a, b = pair
     a.set("k", 1)
     bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-    warm(b, "k", 1)
+    l1_warmed(b, "k", 1, DEADLINE)
     source = b"\x07" * 16
     for seq in (1, 2, 4):  # 3 was "lost"
         message = BusMessage(source, seq, time.time(), Action.INVALIDATE_KEYS, ("x",))
@@ -157,7 +143,7 @@ def test_hostile_bytes_on_the_channel_are_dropped_and_counted(pair, raw) -> None
     a, b = pair
     a.set("k", 1)
     bus_settled(a, [b], DEADLINE)  # a's message for k cannot drop b's copy later
-    warm(b, "k", 1)
+    l1_warmed(b, "k", 1, DEADLINE)
     for payload in (b"", b"\xc1", b"\x96" + b"\xff" * 40, b"x" * 100_000):
         publish_raw(raw, NS, payload)
     until(lambda: b.stats().bus_messages_dropped == 4, DEADLINE)
@@ -171,7 +157,7 @@ def test_without_the_bus_other_l1s_keep_values_until_l1_max_ttl(
     a, b = make(target, bus=False), make(target, bus=False)
     try:
         a.set("k", 1)
-        warm(b, "k", 1)
+        l1_warmed(b, "k", 1, DEADLINE)
         a.set("k", 2)
         assert b.get("k") == 1  # the old truth, which the bus exists to end
         assert b.stats().bus_state == "off"

@@ -22,9 +22,8 @@ from stratacache._bus_messages import (
     sign_message,
 )
 from stratacache._keys import KeySpace
-from stratacache._primitives import RedisCluster, sleep
 
-from concurrency import bus_settled, until
+from concurrency import bus_settled, l1_warmed, publish_raw, until
 
 NS = "signedbus"
 DEADLINE = 5.0
@@ -41,36 +40,16 @@ def make(target: tuple[str, bool], **options: object) -> Cache:
     return Cache(url, cluster=cluster, namespace=NS, **options)  # type: ignore[arg-type]
 
 
-def publish_raw(raw, payload: bytes) -> None:
-    if isinstance(raw, RedisCluster):
-        raw.spublish(CHANNEL, payload)
-    else:
-        raw.publish(CHANNEL, payload)
-
-
 def heard(reader: Cache, writer: Cache) -> None:
     """Wait until ``reader`` heard everything ``writer`` published so far."""
     bus_settled(writer, [reader], DEADLINE)
-
-
-def warm(cache: Cache, key: str, expected: object) -> None:
-    """Read ``key`` until L1 holds it (a flush may still drop the first copy)."""
-
-    def held() -> bool:
-        assert cache.get(key) == expected
-        return cache.l1.peek(key, MISSING) == expected
-
-    deadline = time.monotonic() + DEADLINE
-    while not held():
-        assert time.monotonic() < deadline, f"{key!r} never held in L1"
-        sleep(0.005)
 
 
 def test_signed_instances_hear_each_other(target: tuple[str, bool]) -> None:
     a, b = make(target, codec=Codec(secret=K1)), make(target, codec=Codec(secret=K1))
     try:
         a.set("k", 1)
-        warm(b, "k", 1)
+        l1_warmed(b, "k", 1, DEADLINE)
         a.set("k", 2)
         until(lambda: b.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert b.get("k") == 2
@@ -92,7 +71,7 @@ def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool], raw) 
         a.set("k", 1)
         b.get("k")  # starts its bus
         heard(b, a)
-        warm(b, "k", 1)
+        l1_warmed(b, "k", 1, DEADLINE)
         stranger = b"\x07" * 16
         key = bus_keys([K1], CHANNEL)[0]
         # a message really signed for this channel (as if recorded from the wire), which
@@ -101,7 +80,7 @@ def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool], raw) 
             encode_message(BusMessage(stranger, 1, time.time(), Action.INVALIDATE_KEYS, ("z",))),
             key,
         )
-        publish_raw(raw, recorded)
+        publish_raw(raw, NS, recorded)
         until(lambda: b.stats().bus_messages_received >= 1, DEADLINE)
         before = b.stats()
         own = b._bus.state.source  # type: ignore[union-attr]
@@ -118,10 +97,10 @@ def test_a_stranger_cannot_flush_or_poison_an_l1(target: tuple[str, bool], raw) 
         # b's own heartbeat, forged: must not count as hearing itself
         forged.append(encode_message(BusMessage(own, 10**9, time.time(), Action.HEARTBEAT)))
         for payload in forged:
-            publish_raw(raw, payload)
+            publish_raw(raw, NS, payload)
         replays = [recorded] * 3
         for payload in replays:
-            publish_raw(raw, payload)
+            publish_raw(raw, NS, payload)
         total = len(forged) + len(replays)
         until(
             lambda: b.stats().bus_messages_dropped - before.bus_messages_dropped >= total,
@@ -148,7 +127,7 @@ def test_rotation_keeps_the_bus_whole(target: tuple[str, bool]) -> None:
     retired = make(target, codec=Codec(secret=K2))
     try:
         old.set("k", 1)
-        warm(rotating, "k", 1)
+        l1_warmed(rotating, "k", 1, DEADLINE)
         old.set("k", 2)  # signed with K1: accepted by [K2, K1]
         until(lambda: rotating.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert rotating.get("k") == 2
@@ -173,8 +152,8 @@ def test_an_unsigned_bus(target: tuple[str, bool], setting: bool | None) -> None
     try:
         a.set("k", 1)
         if setting is None:
-            warm(b, "k", 1)
-        warm(a, "k", 1)
+            l1_warmed(b, "k", 1, DEADLINE)
+        l1_warmed(a, "k", 1, DEADLINE)
         b.set("k", 2)  # unsigned: a hears it
         until(lambda: a.l1.peek("k", MISSING) is MISSING, DEADLINE)
         assert a.stats().bus_messages_forged == 0
@@ -190,7 +169,7 @@ def test_invalidations_sent_to_the_failover_redis_are_signed(redis_server_factor
     remote = Cache(failover.url, namespace=NS, bus_secret=[K2, K1], recovery_grace=0)
     try:
         remote.set("a", 1)
-        warm(remote, "a", 1)
+        l1_warmed(remote, "a", 1, DEADLINE)
         cache.invalidate("a")  # the failover Redis's bus carries it to remote
         until(lambda: remote.l1.peek("a", MISSING) is MISSING, DEADLINE)
         assert remote.stats().bus_messages_forged == 0
